@@ -1,0 +1,191 @@
+/* greenring.h — green threads (fibers) for Linux servers.
+ *
+ * Each thread has a hub: a fiber that runs the event loop, created the first
+ * time the thread uses greenring and started the first time something blocks.
+ * A blocking call hands its operation to the hub and switches to it; the hub
+ * resumes the caller when the operation completes. No run() call is needed:
+ *
+ *     gr_spawn_n(handle, arg);    // scheduled, not yet running
+ *     gr_sleep(0);                // runs it (and everything else runnable)
+ *
+ * Conventions (see docs/api.md):
+ *   - Drop-in green calls (gr_read, gr_send, gr_accept, ...) take the POSIX
+ *     arguments and return like POSIX: -1 with errno set.
+ *   - Every other function returns 0 (or a count) on success and -errno on
+ *     failure; constructors return NULL and set errno.
+ *   - Time is int64_t nanoseconds on CLOCK_MONOTONIC (gr_now()). Blocking
+ *     calls take an absolute deadline: GR_FOREVER for none, 0 to try once.
+ *   - "Switches" below means the call may run other fibers before it returns.
+ *   - A fiber belongs to the thread that spawned it; calls naming another
+ *     thread's fiber fail with EPERM.
+ */
+#ifndef GREENRING_H
+#define GREENRING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "greenring/hub_ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct gr_fiber gr_fiber;
+
+#define GR_FOREVER ((int64_t)-1)
+#define GR_MSEC ((int64_t)1000000)
+#define GR_SEC ((int64_t)1000000000)
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+GR_API int64_t gr_now(void);
+
+/* ------------------------------------------------------------------ hubs */
+
+/* Choose this thread's backend by name ("io_uring", "epoll", "poll"), or the
+ * default order (io_uring > epoll > poll) with NULL. Overrides GREENRING_HUB.
+ * 0; -EBUSY once this thread has fibers; -ENOENT for an unknown name;
+ * -ENOTSUP if that backend cannot run on this machine (gr_hub_why() says why). */
+GR_API int gr_hub_use(const char *name);
+
+/* Use a third-party backend on this thread (see greenring/hub_ops.h).
+ * 0; -EINVAL for a NULL or incomplete ops table; -EBUSY once fibers exist;
+ * -ENOTSUP if its probe() refuses. `ops` must outlive the thread's hub. */
+GR_API int gr_hub_use_ops(const struct gr_hub_ops *ops);
+
+/* The name of the backend this thread runs, creating the hub if needed;
+ * NULL with errno set if no backend can run (gr_hub_why() says why). */
+GR_API const char *gr_hub_name(void);
+
+/* Why the last hub choice on this thread went as it did: one line per better
+ * backend refused, e.g. "io_uring: io_uring_setup: Operation not permitted".
+ * Empty when the first choice was taken. Also printed to stderr at hub
+ * creation when GREENRING_DEBUG=1. Valid until the next choice. */
+GR_API const char *gr_hub_why(void);
+
+/* Run the other fibers of this thread until none is left (other than the
+ * caller and the thread's main context). Switches.
+ * 0; -ETIMEDOUT when `deadline` passed first; -EDEADLK when the remaining
+ * fibers can never finish; -ECANCELED if the caller was killed. */
+GR_API int gr_hub_join(int64_t deadline);
+
+/* What this thread's hub holds now: for tests, leak checks and monitoring. */
+struct gr_hub_stats {
+	size_t fibers;          /* spawned fibers not yet ended */
+	size_t unreleased;      /* ended joinable fibers nobody joined yet */
+	size_t inflight;        /* operations handed to the backend, not completed */
+	uint64_t turns;         /* loop turns so far */
+	int loop_started;       /* the hub fiber exists (something has blocked) */
+};
+
+/* Fill *out for this thread's hub. 0; -EINVAL (NULL); -ESRCH (this thread
+ * has no hub yet). Does not create a hub. */
+GR_API int gr_hub_stats(struct gr_hub_stats *out);
+
+/* ---------------------------------------------------------------- fibers */
+
+/* Options for gr_spawn_with(); zero-initialise, then set what you need. */
+struct gr_spawn_opts {
+	size_t stack_size;      /* bytes; 0 = default (GREENRING_STACK_SIZE, else 64 KiB) */
+	const char *name;       /* copied; shown in deadlock and overflow messages */
+	int detached;           /* released when it ends; gr_spawn_with returns it
+				   only as a handle valid until it runs */
+};
+
+/* Create a joinable fiber that will run fn(arg). It is scheduled, not run:
+ * it starts once the caller blocks or yields. Does not switch.
+ * NULL with errno: EINVAL (fn is NULL), ENOMEM (no stack), EPERM (called
+ * from inside the hub). */
+GR_API gr_fiber *gr_spawn(void *(*fn)(void *), void *arg);
+
+/* As gr_spawn, but detached: released when fn returns. Cheaper: no result
+ * is kept. 0 or -errno (as gr_spawn). */
+GR_API int gr_spawn_n(void (*fn)(void *), void *arg);
+
+/* As gr_spawn, with options. */
+GR_API gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), void *arg);
+
+/* Wait until f has ended, store what fn returned in *result (if result is
+ * not NULL; NULL for a fiber killed before it ran) and release f. Switches.
+ * 0; -ETIMEDOUT (f stays joinable); -EDEADLK (f can never end, e.g. a join
+ * cycle); -ECANCELED (the caller was killed; f stays joinable); -EINVAL (f
+ * is NULL, the caller itself, detached, or already has a joiner); -EPERM (f
+ * belongs to another thread). */
+GR_API int gr_join(gr_fiber *f, void **result, int64_t deadline);
+
+/* Release f when it ends; f must not be used afterwards.
+ * 0; -EINVAL (NULL, already detached); -EPERM (another thread's fiber). */
+GR_API int gr_detach(gr_fiber *f);
+
+/* Cancel f: its current blocking call and every later one fail with
+ * ECANCELED, so it unwinds by returning. A fiber that has not started never
+ * runs its body. If the kernel finished f's current operation before the
+ * cancel took hold, that call returns its real result and the next one fails.
+ * Does not switch. 0; -EINVAL (NULL); -EPERM (another thread's fiber);
+ * -ESRCH (f has already ended). */
+GR_API int gr_kill(gr_fiber *f);
+
+/* The calling fiber; the thread's main context is a fiber too. */
+GR_API gr_fiber *gr_self(void);
+
+/* A per-process unique id (main contexts included), and a name. */
+GR_API uint64_t gr_fiber_id(const gr_fiber *f);
+GR_API const char *gr_fiber_name(const gr_fiber *f);
+GR_API int gr_fiber_set_name(gr_fiber *f, const char *name);   /* 0, -EINVAL */
+
+/* Sleep for ns nanoseconds (rounded up). gr_sleep(0) yields: every other
+ * runnable fiber runs once and completions are reaped without blocking.
+ * Switches. 0; -ECANCELED (killed); -ETIMEDOUT (the fiber deadline passed
+ * first); -EINVAL (ns < 0); -EPERM (inside the hub). */
+GR_API int gr_sleep(int64_t ns);
+
+/* Sleep until an absolute time. As gr_sleep. */
+GR_API int gr_sleep_until(int64_t deadline);
+
+/* The calling fiber's deadline, eventlet's Timeout: once it passes, every
+ * blocking call of this fiber fails with ETIMEDOUT (the drop-in calls with
+ * -1/ETIMEDOUT), including one already blocked. GR_FOREVER clears it.
+ * Returns the previous deadline, so scopes nest:
+ *     int64_t old = gr_deadline_set(gr_now() + 2 * GR_SEC);
+ *     ... ; gr_deadline_set(old); */
+GR_API int64_t gr_deadline_set(int64_t deadline);
+GR_API int64_t gr_deadline_get(void);
+
+/* ------------------------------------------------- drop-in green calls
+ * POSIX arguments and results: -1 with errno on failure. They switch while
+ * the operation waits. Extra errno values: ECANCELED (killed), ETIMEDOUT (the
+ * fiber deadline passed), EBADF (gr_close() of the fd while waiting), EPERM
+ * (called inside the hub). On the epoll and poll hubs the fd is made
+ * O_NONBLOCK on first use (docs/hubs.md). */
+GR_API ssize_t gr_read(int fd, void *buf, size_t n);
+GR_API ssize_t gr_write(int fd, const void *buf, size_t n);
+GR_API ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt);
+GR_API ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt);
+GR_API ssize_t gr_pread(int fd, void *buf, size_t n, off_t off);
+GR_API ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off);
+GR_API ssize_t gr_recv(int fd, void *buf, size_t n, int flags);
+GR_API ssize_t gr_send(int fd, const void *buf, size_t n, int flags);
+GR_API ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags);
+GR_API ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags);
+GR_API int gr_accept(int fd, struct sockaddr *sa, socklen_t *len);
+GR_API int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags);
+GR_API int gr_connect(int fd, const struct sockaddr *sa, socklen_t len);
+
+/* Close fd: cancel the operations in flight on it, wake their fibers with
+ * EBADF, then close it. The fd number is not reused while anything still
+ * names it. 0, or -1 with errno (EBADF for an fd that is not open). */
+GR_API int gr_close(int fd);
+
+/* Wait until fd is ready for `events` (POLLIN, POLLOUT), eventlet's
+ * trampoline. An error or hang-up on fd counts as ready. 0 when ready;
+ * -1 with errno: ETIMEDOUT (deadline passed; deadline 0 tries once),
+ * ECANCELED, EBADF, EINVAL, EPERM. */
+GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

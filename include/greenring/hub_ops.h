@@ -1,0 +1,162 @@
+/* greenring/hub_ops.h — the backend contract.
+ *
+ * A hub is the per-thread event loop fiber. What it waits on is a backend: a
+ * `struct gr_hub_ops`. greenring ships three (io_uring, epoll, poll); a third
+ * party plugs its own in with gr_hub_use_ops(). This header is everything such a
+ * backend needs.
+ *
+ * The core hands a backend operations (`struct gr_op`), one at a time, and asks
+ * it to reap completions. Each operation the backend accepts must be completed
+ * exactly once, by calling gr_hub_complete() from inside the backend's wait()
+ * (or from cancel(), see below). The core never asks "are you epoll"; it reads
+ * `caps`:
+ *
+ *   GR_HUB_CAP_COMPLETION   the backend performs the system calls itself
+ *                           (io_uring). It must accept every GR_OP_* kind.
+ *   (no flag)               readiness backend (epoll, poll). The core tries the
+ *                           non-blocking system call first and hands the backend
+ *                           only GR_OP_POLL (wait until `fd` is ready for
+ *                           `events`) and GR_OP_TIMEOUT (wait until `deadline`).
+ *
+ * Every operation carries an absolute deadline (`deadline`, CLOCK_MONOTONIC ns,
+ * GR_FOREVER for none). When it passes first, the backend completes the
+ * operation with -ETIMEDOUT (a GR_OP_TIMEOUT completes with 0: reaching its
+ * deadline is its success). Deadlines are rounded up, never down.
+ *
+ * Memory: `struct gr_op` lives on the stack of the fiber that started it, and so
+ * may the buffers it names. The fiber does not resume, and so the memory stays
+ * valid, until the backend has completed the operation. A backend must therefore
+ * never complete an operation while the kernel may still write into its buffers.
+ */
+#ifndef GREENRING_HUB_OPS_H
+#define GREENRING_HUB_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(GREENRING_BUILDING) && defined(__GNUC__)
+#define GR_API __attribute__((visibility("default")))
+#else
+#define GR_API
+#endif
+
+/* What an operation does. The arguments it reads are listed per kind. */
+enum gr_op_kind {
+	GR_OP_NOP = 0,   /* nothing; completes with 0 */
+	GR_OP_READ,      /* fd, buf, len, off (-1: current position) */
+	GR_OP_WRITE,     /* fd, buf, len, off (-1: current position) */
+	GR_OP_READV,     /* fd, iov, iovcnt, off */
+	GR_OP_WRITEV,    /* fd, iov, iovcnt, off */
+	GR_OP_RECV,      /* fd, buf, len, flags */
+	GR_OP_SEND,      /* fd, buf, len, flags */
+	GR_OP_RECVMSG,   /* fd, msg, flags */
+	GR_OP_SENDMSG,   /* fd, msg, flags */
+	GR_OP_ACCEPT,    /* fd, addr, addrlen, flags (accept4 flags) */
+	GR_OP_CONNECT,   /* fd, addr, addrlen_value */
+	GR_OP_POLL,      /* fd, events; completes with the revents mask */
+	GR_OP_TIMEOUT,   /* deadline only; completes with 0 when it passes */
+	GR_OP_CLOSE,     /* fd */
+	GR_OP_KIND_COUNT
+};
+
+struct gr_op;
+
+/* An operation. The core fills the arguments, `deadline` and the private
+ * fields; a backend reads the arguments, may use `backend_data` as it likes
+ * between submit() and completion, and writes nothing else. */
+struct gr_op {
+	uint8_t kind;                 /* enum gr_op_kind */
+	short events;                 /* GR_OP_POLL: POLLIN, POLLOUT, ... */
+	int fd;
+	int flags;
+	void *buf;
+	size_t len;
+	off_t off;
+	const struct iovec *iov;
+	int iovcnt;
+	struct msghdr *msg;
+	struct sockaddr *addr;
+	socklen_t *addrlen;           /* ACCEPT: in/out */
+	socklen_t addrlen_value;      /* CONNECT */
+	int64_t deadline;             /* absolute CLOCK_MONOTONIC ns, or -1 */
+
+	/* The backend's scratch space, untouched by the core while in flight. */
+	uintptr_t backend_data[4];
+
+	/* Private to the core. */
+	int64_t res;
+	int cancel_errno;             /* why the core cancelled it: 0, ECANCELED, ETIMEDOUT, EBADF */
+	uint8_t uncancellable;        /* neither kill nor the fiber deadline stops it */
+	void (*on_complete)(struct gr_op *op);
+	void *owner;
+	struct gr_op *fd_next, *fd_prev;
+};
+
+/* Capability flags in gr_hub_ops.caps. */
+#define GR_HUB_CAP_COMPLETION 0x1u
+
+/* Settings the core passes to init(). Zero means "the backend's default". */
+struct gr_hub_config {
+	unsigned entries;             /* io_uring: SQ entries (GREENRING_URING_ENTRIES) */
+};
+
+/* The contract. Every function is called on the hub's own thread, except
+ * wake(), which any thread may call at any time while the backend exists.
+ * Errors are -errno; the backend never aborts the process on a kernel error. */
+struct gr_hub_ops {
+	/* Short, unique, lower case: what GREENRING_HUB and gr_hub_use() match. */
+	const char *name;
+	/* GR_HUB_CAP_* flags. */
+	unsigned caps;
+	/* Whether this backend can run on this machine, tried for real (a real
+	 * ring, a real epoll fd). 0 when usable; otherwise -errno, with a
+	 * one-line reason such as "io_uring_setup: Operation not permitted"
+	 * written into why[0..whylen). May be called from any thread, any time. */
+	int (*probe)(char *why, size_t whylen);
+	/* Create the per-thread state. 0 and *state set, or -errno. */
+	int (*init)(void **state, const struct gr_hub_config *cfg);
+	/* Destroy the state. Called only when nothing is in flight, or in a
+	 * child after fork(), where it must release what the child holds and
+	 * touch nothing shared with the parent (no cancel, no wait). */
+	void (*fini)(void *state, int after_fork);
+	/* Start one operation; its completion arrives later through
+	 * gr_hub_complete(). May batch: the operation need only start by the
+	 * next wait(). -errno if it cannot be started (it is then not in
+	 * flight and must not be completed). */
+	int (*submit)(void *state, struct gr_op *op);
+	/* Ask an in-flight operation to stop. Its completion still arrives
+	 * exactly once: with -ECANCELED, or with its real result if it finished
+	 * first. May complete it synchronously (readiness backends do). */
+	int (*cancel)(void *state, struct gr_op *op);
+	/* Submit what is batched and reap completions, calling
+	 * gr_hub_complete() for each. timeout_ns: 0 = do not block, -1 = until
+	 * something completes or wake() is called. Returns the number of
+	 * operations completed, or -errno. An early return (signal, wake) is
+	 * fine: the core calls again. */
+	int (*wait)(void *state, int64_t timeout_ns);
+	/* Thread-safe: make a blocked or the next wait() return promptly.
+	 * Repeated calls before that wait() may coalesce. */
+	int (*wake)(void *state);
+	/* Optional (may be NULL): forget per-fd state before the core closes fd.
+	 * No operation on fd is in flight when it is called. */
+	void (*fd_forget)(void *state, int fd);
+};
+
+/* Complete an operation: set its result (>= 0, or -errno) and make the fiber
+ * that started it runnable. Call it from the backend's wait() or cancel(),
+ * exactly once per operation accepted by submit(). A backend that must make
+ * room (a full submission queue) may also reap, and so complete other
+ * operations, inside submit(). */
+GR_API void gr_hub_complete(struct gr_op *op, int64_t res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,42 @@
+/* clock.c — monotonic time, and the small conversions every file needs. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+int64_t gr_now(void)
+{
+	struct timespec ts;
+
+	/* CLOCK_MONOTONIC cannot fail with a valid pointer; the vDSO makes it cheap. */
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * GR_SEC + ts.tv_nsec;
+}
+
+void gr__ns_to_timespec(int64_t ns, struct timespec *ts)
+{
+	if (ns < 0)
+		ns = 0;
+	ts->tv_sec = ns / GR_SEC;
+	ts->tv_nsec = ns % GR_SEC;
+}
+
+void gr__why(char *buf, size_t len, const char *what, int err)
+{
+	if (len == 0)
+		return;
+	if (err < 0)
+		err = -err;
+	snprintf(buf, len, "%s: %s", what, strerror(err));
+}
+
+int64_t gr__effective_deadline(const gr_fiber *f, int64_t deadline)
+{
+	if (f->deadline == GR_FOREVER)
+		return deadline;
+	if (deadline == GR_FOREVER || f->deadline < deadline)
+		return f->deadline;
+	return deadline;
+}

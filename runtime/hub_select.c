@@ -1,0 +1,212 @@
+/* hub_select.c — which backend a thread's hub runs, and why.
+ *
+ * Order of authority: gr_hub_use()/gr_hub_use_ops() on this thread, then the
+ * GREENRING_HUB environment variable, then the default order of
+ * gr__builtin_hubs (best first). A name asked for explicitly is never
+ * silently replaced: if it is unknown or cannot run, creating the hub fails
+ * and says why. In the default order, each backend that is refused leaves
+ * one line in gr_hub_why() ("io_uring: io_uring_setup: Operation not
+ * permitted"), printed at creation when GREENRING_DEBUG=1.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Best first. */
+const struct gr_hub_ops *const gr__builtin_hubs[] = {
+	&gr__hub_uring_ops,
+	NULL,
+};
+
+/* What this thread asked for: nothing (env, then default order), a name's
+ * ops, or a third party's ops. */
+static __thread const struct gr_hub_ops *chosen_ops;
+static __thread char why[512];
+
+static void why_append(const char *name, const char *reason)
+{
+	size_t used = strlen(why);
+
+	snprintf(why + used, sizeof(why) - used, "%s%s: %s", used ? "\n" : "", name, reason);
+}
+
+static bool debug_enabled(void)
+{
+	const char *v = getenv("GREENRING_DEBUG");
+
+	return v && *v && strcmp(v, "0") != 0;
+}
+
+static const struct gr_hub_ops *builtin_by_name(const char *name)
+{
+	for (size_t i = 0; gr__builtin_hubs[i]; i++) {
+		if (strcmp(gr__builtin_hubs[i]->name, name) == 0)
+			return gr__builtin_hubs[i];
+	}
+	return NULL;
+}
+
+static void list_names(char *buf, size_t len)
+{
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; gr__builtin_hubs[i] && used < len; i++)
+		used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? ", " : "",
+					 gr__builtin_hubs[i]->name);
+}
+
+static int probe(const struct gr_hub_ops *ops)
+{
+	char reason[256] = "";
+	int r = ops->probe(reason, sizeof(reason));
+
+	if (r < 0)
+		why_append(ops->name, reason[0] ? reason : strerror(-r));
+	return r;
+}
+
+static struct gr_hub_config config_from_env(void)
+{
+	struct gr_hub_config cfg = { 0 };
+	const char *v = getenv("GREENRING_URING_ENTRIES");
+
+	if (v && *v)
+		cfg.entries = (unsigned)strtoul(v, NULL, 10);
+	return cfg;
+}
+
+/* Try one backend: probe, init, and install a hub running it. */
+static int try_backend(const struct gr_hub_ops *ops, struct gr__hub **out)
+{
+	int r = probe(ops);
+
+	if (r < 0)
+		return r;
+	struct gr_hub_config cfg = config_from_env();
+	void *state = NULL;
+	r = ops->init(&state, &cfg);
+	if (r < 0) {
+		char reason[128];
+
+		gr__why(reason, sizeof(reason), "init", r);
+		why_append(ops->name, reason);
+		return r;
+	}
+	struct gr__hub *hub = gr__hub_alloc(ops, state);
+	if (!hub) {
+		ops->fini(state, 0);
+		return -ENOMEM;
+	}
+	r = gr__hub_install(hub);
+	if (r < 0) {
+		ops->fini(state, 0);
+		free(hub);
+		return r;
+	}
+	*out = hub;
+	return 0;
+}
+
+static void report(const struct gr__hub *hub, int err)
+{
+	if (hub && debug_enabled()) {
+		fprintf(stderr, "greenring: hub %s%s%s\n", hub->ops->name, why[0] ? "; refused: " : "",
+			why);
+	} else if (!hub) {
+		fprintf(stderr, "greenring: no hub can run: %s\n", why[0] ? why : strerror(-err));
+	}
+}
+
+int gr__hub_create_with(const struct gr_hub_ops *ops, struct gr__hub **out)
+{
+	struct gr__hub *hub = NULL;
+	int r = -ENOTSUP;
+
+	why[0] = '\0';
+	if (!ops)
+		ops = chosen_ops;
+	if (!ops) {
+		const char *env = getenv("GREENRING_HUB");
+
+		if (env && *env) {
+			ops = builtin_by_name(env);
+			if (!ops) {
+				char names[128];
+
+				list_names(names, sizeof(names));
+				snprintf(why, sizeof(why), "GREENRING_HUB=%s: no such hub (have: %s)",
+					 env, names);
+				report(NULL, -ENOENT);
+				return -ENOENT;
+			}
+		}
+	}
+	if (ops) {
+		r = try_backend(ops, &hub);
+	} else {
+		for (size_t i = 0; gr__builtin_hubs[i] && !hub; i++)
+			r = try_backend(gr__builtin_hubs[i], &hub);
+	}
+	report(hub, r);
+	if (!hub)
+		return r < 0 ? r : -ENOTSUP;
+	*out = hub;
+	return 0;
+}
+
+static int use(const struct gr_hub_ops *ops)
+{
+	int r = gr__hub_destroy_idle();
+
+	if (r < 0)
+		return r;
+	why[0] = '\0';
+	if (ops && probe(ops) < 0)
+		return -ENOTSUP;
+	chosen_ops = ops;
+	return 0;
+}
+
+int gr_hub_use(const char *name)
+{
+	const struct gr_hub_ops *ops = NULL;
+
+	if (name) {
+		ops = builtin_by_name(name);
+		if (!ops) {
+			snprintf(why, sizeof(why), "%s: no such hub", name);
+			return -ENOENT;
+		}
+	}
+	return use(ops);
+}
+
+int gr_hub_use_ops(const struct gr_hub_ops *ops)
+{
+	if (!ops || !ops->name || !ops->probe || !ops->init || !ops->fini || !ops->submit ||
+	    !ops->cancel || !ops->wait || !ops->wake)
+		return -EINVAL;
+	return use(ops);
+}
+
+const char *gr_hub_name(void)
+{
+	int err = 0;
+	struct gr__hub *hub = gr__hub_get(&err);
+
+	if (!hub) {
+		errno = -err;
+		return NULL;
+	}
+	return hub->ops->name;
+}
+
+const char *gr_hub_why(void)
+{
+	return why;
+}

@@ -1,0 +1,478 @@
+/* hub_uring.c — the io_uring backend: a completion backend, the preferred one.
+ *
+ * Every operation becomes one SQE (two with a deadline: the operation linked
+ * to an IORING_OP_LINK_TIMEOUT, reserved together so a submit can never fall
+ * between them). SQEs are only queued by submit() and cancel(); wait() hands
+ * the whole batch to the kernel in the same io_uring_enter that reaps, once
+ * per loop turn.
+ *
+ * user_data is (generation << 32 | slot << 2 | tag). The slot table maps an
+ * in-flight operation to its struct gr_op; the generation changes each time a
+ * slot is reused, so a CQE that arrives for an operation already completed
+ * (which the kernel must not produce, but a bug or a cancel race could) is
+ * dropped instead of waking whichever fiber owns the slot now. The tag tells
+ * operation CQEs from those of linked timeouts and cancel requests, which are
+ * consumed and never wake anyone: the operation's own CQE always follows.
+ *
+ * Ring setup tries, best first: SINGLE_ISSUER|DEFER_TASKRUN (completions are
+ * processed only when we enter the kernel to reap: no interrupts while fibers
+ * run), then COOP_TASKRUN, then plain. SUBMIT_ALL keeps one bad SQE from
+ * holding back the rest of a batch. The CQ is four times the SQ; if it still
+ * overflows, the kernel keeps the overflow (IORING_FEAT_NODROP) and wait()
+ * flushes it, so no completion is lost.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <liburing.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define DEFAULT_ENTRIES 256u
+#define NO_SLOT UINT32_MAX
+
+enum tag { TAG_OP = 0, TAG_LINK_TIMEOUT = 1, TAG_CANCEL = 2, TAG_WAKE = 3 };
+
+struct slot {
+	struct gr_op *op;       /* NULL when free */
+	uint32_t gen;
+	uint32_t next_free;
+};
+
+struct uring_hub {
+	struct io_uring ring;
+	struct slot *slots;
+	uint32_t nslots;
+	uint32_t free_head;
+	int wake_fd;
+	atomic_bool wake_pending;  /* coalesces wake() calls until the hub reads */
+	bool wake_unarmed;         /* the wake poll ended and is not re-armed yet */
+	uint64_t stale_cqes;
+};
+
+/* The opcodes greenring relies on; probe() refuses a kernel missing one. */
+static const struct {
+	uint8_t opcode;
+	const char *name;
+} needed_opcodes[] = {
+	{ IORING_OP_NOP, "NOP" },		{ IORING_OP_READ, "READ" },
+	{ IORING_OP_WRITE, "WRITE" },		{ IORING_OP_READV, "READV" },
+	{ IORING_OP_WRITEV, "WRITEV" },		{ IORING_OP_RECV, "RECV" },
+	{ IORING_OP_SEND, "SEND" },		{ IORING_OP_RECVMSG, "RECVMSG" },
+	{ IORING_OP_SENDMSG, "SENDMSG" },	{ IORING_OP_ACCEPT, "ACCEPT" },
+	{ IORING_OP_CONNECT, "CONNECT" },	{ IORING_OP_POLL_ADD, "POLL_ADD" },
+	{ IORING_OP_TIMEOUT, "TIMEOUT" },	{ IORING_OP_LINK_TIMEOUT, "LINK_TIMEOUT" },
+	{ IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL" }, { IORING_OP_CLOSE, "CLOSE" },
+};
+
+static inline uint64_t encode(uint32_t idx, uint32_t gen, enum tag tag)
+{
+	return (uint64_t)gen << 32 | (uint64_t)idx << 2 | (uint64_t)tag;
+}
+
+/* ------------------------------------------------------------ slots */
+
+static int slot_alloc(struct uring_hub *h, struct gr_op *op, uint64_t *ud)
+{
+	if (h->free_head == NO_SLOT) {
+		uint32_t n = h->nslots ? h->nslots * 2 : 256;
+
+		if (n >= (1u << 30))
+			return -ENOMEM;
+		struct slot *slots = realloc(h->slots, (size_t)n * sizeof(*slots));
+		if (!slots)
+			return -ENOMEM;
+		for (uint32_t i = h->nslots; i < n; i++) {
+			slots[i].op = NULL;
+			slots[i].gen = 0;
+			slots[i].next_free = i + 1 < n ? i + 1 : NO_SLOT;
+		}
+		h->free_head = h->nslots;
+		h->slots = slots;
+		h->nslots = n;
+	}
+	uint32_t idx = h->free_head;
+	struct slot *s = &h->slots[idx];
+
+	h->free_head = s->next_free;
+	s->op = op;
+	*ud = encode(idx, s->gen, TAG_OP);
+	return 0;
+}
+
+static void slot_free(struct uring_hub *h, uint32_t idx)
+{
+	struct slot *s = &h->slots[idx];
+
+	s->op = NULL;
+	s->gen++;
+	s->next_free = h->free_head;
+	h->free_head = idx;
+}
+
+/* ------------------------------------------------------------ reaping */
+
+static void handle_cqe(struct uring_hub *h, const struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	enum tag tag = (enum tag)(ud & 3);
+
+	if (tag == TAG_WAKE) {
+		uint64_t v;
+		ssize_t ignored = read(h->wake_fd, &v, sizeof(v));
+
+		(void)ignored;
+		atomic_store_explicit(&h->wake_pending, false, memory_order_release);
+		/* The kernel may end a multishot poll at will: arm a new one. */
+		if (!(cqe->flags & IORING_CQE_F_MORE))
+			h->wake_unarmed = true;
+		return;
+	}
+	if (tag != TAG_OP)
+		return; /* a linked timeout or a cancel request: the op's CQE follows */
+
+	uint32_t idx = (uint32_t)(ud >> 2) & ((1u << 30) - 1);
+	uint32_t gen = (uint32_t)(ud >> 32);
+	if (idx >= h->nslots || h->slots[idx].gen != gen || !h->slots[idx].op) {
+		h->stale_cqes++;
+		return;
+	}
+	struct gr_op *op = h->slots[idx].op;
+	int64_t res = cqe->res;
+
+	slot_free(h, idx);
+	if (op->kind == GR_OP_TIMEOUT && res == -ETIME)
+		res = 0; /* a timeout succeeds by expiring */
+	gr_hub_complete(op, res);
+}
+
+static int reap(struct uring_hub *h)
+{
+	int total = 0;
+
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+
+		io_uring_for_each_cqe(&h->ring, head, cqe) {
+			handle_cqe(h, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&h->ring, n);
+		total += (int)n;
+		/* CQEs the kernel kept aside while the CQ was full come back
+		 * only when asked. */
+		if (!io_uring_cq_has_overflow(&h->ring))
+			break;
+		int r = io_uring_get_events(&h->ring);
+		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+			return r;
+	}
+	return total;
+}
+
+/* Make room for `need` SQEs: submit what is queued (reaping if the kernel
+ * pushes back) until there is space. */
+static int reserve(struct uring_hub *h, unsigned need)
+{
+	int stuck = 0;
+
+	while (io_uring_sq_space_left(&h->ring) < need) {
+		int r = io_uring_submit(&h->ring);
+
+		if (r >= 0 || r == -EINTR)
+			continue;
+		if (r != -EBUSY && r != -EAGAIN)
+			return r;
+		/* The kernel wants us to reap first (CQ overflow backlog, or
+		 * no memory for a request). */
+		int got = reap(h);
+		if (got < 0)
+			return got;
+		if (got == 0 && ++stuck > 1000)
+			return r;
+	}
+	return 0;
+}
+
+static void deadline_timespec(const struct gr_op *op, struct __kernel_timespec *ts)
+{
+	ts->tv_sec = op->deadline / GR_SEC;
+	ts->tv_nsec = op->deadline % GR_SEC;
+}
+
+/* ------------------------------------------------------------ the ops */
+
+static int uring_submit(void *state, struct gr_op *op)
+{
+	struct uring_hub *h = state;
+	/* A plain timeout is its own deadline; anything else with one gets a
+	 * linked timeout. */
+	bool linked = op->deadline != GR_FOREVER && op->kind != GR_OP_TIMEOUT;
+	struct __kernel_timespec *ts = (struct __kernel_timespec *)&op->backend_data[0];
+	/* The kernel takes at most INT_MAX bytes per call anyway. */
+	unsigned len = op->len > (size_t)INT_MAX ? (unsigned)INT_MAX : (unsigned)op->len;
+	uint64_t off = op->off < 0 ? (uint64_t)-1 : (uint64_t)op->off;
+	uint64_t ud;
+	int r;
+
+	_Static_assert(sizeof(op->backend_data[0]) * 2 >= sizeof(struct __kernel_timespec),
+		       "the timespec lives in backend_data[0..1]");
+	if (op->kind >= GR_OP_KIND_COUNT)
+		return -EINVAL;
+	r = reserve(h, linked ? 2 : 1);
+	if (r < 0)
+		return r;
+	r = slot_alloc(h, op, &ud);
+	if (r < 0)
+		return r;
+	op->backend_data[2] = (uintptr_t)ud;
+
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&h->ring);
+	switch (op->kind) {
+	case GR_OP_NOP:
+		io_uring_prep_nop(sqe);
+		break;
+	case GR_OP_READ:
+		io_uring_prep_read(sqe, op->fd, op->buf, len, off);
+		break;
+	case GR_OP_WRITE:
+		io_uring_prep_write(sqe, op->fd, op->buf, len, off);
+		break;
+	case GR_OP_READV:
+		io_uring_prep_readv(sqe, op->fd, op->iov, (unsigned)op->iovcnt, off);
+		break;
+	case GR_OP_WRITEV:
+		io_uring_prep_writev(sqe, op->fd, op->iov, (unsigned)op->iovcnt, off);
+		break;
+	case GR_OP_RECV:
+		io_uring_prep_recv(sqe, op->fd, op->buf, len, op->flags);
+		break;
+	case GR_OP_SEND:
+		io_uring_prep_send(sqe, op->fd, op->buf, len, op->flags);
+		break;
+	case GR_OP_RECVMSG:
+		io_uring_prep_recvmsg(sqe, op->fd, op->msg, (unsigned)op->flags);
+		break;
+	case GR_OP_SENDMSG:
+		io_uring_prep_sendmsg(sqe, op->fd, op->msg, (unsigned)op->flags);
+		break;
+	case GR_OP_ACCEPT:
+		io_uring_prep_accept(sqe, op->fd, op->addr, op->addrlen, op->flags);
+		break;
+	case GR_OP_CONNECT:
+		io_uring_prep_connect(sqe, op->fd, op->addr, op->addrlen_value);
+		break;
+	case GR_OP_POLL:
+		io_uring_prep_poll_add(sqe, op->fd, (unsigned)op->events);
+		break;
+	case GR_OP_TIMEOUT:
+		/* The kernel copies the timespec when it consumes the SQE, at
+		 * our next submit; it lives in the op until then. */
+		deadline_timespec(op, ts);
+		io_uring_prep_timeout(sqe, ts, 0, IORING_TIMEOUT_ABS);
+		break;
+	case GR_OP_CLOSE:
+		io_uring_prep_close(sqe, op->fd);
+		break;
+	}
+	io_uring_sqe_set_data64(sqe, ud);
+	if (linked) {
+		sqe->flags |= IOSQE_IO_LINK;
+		deadline_timespec(op, ts);
+		struct io_uring_sqe *lsqe = io_uring_get_sqe(&h->ring);
+		io_uring_prep_link_timeout(lsqe, ts, IORING_TIMEOUT_ABS);
+		io_uring_sqe_set_data64(lsqe, (ud & ~(uint64_t)3) | TAG_LINK_TIMEOUT);
+	}
+	return 0;
+}
+
+static int uring_cancel(void *state, struct gr_op *op)
+{
+	struct uring_hub *h = state;
+	int r = reserve(h, 1);
+
+	if (r < 0)
+		return r;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&h->ring);
+	uint64_t target = (uint64_t)op->backend_data[2];
+	/* Its CQE says whether the cancel found the op (0), found it already
+	 * running (-EALREADY) or finished (-ENOENT); in every case the op's own
+	 * CQE is what wakes its fiber. */
+	io_uring_prep_cancel64(sqe, target, 0);
+	io_uring_sqe_set_data64(sqe, (target & ~(uint64_t)3) | TAG_CANCEL);
+	return 0;
+}
+
+static void arm_wake(struct uring_hub *h)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&h->ring);
+
+	/* With a full SQ, try again at the next wait(). */
+	h->wake_unarmed = sqe == NULL;
+	if (sqe) {
+		io_uring_prep_poll_multishot(sqe, h->wake_fd, POLLIN);
+		io_uring_sqe_set_data64(sqe, TAG_WAKE);
+	}
+}
+
+static int uring_wait(void *state, int64_t timeout_ns)
+{
+	struct uring_hub *h = state;
+	int r;
+
+	if (h->wake_unarmed)
+		arm_wake(h);
+	if (timeout_ns == 0) {
+		r = io_uring_submit_and_get_events(&h->ring);
+	} else if (timeout_ns < 0) {
+		r = io_uring_submit_and_wait(&h->ring, 1);
+	} else {
+		struct __kernel_timespec ts = { .tv_sec = timeout_ns / GR_SEC,
+						.tv_nsec = timeout_ns % GR_SEC };
+		struct io_uring_cqe *cqe;
+
+		r = io_uring_submit_and_wait_timeout(&h->ring, &cqe, 1, &ts, NULL);
+	}
+	if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY && r != -EAGAIN)
+		return r;
+	return reap(h);
+}
+
+static int uring_wake(void *state)
+{
+	struct uring_hub *h = state;
+
+	if (atomic_exchange_explicit(&h->wake_pending, true, memory_order_acq_rel))
+		return 0; /* a wake is already on its way */
+	uint64_t one = 1;
+	if (write(h->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		return -errno;
+	return 0;
+}
+
+static int setup_ring(struct io_uring *ring, unsigned entries)
+{
+	static const unsigned flag_sets[] = {
+		IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+		IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
+		IORING_SETUP_SUBMIT_ALL,
+		0,
+	};
+	int r = -EINVAL;
+
+	for (size_t i = 0; i < sizeof(flag_sets) / sizeof(flag_sets[0]); i++) {
+		struct io_uring_params p;
+
+		memset(&p, 0, sizeof(p));
+		p.flags = flag_sets[i] | IORING_SETUP_CQSIZE;
+		p.cq_entries = entries * 4;
+		r = io_uring_queue_init_params(entries, ring, &p);
+		if (r != -EINVAL)
+			return r;
+	}
+	return r;
+}
+
+static int uring_init(void **state, const struct gr_hub_config *cfg)
+{
+	struct uring_hub *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return -ENOMEM;
+	unsigned entries = cfg && cfg->entries ? cfg->entries : DEFAULT_ENTRIES;
+	int r = setup_ring(&h->ring, entries);
+	if (r < 0) {
+		free(h);
+		return r;
+	}
+	h->free_head = NO_SLOT;
+	h->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (h->wake_fd < 0) {
+		r = -errno;
+		io_uring_queue_exit(&h->ring);
+		free(h);
+		return r;
+	}
+	/* Armed for the hub's lifetime; it names no fiber memory. */
+	arm_wake(h);
+	*state = h;
+	return 0;
+}
+
+static void uring_fini(void *state, int after_fork)
+{
+	struct uring_hub *h = state;
+
+	/* In a fork child this only unmaps our view of the shared rings and
+	 * drops our reference to the ring fd: the parent's ring is untouched. */
+	io_uring_queue_exit(&h->ring);
+	close(h->wake_fd);
+	(void)after_fork;
+	free(h->slots);
+	free(h);
+}
+
+static int uring_probe(char *why, size_t whylen)
+{
+	struct io_uring ring;
+	int r = io_uring_queue_init(4, &ring, 0);
+
+	if (r < 0) {
+		gr__why(why, whylen, "io_uring_setup", r);
+		return r;
+	}
+	struct io_uring_probe *p = io_uring_get_probe_ring(&ring);
+	if (!p) {
+		gr__why(why, whylen, "io_uring_register(PROBE)", -ENOTSUP);
+		io_uring_queue_exit(&ring);
+		return -ENOTSUP;
+	}
+	for (size_t i = 0; i < sizeof(needed_opcodes) / sizeof(needed_opcodes[0]); i++) {
+		if (!io_uring_opcode_supported(p, needed_opcodes[i].opcode)) {
+			snprintf(why, whylen, "kernel lacks IORING_OP_%s", needed_opcodes[i].name);
+			io_uring_free_probe(p);
+			io_uring_queue_exit(&ring);
+			return -ENOTSUP;
+		}
+	}
+	io_uring_free_probe(p);
+	/* A NOP round trip: seccomp may allow io_uring_setup and still forbid
+	 * io_uring_enter. */
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	struct io_uring_cqe *cqe;
+	io_uring_prep_nop(sqe);
+	r = io_uring_submit_and_wait(&ring, 1);
+	if (r < 0) {
+		gr__why(why, whylen, "io_uring_enter", r);
+		io_uring_queue_exit(&ring);
+		return r;
+	}
+	r = io_uring_peek_cqe(&ring, &cqe);
+	if (r == 0 && cqe->res < 0)
+		r = cqe->res;
+	if (r < 0)
+		gr__why(why, whylen, "io_uring NOP", r);
+	io_uring_queue_exit(&ring);
+	return r < 0 ? r : 0;
+}
+
+const struct gr_hub_ops gr__hub_uring_ops = {
+	.name = "io_uring",
+	.caps = GR_HUB_CAP_COMPLETION,
+	.probe = uring_probe,
+	.init = uring_init,
+	.fini = uring_fini,
+	.submit = uring_submit,
+	.cancel = uring_cancel,
+	.wait = uring_wait,
+	.wake = uring_wake,
+	.fd_forget = NULL,
+};

@@ -1,0 +1,447 @@
+/* io.c — the drop-in green calls. The only place errno is written.
+ *
+ * Every call builds one `struct gr_op` on the caller's stack and goes through
+ * run_op(): on a completion backend (io_uring) the backend performs the
+ * system call; on a readiness backend (epoll, poll) run_op tries the
+ * non-blocking system call first and parks on GR_OP_POLL only on EAGAIN, then
+ * tries again. One path for every operation, not one per syscall.
+ *
+ * errno is set only as the last act before returning to the caller, because
+ * another fiber may run (and fail) between a failure and the caller's read
+ * of errno.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static inline ssize_t posix_result(int64_t r)
+{
+	if (r < 0) {
+		errno = (int)-r;
+		return -1;
+	}
+	return (ssize_t)r;
+}
+
+static inline int64_t syscall_result(ssize_t r)
+{
+	return r < 0 ? -(int64_t)errno : (int64_t)r;
+}
+
+/* ------------------------------------------------------ readiness path */
+
+/* The direction an operation waits for when it would block. */
+static short op_events(const struct gr_op *op)
+{
+	switch (op->kind) {
+	case GR_OP_WRITE:
+	case GR_OP_WRITEV:
+	case GR_OP_SEND:
+	case GR_OP_SENDMSG:
+	case GR_OP_CONNECT:
+		return POLLOUT;
+	default:
+		return POLLIN;
+	}
+}
+
+/* Kinds whose syscall has no per-call non-blocking flag: the fd itself must
+ * be O_NONBLOCK or the thread (and every fiber on it) would block. */
+static bool needs_nonblocking_fd(const struct gr_op *op)
+{
+	switch (op->kind) {
+	case GR_OP_READ:
+	case GR_OP_WRITE:
+	case GR_OP_READV:
+	case GR_OP_WRITEV:
+	case GR_OP_ACCEPT:
+	case GR_OP_CONNECT:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static int ensure_nonblocking(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+
+	if (!st)
+		return -ENOMEM;
+	if (st->nonblock_set)
+		return 0;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	st->nonblock_set = 1;
+	return 0;
+}
+
+/* The system call itself, never blocking (given a non-blocking fd). */
+static int64_t attempt(const struct gr_op *op)
+{
+	ssize_t r;
+
+	switch (op->kind) {
+	case GR_OP_READ:
+		r = op->off < 0 ? read(op->fd, op->buf, op->len) : pread(op->fd, op->buf, op->len, op->off);
+		break;
+	case GR_OP_WRITE:
+		r = op->off < 0 ? write(op->fd, op->buf, op->len)
+				: pwrite(op->fd, op->buf, op->len, op->off);
+		break;
+	case GR_OP_READV:
+		r = op->off < 0 ? readv(op->fd, op->iov, op->iovcnt)
+				: preadv(op->fd, op->iov, op->iovcnt, op->off);
+		break;
+	case GR_OP_WRITEV:
+		r = op->off < 0 ? writev(op->fd, op->iov, op->iovcnt)
+				: pwritev(op->fd, op->iov, op->iovcnt, op->off);
+		break;
+	case GR_OP_RECV:
+		r = recv(op->fd, op->buf, op->len, op->flags | MSG_DONTWAIT);
+		break;
+	case GR_OP_SEND:
+		r = send(op->fd, op->buf, op->len, op->flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+		break;
+	case GR_OP_RECVMSG:
+		r = recvmsg(op->fd, op->msg, op->flags | MSG_DONTWAIT);
+		break;
+	case GR_OP_SENDMSG:
+		r = sendmsg(op->fd, op->msg, op->flags | MSG_DONTWAIT | MSG_NOSIGNAL);
+		break;
+	case GR_OP_ACCEPT:
+		r = accept4(op->fd, op->addr, op->addrlen, op->flags);
+		break;
+	case GR_OP_CONNECT:
+		r = connect(op->fd, op->addr, op->addrlen_value);
+		break;
+	default:
+		return -EINVAL;
+	}
+	return syscall_result(r);
+}
+
+static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
+{
+	if (needs_nonblocking_fd(op)) {
+		int err = ensure_nonblocking(hub, op->fd);
+
+		if (err)
+			return err;
+	}
+	bool connecting = false;
+	for (;;) {
+		int64_t r;
+
+		if (connecting) {
+			/* The connect started below finished: its outcome is SO_ERROR. */
+			int soerr = 0;
+			socklen_t len = sizeof(soerr);
+
+			if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+				return -errno;
+			return soerr ? -soerr : 0;
+		}
+		r = attempt(op);
+		if (op->kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY)) {
+			connecting = true;
+		} else if (r != -EAGAIN && r != -EWOULDBLOCK) {
+			if (op->kind == GR_OP_ACCEPT && r >= 0) {
+				/* Accepted sockets are born non-blocking (see accept). */
+				struct gr__fdstate *st = gr__fd_state(hub, (int)r);
+
+				if (st)
+					st->nonblock_set = 1;
+			}
+			return r;
+		}
+		struct gr_op wait = {
+			.kind = GR_OP_POLL,
+			.fd = op->fd,
+			.events = op_events(op),
+			.deadline = op->deadline,
+		};
+		r = gr__op_run(hub, &wait);
+		if (r < 0)
+			return r;
+	}
+}
+
+/* ------------------------------------------------------ the one path */
+
+static int64_t run_op(struct gr_op *op)
+{
+	struct gr__hub *hub;
+	int err = gr__check_can_park(&hub);
+
+	if (err)
+		return err;
+	if (op->fd < 0 && op->kind != GR_OP_TIMEOUT && op->kind != GR_OP_NOP)
+		return -EBADF;
+	op->deadline = gr__effective_deadline(hub->current, op->deadline);
+	if (hub->current->killed)
+		return -ECANCELED;
+	if (hub->ops->caps & GR_HUB_CAP_COMPLETION)
+		return gr__op_run(hub, op);
+	if (op->deadline != GR_FOREVER && op->deadline <= gr_now())
+		return -ETIMEDOUT;
+	return run_readiness(hub, op);
+}
+
+/* An operation with no deadline of its own (the fiber's still applies) at
+ * the file's current position. */
+static inline struct gr_op new_op(uint8_t kind, int fd)
+{
+	struct gr_op op = { .kind = kind, .fd = fd, .off = -1, .deadline = GR_FOREVER };
+
+	return op;
+}
+
+ssize_t gr_read(int fd, void *buf, size_t n)
+{
+	struct gr_op op = new_op(GR_OP_READ, fd);
+	op.buf = buf;
+	op.len = n;
+
+	return posix_result(run_op(&op));
+}
+
+ssize_t gr_write(int fd, const void *buf, size_t n)
+{
+	struct gr_op op = new_op(GR_OP_WRITE, fd);
+	op.buf = (void *)buf;
+	op.len = n;
+
+	return posix_result(run_op(&op));
+}
+
+ssize_t gr_pread(int fd, void *buf, size_t n, off_t off)
+{
+	if (off < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	struct gr_op op = new_op(GR_OP_READ, fd);
+	op.buf = buf;
+	op.len = n;
+	op.off = off;
+
+	return posix_result(run_op(&op));
+}
+
+ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	if (off < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	struct gr_op op = new_op(GR_OP_WRITE, fd);
+	op.buf = (void *)buf;
+	op.len = n;
+	op.off = off;
+
+	return posix_result(run_op(&op));
+}
+
+static bool valid_iov(const struct iovec *iov, int iovcnt)
+{
+	return iovcnt >= 0 && iovcnt <= IOV_MAX && (iov || iovcnt == 0);
+}
+
+ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt)
+{
+	if (!valid_iov(iov, iovcnt)) {
+		errno = EINVAL;
+		return -1;
+	}
+	struct gr_op op = new_op(GR_OP_READV, fd);
+	op.iov = iov;
+	op.iovcnt = iovcnt;
+
+	return posix_result(run_op(&op));
+}
+
+ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
+{
+	if (!valid_iov(iov, iovcnt)) {
+		errno = EINVAL;
+		return -1;
+	}
+	struct gr_op op = new_op(GR_OP_WRITEV, fd);
+	op.iov = iov;
+	op.iovcnt = iovcnt;
+
+	return posix_result(run_op(&op));
+}
+
+ssize_t gr_recv(int fd, void *buf, size_t n, int flags)
+{
+	struct gr_op op = new_op(GR_OP_RECV, fd);
+	op.buf = buf;
+	op.len = n;
+	op.flags = flags;
+
+	return posix_result(run_op(&op));
+}
+
+ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
+{
+	/* A peer that went away is an EPIPE for this call, not a SIGPIPE that
+	 * kills the whole server. */
+	struct gr_op op = new_op(GR_OP_SEND, fd);
+	op.buf = (void *)buf;
+	op.len = n;
+	op.flags = flags | MSG_NOSIGNAL;
+
+	return posix_result(run_op(&op));
+}
+
+ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	if (!msg) {
+		errno = EINVAL;
+		return -1;
+	}
+	struct gr_op op = new_op(GR_OP_RECVMSG, fd);
+	op.msg = msg;
+	op.flags = flags;
+
+	return posix_result(run_op(&op));
+}
+
+ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	if (!msg) {
+		errno = EINVAL;
+		return -1;
+	}
+	struct gr_op op = new_op(GR_OP_SENDMSG, fd);
+	op.msg = (struct msghdr *)msg;
+	op.flags = flags | MSG_NOSIGNAL;
+
+	return posix_result(run_op(&op));
+}
+
+int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
+{
+	if ((sa == NULL) != (len == NULL)) {
+		errno = EINVAL;
+		return -1;
+	}
+	struct gr__hub *hub = gr__hub_peek();
+	/* On readiness hubs an accepted socket is made non-blocking at birth:
+	 * it would be on its first green call anyway. */
+	if (hub && !(hub->ops->caps & GR_HUB_CAP_COMPLETION))
+		flags |= SOCK_NONBLOCK;
+	struct gr_op op = new_op(GR_OP_ACCEPT, fd);
+	op.addr = sa;
+	op.addrlen = len;
+	op.flags = flags;
+
+	return (int)posix_result(run_op(&op));
+}
+
+int gr_accept(int fd, struct sockaddr *sa, socklen_t *len)
+{
+	return gr_accept4(fd, sa, len, 0);
+}
+
+int gr_connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	if (!sa) {
+		errno = EFAULT;
+		return -1;
+	}
+	struct gr_op op = new_op(GR_OP_CONNECT, fd);
+	op.addr = (struct sockaddr *)sa;
+	op.addrlen_value = len;
+
+	return (int)posix_result(run_op(&op));
+}
+
+int gr_wait_fd(int fd, short events, int64_t deadline)
+{
+	struct gr__hub *hub;
+	int err = gr__check_can_park(&hub);
+
+	if (err)
+		return (int)posix_result(err);
+	if (fd < 0)
+		return (int)posix_result(-EBADF);
+	if (!(events & (POLLIN | POLLOUT | POLLPRI | POLLRDHUP)))
+		return (int)posix_result(-EINVAL);
+	if (deadline == 0) {
+		/* Try once: ask the kernel now, without parking. */
+		struct pollfd p = { .fd = fd, .events = events };
+		int r = poll(&p, 1, 0);
+
+		if (r < 0)
+			return (int)posix_result(-errno);
+		if (r == 1 && (p.revents & POLLNVAL))
+			return (int)posix_result(-EBADF);
+		return r == 1 ? 0 : (int)posix_result(-ETIMEDOUT);
+	}
+	if (hub->current->killed)
+		return (int)posix_result(-ECANCELED);
+	struct gr_op op = new_op(GR_OP_POLL, fd);
+	op.events = events;
+	op.deadline = deadline;
+	int64_t r = gr__op_run(hub, &op);
+	if (r >= 0 && (r & POLLNVAL))
+		r = -EBADF;
+	return (int)posix_result(r < 0 ? r : 0);
+}
+
+/* Close: cancel what is in flight on fd, let those fibers see EBADF, wait
+ * until the backend has let go of every operation naming fd, then close.
+ * Until then the number cannot be reused, so no queued operation can land on
+ * a file opened later under the same number. */
+int gr_close(int fd)
+{
+	struct gr__hub *hub = gr__hub_peek();
+
+	if (fd < 0)
+		return (int)posix_result(-EBADF);
+	if (!hub || hub->current == hub->loop || (size_t)fd >= hub->nfds)
+		return close(fd);
+	struct gr__fdstate *st = &hub->fds[fd];
+	if (st->closing)
+		return (int)posix_result(-EBADF); /* another fiber is closing it */
+	st->closing = 1;
+	for (struct gr_op *op = st->ops; op; op = op->fd_next)
+		gr__op_cancel(hub, op, EBADF);
+	while (st->ops) {
+		/* Not cancellable: the fd must end up closed either way. */
+		struct gr__waiter w = { .what = "gr_close", .uncancellable = true };
+
+		gr__wait(&st->closers, &w, GR_FOREVER);
+		st = &hub->fds[fd]; /* the table may have grown while we waited */
+	}
+	if (hub->ops->fd_forget)
+		hub->ops->fd_forget(hub->backend, fd);
+	int64_t r;
+	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
+		struct gr_op op = new_op(GR_OP_CLOSE, fd);
+
+		/* A close must happen even for a killed fiber or a passed deadline. */
+		op.uncancellable = 1;
+		r = gr__op_run(hub, &op);
+	} else {
+		r = close(fd) < 0 ? -errno : 0;
+	}
+	st = &hub->fds[fd];
+	st->closing = 0;
+	st->nonblock_set = 0;
+	return (int)posix_result(r);
+}

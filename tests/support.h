@@ -1,0 +1,38 @@
+/* support.h — what every behaviour test shares.
+ *
+ * Each test binary runs once per hub (ctest sets GREENRING_HUB). A suite
+ * declared with GRT_SUITE(name) gets:
+ *   - setup: the hub named by GREENRING_HUB is created; if it cannot run on
+ *     this machine the test is skipped with the reason, unless
+ *     GREENRING_REQUIRE_HUBS names it (CI names all three): then it fails.
+ *   - teardown: every fiber must have ended and been released, nothing may
+ *     be in flight, and the process must hold exactly the fds it held after
+ *     the hub was created.
+ */
+#ifndef GREENRING_TEST_SUPPORT_H
+#define GREENRING_TEST_SUPPORT_H
+
+#include <criterion/criterion.h>
+#include <greenring.h>
+
+void grt_setup(void);
+void grt_teardown(void);
+
+#define GRT_SUITE(name) TestSuite(name, .init = grt_setup, .fini = grt_teardown, .timeout = 60)
+
+/* The hub this run is for ("io_uring", "epoll", "poll"). */
+const char *grt_hub(void);
+
+/* Open fds of this process, counted from /proc/self/fd. */
+int grt_count_fds(void);
+
+/* A connected pair of loopback TCP sockets (fds[0] client, fds[1] server side). */
+void grt_tcp_pair(int fds[2]);
+
+/* A listening loopback TCP socket on an ephemeral port; *port gets it. */
+int grt_listener(int *port);
+
+/* Connect a new (blocking) TCP socket to 127.0.0.1:port with plain connect(). */
+int grt_connect_plain(int port);
+
+#endif
