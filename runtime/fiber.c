@@ -72,23 +72,6 @@ void gr__switch_arrived(struct gr__hub *hub, gr_fiber *self, gr__transfer t)
 		gr__fiber_release_stack(hub, prev); /* we are off its stack now */
 }
 
-void gr__switch_to(struct gr__hub *hub, gr_fiber *from, gr_fiber *to, bool dying)
-{
-	hub->current = to;
-	to->state = GR__FIBER_RUNNING;
-#ifdef GR__ASAN
-	__sanitizer_start_switch_fiber(dying ? NULL : &from->san.fake_stack, to->san.stack_bottom,
-				       to->san.stack_size);
-#else
-	(void)dying;
-#endif
-#ifdef GR__TSAN
-	__tsan_switch_to_fiber(to->san.tsan, 0);
-#endif
-	gr__transfer t = jump_fcontext(to->ctx, from);
-	gr__switch_arrived(hub, from, t);
-}
-
 /* ------------------------------------------------------------ lifecycle */
 
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f)
@@ -239,7 +222,7 @@ int gr_join(gr_fiber *f, void **result, int64_t deadline)
 		return err;
 	gr_fiber *self = hub->current;
 	if (f == self)
-		return -EDEADLK; /* as pthread_join on oneself */
+		return -EINVAL; /* greenring.h: "the caller itself"; main's own handle too */
 	if (f->detached || !gr__waitq_empty(&f->joiners))
 		return -EINVAL;
 	if (f->state != GR__FIBER_DEAD) {
@@ -369,7 +352,7 @@ static bool own_deadline_passed(const gr_fiber *self)
 
 static int yield(void)
 {
-	struct gr__hub *hub;
+	struct gr__hub *hub = NULL;
 	int err = gr__check_can_park(&hub);
 
 	if (err)
@@ -386,7 +369,7 @@ static int yield(void)
 
 int gr_sleep_until(int64_t deadline)
 {
-	struct gr__hub *hub;
+	struct gr__hub *hub = NULL;
 	int err = gr__check_can_park(&hub);
 
 	if (err)

@@ -31,7 +31,8 @@
 
 /* initial-exec: read from the SIGSEGV handler, where a lazy TLS allocation
  * would not be safe. */
-static __thread struct gr__hub *tls_hub __attribute__((tls_model("initial-exec")));
+__thread struct gr__hub *gr__tls_hub __attribute__((tls_model("initial-exec")));
+#define tls_hub gr__tls_hub
 static pthread_key_t hub_key;
 static pthread_once_t hub_key_once = PTHREAD_ONCE_INIT;
 
@@ -54,41 +55,9 @@ gr_fiber *gr__self(void)
 	return tls_hub ? tls_hub->current : NULL;
 }
 
-/* ------------------------------------------------------------ run queues */
-
-static inline void runq_push(struct gr__runq *q, gr_fiber *f)
-{
-	f->run_next = NULL;
-	if (q->tail)
-		q->tail->run_next = f;
-	else
-		q->head = f;
-	q->tail = f;
-}
-
-static inline gr_fiber *runq_pop(struct gr__runq *q)
-{
-	gr_fiber *f = q->head;
-
-	if (f) {
-		q->head = f->run_next;
-		if (!q->head)
-			q->tail = NULL;
-	}
-	return f;
-}
-
-void gr__ready(gr_fiber *f)
-{
-	f->state = GR__FIBER_RUNNABLE;
-	runq_push(&f->hub->next, f);
-}
-
-/* ------------------------------------------------------------ switching */
-
 static void hub_main(gr__transfer t);
 
-static gr_fiber *hub_loop_fiber(struct gr__hub *hub)
+gr_fiber *gr__hub_loop_fiber(struct gr__hub *hub)
 {
 	if (hub->loop)
 		return hub->loop;
@@ -113,29 +82,6 @@ static gr_fiber *hub_loop_fiber(struct gr__hub *hub)
 	gr__sanitizer_fiber_init(f);
 	hub->loop = f;
 	return f;
-}
-
-void gr__schedule(struct gr__hub *hub, bool dying)
-{
-	gr_fiber *self = hub->current;
-	gr_fiber *next = runq_pop(&hub->now);
-
-	if (!next) {
-		if (hub->inflight == 0 && hub->next.head) {
-			/* Nothing to reap: start the next turn here. */
-			hub->now = hub->next;
-			hub->next.head = hub->next.tail = NULL;
-			hub->turns++;
-			next = runq_pop(&hub->now);
-		} else {
-			next = hub_loop_fiber(hub);
-		}
-	}
-	if (next == self) {
-		self->state = GR__FIBER_RUNNING;
-		return;
-	}
-	gr__switch_to(hub, self, next, dying);
 }
 
 /* ------------------------------------------------------------ the loop */
@@ -190,7 +136,7 @@ static void hub_main(gr__transfer t)
 		hub->now = hub->next;
 		hub->next.head = hub->next.tail = NULL;
 		hub->turns++;
-		gr_fiber *f = runq_pop(&hub->now);
+		gr_fiber *f = gr__runq_pop(&hub->now);
 		gr__switch_to(hub, hub->loop, f, false);
 	}
 }
@@ -248,7 +194,7 @@ static void waiter_timer_done(struct gr_op *op)
 
 int gr__wait(struct gr__waitq *q, struct gr__waiter *w, int64_t deadline)
 {
-	struct gr__hub *hub;
+	struct gr__hub *hub = NULL;
 	int err = gr__check_can_park(&hub);
 
 	if (err)
@@ -301,15 +247,13 @@ int gr__wait(struct gr__waitq *q, struct gr__waiter *w, int64_t deadline)
 	return w->status;
 }
 
-int gr__check_can_park(struct gr__hub **hubp)
+int gr__check_can_park_slow(struct gr__hub **hubp)
 {
 	int err = 0;
 	struct gr__hub *hub = gr__hub_get(&err);
 
 	if (!hub)
 		return err;
-	/* The loop fiber runs backend code: parking it would leave nobody to
-	 * reap completions. */
 	if (hub->current == hub->loop)
 		return -EPERM;
 	*hubp = hub;
@@ -601,7 +545,7 @@ int gr_hub_stats(struct gr_hub_stats *out)
 
 int gr_hub_join(int64_t deadline)
 {
-	struct gr__hub *hub;
+	struct gr__hub *hub = NULL;
 	int err = gr__check_can_park(&hub);
 
 	if (err)

@@ -148,8 +148,8 @@ struct gr__hub *gr__hub_get(int *err);
 struct gr__hub *gr__hub_peek(void);
 
 /* fiber.c: switching and fiber bookkeeping the hub needs. */
-void gr__switch_to(struct gr__hub *hub, gr_fiber *from, gr_fiber *to, bool dying);
-/* First thing a fresh context does: finish the switch that started it. */
+/* First thing a context does after a jump: finish the switch (sanitizers,
+ * saving the context of the fiber we came from, releasing it if it died). */
 void gr__switch_arrived(struct gr__hub *hub, gr_fiber *self, gr__transfer t);
 void gr__sanitizer_fiber_init(gr_fiber *f);
 void gr__sanitizer_root_init(gr_fiber *root);
@@ -165,18 +165,113 @@ int gr__hub_destroy_idle(void);
 /* hub_select.c: create and install this thread's hub (ops NULL: the usual choice). */
 int gr__hub_create_with(const struct gr_hub_ops *ops, struct gr__hub **out);
 
+static inline void gr__runq_push(struct gr__runq *q, gr_fiber *f)
+{
+	f->run_next = NULL;
+	if (q->tail)
+		q->tail->run_next = f;
+	else
+		q->head = f;
+	q->tail = f;
+}
+
+static inline gr_fiber *gr__runq_pop(struct gr__runq *q)
+{
+	gr_fiber *f = q->head;
+
+	if (f) {
+		q->head = f->run_next;
+		if (!q->head)
+			q->tail = NULL;
+	}
+	return f;
+}
+
 /* Make a parked or new fiber runnable (next turn, FIFO). Does not switch. */
-void gr__ready(gr_fiber *f);
+static inline void gr__ready(gr_fiber *f)
+{
+	f->state = GR__FIBER_RUNNABLE;
+	gr__runq_push(&f->hub->next, f);
+}
+
+/* Jump from `from` to `to`, telling the sanitizers. */
+static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *hub, gr_fiber *from,
+								gr_fiber *to, bool dying)
+{
+	hub->current = to;
+	to->state = GR__FIBER_RUNNING;
+#ifdef GR__ASAN
+	__sanitizer_start_switch_fiber(dying ? NULL : &from->san.fake_stack, to->san.stack_bottom,
+				       to->san.stack_size);
+#else
+	(void)dying;
+#endif
+#ifdef GR__TSAN
+	__tsan_switch_to_fiber(to->san.tsan, 0);
+#endif
+	gr__transfer t = jump_fcontext(to->ctx, from);
+	gr__switch_arrived(hub, from, t);
+}
+
+/* The hub fiber, created the first time something blocks. */
+gr_fiber *gr__hub_loop_fiber(struct gr__hub *hub);
 
 /* Switch away from the current fiber, which must already be queued
  * somewhere (a run queue, a wait queue, or an operation in flight), to the
- * next fiber of this turn, or the hub. `dying`: the caller never returns. */
-void gr__schedule(struct gr__hub *hub, bool dying);
-static inline void gr__switch_out(struct gr__hub *hub) { gr__schedule(hub, false); }
+ * next fiber of this turn, or the hub. `dying`: the caller never returns.
+ *
+ * Inlined into every blocking call on purpose: jump_fcontext resumes the
+ * target with an indirect jump, not a return, so after each switch the CPU's
+ * return-stack predictor is one entry off and every return between the
+ * user's call and the jump mispredicts. Keeping that chain short is what
+ * makes a yield cost about one raw switch (bench/micro). */
+static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *hub, bool dying)
+{
+	gr_fiber *self = hub->current;
+	gr_fiber *next = gr__runq_pop(&hub->now);
+
+	if (!next) {
+		if (hub->inflight == 0 && hub->next.head) {
+			/* Nothing to reap: start the next turn here. */
+			hub->now = hub->next;
+			hub->next.head = hub->next.tail = NULL;
+			hub->turns++;
+			next = gr__runq_pop(&hub->now);
+		} else {
+			next = gr__hub_loop_fiber(hub);
+		}
+	}
+	if (next == self) {
+		self->state = GR__FIBER_RUNNING;
+		return;
+	}
+	gr__switch_to(hub, self, next, dying);
+}
+
+static inline __attribute__((always_inline)) void gr__switch_out(struct gr__hub *hub)
+{
+	gr__schedule(hub, false);
+}
+
+/* This thread's hub; read by the SIGSEGV handler too, hence initial-exec
+ * (no lazy allocation on first access). */
+extern __thread struct gr__hub *gr__tls_hub __attribute__((tls_model("initial-exec")));
 
 /* 0 if the caller may park (it is a fiber, not the hub, with a hub);
  * otherwise -EPERM or the hub creation error. */
-int gr__check_can_park(struct gr__hub **hubp);
+int gr__check_can_park_slow(struct gr__hub **hubp);
+static inline int gr__check_can_park(struct gr__hub **hubp)
+{
+	struct gr__hub *hub = gr__tls_hub;
+
+	/* The loop fiber runs backend code: parking it would leave nobody to
+	 * reap completions. */
+	if (hub && hub->current != hub->loop) {
+		*hubp = hub;
+		return 0;
+	}
+	return gr__check_can_park_slow(hubp);
+}
 
 /* The effective deadline of a blocking call: the sooner of `deadline` and
  * the calling fiber's own. */

@@ -182,7 +182,7 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
 
 static int64_t run_op(struct gr_op *op)
 {
-	struct gr__hub *hub;
+	struct gr__hub *hub = NULL;
 	int err = gr__check_can_park(&hub);
 
 	if (err)
@@ -372,7 +372,7 @@ int gr_connect(int fd, const struct sockaddr *sa, socklen_t len)
 
 int gr_wait_fd(int fd, short events, int64_t deadline)
 {
-	struct gr__hub *hub;
+	struct gr__hub *hub = NULL;
 	int err = gr__check_can_park(&hub);
 
 	if (err)

@@ -3,12 +3,14 @@
  *
  * Layout of one stack, low to high addresses:
  *
- *     [ guard (no access) | usable stack ... | struct gr_fiber ]
- *       base               base+guard          top
+ *     [ guard (no access) | usable stack ... | gr_fiber | gr__stack ]
+ *       base               base+guard                    descriptor
  *
  * A spawn takes a stack from the hub's pool: mmap + guard + munmap costs
  * about 8 µs here, a pooled stack nothing. Only stacks of the default size
- * are pooled; other sizes are mapped and unmapped per fiber.
+ * are pooled; other sizes are mapped and unmapped per fiber. Pooled stacks
+ * keep the pages they touched (a few KiB each): that memory is the price
+ * of spawning a burst again without the kernel.
  *
  * Guards: on Linux ≥ 6.13, madvise(MADV_GUARD_INSTALL) marks the guard
  * without splitting the mapping, so 100k fibers stay within the default
@@ -42,11 +44,17 @@
 /* Large enough that a function with a few KiB of locals does not step over
  * the guard into the stack below; costs address space only. */
 #define GUARD_BYTES ((size_t)16 * 1024)
-#define POOL_MAX 1024
+/* The pool keeps as many free stacks as were ever live at once (a server's
+ * working set: a burst of N connections will come again), at least
+ * POOL_MIN and at most POOL_MAX. Beyond that, stacks go back to the kernel. */
+#define POOL_MIN 256
+#define POOL_MAX 65536
 
 struct gr__stack_pool {
 	struct gr__stack *free;
-	size_t count;
+	size_t count;         /* stacks in the free list */
+	size_t live;          /* default-size stacks handed out */
+	size_t peak_live;
 	size_t default_size;
 };
 
@@ -167,19 +175,31 @@ void gr__stack_pool_free(struct gr__stack_pool *pool)
 struct gr__stack *gr__stack_get(struct gr__stack_pool *pool, size_t size)
 {
 	size = size ? round_to_pages(size) : pool->default_size;
-	if (size == pool->default_size && pool->free) {
-		struct gr__stack *s = pool->free;
-
+	if (size != pool->default_size)
+		return stack_map(size);
+	struct gr__stack *s = pool->free;
+	if (s) {
 		pool->free = s->next;
 		pool->count--;
-		return s;
+	} else if ((s = stack_map(size)) == NULL) {
+		return NULL;
 	}
-	return stack_map(size);
+	if (++pool->live > pool->peak_live)
+		pool->peak_live = pool->live;
+	return s;
 }
 
 void gr__stack_put(struct gr__stack_pool *pool, struct gr__stack *s)
 {
-	if (s->size == pool->default_size && pool->count < POOL_MAX) {
+	if (s->size != pool->default_size) {
+		stack_unmap(s);
+		return;
+	}
+	pool->live--;
+	size_t keep = pool->peak_live < POOL_MIN ? POOL_MIN : pool->peak_live;
+	if (keep > POOL_MAX)
+		keep = POOL_MAX;
+	if (pool->count < keep) {
 		s->next = pool->free;
 		pool->free = s;
 		pool->count++;
