@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -302,18 +303,29 @@ static void op_wake_owner(struct gr_op *op)
 	gr__ready(op->owner);
 }
 
+/* NULL with errno EBADF (a negative fd, or an unopened one beyond the table)
+ * or ENOMEM. */
 struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
 {
-	if (fd < 0)
+	if (fd < 0) {
+		errno = EBADF;
 		return NULL;
+	}
 	if ((size_t)fd >= hub->nfds) {
 		size_t n = hub->nfds ? hub->nfds : 256;
+
+		/* Grow only for an open fd: a bad number (100000, INT_MAX) must
+		 * be EBADF, not a table of 2^31 entries. */
+		if (fcntl(fd, F_GETFD) < 0)
+			return NULL; /* errno EBADF */
 
 		while (n <= (size_t)fd)
 			n *= 2;
 		struct gr__fdstate *fds = realloc(hub->fds, n * sizeof(*fds));
-		if (!fds)
+		if (!fds) {
+			errno = ENOMEM;
 			return NULL;
+		}
 		memset(fds + hub->nfds, 0, (n - hub->nfds) * sizeof(*fds));
 		/* Wait queues point back at their head: fix up what moved. */
 		for (size_t i = 0; i < hub->nfds; i++) {
@@ -347,7 +359,7 @@ int64_t gr__op_run(struct gr__hub *hub, struct gr_op *op)
 	if (op_names_fd(op)) {
 		st = gr__fd_state(hub, op->fd);
 		if (!st)
-			return -ENOMEM;
+			return errno == EBADF ? -EBADF : -ENOMEM;
 		if (st->closing && op->kind != GR_OP_CLOSE)
 			return -EBADF;
 		op->fd_next = st->ops;

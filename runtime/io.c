@@ -75,7 +75,7 @@ static int ensure_nonblocking(struct gr__hub *hub, int fd)
 	struct gr__fdstate *st = gr__fd_state(hub, fd);
 
 	if (!st)
-		return -ENOMEM;
+		return errno == EBADF ? -EBADF : -ENOMEM;
 	if (st->nonblock_set)
 		return 0;
 	int fl = fcntl(fd, F_GETFL);
@@ -226,10 +226,27 @@ ssize_t gr_write(int fd, const void *buf, size_t n)
 	return posix_result(run_op(&op));
 }
 
+/* pread/pwrite on a pipe or socket is ESPIPE. io_uring does not say so: it
+ * ignores the offset of a stream file and reads (or blocks) as read() would,
+ * so a completion hub asks the kernel first. A readiness hub's pread() says
+ * ESPIPE by itself. */
+static int positional_unsupported(int fd)
+{
+	struct gr__hub *hub = gr__hub_peek();
+
+	if (hub && !(hub->ops->caps & GR_HUB_CAP_COMPLETION))
+		return 0;
+	return fd >= 0 && lseek(fd, 0, SEEK_CUR) < 0 && errno == ESPIPE;
+}
+
 ssize_t gr_pread(int fd, void *buf, size_t n, off_t off)
 {
 	if (off < 0) {
 		errno = EINVAL;
+		return -1;
+	}
+	if (positional_unsupported(fd)) {
+		errno = ESPIPE;
 		return -1;
 	}
 	struct gr_op op = new_op(GR_OP_READ, fd);
@@ -244,6 +261,10 @@ ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
 {
 	if (off < 0) {
 		errno = EINVAL;
+		return -1;
+	}
+	if (positional_unsupported(fd)) {
+		errno = ESPIPE;
 		return -1;
 	}
 	struct gr_op op = new_op(GR_OP_WRITE, fd);

@@ -1,0 +1,831 @@
+/* test_fiber.c — spawning, scheduling order, join, detach, kill-free
+ * lifecycle, names and ids, spawn options, misuse, hub join and deadlock
+ * detection. Runs once per hub. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "support.h"
+
+GRT_SUITE(fiber);
+
+/* ------------------------------------------------------------ helpers */
+
+/* Capture what the runtime writes to stderr between begin and end. */
+struct capture {
+	int saved;
+	int rd;
+};
+
+static void capture_begin(struct capture *c)
+{
+	int p[2];
+
+	fflush(stderr);
+	cr_assert_eq(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+	c->saved = dup(STDERR_FILENO);
+	cr_assert_geq(c->saved, 0);
+	cr_assert_geq(dup2(p[1], STDERR_FILENO), 0);
+	close(p[1]);
+	c->rd = p[0];
+}
+
+/* Restore stderr and return what was captured (static buffer). */
+static const char *capture_end(struct capture *c)
+{
+	static char buf[4096];
+	ssize_t n;
+
+	fflush(stderr);
+	dup2(c->saved, STDERR_FILENO);
+	close(c->saved);
+	n = read(c->rd, buf, sizeof(buf) - 1);
+	close(c->rd);
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
+
+/* ------------------------------------------------------------ laziness, order */
+
+static void *set_flag(void *arg)
+{
+	*(int *)arg = 1;
+	return NULL;
+}
+
+Test(fiber, spawn_does_not_run_until_the_spawner_yields)
+{
+	int ran = 0;
+	gr_fiber *f = gr_spawn(set_flag, &ran);
+
+	cr_assert_not_null(f, "gr_spawn: %s", strerror(errno));
+	cr_assert_eq(ran, 0, "gr_spawn ran the fiber before the spawner yielded");
+	/* Non-switching calls do not run it either. */
+	gr_now();
+	gr_self();
+	gr_fiber_id(f);
+	cr_assert_eq(ran, 0);
+	cr_assert_eq(gr_sleep(0), 0);
+	cr_assert_eq(ran, 1, "gr_sleep(0) did not run a runnable fiber");
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+}
+
+struct order_log {
+	int log[64];
+	int n;
+};
+
+struct order_arg {
+	struct order_log *log;
+	int id;
+	int rounds;
+};
+
+static void *log_rounds(void *arg)
+{
+	struct order_arg *a = arg;
+
+	for (int i = 0; i < a->rounds; i++) {
+		a->log->log[a->log->n++] = a->id;
+		if (i + 1 < a->rounds)
+			cr_assert_eq(gr_sleep(0), 0);
+	}
+	return NULL;
+}
+
+Test(fiber, sleep0_runs_every_runnable_fiber_exactly_once_in_fifo_order)
+{
+	struct order_log log = { .n = 0 };
+	struct order_arg args[5];
+	gr_fiber *f[5];
+
+	for (int i = 0; i < 5; i++) {
+		args[i] = (struct order_arg){ .log = &log, .id = i, .rounds = 3 };
+		f[i] = gr_spawn(log_rounds, &args[i]);
+		cr_assert_not_null(f[i]);
+	}
+	/* Each yield of main is one turn: every fiber runs once, in spawn order. */
+	for (int round = 1; round <= 3; round++) {
+		cr_assert_eq(gr_sleep(0), 0);
+		cr_assert_eq(log.n, 5 * round, "after %d yields of main, %d fiber runs (want %d)",
+			     round, log.n, 5 * round);
+		for (int i = 0; i < 5; i++)
+			cr_assert_eq(log.log[5 * (round - 1) + i], i,
+				     "round %d: position %d ran fiber %d, not FIFO", round, i,
+				     log.log[5 * (round - 1) + i]);
+	}
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(gr_join(f[i], NULL, GR_FOREVER), 0);
+	cr_assert_eq(log.n, 15);
+}
+
+struct nested {
+	int order[8];
+	int n;
+};
+
+static void *nested_child(void *arg)
+{
+	struct nested *s = arg;
+
+	s->order[s->n++] = 2;
+	return NULL;
+}
+
+static void *nested_parent(void *arg)
+{
+	struct nested *s = arg;
+	gr_fiber *c = gr_spawn(nested_child, s);
+
+	cr_assert_not_null(c);
+	s->order[s->n++] = 1; /* the child has not run yet */
+	cr_assert_eq(gr_join(c, NULL, GR_FOREVER), 0);
+	s->order[s->n++] = 3;
+	return NULL;
+}
+
+Test(fiber, a_fiber_spawned_by_a_fiber_is_lazy_too)
+{
+	struct nested s = { .n = 0 };
+	gr_fiber *p = gr_spawn(nested_parent, &s);
+
+	cr_assert_eq(gr_join(p, NULL, GR_FOREVER), 0);
+	cr_assert_eq(s.n, 3);
+	cr_assert_eq(s.order[0], 1);
+	cr_assert_eq(s.order[1], 2);
+	cr_assert_eq(s.order[2], 3);
+}
+
+/* ------------------------------------------------------------ join */
+
+static void *return_arg_plus_one(void *arg)
+{
+	return (char *)arg + 1;
+}
+
+static void *sleep_then_return(void *arg)
+{
+	cr_assert_eq(gr_sleep(5 * GR_MSEC), 0);
+	return arg;
+}
+
+Test(fiber, join_returns_the_result_of_fn)
+{
+	static char base[16];
+	gr_fiber *f[10];
+
+	for (int i = 0; i < 10; i++)
+		f[i] = gr_spawn(i % 2 ? return_arg_plus_one : sleep_then_return, base + i);
+	/* Join in reverse: some have ended (and wait for us), some still sleep. */
+	for (int i = 9; i >= 0; i--) {
+		void *res = NULL;
+
+		cr_assert_eq(gr_join(f[i], &res, GR_FOREVER), 0);
+		cr_assert_eq(res, base + i + (i % 2), "fiber %d returned %p, want %p", i, res,
+			     (void *)(base + i + (i % 2)));
+	}
+}
+
+Test(fiber, join_of_an_ended_fiber_does_not_switch_and_null_result_is_allowed)
+{
+	int ran = 0;
+	gr_fiber *f = gr_spawn(set_flag, &ran);
+
+	cr_assert_eq(gr_sleep(0), 0);
+	cr_assert_eq(ran, 1);
+	cr_assert_eq(gr_join(f, NULL, 0), 0, "join with deadline 0 of an ended fiber");
+}
+
+static void *sleep_arg_ms(void *arg)
+{
+	gr_sleep((int64_t)(intptr_t)arg * GR_MSEC);
+	return arg;
+}
+
+Test(fiber, join_timeout_leaves_the_fiber_joinable)
+{
+	gr_fiber *f = gr_spawn(sleep_arg_ms, (void *)(intptr_t)30);
+	void *res = NULL;
+	int64_t t0 = gr_now();
+
+	cr_assert_eq(gr_join(f, &res, 0), -ETIMEDOUT, "deadline 0 must try once");
+	cr_assert_eq(gr_join(f, &res, gr_now() + 5 * GR_MSEC), -ETIMEDOUT);
+	int64_t waited = gr_now() - t0;
+	cr_assert_geq(waited, 5 * GR_MSEC, "join timed out early: %lld ns", (long long)waited);
+	cr_assert_eq(gr_join(f, &res, GR_FOREVER), 0, "fiber not joinable after a timed-out join");
+	cr_assert_eq(res, (void *)(intptr_t)30);
+}
+
+static void *join_other(void *arg)
+{
+	void *res = NULL;
+	int r = gr_join(arg, &res, GR_FOREVER);
+
+	return r == 0 ? res : (void *)(intptr_t)r;
+}
+
+Test(fiber, a_fiber_can_join_another_fiber)
+{
+	gr_fiber *sleeper = gr_spawn(sleep_arg_ms, (void *)(intptr_t)2);
+	gr_fiber *joiner = gr_spawn(join_other, sleeper);
+	void *res = NULL;
+
+	cr_assert_eq(gr_join(joiner, &res, GR_FOREVER), 0);
+	cr_assert_eq(res, (void *)(intptr_t)2);
+}
+
+static void *try_join_twice(void *arg)
+{
+	return (void *)(intptr_t)gr_join(arg, NULL, GR_FOREVER);
+}
+
+Test(fiber, a_second_joiner_gets_einval)
+{
+	gr_fiber *sleeper = gr_spawn(sleep_arg_ms, (void *)(intptr_t)5);
+	gr_fiber *j1 = gr_spawn(try_join_twice, sleeper);
+	gr_fiber *j2 = gr_spawn(try_join_twice, sleeper);
+	void *r1, *r2;
+
+	cr_assert_eq(gr_join(j1, &r1, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(j2, &r2, GR_FOREVER), 0);
+	cr_assert_eq((intptr_t)r1, 0);
+	cr_assert_eq((intptr_t)r2, -EINVAL, "second joiner: %s", strerror((int)-(intptr_t)r2));
+}
+
+/* ------------------------------------------------------------ detach, spawn_n */
+
+static void count_up(void *arg)
+{
+	(*(int *)arg)++;
+}
+
+static void *count_up_ret(void *arg)
+{
+	gr_sleep(GR_MSEC);
+	(*(int *)arg)++;
+	return NULL;
+}
+
+Test(fiber, detached_fibers_run_and_are_released_when_they_end)
+{
+	int n = 0;
+	gr_fiber *running = gr_spawn(count_up_ret, &n);
+	gr_fiber *ended = gr_spawn(set_flag, &(int){ 0 });
+
+	cr_assert_eq(gr_detach(running), 0);
+	cr_assert_eq(gr_sleep(0), 0); /* `ended` ends, unjoined */
+	cr_assert_eq(gr_detach(ended), 0, "detaching an ended fiber releases it");
+	cr_assert_eq(gr_hub_join(GR_FOREVER), 0);
+	cr_assert_eq(n, 1);
+	struct gr_hub_stats st;
+	cr_assert_eq(gr_hub_stats(&st), 0);
+	cr_assert_eq(st.fibers, 0);
+	cr_assert_eq(st.unreleased, 0);
+}
+
+Test(fiber, detach_misuse)
+{
+	int n = 0;
+	gr_fiber *f = gr_spawn(count_up_ret, &n);
+
+	cr_assert_eq(gr_detach(NULL), -EINVAL);
+	cr_assert_eq(gr_detach(f), 0);
+	cr_assert_eq(gr_detach(f), -EINVAL, "detaching twice");
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), -EINVAL, "joining a detached fiber");
+	cr_assert_eq(gr_hub_join(GR_FOREVER), 0);
+	cr_assert_eq(n, 1);
+}
+
+Test(fiber, spawn_n_runs_detached_fibers)
+{
+	int n = 0;
+
+	for (int i = 0; i < 1000; i++)
+		cr_assert_eq(gr_spawn_n(count_up, &n), 0);
+	cr_assert_eq(n, 0, "gr_spawn_n ran before the spawner yielded");
+	cr_assert_eq(gr_sleep(0), 0);
+	cr_assert_eq(n, 1000, "one yield must run every runnable fiber: %d ran", n);
+	cr_assert_eq(gr_hub_join(GR_FOREVER), 0);
+	cr_assert_eq(gr_spawn_n(NULL, &n), -EINVAL);
+}
+
+Test(fiber, spawn_with_detached_option)
+{
+	int n = 0;
+	struct gr_spawn_opts o = { .detached = 1, .name = "det" };
+	gr_fiber *f = gr_spawn_with(&o, count_up_ret, &n);
+
+	cr_assert_not_null(f);
+	cr_assert_str_eq(gr_fiber_name(f), "det");
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), -EINVAL);
+	cr_assert_eq(gr_hub_join(GR_FOREVER), 0);
+	cr_assert_eq(n, 1);
+}
+
+Test(fiber, many_fibers)
+{
+	enum { N = 20000 };
+	int n = 0;
+
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(gr_spawn_n(count_up, &n), 0, "spawn %d: %s", i, strerror(errno));
+	cr_assert_eq(gr_hub_join(GR_FOREVER), 0);
+	cr_assert_eq(n, N);
+}
+
+/* ------------------------------------------------------------ names and ids */
+
+struct ident {
+	gr_fiber *self;
+	uint64_t id;
+	char name[64];
+};
+
+static void *record_ident(void *arg)
+{
+	struct ident *i = arg;
+
+	i->self = gr_self();
+	i->id = gr_fiber_id(i->self);
+	snprintf(i->name, sizeof(i->name), "%s", gr_fiber_name(i->self));
+	return NULL;
+}
+
+Test(fiber, self_ids_and_names)
+{
+	gr_fiber *main_f = gr_self();
+	char name[] = "worker-7";
+	struct gr_spawn_opts o = { .name = name };
+	struct ident a = { 0 }, b = { 0 };
+	gr_fiber *fa = gr_spawn_with(&o, record_ident, &a);
+	gr_fiber *fb = gr_spawn(record_ident, &b);
+
+	cr_assert_not_null(main_f);
+	cr_assert_neq(gr_fiber_id(main_f), 0);
+	cr_assert_str_eq(gr_fiber_name(main_f), "main");
+	name[0] = 'X'; /* the name was copied */
+	cr_assert_str_eq(gr_fiber_name(fa), "worker-7");
+	cr_assert_eq(gr_fiber_set_name(fb, "renamed"), 0);
+	uint64_t ida = gr_fiber_id(fa), idb = gr_fiber_id(fb);
+	cr_assert(ida != idb && ida != gr_fiber_id(main_f) && idb != gr_fiber_id(main_f),
+		  "ids not unique: main %llu, a %llu, b %llu",
+		  (unsigned long long)gr_fiber_id(main_f), (unsigned long long)ida,
+		  (unsigned long long)idb);
+	cr_assert_eq(gr_join(fa, NULL, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(fb, NULL, GR_FOREVER), 0);
+	cr_assert_eq(a.self, fa, "gr_self() in a fiber is not its handle");
+	cr_assert_eq(b.self, fb);
+	cr_assert_eq(a.id, ida);
+	cr_assert_eq(b.id, idb);
+	cr_assert_str_eq(a.name, "worker-7");
+	cr_assert_str_eq(b.name, "renamed");
+	cr_assert_eq(gr_self(), main_f, "main's handle changed");
+	cr_assert_eq(gr_fiber_set_name(NULL, "x"), -EINVAL);
+	cr_assert_eq(gr_fiber_set_name(main_f, NULL), -EINVAL);
+	cr_assert_eq(gr_fiber_id(NULL), 0);
+	cr_assert_null(gr_fiber_name(NULL));
+}
+
+Test(fiber, long_names_are_truncated_not_overflowed)
+{
+	char longname[300];
+	struct ident a = { 0 };
+
+	memset(longname, 'n', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	struct gr_spawn_opts o = { .name = longname };
+	gr_fiber *f = gr_spawn_with(&o, record_ident, &a);
+	cr_assert_not_null(f);
+	size_t len = strlen(gr_fiber_name(f));
+	cr_assert(len > 0 && len < sizeof(longname) - 1);
+	cr_assert_eq(strncmp(gr_fiber_name(f), longname, len), 0);
+	cr_assert_eq(gr_fiber_set_name(f, longname), 0);
+	cr_assert_eq(strlen(gr_fiber_name(f)), len);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+}
+
+/* ------------------------------------------------------------ stack size option */
+
+/* Touch `bytes` of stack in one frame; the compiler cannot drop it. */
+static __attribute__((noinline)) int use_stack(size_t bytes)
+{
+	volatile char *p = __builtin_alloca(bytes);
+	int sum = 0;
+
+	for (size_t i = 0; i < bytes; i += 512)
+		p[i] = (char)i;
+	for (size_t i = 0; i < bytes; i += 512)
+		sum += p[i];
+	return sum;
+}
+
+static void *use_stack_fiber(void *arg)
+{
+	use_stack((size_t)(uintptr_t)arg);
+	return arg;
+}
+
+Test(fiber, spawn_with_a_large_stack_can_use_it)
+{
+	/* 768 KiB of locals: far beyond the 64 KiB default, inside 1 MiB. */
+	struct gr_spawn_opts o = { .stack_size = 1024 * 1024, .name = "big" };
+	void *res = NULL;
+	gr_fiber *f = gr_spawn_with(&o, use_stack_fiber, (void *)(uintptr_t)(768 * 1024));
+
+	cr_assert_not_null(f, "spawn with a 1 MiB stack: %s", strerror(errno));
+	cr_assert_eq(gr_join(f, &res, GR_FOREVER), 0);
+	cr_assert_eq(res, (void *)(uintptr_t)(768 * 1024));
+	/* A tiny request is raised to a usable minimum, not refused. */
+	struct gr_spawn_opts tiny = { .stack_size = 1 };
+	f = gr_spawn_with(&tiny, use_stack_fiber, (void *)(uintptr_t)2048);
+	cr_assert_not_null(f, "spawn with stack_size 1: %s", strerror(errno));
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+}
+
+Test(fiber, default_stack_holds_a_few_kib_of_locals)
+{
+	gr_fiber *f = gr_spawn(use_stack_fiber, (void *)(uintptr_t)(32 * 1024));
+
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+}
+
+/* ------------------------------------------------------------ misuse */
+
+Test(fiber, misuse_returns_errors)
+{
+	errno = 0;
+	cr_assert_null(gr_spawn(NULL, NULL));
+	cr_assert_eq(errno, EINVAL);
+	errno = 0;
+	cr_assert_null(gr_spawn_with(&(struct gr_spawn_opts){ 0 }, NULL, NULL));
+	cr_assert_eq(errno, EINVAL);
+	cr_assert_eq(gr_join(NULL, NULL, GR_FOREVER), -EINVAL);
+	cr_assert_eq(gr_kill(NULL), -EINVAL);
+	cr_assert_eq(gr_sleep(-1), -EINVAL);
+	cr_assert_eq(gr_sleep_until(-5), -EINVAL);
+	cr_assert_eq(gr_hub_stats(NULL), -EINVAL);
+	/* main is not a joinable fiber. */
+	cr_assert_eq(gr_join(gr_self(), NULL, 0), -EINVAL);
+	cr_assert_eq(gr_detach(gr_self()), -EINVAL);
+	/* A released handle is refused, not followed. */
+	gr_fiber *f = gr_spawn(return_arg_plus_one, NULL);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), -EINVAL, "joining a released fiber");
+	cr_assert_eq(gr_kill(f), -EINVAL, "killing a released fiber");
+	cr_assert_eq(gr_detach(f), -EINVAL, "detaching a released fiber");
+}
+
+static void *join_self(void *arg)
+{
+	(void)arg;
+	return (void *)(intptr_t)gr_join(gr_self(), NULL, GR_FOREVER);
+}
+
+Test(fiber, joining_oneself_fails_at_once)
+{
+	void *res;
+	gr_fiber *f = gr_spawn(join_self, NULL);
+
+	cr_assert_eq(gr_join(f, &res, gr_now() + 5 * GR_SEC), 0);
+	/* greenring.h documents EINVAL for "the caller itself". */
+	cr_assert_eq((intptr_t)res, -EINVAL, "gr_join(self): %s", strerror((int)-(intptr_t)res));
+}
+
+/* ------------------------------------------------------------ hub join */
+
+Test(fiber, hub_join_runs_until_no_fiber_is_left)
+{
+	int n = 0;
+
+	for (int i = 0; i < 10; i++) {
+		gr_fiber *f = gr_spawn(count_up_ret, &n);
+		cr_assert_eq(gr_detach(f), 0);
+	}
+	cr_assert_eq(gr_hub_join(GR_FOREVER), 0);
+	cr_assert_eq(n, 10);
+	cr_assert_eq(gr_hub_join(GR_FOREVER), 0, "nothing left: returns at once");
+}
+
+Test(fiber, hub_join_deadline)
+{
+	gr_fiber *f = gr_spawn(sleep_arg_ms, (void *)(intptr_t)60);
+	int64_t t0 = gr_now();
+
+	cr_assert_eq(gr_hub_join(t0 + 10 * GR_MSEC), -ETIMEDOUT);
+	cr_assert_geq(gr_now() - t0, 10 * GR_MSEC);
+	cr_assert_eq(gr_hub_join(0), -ETIMEDOUT);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+}
+
+static void *hub_join_in_fiber(void *arg)
+{
+	int r = gr_hub_join(GR_FOREVER);
+
+	*(int *)arg = 1;
+	return (void *)(intptr_t)r;
+}
+
+Test(fiber, hub_join_from_a_fiber_waits_for_the_others)
+{
+	int n = 0, done = 0;
+	void *res;
+
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(gr_detach(gr_spawn(count_up_ret, &n)), 0);
+	gr_fiber *j = gr_spawn(hub_join_in_fiber, &done);
+	cr_assert_eq(gr_join(j, &res, GR_FOREVER), 0);
+	cr_assert_eq((intptr_t)res, 0);
+	cr_assert_eq(n, 3, "gr_hub_join in a fiber returned before the others ended");
+}
+
+/* ------------------------------------------------------------ deadlock */
+
+struct cycle {
+	gr_fiber *a, *b;
+	int rb;
+};
+
+static void *cycle_a(void *arg)
+{
+	struct cycle *c = arg;
+
+	return (void *)(intptr_t)gr_join(c->b, NULL, GR_FOREVER);
+}
+
+static void *cycle_b(void *arg)
+{
+	struct cycle *c = arg;
+
+	c->rb = gr_join(c->a, NULL, GR_FOREVER);
+	return NULL;
+}
+
+Test(fiber, join_cycle_is_edeadlk)
+{
+	struct cycle c = { 0 };
+	void *ra;
+
+	c.a = gr_spawn(cycle_a, &c);
+	c.b = gr_spawn(cycle_b, &c);
+	/* a parks joining b; b's join of a would close the cycle. main joins
+	 * only after both ran (a fiber has at most one joiner). */
+	cr_assert_eq(gr_sleep(0), 0);
+	cr_assert_eq(gr_join(c.a, &ra, gr_now() + 5 * GR_SEC), 0); /* a released b */
+	cr_assert_eq(c.rb, -EDEADLK, "closing a join cycle: %s", strerror(-c.rb));
+	cr_assert_eq((intptr_t)ra, 0, "a's join of b should succeed once b gives up");
+}
+
+struct cycle3 {
+	gr_fiber *f[3];
+	int r[3];
+	int idx[3];
+};
+
+static struct cycle3 *cyc3;
+
+static void *cycle3_fn(void *arg)
+{
+	int i = *(int *)arg;
+
+	cyc3->r[i] = gr_join(cyc3->f[(i + 1) % 3], NULL, GR_FOREVER);
+	return NULL;
+}
+
+Test(fiber, three_fiber_join_cycle_is_edeadlk)
+{
+	struct cycle3 c = { .idx = { 0, 1, 2 } };
+
+	cyc3 = &c;
+	for (int i = 0; i < 3; i++)
+		c.f[i] = gr_spawn(cycle3_fn, &c.idx[i]);
+	cr_assert_eq(gr_sleep(0), 0);
+	/* 0 released 1, and 1 released 2. */
+	cr_assert_eq(gr_join(c.f[0], NULL, gr_now() + 5 * GR_SEC), 0);
+	/* 0 joins 1, 1 joins 2, 2 would join 0: refused; then 1 and 0 finish. */
+	cr_assert_eq(c.r[2], -EDEADLK);
+	cr_assert_eq(c.r[1], 0);
+	cr_assert_eq(c.r[0], 0);
+}
+
+static void *hub_join_forever(void *arg)
+{
+	return (void *)(intptr_t)gr_hub_join(GR_FOREVER);
+}
+
+Test(fiber, main_waiting_on_what_no_fiber_can_provide_is_edeadlk)
+{
+	/* Two fibers each wait for the other to end (gr_hub_join from a fiber
+	 * waits for every fiber but itself): nothing runnable, nothing in
+	 * flight, no timer. main's join must fail, not hang. */
+	gr_fiber *a = gr_spawn(hub_join_forever, NULL);
+	gr_fiber *b = gr_spawn(hub_join_forever, NULL);
+	struct capture cap;
+	void *ra, *rb;
+
+	capture_begin(&cap);
+	int r = gr_join(a, NULL, GR_FOREVER);
+	const char *msg = capture_end(&cap);
+	cr_assert_eq(r, -EDEADLK, "gr_join: %s", strerror(-r));
+	cr_assert_not_null(strstr(msg, "deadlock"), "no deadlock message on stderr: \"%s\"", msg);
+	cr_assert_not_null(strstr(msg, "main"), "the message should name the waiter: \"%s\"", msg);
+	cr_assert_eq(strchr(msg, '\n'), msg + strlen(msg) - 1, "one line expected: \"%s\"", msg);
+	/* main is still usable: unwind the two. */
+	cr_assert_eq(gr_kill(a), 0);
+	cr_assert_eq(gr_kill(b), 0);
+	cr_assert_eq(gr_join(a, &ra, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(b, &rb, GR_FOREVER), 0);
+	cr_assert_eq((intptr_t)ra, -ECANCELED);
+	cr_assert_eq((intptr_t)rb, -ECANCELED);
+}
+
+Test(fiber, hub_join_deadlock_is_edeadlk)
+{
+	gr_fiber *a = gr_spawn(hub_join_forever, NULL);
+	gr_fiber *b = gr_spawn(hub_join_forever, NULL);
+	struct capture cap;
+
+	capture_begin(&cap);
+	int r = gr_hub_join(GR_FOREVER);
+	capture_end(&cap);
+	cr_assert_eq(r, -EDEADLK, "gr_hub_join: %s", strerror(-r));
+	gr_kill(a);
+	gr_kill(b);
+	cr_assert_eq(gr_join(a, NULL, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(b, NULL, GR_FOREVER), 0);
+}
+
+Test(fiber, a_pending_timer_is_not_a_deadlock)
+{
+	/* main waits on a fiber that only sleeps: the timer will wake it. */
+	gr_fiber *f = gr_spawn(sleep_arg_ms, (void *)(intptr_t)20);
+	void *res;
+
+	cr_assert_eq(gr_join(f, &res, GR_FOREVER), 0);
+	cr_assert_eq(res, (void *)(intptr_t)20);
+}
+
+/* ------------------------------------------------------------ blocking inside the hub
+ *
+ * A minimal third-party readiness backend (only GR_OP_POLL and GR_OP_TIMEOUT),
+ * whose wait() tries the blocking API: there no fiber can park, so every
+ * blocking call must fail with EPERM and the loop must carry on. */
+
+#define TH_MAX 64
+static struct gr_op *th_ops[TH_MAX];
+static int th_probe_calls;
+static int th_in_wait_results[8];
+static int th_tried;
+
+static int th_probe(char *why, size_t len)
+{
+	th_probe_calls++;
+	return 0;
+}
+
+static int th_init(void **state, const struct gr_hub_config *cfg)
+{
+	memset(th_ops, 0, sizeof(th_ops));
+	*state = th_ops;
+	return 0;
+}
+
+static void th_fini(void *state, int after_fork)
+{
+}
+
+static int th_submit(void *state, struct gr_op *op)
+{
+	if (op->kind != GR_OP_POLL && op->kind != GR_OP_TIMEOUT)
+		return -EINVAL;
+	for (int i = 0; i < TH_MAX; i++) {
+		if (!th_ops[i]) {
+			th_ops[i] = op;
+			return 0;
+		}
+	}
+	return -EAGAIN;
+}
+
+static int th_cancel(void *state, struct gr_op *op)
+{
+	for (int i = 0; i < TH_MAX; i++) {
+		if (th_ops[i] == op) {
+			th_ops[i] = NULL;
+			gr_hub_complete(op, -ECANCELED);
+			return 0;
+		}
+	}
+	return 0;
+}
+
+static void *never_runs(void *arg)
+{
+	return arg;
+}
+
+static void try_blocking_calls_in_hub(void)
+{
+	char c;
+
+	th_tried = 1;
+	th_in_wait_results[0] = gr_sleep(0);
+	th_in_wait_results[1] = gr_sleep(GR_MSEC);
+	errno = 0;
+	th_in_wait_results[2] = gr_read(0, &c, 1) == -1 ? errno : 0;
+	errno = 0;
+	th_in_wait_results[3] = gr_spawn(never_runs, NULL) == NULL ? errno : 0;
+	th_in_wait_results[4] = gr_hub_join(GR_FOREVER);
+	errno = 0;
+	th_in_wait_results[5] = gr_wait_fd(0, POLLIN, GR_FOREVER) == -1 ? errno : 0;
+	th_in_wait_results[6] = gr_spawn_n(count_up, NULL);
+}
+
+static int th_wait(void *state, int64_t timeout_ns)
+{
+	int64_t now = gr_now(), next = GR_FOREVER;
+	int done = 0;
+
+	if (!th_tried)
+		try_blocking_calls_in_hub();
+	for (int i = 0; i < TH_MAX; i++) {
+		struct gr_op *op = th_ops[i];
+
+		if (!op)
+			continue;
+		if (op->kind == GR_OP_TIMEOUT && op->deadline <= now) {
+			th_ops[i] = NULL;
+			gr_hub_complete(op, 0);
+			done++;
+		} else if (op->kind == GR_OP_TIMEOUT && (next < 0 || op->deadline < next)) {
+			next = op->deadline;
+		}
+	}
+	if (done || timeout_ns == 0 || next < 0)
+		return done;
+	struct timespec ts = { (next - now) / GR_SEC, (next - now) % GR_SEC };
+	nanosleep(&ts, NULL);
+	return 0;
+}
+
+static int th_wake(void *state)
+{
+	return 0;
+}
+
+static const struct gr_hub_ops test_hub = {
+	.name = "testhub",
+	.caps = 0,
+	.probe = th_probe,
+	.init = th_init,
+	.fini = th_fini,
+	.submit = th_submit,
+	.cancel = th_cancel,
+	.wait = th_wait,
+	.wake = th_wake,
+};
+
+Test(fiber, blocking_inside_the_hub_is_eperm_and_the_loop_survives)
+{
+	int64_t t0;
+
+	cr_assert_eq(gr_hub_use_ops(&test_hub), 0);
+	cr_assert_str_eq(gr_hub_name(), "testhub");
+	cr_assert_geq(th_probe_calls, 1);
+	t0 = gr_now();
+	cr_assert_eq(gr_sleep(2 * GR_MSEC), 0, "a sleep through the third-party hub");
+	cr_assert_geq(gr_now() - t0, 2 * GR_MSEC);
+	cr_assert_eq(th_tried, 1, "the hub's wait() never ran");
+	cr_assert_eq(th_in_wait_results[0], -EPERM, "gr_sleep(0) in the hub: %d", th_in_wait_results[0]);
+	cr_assert_eq(th_in_wait_results[1], -EPERM, "gr_sleep in the hub: %d", th_in_wait_results[1]);
+	cr_assert_eq(th_in_wait_results[2], EPERM, "gr_read in the hub: %d", th_in_wait_results[2]);
+	cr_assert_eq(th_in_wait_results[3], EPERM, "gr_spawn in the hub: %d", th_in_wait_results[3]);
+	cr_assert_eq(th_in_wait_results[4], -EPERM, "gr_hub_join in the hub: %d", th_in_wait_results[4]);
+	cr_assert_eq(th_in_wait_results[5], EPERM, "gr_wait_fd in the hub: %d", th_in_wait_results[5]);
+	cr_assert_eq(th_in_wait_results[6], -EPERM, "gr_spawn_n in the hub: %d", th_in_wait_results[6]);
+	/* The loop still works after the refused calls. */
+	int ran = 0;
+	gr_fiber *f = gr_spawn(set_flag, &ran);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(ran, 1);
+	/* Back to the hub this run is for, so teardown checks it as usual. */
+	cr_assert_eq(gr_hub_use(grt_hub()), 0);
+	cr_assert_str_eq(gr_hub_name(), grt_hub());
+}
+
+Test(fiber, hub_use_is_ebusy_once_fibers_exist)
+{
+	int ran = 0;
+	gr_fiber *f = gr_spawn(set_flag, &ran);
+
+	cr_assert_eq(gr_hub_use(grt_hub()), -EBUSY);
+	cr_assert_eq(gr_hub_use_ops(NULL), -EINVAL);
+	cr_assert_eq(gr_hub_use("no-such-hub"), -ENOENT);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_str_eq(gr_hub_name(), grt_hub());
+}

@@ -1,0 +1,1025 @@
+/* test_io.c — the drop-in green calls: pipes, files, sockets, accept and
+ * connect, gr_wait_fd, deadlines, gr_close under waiters, several waiters on
+ * one fd, misuse (bad fds, NULL pointers). Runs once per hub. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "support.h"
+
+GRT_SUITE(io);
+
+#define SLACK (50 * GR_MSEC)
+
+static void make_pipe(int p[2])
+{
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0, "pipe2: %s", strerror(errno));
+}
+
+static void make_socketpair(int sv[2])
+{
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+}
+
+static void close_pair(int p[2])
+{
+	cr_assert_eq(close(p[0]), 0);
+	cr_assert_eq(close(p[1]), 0);
+}
+
+/* An fd number that is certainly not open right now. */
+static int closed_fd(void)
+{
+	int p[2];
+
+	make_pipe(p);
+	close_pair(p);
+	return p[0];
+}
+
+/* ------------------------------------------------------------ pipes and files */
+
+struct rw {
+	int fd;
+	char buf[256];
+	ssize_t n;
+	int err;
+};
+
+static void *reader(void *arg)
+{
+	struct rw *r = arg;
+
+	r->n = gr_read(r->fd, r->buf, sizeof(r->buf));
+	r->err = r->n < 0 ? errno : 0;
+	return NULL;
+}
+
+Test(io, read_and_write_on_a_pipe)
+{
+	int p[2];
+	struct rw r = { 0 };
+
+	make_pipe(p);
+	r.fd = p[0];
+	gr_fiber *f = gr_spawn(reader, &r);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(r.n, 0, "the reader did not wait for data");
+	cr_assert_eq(gr_write(p[1], "hello", 5), 5);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(r.n, 5, "gr_read: %zd (%s)", r.n, strerror(r.err));
+	cr_assert_eq(memcmp(r.buf, "hello", 5), 0);
+	/* EOF once the writer is gone. */
+	cr_assert_eq(close(p[1]), 0);
+	char c;
+	cr_assert_eq(gr_read(p[0], &c, 1), 0);
+	cr_assert_eq(close(p[0]), 0);
+}
+
+Test(io, zero_length_read_and_write)
+{
+	int p[2];
+	char c;
+
+	make_pipe(p);
+	cr_assert_eq(gr_write(p[1], "", 0), 0);
+	cr_assert_eq(gr_write(p[1], "x", 1), 1);
+	cr_assert_eq(gr_read(p[0], &c, 0), 0);
+	cr_assert_eq(gr_read(p[0], &c, 1), 1);
+	cr_assert_eq(c, 'x');
+	close_pair(p);
+}
+
+Test(io, readv_and_writev_on_a_pipe)
+{
+	int p[2];
+	char a[3] = "abc", b[4] = "defg", x[2], y[5];
+	struct iovec out[2] = { { a, 3 }, { b, 4 } };
+	struct iovec in[2] = { { x, 2 }, { y, 5 } };
+
+	make_pipe(p);
+	cr_assert_eq(gr_writev(p[1], out, 2), 7);
+	cr_assert_eq(gr_readv(p[0], in, 2), 7);
+	cr_assert_eq(memcmp(x, "ab", 2), 0);
+	cr_assert_eq(memcmp(y, "cdefg", 5), 0);
+	cr_assert_eq(gr_writev(p[1], out, 0), 0);
+	close_pair(p);
+}
+
+Test(io, pread_and_pwrite_on_a_file)
+{
+	char path[] = "/tmp/greenring-test-XXXXXX";
+	int fd = mkostemp(path, O_CLOEXEC);
+	char buf[16] = { 0 };
+	struct stat st;
+
+	cr_assert_geq(fd, 0);
+	unlink(path);
+	cr_assert_eq(gr_pwrite(fd, "0123456789", 10, 100), 10);
+	cr_assert_eq(gr_pwrite(fd, "AB", 2, 103), 2);
+	cr_assert_eq(fstat(fd, &st), 0);
+	cr_assert_eq(st.st_size, 110);
+	cr_assert_eq(lseek(fd, 0, SEEK_CUR), 0, "pwrite moved the file position");
+	cr_assert_eq(gr_pread(fd, buf, 10, 100), 10);
+	cr_assert_eq(memcmp(buf, "012AB56789", 10), 0);
+	cr_assert_eq(gr_pread(fd, buf, 16, 108), 2, "short read at the end");
+	cr_assert_eq(gr_pread(fd, buf, 16, 4096), 0, "read past the end");
+	/* Positional calls on a file position that the plain calls use. */
+	cr_assert_eq(gr_write(fd, "head", 4), 4);
+	cr_assert_eq(lseek(fd, 0, SEEK_CUR), 4);
+	cr_assert_eq(lseek(fd, 0, SEEK_SET), 0);
+	cr_assert_eq(gr_read(fd, buf, 4), 4);
+	cr_assert_eq(memcmp(buf, "head", 4), 0);
+	struct iovec iov[2] = { { buf, 2 }, { buf + 2, 2 } };
+	cr_assert_eq(lseek(fd, 100, SEEK_SET), 100);
+	cr_assert_eq(gr_readv(fd, iov, 2), 4);
+	cr_assert_eq(memcmp(buf, "012A", 4), 0);
+	/* Negative offsets are refused. */
+	errno = 0;
+	cr_assert_eq(gr_pread(fd, buf, 1, -1), -1);
+	cr_assert_eq(errno, EINVAL);
+	errno = 0;
+	cr_assert_eq(gr_pwrite(fd, buf, 1, -5), -1);
+	cr_assert_eq(errno, EINVAL);
+	cr_assert_eq(gr_close(fd), 0);
+}
+
+struct bulk {
+	int fd;
+	size_t total;
+	unsigned char *data;
+	size_t done;
+	int err;
+};
+
+static void *bulk_writer(void *arg)
+{
+	struct bulk *b = arg;
+
+	while (b->done < b->total) {
+		ssize_t n = gr_write(b->fd, b->data + b->done, b->total - b->done);
+
+		if (n <= 0) {
+			b->err = errno;
+			break;
+		}
+		b->done += (size_t)n;
+	}
+	return NULL;
+}
+
+Test(io, a_large_transfer_through_a_pipe_with_partial_writes)
+{
+	enum { TOTAL = 1 << 20 };
+	int p[2];
+	struct bulk b = { .total = TOTAL };
+	unsigned char *got = malloc(TOTAL);
+
+	make_pipe(p);
+	b.fd = p[1];
+	b.data = malloc(TOTAL);
+	cr_assert(b.data && got);
+	for (size_t i = 0; i < TOTAL; i++)
+		b.data[i] = (unsigned char)(i * 131 + (i >> 9));
+	gr_fiber *w = gr_spawn(bulk_writer, &b);
+	size_t have = 0;
+	while (have < TOTAL) {
+		ssize_t n = gr_read(p[0], got + have, 7000);
+
+		cr_assert_gt(n, 0, "read at %zu: %zd (%s)", have, n, strerror(errno));
+		have += (size_t)n;
+	}
+	cr_assert_eq(gr_join(w, NULL, GR_FOREVER), 0);
+	cr_assert_eq(b.err, 0, "writer: %s", strerror(b.err));
+	cr_assert_eq(memcmp(got, b.data, TOTAL), 0, "the bytes differ");
+	free(b.data);
+	free(got);
+	close_pair(p);
+}
+
+/* ------------------------------------------------------------ sockets */
+
+Test(io, recv_and_send_on_a_socketpair)
+{
+	int sv[2];
+	char buf[16];
+
+	make_socketpair(sv);
+	cr_assert_eq(gr_send(sv[0], "ping", 4, 0), 4);
+	cr_assert_eq(gr_recv(sv[1], buf, sizeof(buf), 0), 4);
+	cr_assert_eq(memcmp(buf, "ping", 4), 0);
+	/* Flags are passed through: MSG_PEEK leaves the data. */
+	cr_assert_eq(gr_send(sv[1], "pong", 4, 0), 4);
+	cr_assert_eq(gr_recv(sv[0], buf, sizeof(buf), MSG_PEEK), 4);
+	cr_assert_eq(gr_recv(sv[0], buf, 2, 0), 2);
+	cr_assert_eq(gr_recv(sv[0], buf + 2, 2, MSG_WAITALL), 2);
+	cr_assert_eq(memcmp(buf, "pong", 4), 0);
+	/* A closed peer: EOF, and send fails with EPIPE instead of a SIGPIPE. */
+	cr_assert_eq(close(sv[1]), 0);
+	cr_assert_eq(gr_recv(sv[0], buf, sizeof(buf), 0), 0);
+	errno = 0;
+	cr_assert_eq(gr_send(sv[0], "x", 1, 0), -1, "send to a closed peer");
+	cr_assert_eq(errno, EPIPE, "send to a closed peer: %s", strerror(errno));
+	cr_assert_eq(close(sv[0]), 0);
+}
+
+Test(io, recvmsg_and_sendmsg_with_fd_passing)
+{
+	int sv[2], p[2];
+	char data[] = "payload";
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { data, sizeof(data) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			      .msg_controllen = sizeof(ctl.b) };
+
+	make_socketpair(sv);
+	make_pipe(p);
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &p[1], sizeof(int));
+	cr_assert_eq(gr_sendmsg(sv[0], &msg, 0), (ssize_t)sizeof(data));
+
+	char got[32];
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} rctl;
+	struct iovec riov = { got, sizeof(got) };
+	struct msghdr rmsg = { .msg_iov = &riov, .msg_iovlen = 1, .msg_control = rctl.b,
+			       .msg_controllen = sizeof(rctl.b) };
+	cr_assert_eq(gr_recvmsg(sv[1], &rmsg, MSG_CMSG_CLOEXEC), (ssize_t)sizeof(data));
+	cr_assert_str_eq(got, "payload");
+	struct cmsghdr *rc = CMSG_FIRSTHDR(&rmsg);
+	cr_assert_not_null(rc, "no control message received");
+	cr_assert_eq(rc->cmsg_type, SCM_RIGHTS);
+	int passed;
+	memcpy(&passed, CMSG_DATA(rc), sizeof(int));
+	/* The passed fd is the pipe's write end. */
+	cr_assert_eq(gr_write(passed, "!", 1), 1);
+	char x;
+	cr_assert_eq(gr_read(p[0], &x, 1), 1);
+	cr_assert_eq(x, '!');
+	cr_assert_eq(close(passed), 0);
+	close_pair(p);
+	close_pair(sv);
+}
+
+Test(io, recvmsg_waits_for_data)
+{
+	int sv[2];
+	char got[8];
+	struct iovec iov = { got, sizeof(got) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	make_socketpair(sv);
+	struct rw r = { .fd = sv[1] };
+	gr_fiber *f = gr_spawn(reader, &r); /* a plain read on the other end */
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	struct msghdr out = { .msg_iov = &(struct iovec){ "ab", 2 }, .msg_iovlen = 1 };
+	cr_assert_eq(gr_sendmsg(sv[0], &out, 0), 2);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(r.n, 2);
+	cr_assert_eq(gr_send(sv[1], "cd", 2, 0), 2);
+	cr_assert_eq(gr_recvmsg(sv[0], &msg, 0), 2);
+	cr_assert_eq(memcmp(got, "cd", 2), 0);
+	close_pair(sv);
+}
+
+struct acceptor {
+	int lfd;
+	int fd;
+	int err;
+	struct sockaddr_in peer;
+	socklen_t len;
+};
+
+static void *accept_one(void *arg)
+{
+	struct acceptor *a = arg;
+
+	a->len = sizeof(a->peer);
+	a->fd = gr_accept(a->lfd, (struct sockaddr *)&a->peer, &a->len);
+	a->err = a->fd < 0 ? errno : 0;
+	return NULL;
+}
+
+static struct sockaddr_in loopback(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+	return sa;
+}
+
+Test(io, accept_and_connect_over_loopback_tcp)
+{
+	int port, lfd = grt_listener(&port);
+	struct acceptor a = { .lfd = lfd };
+	gr_fiber *f = gr_spawn(accept_one, &a);
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = loopback(port);
+
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(a.fd, 0, "accept did not wait for a client");
+	cr_assert_eq(gr_connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0, "gr_connect: %s",
+		     strerror(errno));
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_geq(a.fd, 0, "gr_accept: %s", strerror(a.err));
+	cr_assert_eq(a.len, sizeof(struct sockaddr_in));
+	cr_assert_eq(a.peer.sin_family, AF_INET);
+	cr_assert_eq(a.peer.sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+	struct sockaddr_in local;
+	socklen_t llen = sizeof(local);
+	cr_assert_eq(getsockname(c, (struct sockaddr *)&local, &llen), 0);
+	cr_assert_eq(a.peer.sin_port, local.sin_port, "accept reported the wrong peer");
+	char buf[8];
+	cr_assert_eq(gr_send(c, "tcp", 3, 0), 3);
+	cr_assert_eq(gr_recv(a.fd, buf, sizeof(buf), 0), 3);
+	cr_assert_eq(memcmp(buf, "tcp", 3), 0);
+	/* accept with no address wanted. */
+	int c2 = grt_connect_plain(port);
+	int s2 = gr_accept(lfd, NULL, NULL);
+	cr_assert_geq(s2, 0, "gr_accept(NULL, NULL): %s", strerror(errno));
+	/* accept4 flags are honoured. */
+	int c3 = grt_connect_plain(port);
+	int s3 = gr_accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	cr_assert_geq(s3, 0);
+	cr_assert(fcntl(s3, F_GETFD) & FD_CLOEXEC, "SOCK_CLOEXEC not applied");
+	cr_assert_eq(gr_close(a.fd), 0);
+	cr_assert_eq(gr_close(s2), 0);
+	cr_assert_eq(gr_close(s3), 0);
+	cr_assert_eq(gr_close(c), 0);
+	cr_assert_eq(gr_close(c2), 0);
+	cr_assert_eq(gr_close(c3), 0);
+	cr_assert_eq(gr_close(lfd), 0);
+}
+
+Test(io, connect_to_a_closed_port_is_econnrefused)
+{
+	int port, lfd = grt_listener(&port);
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = loopback(port);
+
+	cr_assert_eq(close(lfd), 0); /* nobody listens there now */
+	errno = 0;
+	cr_assert_eq(gr_connect(c, (struct sockaddr *)&sa, sizeof(sa)), -1);
+	cr_assert_eq(errno, ECONNREFUSED, "gr_connect: %s", strerror(errno));
+	cr_assert_eq(gr_close(c), 0);
+}
+
+Test(io, unix_stream_accept_and_connect)
+{
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	/* An abstract address: nothing to clean up in the file system. */
+	int len = snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1, "greenring-test-%d", getpid());
+	socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)len);
+
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, salen), 0, "bind: %s", strerror(errno));
+	cr_assert_eq(listen(lfd, 16), 0);
+	struct acceptor a = { .lfd = lfd };
+	gr_fiber *f = gr_spawn(accept_one, &a);
+	int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(gr_connect(c, (struct sockaddr *)&sa, salen), 0, "%s", strerror(errno));
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_geq(a.fd, 0, "%s", strerror(a.err));
+	cr_assert_eq(gr_close(a.fd), 0);
+	cr_assert_eq(gr_close(c), 0);
+	cr_assert_eq(gr_close(lfd), 0);
+}
+
+Test(io, n_acceptors_on_one_listener_all_get_a_connection)
+{
+	enum { N = 16 };
+	int port, lfd = grt_listener(&port);
+	struct acceptor a[N];
+	gr_fiber *f[N];
+	int c[N];
+
+	for (int i = 0; i < N; i++) {
+		a[i] = (struct acceptor){ .lfd = lfd, .fd = -2 };
+		f[i] = gr_spawn(accept_one, &a[i]);
+	}
+	cr_assert_eq(gr_sleep(GR_MSEC), 0); /* all N wait on the listener */
+	for (int i = 0; i < N; i++) {
+		struct sockaddr_in sa = loopback(port);
+
+		c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		cr_assert_eq(gr_connect(c[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+	}
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(gr_join(f[i], NULL, gr_now() + 5 * GR_SEC), 0,
+			     "acceptor %d never got a connection", i);
+	for (int i = 0; i < N; i++) {
+		cr_assert_geq(a[i].fd, 0, "acceptor %d: %s", i, strerror(a[i].err));
+		for (int j = 0; j < i; j++)
+			cr_assert_neq(a[i].fd, a[j].fd);
+		cr_assert_eq(gr_close(a[i].fd), 0);
+		cr_assert_eq(gr_close(c[i]), 0);
+	}
+	cr_assert_eq(gr_close(lfd), 0);
+}
+
+/* Several fibers blocked on one fd all get served. */
+Test(io, several_readers_on_one_pipe_each_get_a_byte)
+{
+	enum { N = 5 };
+	int p[2];
+	struct rw r[N];
+	gr_fiber *f[N];
+
+	make_pipe(p);
+	for (int i = 0; i < N; i++) {
+		r[i] = (struct rw){ .fd = p[0] };
+		f[i] = gr_spawn(reader, &r[i]);
+	}
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	/* One byte at a time, so each read takes exactly one. */
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(write(p[1], "abcde" + i, 1), 1);
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	}
+	char seen[N + 1] = { 0 };
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(gr_join(f[i], NULL, gr_now() + 5 * GR_SEC), 0,
+			     "reader %d still blocked: a wake-up was lost", i);
+		cr_assert_eq(r[i].n, 1, "reader %d: %zd (%s)", i, r[i].n, strerror(r[i].err));
+		seen[i] = r[i].buf[0];
+	}
+	/* Every byte went to exactly one reader. */
+	for (int i = 0; i < N; i++)
+		cr_assert_not_null(memchr(seen, "abcde"[i], N), "byte %c lost (%s)", "abcde"[i], seen);
+	close_pair(p);
+}
+
+struct waiter {
+	int fd;
+	short events;
+	int64_t deadline;
+	int rc;
+	int err;
+	int64_t took;
+};
+
+static void *wait_fd_fn(void *arg)
+{
+	struct waiter *w = arg;
+	int64_t t0 = gr_now();
+
+	w->rc = gr_wait_fd(w->fd, w->events, w->deadline);
+	w->err = w->rc < 0 ? errno : 0;
+	w->took = gr_now() - t0;
+	return NULL;
+}
+
+Test(io, several_wait_fd_on_one_fd_all_wake)
+{
+	enum { N = 4 };
+	int p[2];
+	struct waiter w[N];
+	gr_fiber *f[N];
+
+	make_pipe(p);
+	for (int i = 0; i < N; i++) {
+		w[i] = (struct waiter){ .fd = p[0], .events = POLLIN, .deadline = GR_FOREVER, .rc = 7 };
+		f[i] = gr_spawn(wait_fd_fn, &w[i]);
+	}
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(w[i].rc, 7, "waiter %d returned before the fd was ready", i);
+	cr_assert_eq(write(p[1], "z", 1), 1);
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(gr_join(f[i], NULL, gr_now() + 5 * GR_SEC), 0,
+			     "waiter %d was not woken: readiness reported to one waiter only", i);
+		cr_assert_eq(w[i].rc, 0, "waiter %d: %s", i, strerror(w[i].err));
+	}
+	close_pair(p);
+}
+
+Test(io, a_reader_and_a_writer_on_one_socket)
+{
+	int sv[2];
+	struct rw r = { 0 };
+
+	make_socketpair(sv);
+	r.fd = sv[0];
+	gr_fiber *f = gr_spawn(reader, &r);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	/* While a reader waits on sv[0], a write through sv[0] goes out. */
+	cr_assert_eq(gr_write(sv[0], "out", 3), 3);
+	char buf[4];
+	cr_assert_eq(gr_read(sv[1], buf, sizeof(buf)), 3);
+	cr_assert_eq(gr_write(sv[1], "in", 2), 2);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(r.n, 2);
+	close_pair(sv);
+}
+
+/* ------------------------------------------------------------ gr_wait_fd */
+
+Test(io, wait_fd_ready_timeout_and_try_once)
+{
+	int p[2];
+
+	make_pipe(p);
+	/* Writable at once; not readable. */
+	cr_assert_eq(gr_wait_fd(p[1], POLLOUT, GR_FOREVER), 0);
+	cr_assert_eq(gr_wait_fd(p[1], POLLOUT, 0), 0);
+	errno = 0;
+	cr_assert_eq(gr_wait_fd(p[0], POLLIN, 0), -1, "deadline 0 on an idle fd");
+	cr_assert_eq(errno, ETIMEDOUT);
+	int64_t t0 = gr_now();
+	errno = 0;
+	cr_assert_eq(gr_wait_fd(p[0], POLLIN, t0 + 20 * GR_MSEC), -1);
+	cr_assert_eq(errno, ETIMEDOUT, "gr_wait_fd timeout: %s", strerror(errno));
+	int64_t took = gr_now() - t0;
+	cr_assert_geq(took, 20 * GR_MSEC, "timed out early: %lld ns", (long long)took);
+	cr_assert_lt(took, 20 * GR_MSEC + SLACK, "timed out late: %lld ns", (long long)took);
+	cr_assert_eq(write(p[1], "r", 1), 1);
+	cr_assert_eq(gr_wait_fd(p[0], POLLIN, 0), 0);
+	cr_assert_eq(gr_wait_fd(p[0], POLLIN, gr_now() + GR_SEC), 0);
+	/* Readiness does not consume: the byte is still there. */
+	char c;
+	cr_assert_eq(gr_read(p[0], &c, 1), 1);
+	/* A deadline in the past behaves as "try once". */
+	errno = 0;
+	cr_assert_eq(gr_wait_fd(p[0], POLLIN, gr_now() - GR_SEC), -1);
+	cr_assert_eq(errno, ETIMEDOUT);
+	close_pair(p);
+}
+
+Test(io, wait_fd_wakes_when_data_arrives)
+{
+	int sv[2];
+	struct waiter w = { .events = POLLIN, .deadline = GR_FOREVER, .rc = 7 };
+
+	make_socketpair(sv);
+	w.fd = sv[0];
+	gr_fiber *f = gr_spawn(wait_fd_fn, &w);
+	cr_assert_eq(gr_sleep(2 * GR_MSEC), 0);
+	cr_assert_eq(w.rc, 7);
+	cr_assert_eq(send(sv[1], "x", 1, 0), 1);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(w.rc, 0);
+	close_pair(sv);
+}
+
+Test(io, wait_fd_hangup_counts_as_ready)
+{
+	int sv[2];
+	struct waiter w = { .events = POLLIN, .deadline = gr_now() + 5 * GR_SEC, .rc = 7 };
+
+	make_socketpair(sv);
+	w.fd = sv[0];
+	gr_fiber *f = gr_spawn(wait_fd_fn, &w);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(close(sv[1]), 0);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(w.rc, 0, "hang-up: %s", strerror(w.err));
+	cr_assert_lt(w.took, GR_SEC);
+	cr_assert_eq(close(sv[0]), 0);
+}
+
+Test(io, wait_fd_misuse)
+{
+	int p[2];
+
+	make_pipe(p);
+	errno = 0;
+	cr_assert_eq(gr_wait_fd(p[0], 0, GR_FOREVER), -1, "no events asked");
+	cr_assert_eq(errno, EINVAL);
+	errno = 0;
+	cr_assert_eq(gr_wait_fd(-1, POLLIN, GR_FOREVER), -1);
+	cr_assert_eq(errno, EBADF);
+	int bad = closed_fd();
+	errno = 0;
+	cr_assert_eq(gr_wait_fd(bad, POLLIN, gr_now() + GR_SEC), -1, "a closed fd");
+	cr_assert_eq(errno, EBADF, "a closed fd: %s", strerror(errno));
+	errno = 0;
+	cr_assert_eq(gr_wait_fd(bad, POLLIN, 0), -1);
+	cr_assert_eq(errno, EBADF);
+	errno = 0;
+	cr_assert_eq(gr_wait_fd(100000, POLLIN, gr_now() + GR_SEC), -1);
+	cr_assert_eq(errno, EBADF, "fd 100000: %s", strerror(errno));
+	close_pair(p);
+}
+
+/* ------------------------------------------------------------ deadlines */
+
+static void *recv_with_deadline(void *arg)
+{
+	struct rw *r = arg;
+	int64_t t0 = gr_now();
+
+	gr_deadline_set(t0 + 20 * GR_MSEC);
+	r->n = gr_recv(r->fd, r->buf, sizeof(r->buf), 0);
+	r->err = errno;
+	gr_deadline_set(GR_FOREVER);
+	return (void *)(intptr_t)(gr_now() - t0);
+}
+
+Test(io, deadline_on_recv_is_etimedout)
+{
+	int sv[2];
+	struct rw r = { 0 };
+	void *took;
+
+	make_socketpair(sv);
+	r.fd = sv[0];
+	gr_fiber *f = gr_spawn(recv_with_deadline, &r);
+	cr_assert_eq(gr_join(f, &took, GR_FOREVER), 0);
+	cr_assert_eq(r.n, -1);
+	cr_assert_eq(r.err, ETIMEDOUT, "recv past the deadline: %s", strerror(r.err));
+	cr_assert_geq((intptr_t)took, 20 * GR_MSEC);
+	cr_assert_lt((intptr_t)took, 20 * GR_MSEC + SLACK);
+	/* Nothing was left behind: the socket works normally afterwards. */
+	cr_assert_eq(send(sv[1], "after", 5, 0), 5);
+	cr_assert_eq(gr_recv(sv[0], r.buf, sizeof(r.buf), 0), 5);
+	close_pair(sv);
+}
+
+static void *accept_with_deadline(void *arg)
+{
+	struct acceptor *a = arg;
+
+	gr_deadline_set(gr_now() + 10 * GR_MSEC);
+	a->fd = gr_accept(a->lfd, NULL, NULL);
+	a->err = errno;
+	gr_deadline_set(GR_FOREVER);
+	return NULL;
+}
+
+Test(io, deadline_on_accept_is_etimedout_and_the_listener_still_works)
+{
+	int port, lfd = grt_listener(&port);
+	struct acceptor a = { .lfd = lfd };
+	gr_fiber *f = gr_spawn(accept_with_deadline, &a);
+
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(a.fd, -1);
+	cr_assert_eq(a.err, ETIMEDOUT, "%s", strerror(a.err));
+	int c = grt_connect_plain(port);
+	int s = gr_accept(lfd, NULL, NULL);
+	cr_assert_geq(s, 0, "accept after a timed-out accept: %s", strerror(errno));
+	cr_assert_eq(gr_close(s), 0);
+	cr_assert_eq(gr_close(c), 0);
+	cr_assert_eq(gr_close(lfd), 0);
+}
+
+/* ------------------------------------------------------------ gr_close under waiters */
+
+static void *recv_fn(void *arg)
+{
+	struct rw *r = arg;
+
+	r->n = gr_recv(r->fd, r->buf, sizeof(r->buf), 0);
+	r->err = r->n < 0 ? errno : 0;
+	return NULL;
+}
+
+Test(io, close_under_a_waiting_fiber_is_ebadf_and_closes)
+{
+	enum { N = 3 };
+	int sv[2];
+	struct rw r[N];
+	struct waiter w = { .events = POLLIN, .deadline = GR_FOREVER, .rc = 7 };
+	gr_fiber *f[N], *fw;
+
+	make_socketpair(sv);
+	for (int i = 0; i < N; i++) {
+		r[i] = (struct rw){ .fd = sv[0] };
+		f[i] = gr_spawn(recv_fn, &r[i]);
+	}
+	w.fd = sv[0];
+	fw = gr_spawn(wait_fd_fn, &w);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(gr_close(sv[0]), 0, "gr_close: %s", strerror(errno));
+	/* Really closed, at once. */
+	cr_assert_eq(fcntl(sv[0], F_GETFD), -1, "the fd is still open after gr_close");
+	cr_assert_eq(errno, EBADF);
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(gr_join(f[i], NULL, gr_now() + 5 * GR_SEC), 0);
+		cr_assert_eq(r[i].n, -1);
+		cr_assert_eq(r[i].err, EBADF, "waiter %d: %s", i, strerror(r[i].err));
+	}
+	cr_assert_eq(gr_join(fw, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(w.rc, -1);
+	cr_assert_eq(w.err, EBADF, "gr_wait_fd: %s", strerror(w.err));
+	/* The peer sees the close. */
+	char c;
+	cr_assert_eq(recv(sv[1], &c, 1, MSG_DONTWAIT), 0, "the peer did not see EOF");
+	cr_assert_eq(close(sv[1]), 0);
+}
+
+static void *recv_then_record(void *arg)
+{
+	struct rw *r = arg;
+
+	r->n = gr_recv(r->fd, r->buf, sizeof(r->buf), 0);
+	r->err = r->n < 0 ? errno : 0;
+	return NULL;
+}
+
+Test(io, a_reused_fd_number_is_not_hit_by_a_stale_operation)
+{
+	int sv[2], p[2];
+	struct rw r = { 0 };
+
+	make_socketpair(sv);
+	r.fd = sv[0];
+	gr_fiber *f = gr_spawn(recv_then_record, &r);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(gr_close(sv[0]), 0);
+	/* The number is free again: a new pipe may well get it. */
+	make_pipe(p);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(r.err, EBADF);
+	cr_assert_eq(write(p[1], "new", 3), 3);
+	char buf[4];
+	cr_assert_eq(gr_read(p[0], buf, sizeof(buf)), 3, "the stale recv consumed the new fd's data");
+	cr_assert_eq(memcmp(buf, "new", 3), 0);
+	close_pair(p);
+	cr_assert_eq(close(sv[1]), 0);
+}
+
+static void *close_it(void *arg)
+{
+	return (void *)(intptr_t)(gr_close(*(int *)arg) == 0 ? 0 : errno);
+}
+
+Test(io, two_fibers_closing_one_fd)
+{
+	int sv[2];
+	struct rw r = { 0 };
+
+	make_socketpair(sv);
+	r.fd = sv[0];
+	gr_fiber *f = gr_spawn(recv_fn, &r);
+	gr_fiber *c1 = gr_spawn(close_it, &sv[0]);
+	gr_fiber *c2 = gr_spawn(close_it, &sv[0]);
+	void *e1, *e2;
+
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(gr_join(c1, &e1, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(gr_join(c2, &e2, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(r.err, EBADF);
+	/* Exactly one close succeeds; the other is EBADF. */
+	cr_assert((e1 == NULL) != (e2 == NULL), "close results: %s / %s",
+		  strerror((int)(intptr_t)e1), strerror((int)(intptr_t)e2));
+	cr_assert_eq((intptr_t)(e1 ? e1 : e2), EBADF);
+	cr_assert_eq(fcntl(sv[0], F_GETFD), -1);
+	cr_assert_eq(close(sv[1]), 0);
+}
+
+Test(io, gr_close_of_bad_fds)
+{
+	errno = 0;
+	cr_assert_eq(gr_close(-1), -1);
+	cr_assert_eq(errno, EBADF);
+	int bad = closed_fd();
+	errno = 0;
+	cr_assert_eq(gr_close(bad), -1);
+	cr_assert_eq(errno, EBADF);
+	errno = 0;
+	cr_assert_eq(gr_close(100000), -1);
+	cr_assert_eq(errno, EBADF);
+	/* gr_close of an fd never used with greenring is a plain close. */
+	int p[2];
+	make_pipe(p);
+	cr_assert_eq(gr_close(p[0]), 0);
+	cr_assert_eq(gr_close(p[1]), 0);
+	cr_assert_eq(fcntl(p[0], F_GETFD), -1);
+	/* A second close of a used fd is EBADF too. */
+	make_pipe(p);
+	cr_assert_eq(gr_write(p[1], "x", 1), 1);
+	cr_assert_eq(gr_close(p[1]), 0);
+	errno = 0;
+	cr_assert_eq(gr_close(p[1]), -1);
+	cr_assert_eq(errno, EBADF);
+	cr_assert_eq(gr_close(p[0]), 0);
+}
+
+/* ------------------------------------------------------------ misuse */
+
+static void expect_err(ssize_t r, int want, const char *what)
+{
+	int err = errno;
+
+	cr_assert_eq(r, -1, "%s returned %zd, want -1/%s", what, r, strerror(want));
+	cr_assert_eq(err, want, "%s: errno %s, want %s", what, strerror(err), strerror(want));
+}
+
+#define EXPECT_ERR(call, want)                       \
+	do {                                         \
+		errno = 0;                           \
+		expect_err((ssize_t)(call), want, #call); \
+	} while (0)
+
+static void check_bad_fd(int fd)
+{
+	char buf[4];
+	struct iovec iov = { buf, sizeof(buf) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct sockaddr_in sa = loopback(1);
+	socklen_t len = sizeof(sa);
+
+	EXPECT_ERR(gr_read(fd, buf, sizeof(buf)), EBADF);
+	EXPECT_ERR(gr_write(fd, buf, sizeof(buf)), EBADF);
+	EXPECT_ERR(gr_readv(fd, &iov, 1), EBADF);
+	EXPECT_ERR(gr_writev(fd, &iov, 1), EBADF);
+	EXPECT_ERR(gr_pread(fd, buf, sizeof(buf), 0), EBADF);
+	EXPECT_ERR(gr_pwrite(fd, buf, sizeof(buf), 0), EBADF);
+	EXPECT_ERR(gr_recv(fd, buf, sizeof(buf), 0), EBADF);
+	EXPECT_ERR(gr_send(fd, buf, sizeof(buf), 0), EBADF);
+	EXPECT_ERR(gr_recvmsg(fd, &msg, 0), EBADF);
+	EXPECT_ERR(gr_sendmsg(fd, &msg, 0), EBADF);
+	EXPECT_ERR(gr_accept(fd, (struct sockaddr *)&sa, &len), EBADF);
+	EXPECT_ERR(gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa)), EBADF);
+}
+
+Test(io, bad_fds_fail_with_ebadf)
+{
+	check_bad_fd(-1);
+	check_bad_fd(-12345);
+	check_bad_fd(closed_fd());
+	check_bad_fd(100000);
+	check_bad_fd(INT_MAX);
+}
+
+Test(io, calls_on_the_wrong_kind_of_fd_fail_cleanly)
+{
+	int p[2];
+	char buf[4];
+
+	make_pipe(p);
+	EXPECT_ERR(gr_recv(p[0], buf, sizeof(buf), MSG_DONTWAIT), ENOTSOCK);
+	EXPECT_ERR(gr_accept(p[0], NULL, NULL), ENOTSOCK);
+	EXPECT_ERR(gr_read(p[1], buf, sizeof(buf)), EBADF);   /* write end */
+	EXPECT_ERR(gr_write(p[0], "x", 1), EBADF);            /* read end */
+	EXPECT_ERR(gr_pread(p[0], buf, 1, 0), ESPIPE);
+	EXPECT_ERR(gr_pwrite(p[1], "x", 1, 0), ESPIPE);
+	/* The pipe is untouched: nothing was written by the refused pwrite. */
+	EXPECT_ERR(gr_wait_fd(p[0], POLLIN, 0), ETIMEDOUT);
+	close_pair(p);
+}
+
+Test(io, null_pointers_fail_with_errors_not_crashes)
+{
+	int p[2], sv[2];
+	struct iovec iov = { NULL, 4 };
+
+	make_pipe(p);
+	make_socketpair(sv);
+	cr_assert_eq(write(p[1], "data", 4), 4);
+	cr_assert_eq(write(sv[1], "data", 4), 4);
+	EXPECT_ERR(gr_read(p[0], NULL, 4), EFAULT);
+	EXPECT_ERR(gr_write(p[1], NULL, 4), EFAULT);
+	EXPECT_ERR(gr_recv(sv[0], NULL, 4, 0), EFAULT);
+	EXPECT_ERR(gr_send(sv[0], NULL, 4, 0), EFAULT);
+	EXPECT_ERR(gr_readv(p[0], NULL, 1), EINVAL);
+	EXPECT_ERR(gr_writev(p[1], NULL, 1), EINVAL);
+	EXPECT_ERR(gr_readv(p[0], &iov, -1), EINVAL);
+	EXPECT_ERR(gr_readv(p[0], &iov, IOV_MAX + 1), EINVAL);
+	EXPECT_ERR(gr_recvmsg(sv[0], NULL, 0), EINVAL);
+	EXPECT_ERR(gr_sendmsg(sv[0], NULL, 0), EINVAL);
+	EXPECT_ERR(gr_connect(sv[0], NULL, 16), EFAULT);
+	struct sockaddr_in sa;
+	EXPECT_ERR(gr_accept(sv[0], (struct sockaddr *)&sa, NULL), EINVAL);
+	/* The fds are unharmed: the data is still there. */
+	char buf[4];
+	cr_assert_eq(gr_read(p[0], buf, 4), 4);
+	cr_assert_eq(gr_recv(sv[0], buf, 4, 0), 4);
+	close_pair(p);
+	close_pair(sv);
+}
+
+/* ------------------------------------------------------------ blocking-mode fds */
+
+struct ticker {
+	volatile int *stop;
+	int ticks;
+};
+
+static void *tick(void *arg)
+{
+	struct ticker *t = arg;
+
+	while (!*t->stop && t->ticks < 10000) {
+		gr_sleep(GR_MSEC / 2);
+		t->ticks++;
+	}
+	return NULL;
+}
+
+Test(io, blocking_mode_fds_do_not_block_the_thread)
+{
+	int sv[2];
+	volatile int stop = 0;
+	struct ticker t = { .stop = &stop };
+	struct rw r = { 0 };
+
+	make_socketpair(sv); /* blocking mode */
+	r.fd = sv[0];
+	gr_fiber *rf = gr_spawn(recv_fn, &r);
+	gr_fiber *tf = gr_spawn(tick, &t);
+	/* While the recv waits, other fibers keep running. */
+	while (t.ticks < 5)
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(r.n, 0);
+	cr_assert_eq(send(sv[1], "late", 4, 0), 4);
+	cr_assert_eq(gr_join(rf, NULL, gr_now() + 5 * GR_SEC), 0);
+	stop = 1;
+	cr_assert_eq(gr_join(tf, NULL, GR_FOREVER), 0);
+	cr_assert_eq(r.n, 4, "%s", strerror(r.err));
+	/* The fd is still usable as a blocking fd by plain calls. */
+	cr_assert_eq(send(sv[0], "plain", 5, 0), 5);
+	char buf[8];
+	cr_assert_eq(recv(sv[1], buf, sizeof(buf), 0), 5);
+	/* A pipe in blocking mode, read by a green call. */
+	int p[2];
+	make_pipe(p);
+	struct rw pr = { .fd = p[0] };
+	gr_fiber *pf = gr_spawn(reader, &pr);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(gr_write(p[1], "pp", 2), 2);
+	cr_assert_eq(gr_join(pf, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(pr.n, 2);
+	close_pair(p);
+	close_pair(sv);
+}
+
+Test(io, nonblocking_fds_stay_nonblocking_and_work)
+{
+	int sv[2];
+	char buf[8];
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+	struct rw r = { .fd = sv[0] };
+	gr_fiber *f = gr_spawn(recv_fn, &r);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(r.n, 0, "a green recv on an O_NONBLOCK fd must wait, not fail with EAGAIN");
+	cr_assert_eq(gr_send(sv[1], "nb", 2, 0), 2);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(r.n, 2, "%s", strerror(r.err));
+	cr_assert(fcntl(sv[0], F_GETFL) & O_NONBLOCK);
+	cr_assert_eq(recv(sv[0], buf, sizeof(buf), 0), -1);
+	cr_assert_eq(errno, EAGAIN);
+	close_pair(sv);
+}
+
+Test(io, main_can_do_green_io_without_any_fiber)
+{
+	int p[2];
+	char buf[4];
+
+	make_pipe(p);
+	cr_assert_eq(gr_write(p[1], "main", 4), 4);
+	cr_assert_eq(gr_read(p[0], buf, 4), 4);
+	cr_assert_eq(memcmp(buf, "main", 4), 0);
+	close_pair(p);
+}
+
+Test(io, errno_survives_other_fibers_running)
+{
+	/* errno is per thread, shared by its fibers: it must be set as the
+	 * last act before a call returns, so a fiber that failed differently
+	 * while main waited cannot leave its errno in main's. */
+	int a[2], b[2];
+	struct rw r = { 0 };
+	char c;
+
+	make_socketpair(a);
+	make_socketpair(b);
+	r.fd = b[0];
+	gr_fiber *f = gr_spawn(recv_fn, &r);
+	gr_fiber *closer = gr_spawn(close_it, &b[0]); /* f's recv fails with EBADF */
+	gr_deadline_set(gr_now() + 10 * GR_MSEC);
+	ssize_t n = gr_recv(a[0], &c, 1, 0);
+	int err = errno;
+	gr_deadline_set(GR_FOREVER);
+	cr_assert_eq(n, -1);
+	cr_assert_eq(err, ETIMEDOUT, "main's errno: %s", strerror(err));
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(closer, NULL, GR_FOREVER), 0);
+	cr_assert_eq(r.err, EBADF, "the fiber saw %s", strerror(r.err));
+	close_pair(a);
+	cr_assert_eq(close(b[1]), 0);
+}
