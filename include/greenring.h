@@ -188,6 +188,8 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 /* TCP servers: listen, one fiber per connection (gevent's StreamServer). */
 #include "greenring/server.h"
 
+#include "greenring/sync.h"
+
 #ifdef __cplusplus
 }
 #endif

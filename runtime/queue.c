@@ -1,0 +1,254 @@
+/* queue.c — a FIFO of pointers between fibers: bounded, unbounded, or a
+ * rendezvous channel (capacity 0).
+ *
+ * Items live in a ring buffer. Two invariants keep the FIFO order and make
+ * every hand-off direct:
+ *   - getters wait only while the ring is empty, so a put with a waiting
+ *     getter hands the item to it (w->data) instead of queueing it;
+ *   - putters wait only while the ring is full (always, at capacity 0), so
+ *     a get from a full ring moves the first waiting putter's item into the
+ *     freed slot, behind everything already queued.
+ * A woken waiter's status is its receipt: 0 means the item was delivered (a
+ * getter finds it in its waiter, a putter's item is in the queue). Whoever
+ * wakes it sets the status before anything else can run, so a deadline or a
+ * kill arriving afterwards cannot undo the delivery, and an item is never
+ * both queued and returned, nor lost.
+ */
+#define _GNU_SOURCE
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sync_internal.h"
+
+struct queue {
+	struct gr__sync_head h;
+	struct gr__waitq getters;   /* non-empty only while count == 0 */
+	struct gr__waitq putters;   /* non-empty only while count == bound */
+	void **ring;
+	size_t cap;                 /* slots in ring: bound, or grown on demand */
+	size_t bound;               /* most items queued; GR_QUEUE_UNBOUNDED */
+	size_t head;                /* index of the oldest item */
+	size_t count;
+	bool closed;
+};
+GR__SYNC_STORAGE(gr_queue, struct queue);
+
+/* An unbounded ring starts this small and is halved, down to this, once it
+ * is three quarters empty, so a burst does not pin its memory forever. */
+#define RING_MIN 16
+
+static inline struct queue *QU(gr_queue *q)
+{
+	return (struct queue *)(void *)q;
+}
+
+/* Move the items to a ring of newcap slots (newcap >= count). */
+static int ring_resize(struct queue *q, size_t newcap)
+{
+	void **ring = malloc(newcap * sizeof(*ring));
+
+	if (!ring)
+		return -ENOMEM;
+	for (size_t i = 0, j = q->head; i < q->count; i++) {
+		ring[i] = q->ring[j];
+		if (++j == q->cap)
+			j = 0;
+	}
+	free(q->ring);
+	q->ring = ring;
+	q->cap = newcap;
+	q->head = 0;
+	return 0;
+}
+
+static int ring_push(struct queue *q, void *item)
+{
+	if (q->count == q->cap) {
+		/* Only an unbounded ring fills up below its bound. */
+		if (q->cap > SIZE_MAX / 2 / sizeof(void *))
+			return -ENOMEM;
+		int err = ring_resize(q, q->cap ? q->cap * 2 : RING_MIN);
+		if (err)
+			return err;
+	}
+	size_t tail = q->head + q->count;
+	if (tail >= q->cap)
+		tail -= q->cap;
+	q->ring[tail] = item;
+	q->count++;
+	return 0;
+}
+
+static void *ring_pop(struct queue *q)
+{
+	void *item = q->ring[q->head];
+
+	if (++q->head == q->cap)
+		q->head = 0;
+	q->count--;
+	if (q->bound == GR_QUEUE_UNBOUNDED && q->cap > RING_MIN && q->count <= q->cap / 4)
+		(void)ring_resize(q, q->cap / 2); /* if this fails, the ring just stays large */
+	return item;
+}
+
+int gr_queue_init(gr_queue *q, size_t capacity)
+{
+	if (!q)
+		return -EINVAL;
+	struct queue *qu = QU(q);
+	memset(qu, 0, sizeof(*qu));
+	qu->bound = capacity;
+	if (capacity != GR_QUEUE_UNBOUNDED && capacity > 0) {
+		/* A bounded queue takes its memory now, so a put can only fail
+		 * for a reason the caller asked about (full, closed, time). */
+		if (capacity > SIZE_MAX / sizeof(void *))
+			return -ENOMEM;
+		qu->ring = malloc(capacity * sizeof(void *));
+		if (!qu->ring)
+			return -ENOMEM;
+		qu->cap = capacity;
+	}
+	gr__sync_head_init(&qu->h, GR__MAGIC_QUEUE);
+	return 0;
+}
+
+int gr_queue_destroy(gr_queue *q)
+{
+	struct queue *qu = QU(q);
+	int err = gr__sync_destroy_check(q ? &qu->h : NULL, GR__MAGIC_QUEUE);
+
+	if (err)
+		return err;
+	if (!gr__waitq_empty(&qu->getters) || !gr__waitq_empty(&qu->putters))
+		return -EBUSY;
+	free(qu->ring);
+	qu->ring = NULL;
+	qu->h.magic = 0;
+	return 0;
+}
+
+/* Deliver item without waiting: to the first getter, else into the ring.
+ * 0; -EAGAIN (full); -ENOMEM. */
+static int offer(struct queue *qu, void *item)
+{
+	if (!gr__waitq_empty(&qu->getters)) {
+		struct gr__waiter *w = gr__waitq_first(&qu->getters);
+
+		w->data = (uintptr_t)item;
+		gr__wake(w, 0);
+		return 0;
+	}
+	if (qu->count < qu->bound)
+		return ring_push(qu, item);
+	return -EAGAIN;
+}
+
+/* Take an item without waiting. 0; -EAGAIN (empty); -EPIPE (empty, closed). */
+static int take(struct queue *qu, void **item)
+{
+	void *it;
+
+	if (qu->count > 0) {
+		it = ring_pop(qu);
+		if (!gr__waitq_empty(&qu->putters)) {
+			/* The ring was full: the first putter's item takes the slot
+			 * just freed (a bounded ring has all its slots, so this
+			 * cannot fail). */
+			struct gr__waiter *w = gr__waitq_first(&qu->putters);
+
+			(void)ring_push(qu, (void *)w->data);
+			gr__wake(w, 0);
+		}
+	} else if (!gr__waitq_empty(&qu->putters)) {
+		/* Capacity 0: straight from the putter. */
+		struct gr__waiter *w = gr__waitq_first(&qu->putters);
+
+		it = (void *)w->data;
+		gr__wake(w, 0);
+	} else {
+		return qu->closed ? -EPIPE : -EAGAIN;
+	}
+	if (item)
+		*item = it;
+	return 0;
+}
+
+int gr_queue_put(gr_queue *q, void *item, int64_t deadline)
+{
+	struct queue *qu = QU(q);
+	gr_fiber *self;
+	int err = gr__sync_enter(q ? &qu->h : NULL, GR__MAGIC_QUEUE, deadline, &self);
+
+	if (err)
+		return err;
+	if (qu->closed)
+		return -EPIPE;
+	err = offer(qu, item);
+	if (err != -EAGAIN)
+		return err;
+	struct gr__waiter w = { .what = "gr_queue_put", .data = (uintptr_t)item };
+	return gr__sync_wait(&qu->h, &qu->putters, &w, deadline);
+}
+
+int gr_queue_tryput(gr_queue *q, void *item)
+{
+	struct queue *qu = QU(q);
+	int err = gr__sync_check(q ? &qu->h : NULL, GR__MAGIC_QUEUE);
+
+	if (err)
+		return err;
+	if (qu->closed)
+		return -EPIPE;
+	return offer(qu, item);
+}
+
+int gr_queue_get(gr_queue *q, void **item, int64_t deadline)
+{
+	struct queue *qu = QU(q);
+	gr_fiber *self;
+	int err = gr__sync_enter(q ? &qu->h : NULL, GR__MAGIC_QUEUE, deadline, &self);
+
+	if (err)
+		return err;
+	err = take(qu, item);
+	if (err != -EAGAIN)
+		return err;
+	struct gr__waiter w = { .what = "gr_queue_get" };
+	err = gr__sync_wait(&qu->h, &qu->getters, &w, deadline);
+	if (err == 0 && item)
+		*item = (void *)w.data;
+	return err;
+}
+
+int gr_queue_tryget(gr_queue *q, void **item)
+{
+	struct queue *qu = QU(q);
+	int err = gr__sync_check(q ? &qu->h : NULL, GR__MAGIC_QUEUE);
+
+	if (err)
+		return err;
+	return take(qu, item);
+}
+
+int gr_queue_close(gr_queue *q)
+{
+	struct queue *qu = QU(q);
+	int err = gr__sync_check(q ? &qu->h : NULL, GR__MAGIC_QUEUE);
+
+	if (err)
+		return err;
+	qu->closed = true;
+	/* Getters wait only on an empty ring: nothing is left for them. */
+	gr__sync_wake_all(&qu->getters, -EPIPE);
+	gr__sync_wake_all(&qu->putters, -EPIPE);
+	return 0;
+}
+
+ssize_t gr_queue_len(gr_queue *q)
+{
+	struct queue *qu = QU(q);
+	int err = gr__sync_check(q ? &qu->h : NULL, GR__MAGIC_QUEUE);
+
+	return err ? err : (ssize_t)qu->count;
+}
