@@ -1,0 +1,327 @@
+/* test_fork.c — after fork() the child gets a fresh hub on first use and
+ * can do I/O, never touching the parent's ring or epoll set nor running the
+ * parent's fibers; the parent's hub keeps working. Runs once per hub.
+ *
+ * A child reports through a pipe ("ok" or what went wrong) and _exits:
+ * it never returns into Criterion. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "support.h"
+
+GRT_SUITE(fork);
+
+/* ------------------------------------------------------------ child side */
+
+static int report_fd = -1;
+
+static _Noreturn void child_exit(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (n > 0 && write(report_fd, msg, (size_t)n) < 0)
+		_exit(3);
+	_exit(strcmp(msg, "ok") == 0 ? 0 : 1);
+}
+
+/* The anon-inode fds (io_uring rings, epoll sets, eventfds) of this process. */
+static int count_anon_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	if (!d)
+		return -1;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		char path[300], target[128];
+		ssize_t len;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len > 0) {
+			target[len] = '\0';
+			n += strncmp(target, "anon_inode:", 11) == 0;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+static void *child_echo(void *arg)
+{
+	int *p = arg;
+	char buf[8];
+
+	if (gr_sleep(GR_MSEC) != 0)
+		return (void *)"sleep";
+	if (gr_write(p[1], "kid", 3) != 3)
+		return (void *)"write";
+	if (gr_read(p[0], buf, sizeof(buf)) != 3 || memcmp(buf, "kid", 3) != 0)
+		return (void *)"read";
+	return NULL;
+}
+
+/* What every child does: a fresh hub of the same kind, fibers, I/O. */
+static void child_work(const char *hub, int parent_anon_fds)
+{
+	struct gr_hub_stats st;
+
+	if (gr_hub_stats(&st) != -ESRCH)
+		child_exit("the child has a hub before using greenring (%zu fibers, %zu in flight)",
+			   st.fibers, st.inflight);
+	const char *name = gr_hub_name();
+	if (!name || strcmp(name, hub) != 0)
+		child_exit("child hub: %s (%s)", name ? name : "none", gr_hub_why());
+	if (gr_hub_stats(&st) != 0 || st.fibers != 0 || st.inflight != 0)
+		child_exit("the child's hub is not fresh: %zu fibers, %zu in flight", st.fibers,
+			   st.inflight);
+	int anon = count_anon_fds();
+	if (parent_anon_fds >= 0 && anon != parent_anon_fds)
+		child_exit("the child holds %d anon-inode fds, the parent %d: the parent's hub fds "
+			   "were kept (or new ones leaked)",
+			   anon, parent_anon_fds);
+	int p[4][2];
+	gr_fiber *f[4];
+	for (int i = 0; i < 4; i++) {
+		if (pipe2(p[i], O_CLOEXEC) != 0)
+			child_exit("pipe: %s", strerror(errno));
+		f[i] = gr_spawn(child_echo, p[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		void *why = NULL;
+
+		if (!f[i] || gr_join(f[i], &why, gr_now() + 10 * GR_SEC) != 0)
+			child_exit("child fiber %d did not finish", i);
+		if (why)
+			child_exit("child fiber %d: %s failed", i, (const char *)why);
+	}
+	if (gr_hub_join(gr_now() + 10 * GR_SEC) != 0)
+		child_exit("the child's gr_hub_join failed: the parent's fibers came along?");
+	for (int i = 0; i < 4; i++) {
+		gr_close(p[i][0]);
+		gr_close(p[i][1]);
+	}
+}
+
+/* ------------------------------------------------------------ parent side */
+
+struct child {
+	pid_t pid;
+	int rd;
+};
+
+static void expect_child_ok(struct child *c)
+{
+	char msg[512];
+	ssize_t n, total = 0;
+	int status;
+
+	while ((n = read(c->rd, msg + total, sizeof(msg) - 1 - (size_t)total)) > 0)
+		total += n;
+	msg[total] = '\0';
+	close(c->rd);
+	cr_assert_eq(waitpid(c->pid, &status, 0), c->pid);
+	cr_assert(WIFEXITED(status), "the child died of signal %d: %s", WTERMSIG(status), msg);
+	cr_assert_str_eq(msg, "ok", "child: %s (exit %d)", msg, WEXITSTATUS(status));
+	cr_assert_eq(WEXITSTATUS(status), 0);
+}
+
+struct rw {
+	int fd;
+	char buf[16];
+	ssize_t n;
+};
+
+static void *recv_fn(void *arg)
+{
+	struct rw *r = arg;
+
+	r->n = gr_recv(r->fd, r->buf, sizeof(r->buf), 0);
+	return NULL;
+}
+
+static void *mark(void *arg)
+{
+	int fd = *(int *)arg;
+
+	/* Runs in whichever process runs this fiber: once, in the parent. */
+	if (write(fd, "F", 1) != 1)
+		return (void *)1;
+	return NULL;
+}
+
+Test(fork, the_child_gets_a_fresh_hub_and_the_parent_keeps_its_own)
+{
+	int sv[2], marks[2], rep[2];
+	struct rw r = { 0 };
+	struct child c;
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(pipe2(marks, O_CLOEXEC | O_NONBLOCK), 0);
+	r.fd = sv[0];
+	/* The parent has an operation in flight and a fiber not yet run. */
+	gr_fiber *blocked = gr_spawn(recv_fn, &r);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	gr_fiber *pending = gr_spawn(mark, &marks[1]);
+	int parent_anon = count_anon_fds();
+
+	cr_assert_eq(pipe2(rep, O_CLOEXEC), 0);
+	fflush(NULL);
+	c.pid = fork();
+	cr_assert_geq(c.pid, 0);
+	if (c.pid == 0) {
+		report_fd = rep[1];
+		child_work(grt_hub(), parent_anon);
+		char m;
+		if (read(marks[0], &m, 1) == 1)
+			child_exit("the child ran a fiber the parent had spawned");
+		/* The parent's socket is shared: the child's hub must not have
+		 * taken the parent's recv along (it would eat the data). */
+		child_exit("ok");
+	}
+	close(rep[1]);
+	c.rd = rep[0];
+	expect_child_ok(&c);
+	/* The parent's hub is intact: its blocked recv completes, its pending
+	 * fiber runs (once), new work runs. */
+	cr_assert_eq(send(sv[1], "parent", 6, 0), 6);
+	cr_assert_eq(gr_join(blocked, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(r.n, 6, "the parent's recv: %zd", r.n);
+	cr_assert_eq(memcmp(r.buf, "parent", 6), 0);
+	cr_assert_eq(gr_join(pending, NULL, gr_now() + 5 * GR_SEC), 0);
+	char m[4];
+	cr_assert_eq(read(marks[0], m, sizeof(m)), 1, "the parent's pending fiber ran %s",
+		     "a wrong number of times");
+	int64_t t0 = gr_now();
+	cr_assert_eq(gr_sleep(2 * GR_MSEC), 0);
+	cr_assert_geq(gr_now() - t0, 2 * GR_MSEC);
+	cr_assert_eq(count_anon_fds(), parent_anon, "the parent's hub fds changed");
+	close(marks[0]);
+	close(marks[1]);
+	close(sv[0]);
+	close(sv[1]);
+}
+
+Test(fork, a_child_that_never_uses_greenring_leaves_the_parent_alone)
+{
+	int sv[2];
+	struct rw r = { 0 };
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	r.fd = sv[0];
+	gr_fiber *f = gr_spawn(recv_fn, &r);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	for (int i = 0; i < 5; i++) {
+		pid_t pid = fork();
+		int status;
+
+		cr_assert_geq(pid, 0);
+		if (pid == 0)
+			_exit(0);
+		cr_assert_eq(waitpid(pid, &status, 0), pid);
+		cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	}
+	cr_assert_eq(send(sv[1], "x", 1, 0), 1);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(r.n, 1);
+	close(sv[0]);
+	close(sv[1]);
+}
+
+struct forker {
+	const char *hub;
+	int anon;
+	struct child c;
+	int err;
+};
+
+static void *fork_in_fiber(void *arg)
+{
+	struct forker *fk = arg;
+	int rep[2];
+
+	if (pipe2(rep, O_CLOEXEC) != 0) {
+		fk->err = errno;
+		return NULL;
+	}
+	fflush(NULL);
+	fk->c.pid = fork();
+	if (fk->c.pid == 0) {
+		/* The child runs on what was a fiber's stack of the parent. */
+		report_fd = rep[1];
+		child_work(fk->hub, fk->anon);
+		child_exit("ok");
+	}
+	close(rep[1]);
+	fk->c.rd = rep[0];
+	if (fk->c.pid < 0) {
+		fk->err = errno;
+		close(rep[0]);
+	}
+	return NULL;
+}
+
+Test(fork, fork_from_inside_a_fiber)
+{
+	struct forker fk = { .hub = grt_hub(), .anon = count_anon_fds() };
+	gr_fiber *f = gr_spawn(fork_in_fiber, &fk);
+
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(fk.err, 0, "fork: %s", strerror(fk.err));
+	expect_child_ok(&fk.c);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0, "the parent's hub after the fork");
+}
+
+Test(fork, a_grandchild_gets_its_own_hub_too)
+{
+	int rep[2];
+	struct child c;
+	int anon = count_anon_fds();
+
+	cr_assert_eq(pipe2(rep, O_CLOEXEC), 0);
+	fflush(NULL);
+	c.pid = fork();
+	cr_assert_geq(c.pid, 0);
+	if (c.pid == 0) {
+		report_fd = rep[1];
+		child_work(grt_hub(), anon);
+		/* Fork again from a child whose hub is in use. */
+		int rep2[2];
+		if (pipe2(rep2, O_CLOEXEC) != 0)
+			child_exit("pipe");
+		pid_t g = fork();
+		if (g == 0) {
+			report_fd = rep2[1];
+			child_work(grt_hub(), anon);
+			child_exit("ok");
+		}
+		close(rep2[1]);
+		char msg[256];
+		ssize_t n = read(rep2[0], msg, sizeof(msg) - 1);
+		int status;
+		waitpid(g, &status, 0);
+		msg[n > 0 ? n : 0] = '\0';
+		if (strcmp(msg, "ok") != 0)
+			child_exit("grandchild: %s", msg);
+		child_exit("ok");
+	}
+	close(rep[1]);
+	c.rd = rep[0];
+	expect_child_ok(&c);
+}

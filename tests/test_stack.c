@@ -1,0 +1,275 @@
+/* test_stack.c — stack overflow is reported, not a silent segfault; stack
+ * sizes (per spawn, GREENRING_STACK_SIZE) are honoured. Runs once per hub.
+ *
+ * Death tests run in a fresh process: the test binary re-executes itself
+ * with GRT_STACK_CHILD set, and a constructor runs the child's part before
+ * Criterion's main. A fresh process also reads GREENRING_STACK_SIZE anew
+ * (the runtime reads it once per process). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "support.h"
+
+GRT_SUITE(stack);
+
+/* ------------------------------------------------------------ the child */
+
+static volatile int recursion_limit = 1 << 30;
+
+static __attribute__((noinline)) int recurse(int depth)
+{
+	volatile char pad[256];
+
+	pad[0] = (char)depth;
+	if (depth > recursion_limit)
+		return pad[0];
+	return recurse(depth + 1) + pad[0];
+}
+
+static void *deep(void *arg)
+{
+	return (void *)(intptr_t)recurse(0);
+}
+
+/* Touch `bytes` of stack in one frame, from the top down (as a compiler's
+ * stack-clash probes do), so an overflow first touches the guard. */
+static __attribute__((noinline)) int use_stack(size_t bytes)
+{
+	volatile char *p = __builtin_alloca(bytes);
+	int sum = 0;
+
+	for (size_t i = bytes; i >= 256; i -= 256)
+		p[i - 256] = (char)i;
+	for (size_t i = 0; i < bytes; i += 256)
+		sum += p[i];
+	return sum;
+}
+
+static void *use_stack_fiber(void *arg)
+{
+	use_stack((size_t)(uintptr_t)arg);
+	return arg;
+}
+
+static int *volatile wild_pointer;
+
+static void *wild_write(void *arg)
+{
+	*wild_pointer = 1;
+	return arg;
+}
+
+/* GRT_STACK_CHILD is "overflow:<stack_size>:<name>", "use:<bytes>" or "null".
+ * Prints what the parent needs on stdout; exit status tells the rest. */
+static void run_child(const char *mode)
+{
+	size_t size = 0;
+	char name[64] = "";
+
+	if (sscanf(mode, "overflow:%zu:%63s", &size, name) >= 1) {
+		struct gr_spawn_opts o = { .stack_size = size, .name = strcmp(name, "-") ? name : NULL };
+		gr_fiber *f = gr_spawn_with(&o, deep, NULL);
+
+		if (!f)
+			_exit(10);
+		printf("id=%llu\n", (unsigned long long)gr_fiber_id(f));
+		fflush(stdout);
+		gr_join(f, NULL, GR_FOREVER);
+		_exit(11); /* survived an infinite recursion: wrong */
+	}
+	if (sscanf(mode, "use:%zu", &size) == 1) {
+		void *res = NULL;
+		gr_fiber *f = gr_spawn(use_stack_fiber, (void *)(uintptr_t)size);
+
+		if (!f || gr_join(f, &res, GR_FOREVER) != 0)
+			_exit(12);
+		_exit(res == (void *)(uintptr_t)size ? 0 : 13);
+	}
+	if (strcmp(mode, "null") == 0) {
+		gr_fiber *f = gr_spawn(wild_write, NULL);
+
+		if (!f)
+			_exit(10);
+		gr_join(f, NULL, GR_FOREVER);
+		_exit(11);
+	}
+	_exit(14);
+}
+
+__attribute__((constructor)) static void child_entry(void)
+{
+	const char *mode = getenv("GRT_STACK_CHILD");
+
+	if (mode)
+		run_child(mode);
+}
+
+/* ------------------------------------------------------------ the parent */
+
+struct child_result {
+	int status;
+	char out[4096];
+	char err[8192];
+};
+
+static void read_all(int fd, char *buf, size_t len)
+{
+	size_t n = 0;
+	ssize_t r;
+
+	while (n + 1 < len && (r = read(fd, buf + n, len - 1 - n)) > 0)
+		n += (size_t)r;
+	buf[n] = '\0';
+}
+
+/* Run this binary as a child with GRT_STACK_CHILD=mode and, if not NULL,
+ * GREENRING_STACK_SIZE=stack_env. */
+static void run_self(const char *mode, const char *stack_env, struct child_result *res)
+{
+	int out[2], err[2];
+
+	cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		dup2(out[1], STDOUT_FILENO);
+		dup2(err[1], STDERR_FILENO);
+		setenv("GRT_STACK_CHILD", mode, 1);
+		if (stack_env)
+			setenv("GREENRING_STACK_SIZE", stack_env, 1);
+		else
+			unsetenv("GREENRING_STACK_SIZE");
+		/* Core dumps of an expected crash are noise. */
+		signal(SIGSEGV, SIG_DFL);
+		execl("/proc/self/exe", "test_stack", (char *)NULL);
+		_exit(127);
+	}
+	close(out[1]);
+	close(err[1]);
+	read_all(out[0], res->out, sizeof(res->out));
+	read_all(err[0], res->err, sizeof(res->err));
+	close(out[0]);
+	close(err[0]);
+	cr_assert_eq(waitpid(pid, &res->status, 0), pid);
+}
+
+static void describe(const struct child_result *r, char *buf, size_t len)
+{
+	if (WIFSIGNALED(r->status))
+		snprintf(buf, len, "killed by signal %d", WTERMSIG(r->status));
+	else
+		snprintf(buf, len, "exit status %d", WEXITSTATUS(r->status));
+}
+
+/* The child must die of the overflow (SIGSEGV; under ASan, ASan's own
+ * report and exit follow ours) and say which fiber and how big its stack. */
+static void expect_overflow(const struct child_result *r, const char *name, size_t stack_bytes)
+{
+	char how[64], want[160];
+	unsigned long long id = 0;
+
+	describe(r, how, sizeof(how));
+	cr_assert_eq(sscanf(r->out, "id=%llu", &id), 1, "the child did not start the fiber (%s): %s",
+		     how, r->err);
+#if defined(__SANITIZE_ADDRESS__)
+	cr_assert(WIFSIGNALED(r->status) || (WIFEXITED(r->status) && WEXITSTATUS(r->status) != 0 &&
+					     WEXITSTATUS(r->status) < 10),
+		  "the overflowing child: %s", how);
+#else
+	cr_assert(WIFSIGNALED(r->status) && WTERMSIG(r->status) == SIGSEGV,
+		  "the overflowing child should die of SIGSEGV: %s; stderr: %s", how, r->err);
+#endif
+	if (name)
+		snprintf(want, sizeof(want), "greenring: fiber %llu \"%s\" overflowed its %zu-byte stack",
+			 id, name, stack_bytes);
+	else
+		snprintf(want, sizeof(want), "greenring: fiber %llu overflowed its %zu-byte stack", id,
+			 stack_bytes);
+	cr_assert_not_null(strstr(r->err, want), "stderr lacks \"%s\":\n%s", want, r->err);
+}
+
+Test(stack, overflow_of_a_default_stack_is_reported_and_dies_with_sigsegv)
+{
+	struct child_result r;
+
+	run_self("overflow:0:-", NULL, &r);
+	expect_overflow(&r, NULL, 64 * 1024);
+}
+
+Test(stack, overflow_message_names_the_fiber)
+{
+	struct child_result r;
+
+	run_self("overflow:0:recurser", NULL, &r);
+	expect_overflow(&r, "recurser", 64 * 1024);
+}
+
+Test(stack, overflow_of_a_spawn_option_stack_reports_its_size)
+{
+	struct child_result r;
+
+	run_self("overflow:262144:big", NULL, &r);
+	expect_overflow(&r, "big", 256 * 1024);
+}
+
+Test(stack, greenring_stack_size_sets_the_default)
+{
+	struct child_result r;
+	char how[64];
+
+	/* 160 KiB of locals: an overflow on the 64 KiB default, fine on 256 KiB. */
+	run_self("use:163840", "256k", &r);
+	describe(&r, how, sizeof(how));
+	cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
+		  "a fiber using 160 KiB with GREENRING_STACK_SIZE=256k: %s; stderr: %s", how, r.err);
+	run_self("overflow:0:-", "256k", &r);
+	expect_overflow(&r, NULL, 256 * 1024);
+	run_self("overflow:0:-", "131072", &r);
+	expect_overflow(&r, NULL, 128 * 1024);
+}
+
+Test(stack, the_default_stack_is_64_kib_without_the_variable)
+{
+	struct child_result r;
+	char how[64];
+
+	run_self("use:163840", NULL, &r);
+	describe(&r, how, sizeof(how));
+	cr_assert(!(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0),
+		  "160 KiB of locals fit a default stack: it is not 64 KiB (%s)", how);
+	cr_assert_not_null(strstr(r.err, "overflowed its 65536-byte stack"), "stderr: %s", r.err);
+}
+
+Test(stack, an_unusable_greenring_stack_size_falls_back_to_the_default)
+{
+	struct child_result r;
+
+	run_self("overflow:0:-", "1k", &r);
+	expect_overflow(&r, NULL, 64 * 1024);
+	run_self("overflow:0:-", "lots", &r);
+	expect_overflow(&r, NULL, 64 * 1024);
+}
+
+Test(stack, a_fault_outside_any_guard_is_not_called_an_overflow)
+{
+	/* A wild write in a fiber is an ordinary crash: the handler must not
+	 * blame the stack, and the process still dies of the signal. */
+	struct child_result r;
+	char how[64];
+
+	run_self("null", NULL, &r);
+	describe(&r, how, sizeof(how));
+#if !defined(__SANITIZE_ADDRESS__)
+	cr_assert(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGSEGV, "%s; stderr: %s", how, r.err);
+#endif
+	cr_assert_null(strstr(r.err, "overflowed"), "a NULL write reported as an overflow: %s", r.err);
+}
