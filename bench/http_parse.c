@@ -25,7 +25,13 @@ static bool is_alpha(unsigned char c)
 /* tchar (RFC 9110 section 5.6.2): what methods and field names are made of. */
 static bool is_tchar(unsigned char c)
 {
-	return is_digit(c) || is_alpha(c) || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+	switch (c) {
+	case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+	case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+		return true;
+	default:
+		return is_digit(c) || is_alpha(c);
+	}
 }
 
 /* VCHAR: visible ASCII, what a request-target is made of. */

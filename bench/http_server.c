@@ -61,9 +61,33 @@ static const struct date_cache *http_date(void)
 	return &date_cache;
 }
 
+static size_t format_response(char *out, int status, bool keep_alive, bool http10, bool head);
+
+/* The response to nearly every request of a benchmark (200, keep-alive,
+ * HTTP/1.1), formatted once per Date second and then copied. */
+static __thread struct {
+	time_t sec;
+	size_t len;
+	char text[MAX_RESPONSE];
+} hello_cache;
+
 /* Append one complete response to out (which has MAX_RESPONSE bytes free);
- * returns its length. head: no body (HEAD request). */
+ * returns its length, 0 if it could not be formatted. head: no body (HEAD
+ * request). */
 static size_t respond(char *out, int status, bool keep_alive, bool http10, bool head)
+{
+	if (status != 200 || !keep_alive || http10 || head)
+		return format_response(out, status, keep_alive, http10, head);
+	const struct date_cache *d = http_date();
+	if (hello_cache.sec != d->sec || !hello_cache.len) {
+		hello_cache.len = format_response(hello_cache.text, 200, true, false, false);
+		hello_cache.sec = d->sec;
+	}
+	memcpy(out, hello_cache.text, hello_cache.len);
+	return hello_cache.len;
+}
+
+static size_t format_response(char *out, int status, bool keep_alive, bool http10, bool head)
 {
 	const struct date_cache *d = http_date();
 	const char *body;
