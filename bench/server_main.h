@@ -33,6 +33,7 @@
 #include <fcntl.h>
 
 #define SRV_MAX_THREADS 256
+#define SRV_STACK_SIZE ((size_t)64 * 1024)
 
 struct srv_opts {
 	const char *host;
@@ -226,6 +227,9 @@ static inline int srv_start(struct srv_thread *t)
 	struct gr_server_opts so = {
 		.max_conns = o->max_conns,
 		.reuseport = o->threads > 1,
+		/* The handlers keep their buffers on the stack (up to ~28 KiB):
+		 * explicit, so that GREENRING_STACK_SIZE cannot shrink it below. */
+		.stack_size = SRV_STACK_SIZE,
 	};
 
 	int r = srv_use_hub(sh);
