@@ -19,6 +19,8 @@
 /* Best first. */
 const struct gr_hub_ops *const gr__builtin_hubs[] = {
 	&gr__hub_uring_ops,
+	&gr__hub_epoll_ops,
+	&gr__hub_poll_ops,
 	NULL,
 };
 

@@ -319,6 +319,8 @@ void gr__stack_overflow_guard_thread_fini(void);
 /* ------------------------------------------------------------ backends */
 
 extern const struct gr_hub_ops gr__hub_uring_ops;
+extern const struct gr_hub_ops gr__hub_epoll_ops;
+extern const struct gr_hub_ops gr__hub_poll_ops;
 
 /* Backends in the default order, NULL-terminated. */
 extern const struct gr_hub_ops *const gr__builtin_hubs[];
