@@ -76,8 +76,9 @@ static int ensure_nonblocking(struct gr__hub *hub, int fd)
 
 	if (!st)
 		return errno == EBADF ? -EBADF : -ENOMEM;
-	if (st->nonblock_set)
-		return 0;
+	/* Asked every time, not cached: a program may close() an fd itself and
+	 * get the number back for a new, blocking file; a stale "already
+	 * non-blocking" mark would then block the whole thread in read(). */
 	int fl = fcntl(fd, F_GETFL);
 	if (fl < 0)
 		return -errno;
@@ -440,8 +441,11 @@ int gr_close(int fd)
 	if (st->closing)
 		return (int)posix_result(-EBADF); /* another fiber is closing it */
 	st->closing = 1;
-	for (struct gr_op *op = st->ops; op; op = op->fd_next)
+	for (struct gr_op *op = st->ops, *next; op; op = next) {
+		/* A readiness backend completes (and so unlinks) op at once. */
+		next = op->fd_next;
 		gr__op_cancel(hub, op, EBADF);
+	}
 	while (st->ops) {
 		/* Not cancellable: the fd must end up closed either way. */
 		struct gr__waiter w = { .what = "gr_close", .uncancellable = true };
