@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -136,6 +137,10 @@ gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), v
 		return NULL;
 	}
 	size_t size = opts ? opts->stack_size : 0;
+	if (size > (size_t)SSIZE_MAX) {
+		errno = EINVAL; /* a negative size cast to size_t: rounding it would wrap */
+		return NULL;
+	}
 	if (size && size < GR__MIN_STACK_SIZE)
 		size = GR__MIN_STACK_SIZE;
 	struct gr__stack *s = gr__stack_get(hub->stacks, size);

@@ -58,13 +58,19 @@ struct gr__stack_pool {
 	size_t default_size;
 };
 
+/* The caches below are filled by whichever thread gets there first: atomics,
+ * so two hubs starting at once do not race (every thread computes the same
+ * value). */
 static size_t page_size(void)
 {
-	static size_t cached;
+	static atomic_size_t cached;
+	size_t p = atomic_load_explicit(&cached, memory_order_relaxed);
 
-	if (cached == 0)
-		cached = (size_t)sysconf(_SC_PAGESIZE);
-	return cached;
+	if (p == 0) {
+		p = (size_t)sysconf(_SC_PAGESIZE);
+		atomic_store_explicit(&cached, p, memory_order_relaxed);
+	}
+	return p;
 }
 
 static size_t round_to_pages(size_t n)
@@ -74,43 +80,50 @@ static size_t round_to_pages(size_t n)
 	return (n + p - 1) / p * p;
 }
 
+/* GREENRING_STACK_SIZE above this is a typo (or overflowed while parsing),
+ * not a stack: the default is used instead. */
+#define STACK_SIZE_ENV_MAX ((unsigned long long)1 << 32)
+
 size_t gr__stack_default_size(void)
 {
-	static size_t cached;
+	static atomic_size_t cached;
 	const char *env;
+	size_t got = atomic_load_explicit(&cached, memory_order_relaxed);
 
-	if (cached)
-		return cached;
+	if (got)
+		return got;
 	size_t size = GR__DEFAULT_STACK_SIZE;
 	env = getenv("GREENRING_STACK_SIZE");
 	if (env && *env) {
 		char *end;
 		unsigned long long v = strtoull(env, &end, 10);
+		unsigned long long unit = 1;
 
 		if (*end == 'k' || *end == 'K')
-			v *= 1024;
+			unit = 1024;
 		else if (*end == 'm' || *end == 'M')
-			v *= 1024 * 1024;
+			unit = 1024 * 1024;
 		/* Below 16 KiB a fiber cannot even call printf safely. */
-		if (v >= 16 * 1024)
-			size = (size_t)v;
+		if (v <= STACK_SIZE_ENV_MAX / unit && v * unit >= 16 * 1024)
+			size = (size_t)(v * unit);
 	}
-	cached = round_to_pages(size);
-	return cached;
+	size = round_to_pages(size);
+	atomic_store_explicit(&cached, size, memory_order_relaxed);
+	return size;
 }
 
-static int guard_kind = 0; /* 0 unknown, 1 madvise, 2 mprotect */
+static atomic_int guard_kind; /* 0 unknown, 1 madvise, 2 mprotect */
 
 static int install_guard(void *base, size_t len)
 {
-	if (guard_kind != 2) {
+	if (atomic_load_explicit(&guard_kind, memory_order_relaxed) != 2) {
 		if (madvise(base, len, MADV_GUARD_INSTALL) == 0) {
-			guard_kind = 1;
+			atomic_store_explicit(&guard_kind, 1, memory_order_relaxed);
 			return 0;
 		}
 		if (errno != EINVAL)
 			return -errno;
-		guard_kind = 2;
+		atomic_store_explicit(&guard_kind, 2, memory_order_relaxed);
 	}
 	return mprotect(base, len, PROT_NONE) == 0 ? 0 : -errno;
 }

@@ -448,6 +448,28 @@ Test(fiber, spawn_with_a_large_stack_can_use_it)
 	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
 }
 
+Test(fiber, absurd_stack_sizes_fail_cleanly)
+{
+	/* A "negative" size (a -1 passed as size_t) is misuse: an error, never
+	 * a crash; a size no mapping can hold is ENOMEM. */
+	static const size_t sizes[] = { (size_t)-1, (size_t)-4096, SIZE_MAX / 2 + 1 };
+	int ran = 0;
+
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		struct gr_spawn_opts o = { .stack_size = sizes[i] };
+
+		errno = 0;
+		cr_assert_null(gr_spawn_with(&o, set_flag, &ran), "stack_size %zu accepted", sizes[i]);
+		cr_assert_eq(errno, EINVAL, "stack_size %zu: %s", sizes[i], strerror(errno));
+	}
+	struct gr_spawn_opts huge = { .stack_size = (size_t)1 << 50 };
+	errno = 0;
+	cr_assert_null(gr_spawn_with(&huge, set_flag, &ran), "a 1 PiB stack was accepted");
+	cr_assert_eq(errno, ENOMEM, "1 PiB stack: %s", strerror(errno));
+	cr_assert_eq(gr_sleep(0), 0);
+	cr_assert_eq(ran, 0);
+}
+
 Test(fiber, default_stack_holds_a_few_kib_of_locals)
 {
 	gr_fiber *f = gr_spawn(use_stack_fiber, (void *)(uintptr_t)(32 * 1024));

@@ -38,18 +38,19 @@ static void *deep(void *arg)
 	return (void *)(intptr_t)recurse(0);
 }
 
-/* Touch `bytes` of stack in one frame, from the top down (as a compiler's
- * stack-clash probes do), so an overflow first touches the guard. */
+/* Use about `bytes` of stack in 2 KiB frames: each frame is far smaller
+ * than the guard, so running off the end always lands in the guard (one
+ * huge frame could jump over it, and under ASan the call right after an
+ * alloca would fault below the guard). */
 static __attribute__((noinline)) int use_stack(size_t bytes)
 {
-	volatile char *p = __builtin_alloca(bytes);
-	int sum = 0;
+	volatile char frame[2048];
 
-	for (size_t i = bytes; i >= 256; i -= 256)
-		p[i - 256] = (char)i;
-	for (size_t i = 0; i < bytes; i += 256)
-		sum += p[i];
-	return sum;
+	frame[0] = (char)bytes;
+	frame[sizeof(frame) - 1] = (char)(bytes >> 8);
+	if (bytes <= sizeof(frame))
+		return frame[0];
+	return use_stack(bytes - sizeof(frame)) + frame[sizeof(frame) - 1];
 }
 
 static void *use_stack_fiber(void *arg)
@@ -256,6 +257,13 @@ Test(stack, an_unusable_greenring_stack_size_falls_back_to_the_default)
 	run_self("overflow:0:-", "1k", &r);
 	expect_overflow(&r, NULL, 64 * 1024);
 	run_self("overflow:0:-", "lots", &r);
+	expect_overflow(&r, NULL, 64 * 1024);
+	/* Values that overflow when parsed or rounded are refused too. */
+	run_self("overflow:0:-", "99999999999999999999", &r);
+	expect_overflow(&r, NULL, 64 * 1024);
+	run_self("overflow:0:-", "18446744073709551615", &r);
+	expect_overflow(&r, NULL, 64 * 1024);
+	run_self("overflow:0:-", "36028797018963968k", &r);
 	expect_overflow(&r, NULL, 64 * 1024);
 }
 
