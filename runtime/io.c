@@ -173,9 +173,16 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
 			.events = op_events(op),
 			.deadline = op->deadline,
 		};
+		struct gr__fdstate *st = gr__fd_state(hub, op->fd);
+		uint32_t closes = st ? st->closes : 0;
 		r = gr__op_run(hub, &wait);
 		if (r < 0)
 			return r;
+		/* The wait ended, but other fibers ran before this one: if one of
+		 * them gr_closed the fd, the number may already name a new file. */
+		st = gr__fd_state(hub, op->fd);
+		if (!st || st->closes != closes || st->closing)
+			return -EBADF;
 	}
 }
 
@@ -441,6 +448,7 @@ int gr_close(int fd)
 	if (st->closing)
 		return (int)posix_result(-EBADF); /* another fiber is closing it */
 	st->closing = 1;
+	st->closes++;
 	for (struct gr_op *op = st->ops, *next; op; op = next) {
 		/* A readiness backend completes (and so unlinks) op at once. */
 		next = op->fd_next;

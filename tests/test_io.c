@@ -760,6 +760,44 @@ Test(io, a_reused_fd_number_is_not_hit_by_a_stale_operation)
 	cr_assert_eq(close(sv[1]), 0);
 }
 
+Test(io, a_read_woken_just_before_gr_close_never_reads_the_next_file)
+{
+	/* The reader's wait ends (data arrived), then, before it runs again,
+	 * another fiber gr_closes the fd and opens a new pipe, which gets the
+	 * same number. The reader may return the first pipe's data (its read
+	 * finished before the close) or EBADF, but never the new pipe's bytes:
+	 * an fd number is not reused under an operation that still names it. */
+	int p[2], q[2];
+	struct rw r = { 0 };
+
+	make_pipe(p);
+	r.fd = p[0];
+	gr_fiber *f = gr_spawn(reader, &r);
+	cr_assert_eq(gr_sleep(0), 0); /* f waits for data */
+	cr_assert_eq(write(p[1], "old", 3), 3);
+	/* This yield ends f's wait; main is ahead of f in the next turn. */
+	cr_assert_eq(gr_sleep(0), 0);
+	int old_fd = p[0];
+	cr_assert_eq(gr_close(p[0]), 0);
+	make_pipe(q);
+	if (q[0] != old_fd) {
+		/* Make the new pipe's read end take the old number. */
+		cr_assert_eq(dup2(q[0], old_fd), old_fd);
+		close(q[0]);
+		q[0] = old_fd;
+	}
+	cr_assert_eq(write(q[1], "NEW", 3), 3);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	if (r.n == 3)
+		cr_assert_eq(memcmp(r.buf, "old", 3), 0, "the reader got the new file's bytes: %.3s", r.buf);
+	else
+		cr_assert(r.n == -1 && r.err == EBADF, "reader: %zd (%s)", r.n, strerror(r.err));
+	char buf[4];
+	cr_assert_eq(read(q[0], buf, sizeof(buf)), 3, "the new pipe lost its data to a stale read");
+	close_pair(q);
+	cr_assert_eq(close(p[1]), 0);
+}
+
 static void *close_it(void *arg)
 {
 	return (void *)(intptr_t)(gr_close(*(int *)arg) == 0 ? 0 : errno);
