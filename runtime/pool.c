@@ -220,7 +220,7 @@ int gr_pool_destroy(gr_pool *p)
 int gr_pool_spawn(gr_pool *p, void (*fn)(void *), void *arg, int64_t deadline)
 {
 	struct pool *pl = PL(p);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(p ? &pl->h : NULL, GR__MAGIC_POOL, deadline, &self);
 
 	if (err)
@@ -254,7 +254,7 @@ static bool in_pool(const struct pool *pl, const gr_fiber *self)
 int gr_pool_wait(gr_pool *p, int64_t deadline)
 {
 	struct pool *pl = PL(p);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(p ? &pl->h : NULL, GR__MAGIC_POOL, deadline, &self);
 
 	if (err)
@@ -524,7 +524,7 @@ static int pile_pool_check(struct pile *pi)
 int gr_pile_spawn(gr_pile *pile, void *(*fn)(void *), void *arg, int64_t deadline)
 {
 	struct pile *pi = PI(pile);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(pile ? &pi->h : NULL, GR__MAGIC_PILE, deadline, &self);
 
 	if (err)
@@ -573,7 +573,7 @@ int gr_pile_imap(gr_pile *pile, void *(*fn)(void *), void *const *args, size_t n
 int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
 {
 	struct pile *pi = PI(pile);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(pile ? &pi->h : NULL, GR__MAGIC_PILE, deadline, &self);
 
 	if (err)

@@ -177,7 +177,7 @@ static int take(struct queue *qu, void **item)
 int gr_queue_put(gr_queue *q, void *item, int64_t deadline)
 {
 	struct queue *qu = QU(q);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(q ? &qu->h : NULL, GR__MAGIC_QUEUE, deadline, &self);
 
 	if (err)
@@ -206,7 +206,7 @@ int gr_queue_tryput(gr_queue *q, void *item)
 int gr_queue_get(gr_queue *q, void **item, int64_t deadline)
 {
 	struct queue *qu = QU(q);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(q ? &qu->h : NULL, GR__MAGIC_QUEUE, deadline, &self);
 
 	if (err)

@@ -92,7 +92,7 @@ int gr_event_is_set(gr_event *e)
 int gr_event_wait(gr_event *e, int64_t deadline)
 {
 	struct event *ev = EV(e);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(e ? &ev->h : NULL, GR__MAGIC_EVENT, deadline, &self);
 
 	if (err)
@@ -182,7 +182,7 @@ int gr_result_ready(gr_result *r)
 int gr_result_wait(gr_result *r, void **value, int64_t deadline)
 {
 	struct result *rs = RS(r);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(r ? &rs->h : NULL, GR__MAGIC_RESULT, deadline, &self);
 
 	if (err)
@@ -244,7 +244,7 @@ int gr_sem_destroy(gr_sem *s)
 int gr_sem_acquire(gr_sem *s, int64_t deadline)
 {
 	struct sem *sm = SM(s);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(s ? &sm->h : NULL, GR__MAGIC_SEM, deadline, &self);
 
 	if (err)
@@ -365,7 +365,7 @@ static void mutex_release(struct mutex *mx)
 int gr_mutex_lock(gr_mutex *m, int64_t deadline)
 {
 	struct mutex *mx = MX(m);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(m ? &mx->h : NULL, GR__MAGIC_MUTEX, deadline, &self);
 
 	if (err)
@@ -378,7 +378,7 @@ int gr_mutex_lock(gr_mutex *m, int64_t deadline)
 int gr_mutex_trylock(gr_mutex *m)
 {
 	struct mutex *mx = MX(m);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_check_self(m ? &mx->h : NULL, GR__MAGIC_MUTEX, &self);
 
 	if (err)
@@ -445,7 +445,7 @@ int gr_cond_wait(gr_cond *c, gr_mutex *m, int64_t deadline)
 {
 	struct cond *cv = CV(c);
 	struct mutex *mx = MX(m);
-	gr_fiber *self;
+	gr_fiber *self = NULL;
 	int err = gr__sync_enter(c ? &cv->h : NULL, GR__MAGIC_COND, deadline, &self);
 
 	if (err)
