@@ -393,6 +393,9 @@ static int uring_init(void **state, const struct gr_hub_config *cfg)
 		free(h);
 		return r;
 	}
+	/* A registered ring fd spares io_uring_enter an fd lookup on every
+	 * loop turn (Linux 5.18+); without it everything works the same. */
+	(void)io_uring_register_ring_fd(&h->ring);
 	h->free_head = NO_SLOT;
 	h->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (h->wake_fd < 0) {
