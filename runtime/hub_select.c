@@ -1,6 +1,7 @@
 /* hub_select.c — which backend a thread's hub runs, and why.
  *
- * Order of authority: gr_hub_use()/gr_hub_use_ops() on this thread, then the
+ * Order of authority: gr_hub_use()/gr_hub_use_ops() on this thread (where
+ * gr_hub_use(NULL) asks for the default order, environment or not), then the
  * GREENRING_HUB environment variable, then the default order of
  * gr__builtin_hubs (best first). A name asked for explicitly is never
  * silently replaced: if it is unknown or cannot run, creating the hub fails
@@ -25,8 +26,11 @@ const struct gr_hub_ops *const gr__builtin_hubs[] = {
 };
 
 /* What this thread asked for: nothing (env, then default order), a name's
- * ops, or a third party's ops. */
+ * ops, or a third party's ops. `chosen` is set by gr_hub_use*(): from then
+ * on GREENRING_HUB no longer applies, so gr_hub_use(NULL) means the default
+ * order even where the environment names a hub. */
 static __thread const struct gr_hub_ops *chosen_ops;
+static __thread bool chosen;
 static __thread char why[512];
 
 static void why_append(const char *name, const char *reason)
@@ -114,11 +118,20 @@ static int try_backend(const struct gr_hub_ops *ops, struct gr__hub **out)
 	return 0;
 }
 
-static void report(const struct gr__hub *hub, int err)
+/* `asked`: what named the hub explicitly ("GREENRING_HUB", "gr_hub_use"),
+ * NULL for the default order. */
+static void report(const struct gr__hub *hub, int err, const char *asked)
 {
 	if (hub && debug_enabled()) {
-		fprintf(stderr, "greenring: hub %s%s%s\n", hub->ops->name, why[0] ? "; refused: " : "",
-			why);
+		if (asked)
+			fprintf(stderr, "greenring: hub %s (chosen by %s)\n", hub->ops->name, asked);
+		else
+			fprintf(stderr, "greenring: hub %s%s%s\n", hub->ops->name,
+				why[0] ? "; refused: " : "", why);
+	} else if (!hub && asked) {
+		/* Never a silent fallback: the hub named is the hub run, or none. */
+		fprintf(stderr, "greenring: the hub chosen by %s cannot run: %s\n", asked,
+			why[0] ? why : strerror(-err));
 	} else if (!hub) {
 		fprintf(stderr, "greenring: no hub can run: %s\n", why[0] ? why : strerror(-err));
 	}
@@ -129,10 +142,13 @@ int gr__hub_create_with(const struct gr_hub_ops *ops, struct gr__hub **out)
 	struct gr__hub *hub = NULL;
 	int r = -ENOTSUP;
 
+	const char *asked = ops ? "the caller" : NULL;
+
 	why[0] = '\0';
-	if (!ops)
+	if (!ops && chosen) {
 		ops = chosen_ops;
-	if (!ops) {
+		asked = ops ? "gr_hub_use" : NULL;
+	} else if (!ops) {
 		const char *env = getenv("GREENRING_HUB");
 
 		if (env && *env) {
@@ -143,9 +159,10 @@ int gr__hub_create_with(const struct gr_hub_ops *ops, struct gr__hub **out)
 				list_names(names, sizeof(names));
 				snprintf(why, sizeof(why), "GREENRING_HUB=%s: no such hub (have: %s)",
 					 env, names);
-				report(NULL, -ENOENT);
+				report(NULL, -ENOENT, NULL);
 				return -ENOENT;
 			}
+			asked = "GREENRING_HUB";
 		}
 	}
 	if (ops) {
@@ -154,7 +171,7 @@ int gr__hub_create_with(const struct gr_hub_ops *ops, struct gr__hub **out)
 		for (size_t i = 0; gr__builtin_hubs[i] && !hub; i++)
 			r = try_backend(gr__builtin_hubs[i], &hub);
 	}
-	report(hub, r);
+	report(hub, r, asked);
 	if (!hub)
 		return r < 0 ? r : -ENOTSUP;
 	*out = hub;
@@ -171,6 +188,7 @@ static int use(const struct gr_hub_ops *ops)
 	if (ops && probe(ops) < 0)
 		return -ENOTSUP;
 	chosen_ops = ops;
+	chosen = true;
 	return 0;
 }
 
