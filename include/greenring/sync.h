@@ -48,6 +48,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "hub_ops.h" /* GR_API */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -304,11 +306,13 @@ GR_API int gr_pile_destroy(gr_pile *pile);
 GR_API int gr_pile_spawn(gr_pile *pile, void *(*fn)(void *), void *arg, int64_t deadline);
 
 /* imap: run fn(args[0]) ... fn(args[n-1]), their results read back in that
- * order with gr_pile_next. The work is spawned lazily, into the pool's free
- * slots, here and by gr_pile_next, so that at most the pool's size runs and
- * results wait unread only for a slow earlier item. args must stay valid
- * until every result is read (or gr_pile_kill). 0; -EBUSY (the previous
- * imap is still being fed); -ENOMEM, -EINVAL, -EPERM. Does not switch. */
+ * order with gr_pile_next. The work is started lazily, in the pool's free
+ * slots: here, in gr_pile_next, and whenever one of the pile's fibers ends,
+ * so that at most the pool's size runs and results wait unread only for a
+ * slower earlier item. args must stay valid until every result is read (or
+ * gr_pile_kill). 0; -EBUSY (the previous imap is still being fed); -EINVAL;
+ * -EPERM. A failure to start an item (ENOMEM) is reported by gr_pile_next.
+ * Does not switch. */
 GR_API int gr_pile_imap(gr_pile *pile, void *(*fn)(void *), void *const *args, size_t n);
 
 /* Read the result of the oldest unread work, waiting for it to finish, into
