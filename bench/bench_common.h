@@ -77,6 +77,32 @@ static inline void bench_resolve(const char *host, int port, struct sockaddr_sto
 	freeaddrinfo(ai);
 }
 
+/* Whether an accept() error concerns only the connection being accepted, so the
+ * server should go on accepting: accept(2) passes on the network errors pending on
+ * a new connection, and a firewall may refuse it with EPERM.  Any other error (out
+ * of descriptors or memory, a socket that is not listening) would repeat on every
+ * attempt. */
+static inline bool bench_accept_error_is_transient(int e)
+{
+	switch (e) {
+	case EAGAIN:
+	case EINTR:
+	case ECONNABORTED:
+	case EPERM:
+	case EPROTO:
+	case ENOPROTOOPT:
+	case ENETDOWN:
+	case ENONET:
+	case EHOSTDOWN:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+	case EOPNOTSUPP:
+		return true;
+	default:
+		return false;
+	}
+}
+
 /* Disable Nagle: echo and request/response traffic is latency bound, and a delayed
  * small segment would measure the TCP stack's timer, not the server. */
 static inline int bench_set_nodelay(int fd)

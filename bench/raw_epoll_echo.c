@@ -99,10 +99,10 @@ static void accept_all(struct server *s)
 		if (fd < 0) {
 			if (errno == EAGAIN)
 				return; /* edge-triggered: drained, wait for the next edge */
-			if (errno == EINTR || errno == ECONNABORTED)
+			if (bench_accept_error_is_transient(errno))
 				continue;
 			/* Out of descriptors or memory: the pending connection would keep
-			 * the listener level-high without a new edge; die loudly instead of
+			 * the listener readable without a new edge; die loudly instead of
 			 * reporting a figure for a server that stopped accepting. */
 			err(1, "accept4");
 		}

@@ -144,17 +144,13 @@ static void on_accept(struct server *s, const struct io_uring_cqe *cqe)
 	if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping)
 		arm_accept(s);
 	if (cqe->res < 0) {
-		if (cqe->res == -ECANCELED)
+		if (cqe->res == -ECANCELED || bench_accept_error_is_transient(-cqe->res))
 			return;
-		/* Running out of descriptors or memory makes every later accept fail as
-		 * well; die loudly rather than spin and report a meaningless figure. */
-		if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM ||
-		    cqe->res == -ENOBUFS) {
-			errno = -cqe->res;
-			err(1, "accept");
-		}
-		fprintf(stderr, "raw_uring_echo: accept: %s\n", strerror(-cqe->res));
-		return;
+		/* Re-arming would fail the same way forever (EINVAL here also means a
+		 * kernel without multishot accept, < 5.19): die loudly rather than spin
+		 * and report a meaningless figure. */
+		errno = -cqe->res;
+		err(1, "accept");
 	}
 
 	int fd = cqe->res;
