@@ -124,6 +124,9 @@ GR_API int gr_detach(gr_fiber *f);
  * ECANCELED, so it unwinds by returning. A fiber that has not started never
  * runs its body. If the kernel finished f's current operation before the
  * cancel took hold, that call returns its real result and the next one fails.
+ * "Blocking call" means every call documented as switching, whether or not
+ * it would have had to wait (gr_join of an ended fiber included); the pure
+ * tries (deadline 0, the *_try* calls, gr_close) still work.
  * Does not switch. 0; -EINVAL (NULL); -EPERM (another thread's fiber);
  * -ESRCH (f has already ended). */
 GR_API int gr_kill(gr_fiber *f);

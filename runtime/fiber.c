@@ -230,6 +230,10 @@ int gr_join(gr_fiber *f, void **result, int64_t deadline)
 		return -EINVAL; /* greenring.h: "the caller itself"; main's own handle too */
 	if (f->detached || !gr__waitq_empty(&f->joiners))
 		return -EINVAL;
+	/* One rule for every call that may switch: once killed it fails, even
+	 * when it would not have had to wait (f stays joinable). */
+	if (self->killed)
+		return -ECANCELED;
 	if (f->state != GR__FIBER_DEAD) {
 		/* A join cycle can never end: refuse it at once. */
 		for (const gr_fiber *g = f; g; g = g->joining) {
