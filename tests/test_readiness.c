@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -311,12 +312,14 @@ struct sleeper {
 	int *order;
 	int *next;
 	int id;
+	bool parked;     /* its deadline was still ahead when it went to sleep */
 };
 
 static void *sleep_until_fn(void *arg)
 {
 	struct sleeper *s = arg;
 
+	s->parked = gr_now() < s->deadline;
 	if (gr_sleep_until(s->deadline) != 0)
 		return (void *)"sleep failed";
 	if (gr_now() < s->deadline)
@@ -325,13 +328,29 @@ static void *sleep_until_fn(void *arg)
 	return NULL;
 }
 
+/* The wake order of the sleepers that really slept (one whose deadline had
+ * passed before it first ran only yields, in spawn order, and says nothing
+ * about the timer heap; on a slow machine, valgrind, that can happen). */
+static int parked_order(const struct sleeper *s, int n, const int *order, int *out)
+{
+	int m = 0;
+
+	for (int i = 0; i < n; i++) {
+		for (int j = 0; j < n; j++) {
+			if (s[j].id == order[i] && s[j].parked)
+				out[m++] = order[i];
+		}
+	}
+	return m;
+}
+
 Test(readiness, equal_deadlines_wake_in_the_order_they_were_set)
 {
 	enum { N = 16 };
 	struct sleeper s[N];
 	gr_fiber *f[N];
-	int order[N], next = 0;
-	int64_t d = gr_now() + 20 * GR_MSEC;
+	int order[N], parked[N], next = 0;
+	int64_t d = gr_now() + 50 * GR_MSEC;
 
 	for (int i = 0; i < N; i++) {
 		s[i] = (struct sleeper){ .deadline = d, .order = order, .next = &next, .id = i };
@@ -343,8 +362,11 @@ Test(readiness, equal_deadlines_wake_in_the_order_they_were_set)
 		cr_assert_eq(gr_join(f[i], &r, gr_now() + 5 * GR_SEC), 0);
 		cr_assert_null(r, "%s", (char *)r);
 	}
-	for (int i = 0; i < N; i++)
-		cr_assert_eq(order[i], i, "sleeper %d woke in position %d", order[i], i);
+	int m = parked_order(s, N, order, parked);
+	cr_assert_geq(m, N / 2, "too few sleepers reached their sleep in time to judge");
+	for (int i = 1; i < m; i++)
+		cr_assert_lt(parked[i - 1], parked[i], "sleeper %d woke before sleeper %d",
+			     parked[i], parked[i - 1]);
 }
 
 Test(readiness, distinct_deadlines_wake_in_deadline_order)
@@ -352,8 +374,8 @@ Test(readiness, distinct_deadlines_wake_in_deadline_order)
 	enum { N = 64 };
 	struct sleeper s[N];
 	gr_fiber *f[N];
-	int order[N], next = 0;
-	int64_t base = gr_now() + 10 * GR_MSEC;
+	int order[N], parked[N], next = 0;
+	int64_t base = gr_now() + 50 * GR_MSEC;
 
 	/* Spawned in a scrambled order; 2 ms apart, well above timer slack. */
 	for (int i = 0; i < N; i++) {
@@ -369,8 +391,11 @@ Test(readiness, distinct_deadlines_wake_in_deadline_order)
 		cr_assert_eq(gr_join(f[i], &r, gr_now() + 5 * GR_SEC), 0);
 		cr_assert_null(r, "%s", (char *)r);
 	}
-	for (int i = 0; i < N; i++)
-		cr_assert_eq(order[i], i, "deadline %d fired in position %d", order[i], i);
+	int m = parked_order(s, N, order, parked);
+	cr_assert_geq(m, N / 2, "too few sleepers reached their sleep in time to judge");
+	for (int i = 1; i < m; i++)
+		cr_assert_lt(parked[i - 1], parked[i], "deadline %d fired before deadline %d",
+			     parked[i], parked[i - 1]);
 }
 
 Test(readiness, a_waiter_timing_out_leaves_the_others_on_its_fd_waiting)
@@ -541,8 +566,15 @@ Test(readiness, a_blocking_mode_pipe_parks_only_its_fiber)
 	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
 	gr_fiber *r = gr_spawn(read_one, &p[0]);
 	gr_fiber *t = gr_spawn(tick, &ticks);
-	cr_assert_eq(gr_sleep(20 * GR_MSEC), 0);
-	cr_assert_gt(ticks, 3, "the thread blocked in the reader's read()");
+	/* The reader runs first. Had it blocked the thread in read(), nothing
+	 * below would run: the ticker ticking while it waits is the proof. */
+	int64_t until = gr_now() + 5 * GR_SEC;
+	while (ticks < 5 && gr_now() < until)
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_geq(ticks, 5, "the ticker stopped while the reader waited");
+	struct gr_hub_stats st;
+	cr_assert_eq(gr_hub_stats(&st), 0);
+	cr_assert_eq(st.fibers, 2, "the reader returned without data");
 	cr_assert_eq(gr_write(p[1], "z", 1), 1);
 	void *res;
 	cr_assert_eq(gr_join(r, &res, gr_now() + 5 * GR_SEC), 0);
