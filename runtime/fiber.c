@@ -386,8 +386,16 @@ int gr_sleep_until(int64_t deadline)
 	if (deadline < 0)
 		return -EINVAL;
 	gr_fiber *self = hub->current;
+	if (self->killed)
+		return -ECANCELED;
+	if (own_deadline_passed(self))
+		return -ETIMEDOUT;
 	if (deadline <= gr_now())
 		return yield();
+	/* From here the fiber parks on a timeout even if the deadline passes
+	 * before the backend sees it (gr__op_run submits it anyway): a sleep
+	 * always lets the other fibers run, so a loop of tiny sleeps never
+	 * spins alone. */
 	struct gr_op op = { .kind = GR_OP_TIMEOUT, .fd = -1, .deadline = deadline };
 	int64_t r = gr__op_run(hub, &op);
 	/* A timeout succeeds by expiring; it is an error only if it was the

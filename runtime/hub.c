@@ -346,7 +346,10 @@ int64_t gr__op_run(struct gr__hub *hub, struct gr_op *op)
 		if (self->killed)
 			return -ECANCELED;
 		op->deadline = gr__effective_deadline(self, op->deadline);
-		if (op->deadline != GR_FOREVER && op->deadline <= gr_now())
+		/* An operation past its deadline fails without starting; a
+		 * timeout (a sleep) is submitted anyway and completes at once,
+		 * so that sleeping always switches. */
+		if (op->kind != GR_OP_TIMEOUT && op->deadline != GR_FOREVER && op->deadline <= gr_now())
 			return -ETIMEDOUT;
 	}
 	op->res = 0;

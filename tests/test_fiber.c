@@ -330,7 +330,7 @@ Test(fiber, spawn_with_detached_option)
 
 Test(fiber, many_fibers)
 {
-	enum { N = 20000 };
+	enum { N = 5000 };
 	int n = 0;
 
 	for (int i = 0; i < N; i++)

@@ -751,7 +751,7 @@ Test(io, a_reused_fd_number_is_not_hit_by_a_stale_operation)
 	/* The number is free again: a new pipe may well get it. */
 	make_pipe(p);
 	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
-	cr_assert_eq(r.err, EBADF);
+	cr_assert_eq(r.err, EBADF, "the recv under gr_close: %zd (%s)", r.n, strerror(r.err));
 	cr_assert_eq(write(p[1], "new", 3), 3);
 	char buf[4];
 	cr_assert_eq(gr_read(p[0], buf, sizeof(buf)), 3, "the stale recv consumed the new fd's data");

@@ -118,6 +118,45 @@ Test(sleep, a_long_sleep_does_not_delay_a_short_one)
 	cr_assert_eq(longer.rc, -ECANCELED);
 }
 
+struct counter {
+	volatile int *stop;
+	long runs;
+};
+
+static void *count_turns(void *arg)
+{
+	struct counter *c = arg;
+
+	while (!*c->stop) {
+		c->runs++;
+		if (gr_sleep(0) != 0)
+			break;
+	}
+	return NULL;
+}
+
+Test(sleep, every_sleep_is_a_switch_point_even_one_that_is_over_at_once)
+{
+	/* A sleep so short that its deadline passes before it is set up must
+	 * still let the other fibers run: a loop of tiny sleeps must not spin
+	 * alone. 2000 sleeps of 1..2000 ns, each one turn for the counter. */
+	volatile int stop = 0;
+	struct counter c = { .stop = &stop };
+	gr_fiber *f = gr_spawn(count_turns, &c);
+	long missed = 0;
+
+	for (int64_t ns = 1; ns <= 2000; ns++) {
+		long before = c.runs;
+
+		cr_assert_eq(gr_sleep(ns), 0);
+		missed += c.runs == before;
+	}
+	stop = 1;
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(missed, 0, "%ld of 2000 short sleeps returned without letting another fiber run",
+		     missed);
+}
+
 /* ------------------------------------------------------------ fairness */
 
 struct spinner {
