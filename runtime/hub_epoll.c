@@ -138,8 +138,10 @@ static int arm_fd(struct epoll_hub *h, int fd, struct gr__rd_fd *fs, uint32_t ma
 		if (errno != ENOENT)
 			return -errno;
 		/* The file we registered was closed without gr_close() and the
-		 * number now names another one: register that. */
+		 * number now names another one: register that (it may be one
+		 * epoll cannot watch: -EPERM, and no registration). */
 		h->reregistered++;
+		fs->gen = 0;
 		return add_fd(h, fd, fs, mask);
 	}
 	fs->mask = mask;
@@ -187,8 +189,6 @@ static int epoll_submit(void *state, struct gr_op *op)
 	uint32_t want = arm_mask(op->events);
 	if (fs->gen == 0) {
 		r = add_fd(h, op->fd, fs, want);
-		if (r == -EPERM)
-			return submit_unwatchable(h, op);
 	} else if (gr__rd_fd_idle(fs)) {
 		r = arm_fd(h, op->fd, fs, want);
 	} else if ((fs->mask & want) != want || (fs->latch & (op->events | POLLERR | POLLHUP))) {
@@ -197,6 +197,8 @@ static int epoll_submit(void *state, struct gr_op *op)
 	} else {
 		r = 0; /* armed for this already, and no event since */
 	}
+	if (r == -EPERM)
+		return submit_unwatchable(h, op);
 	if (r < 0)
 		return r;
 	return gr__rd_park(&h->rd, op);
@@ -226,12 +228,12 @@ static void handle_event(struct epoll_hub *h, const struct epoll_event *ev, int 
 	short revents = (short)(ev->events & (EPOLLIN | EPOLLPRI | EPOLLOUT | EPOLLRDHUP |
 					      EPOLLERR | EPOLLHUP));
 
-	h->rd.fds[fd].latch |= revents;
 	/* A poll(2) caller may ask for the _NORM spellings. */
 	if (revents & POLLIN)
 		revents |= POLLRDNORM;
 	if (revents & POLLOUT)
 		revents |= POLLWRNORM;
+	h->rd.fds[fd].latch |= revents;
 	*done += gr__rd_fire(&h->rd, fd, revents);
 }
 

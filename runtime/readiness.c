@@ -2,6 +2,7 @@
  * shared by the epoll and poll backends (see readiness.h). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -211,8 +212,10 @@ int gr__rd_fire(struct gr__rd *r, int fd, short revents)
 		[GR__RD_OUT] = fail || (revents & GR__RD_OUT_EVENTS),
 		[GR__RD_BOTH] = fail || (revents & (GR__RD_IN_EVENTS | GR__RD_OUT_EVENTS)),
 	};
-	/* Collect first, complete after: nothing below may walk a list that a
-	 * completion could change. The chain reuses the NEXT link. */
+	/* Collect first, complete after, so no completion runs while a list is
+	 * being walked. The chain reuses the NEXT link; a chained op is
+	 * WHERE_NONE (its completion is under way: a cancel finds nothing to
+	 * do) with its result in the state word. */
 	struct gr_op *chain = NULL, *chain_tail = NULL;
 
 	for (int l = 0; l < GR__RD_NLISTS; l++) {
@@ -226,7 +229,7 @@ int gr__rd_fire(struct gr__rd *r, int fd, short revents)
 
 			if (res) {
 				detach(r, op);
-				set_where(op, WHERE_READY, (uint16_t)res);
+				set_where(op, WHERE_NONE, (uint16_t)res);
 				if (chain_tail)
 					chain_tail->backend_data[GR__RD_NEXT] = (uintptr_t)op;
 				else
@@ -307,8 +310,13 @@ int gr__rd_wake(struct gr__rd *r)
 		return 0; /* a wake is already on its way */
 	uint64_t one = 1;
 	/* EAGAIN: the counter is full, so the eventfd is readable anyway. */
-	if (write(r->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		return -errno;
+	if (write(r->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
+		int err = -errno;
+
+		/* Nothing is on its way after all: let the next wake try. */
+		atomic_store_explicit(&r->wake_pending, false, memory_order_release);
+		return err;
+	}
 	return 0;
 }
 
@@ -319,13 +327,10 @@ void gr__rd_wake_drain(struct gr__rd *r)
 	/* Drain first, then re-open the gate: a wake that lands in between
 	 * finds the flag still set and skips its write, but this wait() is
 	 * returning anyway. The other order could leave the flag set with an
-	 * empty eventfd, and every later wake would be swallowed. EAGAIN only
-	 * means another drain got there first. */
-	ssize_t n = read(r->wake_fd, &v, sizeof(v));
-
-	/* An eventfd read fails only with EAGAIN (drained already) or EINTR; a
-	 * counter left non-zero by EINTR just makes the next wait() return at
-	 * once, which is harmless. Either way the gate must re-open. */
-	(void)n;
+	 * empty eventfd, and every later wake would be swallowed. A
+	 * non-blocking eventfd read fails only with EAGAIN (already empty);
+	 * whatever happens, the gate must re-open. */
+	if (read(r->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		fprintf(stderr, "greenring: wake-up eventfd: %s\n", strerror(errno));
 	atomic_exchange_explicit(&r->wake_pending, false, memory_order_acq_rel);
 }
