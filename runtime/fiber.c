@@ -413,5 +413,8 @@ int gr_sleep(int64_t ns)
 		return -EINVAL;
 	if (ns == 0)
 		return yield();
-	return gr_sleep_until(gr_now() + ns);
+	/* Saturate: gr_sleep(INT64_MAX) is "forever", not an overflow into
+	 * the past (undefined, and it came back as -EINVAL). */
+	int64_t now = gr_now();
+	return gr_sleep_until(ns > INT64_MAX - now ? INT64_MAX : now + ns);
 }

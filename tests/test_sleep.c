@@ -4,6 +4,7 @@
  * never early, and late by at most SLACK. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -502,4 +503,60 @@ Test(sleep, main_has_a_deadline_too)
 	cr_assert_eq(rc, -ETIMEDOUT);
 	cr_assert_geq(gr_now() - t0, 10 * GR_MSEC);
 	cr_assert_lt(gr_now() - t0, 10 * GR_MSEC + SLACK);
+}
+
+/* ------------------------------------------------------------ extreme values */
+
+struct huge {
+	int fd;
+	int sleep_rc, wait_rc, wait_err, dl_rc;
+};
+
+static void *huge_sleep(void *arg)
+{
+	struct huge *h = arg;
+
+	h->sleep_rc = gr_sleep(INT64_MAX);
+	return NULL;
+}
+
+static void *huge_waits(void *arg)
+{
+	struct huge *h = arg;
+
+	h->wait_rc = gr_wait_fd(h->fd, POLLIN, INT64_MAX);
+	h->wait_err = h->wait_rc ? errno : 0;
+	gr_deadline_set(INT64_MAX);
+	h->dl_rc = gr_sleep(GR_MSEC);
+	gr_deadline_set(GR_FOREVER);
+	return NULL;
+}
+
+Test(sleep, the_longest_sleeps_and_deadlines_do_not_overflow)
+{
+	/* INT64_MAX as a duration or a deadline means "practically forever":
+	 * no overflow into the past (an instant return) or into an error. */
+	struct huge h = { 0 };
+	int p[2];
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	h.fd = p[0];
+	gr_fiber *s = gr_spawn(huge_sleep, &h);
+	gr_fiber *w = gr_spawn(huge_waits, &h);
+	for (int i = 0; i < 5; i++)
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(h.sleep_rc, 0, "gr_sleep(INT64_MAX) returned at once: %d", h.sleep_rc);
+	cr_assert_eq(h.wait_rc, 0, "gr_wait_fd(deadline INT64_MAX) returned at once: %s",
+		     strerror(h.wait_err));
+	cr_assert_eq(write(p[1], "x", 1), 1);
+	cr_assert_eq(gr_join(w, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(h.wait_rc, 0, "gr_wait_fd: %s", strerror(h.wait_err));
+	cr_assert_eq(h.dl_rc, 0, "a sleep under a deadline of INT64_MAX: %d", h.dl_rc);
+	cr_assert_eq(gr_join(s, NULL, gr_now() + 2 * GR_MSEC), -ETIMEDOUT);
+	cr_assert_eq(gr_kill(s), 0);
+	cr_assert_eq(gr_join(s, NULL, INT64_MAX), 0);
+	cr_assert_eq(h.sleep_rc, -ECANCELED, "the endless sleep: %d", h.sleep_rc);
+	cr_assert_eq(gr_hub_join(INT64_MAX), 0);
+	close(p[0]);
+	close(p[1]);
 }
