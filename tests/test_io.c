@@ -709,6 +709,47 @@ Test(io, deadline_on_accept_is_etimedout_and_the_listener_still_works)
 	cr_assert_eq(gr_close(lfd), 0);
 }
 
+static void *connect_with_deadline(void *arg)
+{
+	struct acceptor *a = arg; /* lfd: the port; fd: the socket */
+	struct sockaddr_in sa = loopback(a->lfd);
+	int64_t t0 = gr_now();
+
+	gr_deadline_set(t0 + 30 * GR_MSEC);
+	int r = gr_connect(a->fd, (struct sockaddr *)&sa, sizeof(sa));
+	a->err = r < 0 ? errno : 0;
+	gr_deadline_set(GR_FOREVER);
+	return (void *)(intptr_t)(gr_now() - t0);
+}
+
+Test(io, deadline_on_connect_is_etimedout)
+{
+	/* A listener with a full accept queue drops SYNs: connect hangs. */
+	int port, lfd = grt_listener(&port);
+	int queued[8];
+	void *took;
+
+	cr_assert_eq(listen(lfd, 0), 0);
+	for (int i = 0; i < 8; i++) {
+		struct sockaddr_in sa = loopback(port);
+
+		queued[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		connect(queued[i], (struct sockaddr *)&sa, sizeof(sa));
+	}
+	struct acceptor a = { .lfd = port, .fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) };
+	gr_fiber *f = gr_spawn(connect_with_deadline, &a);
+	cr_assert_eq(gr_join(f, &took, GR_FOREVER), 0);
+	if (a.err == 0)
+		cr_skip_test("connect to a full listener did not block here");
+	cr_assert_eq(a.err, ETIMEDOUT, "connect past the deadline: %s", strerror(a.err));
+	cr_assert_geq((intptr_t)took, 30 * GR_MSEC);
+	cr_assert_lt((intptr_t)took, 30 * GR_MSEC + SLACK);
+	cr_assert_eq(gr_close(a.fd), 0);
+	for (int i = 0; i < 8; i++)
+		close(queued[i]);
+	cr_assert_eq(gr_close(lfd), 0);
+}
+
 /* ------------------------------------------------------------ gr_close under waiters */
 
 static void *recv_fn(void *arg)

@@ -3,7 +3,9 @@
  * racing a completed read keeps the bytes; no write into a freed stack.
  * Runs once per hub. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <string.h>
@@ -420,4 +422,99 @@ Test(kill, a_killed_recv_never_writes_into_a_reused_stack)
 	cr_assert_eq(n, (ssize_t)sizeof(got), "the socket lost data: %zd", n);
 	close(sv[0]);
 	close(sv[1]);
+}
+
+/* ------------------------------------------------------------ accept vs kill */
+
+struct acc {
+	int lfd;
+	int fd;
+	int err;
+};
+
+static void *accept_until_killed(void *arg)
+{
+	struct acc *a = arg;
+
+	a->fd = gr_accept4(a->lfd, NULL, NULL, SOCK_CLOEXEC);
+	a->err = a->fd < 0 ? errno : 0;
+	return NULL;
+}
+
+Test(kill, a_kill_racing_an_accept_never_leaks_or_loses_the_connection)
+{
+	/* A connection arrives and the acceptor is killed in the same turn:
+	 * either the accept won (the fiber gets the fd and closes it) or the
+	 * cancel did (the connection waits in the listener). An fd accepted by
+	 * the kernel but dropped by the runtime would show as a leak in the
+	 * teardown check, a lost connection as an empty backlog here. */
+	int port, lfd = grt_listener(&port);
+	int accepted = 0, cancelled = 0;
+
+	for (int round = 0; round < 60; round++) {
+		struct acc a = { .lfd = lfd, .fd = -2 };
+		gr_fiber *f = gr_spawn(accept_until_killed, &a);
+
+		for (int i = 0; i < 1 + round % 3; i++)
+			cr_assert_eq(gr_sleep(0), 0);
+		int c = grt_connect_plain(port);
+		if (round % 2)
+			cr_assert_eq(gr_sleep(0), 0);
+		cr_assert_eq(gr_kill(f), 0);
+		cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+		if (a.fd >= 0) {
+			accepted++;
+			cr_assert_eq(gr_close(a.fd), 0);
+		} else {
+			cancelled++;
+			cr_assert_eq(a.err, ECANCELED, "round %d: %s", round, strerror(a.err));
+			int s = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+			cr_assert_geq(s, 0, "round %d: the cancelled accept lost the connection (%s)", round,
+				      strerror(errno));
+			close(s);
+		}
+		cr_assert_eq(close(c), 0);
+	}
+	cr_assert_eq(gr_close(lfd), 0);
+	cr_assert_eq(accepted + cancelled, 60);
+}
+
+static void *connect_until_killed(void *arg)
+{
+	struct acc *a = arg;
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)a->lfd),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+	a->fd = gr_connect(a->fd, (struct sockaddr *)&sa, sizeof(sa));
+	a->err = a->fd < 0 ? errno : 0;
+	return NULL;
+}
+
+Test(kill, kill_during_a_blocked_connect)
+{
+	/* A listener with a full accept queue drops SYNs: connect hangs. */
+	int port, lfd = grt_listener(&port);
+	int queued[8], nq = 0;
+
+	cr_assert_eq(listen(lfd, 0), 0);
+	for (; nq < 8; nq++) {
+		queued[nq] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		connect(queued[nq], (struct sockaddr *)&sa, sizeof(sa));
+	}
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct acc a = { .lfd = port, .fd = s };
+	gr_fiber *f = gr_spawn(connect_until_killed, &a);
+	cr_assert_eq(gr_sleep(20 * GR_MSEC), 0);
+	if (a.fd != s)
+		cr_skip_test("connect to a full listener did not block here (%s)", strerror(a.err));
+	cr_assert_eq(gr_kill(f), 0);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(a.fd, -1);
+	cr_assert_eq(a.err, ECANCELED, "connect of a killed fiber: %s", strerror(a.err));
+	cr_assert_eq(gr_close(s), 0);
+	for (int i = 0; i < nq; i++)
+		close(queued[i]);
+	cr_assert_eq(gr_close(lfd), 0);
 }
