@@ -275,7 +275,7 @@ static int epoll_hub_wait(void *state, int64_t timeout_ns)
 			h->nevents *= 2;
 		}
 	}
-	done += gr__rd_expire(&h->rd, gr_now());
+	done += gr__rd_expire(&h->rd);
 	return done;
 }
 

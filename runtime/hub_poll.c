@@ -146,7 +146,7 @@ static int poll_hub_wait(void *state, int64_t timeout_ns)
 		n--;
 		done += gr__rd_fire(&h->rd, h->pfd[i].fd, h->pfd[i].revents);
 	}
-	done += gr__rd_expire(&h->rd, gr_now());
+	done += gr__rd_expire(&h->rd);
 	return done;
 }
 

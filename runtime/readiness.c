@@ -253,10 +253,13 @@ int gr__rd_fire(struct gr__rd *r, int fd, short revents)
 	return n;
 }
 
-int gr__rd_expire(struct gr__rd *r, int64_t now)
+int gr__rd_expire(struct gr__rd *r)
 {
 	int n = 0;
 
+	if (r->timers.n == 0)
+		return 0; /* no clock read on the common path */
+	int64_t now = gr_now();
 	for (struct gr_op *op; (op = gr__timers_pop_expired(&r->timers, now)) != NULL; n++)
 		finish(r, op, op->kind == GR_OP_TIMEOUT ? 0 : -ETIMEDOUT);
 	return n;
@@ -286,6 +289,8 @@ int64_t gr__rd_timeout(const struct gr__rd *r, int64_t timeout_ns)
 {
 	if (r->ready_head)
 		return 0;
+	if (r->timers.n == 0)
+		return timeout_ns;
 	return gr__timers_timeout(&r->timers, timeout_ns, gr_now());
 }
 

@@ -107,9 +107,9 @@ void gr__rd_defer(struct gr__rd *r, struct gr_op *op, short revents);
  * number completed. */
 int gr__rd_fire(struct gr__rd *r, int fd, short revents);
 
-/* Complete every operation whose deadline is <= now: a TIMEOUT with 0, a
+/* Complete every operation whose deadline has passed: a TIMEOUT with 0, a
  * POLL with -ETIMEDOUT; in deadline order, FIFO for equal deadlines. */
-int gr__rd_expire(struct gr__rd *r, int64_t now);
+int gr__rd_expire(struct gr__rd *r);
 
 /* Complete what gr__rd_defer() queued, in order. */
 int gr__rd_flush(struct gr__rd *r);
