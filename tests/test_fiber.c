@@ -840,6 +840,31 @@ Test(fiber, blocking_inside_the_hub_is_eperm_and_the_loop_survives)
 	cr_assert_str_eq(gr_hub_name(), grt_hub());
 }
 
+Test(fiber, an_idle_hub_can_be_switched_and_back)
+{
+	static const char *names[] = { "io_uring", "epoll", "poll" };
+	int base = grt_count_fds();
+
+	/* The loop has run (something blocked), but no fiber is left. */
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	for (int i = 0; i < 3; i++) {
+		int r = gr_hub_use(names[i]);
+
+		if (r == -ENOTSUP)
+			continue;
+		cr_assert_eq(r, 0, "gr_hub_use(%s): %s", names[i], strerror(-r));
+		cr_assert_str_eq(gr_hub_name(), names[i]);
+		int ran = 0;
+		gr_fiber *f = gr_spawn(set_flag, &ran);
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+		cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+		cr_assert_eq(ran, 1, "a fiber on the %s hub did not run", names[i]);
+	}
+	cr_assert_eq(gr_hub_use(grt_hub()), 0);
+	cr_assert_str_eq(gr_hub_name(), grt_hub());
+	cr_assert_eq(grt_count_fds(), base, "switching hubs leaked fds");
+}
+
 Test(fiber, hub_use_is_ebusy_once_fibers_exist)
 {
 	int ran = 0;

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/time.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -557,6 +559,61 @@ Test(sleep, the_longest_sleeps_and_deadlines_do_not_overflow)
 	cr_assert_eq(gr_join(s, NULL, INT64_MAX), 0);
 	cr_assert_eq(h.sleep_rc, -ECANCELED, "the endless sleep: %d", h.sleep_rc);
 	cr_assert_eq(gr_hub_join(INT64_MAX), 0);
+	close(p[0]);
+	close(p[1]);
+}
+
+/* ------------------------------------------------------------ signals */
+
+static volatile sig_atomic_t alarms;
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	alarms++;
+}
+
+static void *write_later(void *arg)
+{
+	int fd = *(int *)arg;
+
+	if (gr_sleep(20 * GR_MSEC) != 0)
+		return (void *)1;
+	return (void *)(intptr_t)(gr_write(fd, "sig", 3) == 3 ? 0 : errno);
+}
+
+Test(sleep, signals_do_not_disturb_the_loop)
+{
+	/* A signal every 500 µs, no SA_RESTART: the hub's wait is interrupted
+	 * again and again; sleeps, I/O and joins must not notice. */
+	struct sigaction sa = { .sa_handler = on_alarm }, old;
+	struct itimerval it = { { 0, 500 }, { 0, 500 } }, off = { { 0, 0 }, { 0, 0 } };
+	int p[2];
+	char buf[4];
+	void *wr;
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGALRM, &sa, &old), 0);
+	cr_assert_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+	gr_fiber *w = gr_spawn(write_later, &p[1]);
+	int64_t t0 = gr_now();
+	ssize_t n = gr_read(p[0], buf, sizeof(buf));
+	int err = errno;
+	int64_t t1 = gr_now();
+	int rc = gr_sleep(30 * GR_MSEC);
+	int64_t slept = gr_now() - t1;
+	int jrc = gr_join(w, &wr, GR_FOREVER);
+	setitimer(ITIMER_REAL, &off, NULL);
+	sigaction(SIGALRM, &old, NULL);
+	cr_assert_gt(alarms, 10, "the signals did not arrive (%d)", (int)alarms);
+	cr_assert_eq(n, 3, "gr_read under signals: %zd (%s)", n, strerror(err));
+	cr_assert_geq(t1 - t0, 20 * GR_MSEC);
+	cr_assert_eq(rc, 0, "gr_sleep under signals: %d", rc);
+	cr_assert_geq(slept, 30 * GR_MSEC, "a signal cut the sleep short: %lld ns", (long long)slept);
+	cr_assert_lt(slept, 30 * GR_MSEC + SLACK);
+	cr_assert_eq(jrc, 0);
+	cr_assert_null(wr, "the writer fiber failed: %s", strerror((int)(intptr_t)wr));
 	close(p[0]);
 	close(p[1]);
 }

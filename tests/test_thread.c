@@ -374,3 +374,61 @@ Test(thread, a_killed_main_context_gets_ecanceled)
 	cr_assert_eq(k.read_errno, ECANCELED);
 	cr_assert_eq(grt_count_fds(), base_fds);
 }
+
+/* ------------------------------------------------------------ different hubs at once */
+
+struct other_hub {
+	const char *want;
+	int use_rc;
+	const char *name;
+	int ok;
+};
+
+static void *sleeper_fiber(void *arg)
+{
+	return (void *)(intptr_t)gr_sleep((int64_t)(intptr_t)arg * GR_MSEC);
+}
+
+static void *run_other_hub(void *arg)
+{
+	struct other_hub *o = arg;
+
+	o->use_rc = gr_hub_use(o->want);
+	if (o->use_rc != 0)
+		return NULL;
+	o->name = gr_hub_name();
+	gr_fiber *f[10];
+	for (int i = 0; i < 10; i++)
+		f[i] = gr_spawn(sleeper_fiber, (void *)(intptr_t)(i % 3 + 1));
+	int ok = 1;
+	for (int i = 0; i < 10; i++) {
+		void *r = (void *)1;
+
+		ok &= f[i] && gr_join(f[i], &r, gr_now() + 5 * GR_SEC) == 0 && r == NULL;
+	}
+	o->ok = ok;
+	return NULL;
+}
+
+Test(thread, threads_may_run_different_hubs_at_once)
+{
+	static const char *names[] = { "io_uring", "epoll", "poll" };
+	struct other_hub o[3];
+	pthread_t th[3];
+	gr_fiber *mine = gr_spawn(sleeper_fiber, (void *)(intptr_t)5);
+
+	for (int i = 0; i < 3; i++) {
+		o[i] = (struct other_hub){ .want = names[i] };
+		cr_assert_eq(pthread_create(&th[i], NULL, run_other_hub, &o[i]), 0);
+	}
+	cr_assert_eq(gr_join(mine, NULL, gr_now() + 5 * GR_SEC), 0);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(pthread_join(th[i], NULL), 0);
+		if (o[i].use_rc == -ENOTSUP || o[i].use_rc == -ENOENT)
+			continue; /* that hub cannot run here */
+		cr_assert_eq(o[i].use_rc, 0);
+		cr_assert_str_eq(o[i].name, names[i]);
+		cr_assert(o[i].ok, "the %s thread's fibers failed", names[i]);
+	}
+	cr_assert_str_eq(gr_hub_name(), grt_hub(), "another thread's choice changed this thread's hub");
+}
