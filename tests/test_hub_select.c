@@ -569,6 +569,8 @@ Test(hub_select, the_default_order_takes_the_best_hub_that_runs)
 
 Test(hub_select, every_builtin_hub_can_be_chosen_in_turn_on_one_thread)
 {
+	int fds = grt_count_fds(); /* no hub yet */
+
 	for (size_t i = 0; i < sizeof(builtin) / sizeof(builtin[0]); i++) {
 		int r = gr_hub_use(builtin[i]);
 
@@ -579,6 +581,9 @@ Test(hub_select, every_builtin_hub_can_be_chosen_in_turn_on_one_thread)
 		const char *e = workload();
 		cr_assert_null(e, "on %s: %s", builtin[i], e);
 	}
+	/* Switching ends the last hub: its ring, epoll set, eventfd are closed. */
+	cr_assert_eq(gr_hub_use(NULL), 0);
+	cr_assert_eq(grt_count_fds(), fds, "a hub left fds open");
 }
 
 static void *try_use(void *arg)
@@ -846,6 +851,8 @@ static void *socketpair_echo(void *arg)
 
 Test(hub_select, a_third_party_hub_runs_fibers_sleeps_and_io)
 {
+	int fds = grt_count_fds(); /* no hub yet */
+
 	cr_assert_eq(gr_hub_use_ops(&tinypoll_ops), 0);
 	cr_assert_str_eq(gr_hub_name(), "tinypoll");
 	cr_assert_eq(atomic_load(&tp_stats.inits), 1);
@@ -890,6 +897,7 @@ Test(hub_select, a_third_party_hub_runs_fibers_sleeps_and_io)
 	/* Switching back to a built-in hub ends it. */
 	cr_assert_eq(gr_hub_use(NULL), 0);
 	cr_assert_eq(atomic_load(&tp_stats.finis), 1);
+	cr_assert_eq(grt_count_fds(), fds, "fds left open");
 	cr_assert_str_eq(gr_hub_name(), first_usable());
 }
 
