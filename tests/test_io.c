@@ -864,6 +864,65 @@ Test(io, a_read_woken_just_before_gr_close_never_reads_the_next_file)
 	cr_assert_eq(close(p[1]), 0);
 }
 
+Test(io, a_number_closed_with_plain_close_and_reused_still_works)
+{
+	/* Programs mix gr_* calls with plain close(). A number the hub has
+	 * seen, closed behind its back and handed out again for a new file,
+	 * must work like any new fd: waits on it complete. */
+	for (int round = 0; round < 3; round++) {
+		int p[2], q[2];
+		struct rw r = { 0 };
+
+		make_pipe(p);
+		/* The hub learns p[0]: a wait on it, satisfied. */
+		struct rw first = { .fd = p[0] };
+		gr_fiber *f = gr_spawn(reader, &first);
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+		cr_assert_eq(write(p[1], "1", 1), 1);
+		cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+		cr_assert_eq(first.n, 1);
+		int num = p[0];
+		cr_assert_eq(close(p[0]), 0);
+		cr_assert_eq(close(p[1]), 0);
+		make_pipe(q);
+		if (q[0] != num) {
+			cr_assert_eq(dup2(q[0], num), num);
+			close(q[0]);
+			q[0] = num;
+		}
+		/* Round 1: a blocking pipe; round 2: a socket under the number. */
+		if (round == 2) {
+			int sv[2];
+
+			close_pair(q);
+			make_socketpair(sv);
+			if (sv[0] != num) {
+				cr_assert_eq(dup2(sv[0], num), num);
+				close(sv[0]);
+				sv[0] = num;
+			}
+			q[0] = sv[0];
+			q[1] = sv[1];
+		}
+		r.fd = q[0];
+		f = gr_spawn(reader, &r);
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+		cr_assert_eq(r.n, 0, "round %d: the reader did not wait", round);
+		cr_assert_eq(write(q[1], "2", 1), 1);
+		cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0,
+			     "round %d: a wait on a reused number never completed", round);
+		cr_assert_eq(r.n, 1, "round %d: %zd (%s)", round, r.n, strerror(r.err));
+		/* And with gr_wait_fd. */
+		struct waiter w = { .fd = q[0], .events = POLLIN, .deadline = gr_now() + 5 * GR_SEC, .rc = 7 };
+		f = gr_spawn(wait_fd_fn, &w);
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+		cr_assert_eq(write(q[1], "3", 1), 1);
+		cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+		cr_assert_eq(w.rc, 0, "round %d: gr_wait_fd on a reused number: %s", round, strerror(w.err));
+		close_pair(q);
+	}
+}
+
 static void *close_it(void *arg)
 {
 	return (void *)(intptr_t)(gr_close(*(int *)arg) == 0 ? 0 : errno);
