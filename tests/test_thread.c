@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,12 +147,33 @@ static void *sleep_forever(void *arg)
 	return NULL;
 }
 
+static void *join_with_deadline(void *arg)
+{
+	struct abandon *a = arg;
+	gr_fiber *target = gr_spawn(sleep_forever, a);
+
+	a->started++;
+	gr_join(target, NULL, gr_now() + 3600 * GR_SEC);
+	return NULL;
+}
+
+static void *wait_fd_with_deadline(void *arg)
+{
+	struct abandon *a = arg;
+
+	a->started++;
+	gr_wait_fd(a->fd, POLLIN, gr_now() + 3600 * GR_SEC);
+	return NULL;
+}
+
 static void *abandon_fibers(void *arg)
 {
 	struct abandon *a = arg;
 
 	a->hub = gr_hub_name();
 	gr_spawn(recv_forever, a);
+	gr_spawn(join_with_deadline, a);
+	gr_spawn(wait_fd_with_deadline, a);
 	gr_spawn(sleep_forever, a);
 	struct gr_spawn_opts o = { .detached = 1 };
 	gr_spawn_with(&o, sleep_forever, a);
@@ -172,7 +194,7 @@ Test(thread, a_thread_may_exit_with_fibers_blocked)
 	int64_t t0 = gr_now();
 	run_thread(abandon_fibers, &a);
 	cr_assert_lt(gr_now() - t0, 2 * GR_SEC, "the thread's exit waited for its fibers");
-	cr_assert_geq(a.started, 3);
+	cr_assert_geq(a.started, 6);
 	cr_assert_eq(grt_count_fds(), base_fds, "the exited thread's hub left fds open");
 	/* The abandoned recv was cancelled, not left to eat data later. */
 	cr_assert_eq(send(sv[1], "later", 5, 0), 5);
