@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,19 @@ static void *use_stack_fiber(void *arg)
 	return arg;
 }
 
+static void *overflow_thread(void *arg)
+{
+	struct gr_spawn_opts o = { .name = "in-thread" };
+	gr_fiber *f = gr_spawn_with(&o, deep, arg);
+
+	if (!f)
+		_exit(10);
+	printf("id=%llu\n", (unsigned long long)gr_fiber_id(f));
+	fflush(stdout);
+	gr_join(f, NULL, GR_FOREVER);
+	return NULL;
+}
+
 static int *volatile wild_pointer;
 
 static void *wild_write(void *arg)
@@ -92,6 +106,16 @@ static void run_child(const char *mode)
 		if (!f || gr_join(f, &res, GR_FOREVER) != 0)
 			_exit(12);
 		_exit(res == (void *)(uintptr_t)size ? 0 : 13);
+	}
+	if (strcmp(mode, "thread") == 0) {
+		/* The overflow happens on another thread, which has its own
+		 * alternate signal stack. */
+		pthread_t th;
+
+		if (pthread_create(&th, NULL, overflow_thread, NULL) != 0)
+			_exit(10);
+		pthread_join(th, NULL);
+		_exit(11);
 	}
 	if (strcmp(mode, "null") == 0) {
 		gr_fiber *f = gr_spawn(wild_write, NULL);
@@ -212,6 +236,14 @@ Test(stack, overflow_message_names_the_fiber)
 
 	run_self("overflow:0:recurser", NULL, &r);
 	expect_overflow(&r, "recurser", 64 * 1024);
+}
+
+Test(stack, overflow_in_another_thread_is_reported_too)
+{
+	struct child_result r;
+
+	run_self("thread", NULL, &r);
+	expect_overflow(&r, "in-thread", 64 * 1024);
 }
 
 Test(stack, overflow_of_a_spawn_option_stack_reports_its_size)
