@@ -25,16 +25,26 @@
  *     then dropped the old registration, MOD fails with ENOENT, and the new
  *     file is added under a new generation, where a pure register-once
  *     scheme would wait forever on a registration that no longer exists.
- *   - only what someone waits for is armed: a socket a fiber reads from is
- *     not armed for EPOLLOUT, so its (nearly permanent) writability does
- *     not make every epoll_wait return at once for nobody.
- * The cost is one epoll_ctl per park, what a zero-timeout poll(2) check of
- * the fd would cost anyway. A fiber joining waiters that are armed for its
- * events, when no event has arrived since they were armed (the latch is
- * clear), parks with no system call at all: N acceptors cost one MOD per
- * edge, not N. Go's netpoll, the model, never re-arms: its runtime owns
- * every fd (closes go through it) and parks only after EAGAIN; greenring's
- * raw-fd calls and gr_wait_fd give neither guarantee.
+ *   - only what someone waited for is armed: a socket that fibers only read
+ *     from is not armed for EPOLLOUT, so its (nearly permanent) writability
+ *     does not make every epoll_wait return at once for nobody.
+ * The cost is one epoll_ctl per such park, what a zero-timeout poll(2)
+ * check of the fd would cost anyway. Two cases park with no system call:
+ *   - the socket calls (recv, send, accept, connect, ...), which io.c marks
+ *     GR_POLL_AFTER_EAGAIN: the caller has just seen EAGAIN, so the edge
+ *     that ends the wait is still to come and the registration, if it
+ *     covers the events, will report it. This is Go's netpoll rule, and
+ *     what keeps an echo server's park free of epoll_ctl (it was 9% of the
+ *     server's CPU). Its price is the ownership rule for sockets: one closed
+ *     with plain close() and whose number is reused must not be waited on
+ *     under the dead registration, so io.c forgets the number's state for
+ *     every fd born of gr_accept or gr_connect, and docs/hubs.md asks for
+ *     gr_close() otherwise;
+ *   - a fiber joining waiters that are armed for its events, when no event
+ *     has arrived since they were armed (the latch is clear): N acceptors
+ *     cost one MOD per edge, not N.
+ * What an fd is armed for only grows (the union of what was ever waited
+ * for), so the first case stays free once a socket has waited both ways.
  *
  * Waking. Every event wakes every waiter of the fd whose events match, and
  * an error or hang-up wakes them all (readiness.h explains why not one).
@@ -188,12 +198,16 @@ static int epoll_submit(void *state, struct gr_op *op)
 		return -ENOMEM;
 	uint32_t want = arm_mask(op->events);
 	if (fs->gen == 0) {
-		r = add_fd(h, op->fd, fs, want);
+		r = add_fd(h, op->fd, fs, want | fs->mask);
+	} else if ((op->flags & GR_POLL_AFTER_EAGAIN) && (fs->mask & want) == want) {
+		/* The caller just saw EAGAIN: the fd is not ready, and the edge
+		 * that makes it ready will be reported to the registration that
+		 * covers these events. Go's netpoll rule; no system call. */
+		r = 0;
 	} else if (gr__rd_fd_idle(fs)) {
-		r = arm_fd(h, op->fd, fs, want);
-	} else if ((fs->mask & want) != want || (fs->latch & (op->events | POLLERR | POLLHUP))) {
-		/* Others wait here too: keep what they are armed for. */
 		r = arm_fd(h, op->fd, fs, fs->mask | want);
+	} else if ((fs->mask & want) != want || (fs->latch & (op->events | POLLERR | POLLHUP))) {
+			r = arm_fd(h, op->fd, fs, fs->mask | want);
 	} else {
 		r = 0; /* armed for this already, and no event since */
 	}

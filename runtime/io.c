@@ -140,8 +140,41 @@ static int64_t attempt(const struct gr_op *op)
 	return syscall_result(r);
 }
 
+/* Whether a wait after EAGAIN may trust the backend's existing watch of the
+ * fd (GR_POLL_AFTER_EAGAIN): yes for the socket calls a server spends its
+ * time in, which saves the epoll hub a system call per park. A socket whose
+ * number was closed with plain close() and reused is then watched under
+ * its old registration, which the kernel dropped; fds from gr_accept and
+ * gr_connect are fresh by construction (forget_previous_file), and the
+ * rest must be closed with gr_close() (docs/hubs.md). read/write keep the
+ * full check: they serve pipes, ttys and whatever a program opens itself. */
+static bool trusts_registration(const struct gr_op *op)
+{
+	switch (op->kind) {
+	case GR_OP_RECV:
+	case GR_OP_SEND:
+	case GR_OP_RECVMSG:
+	case GR_OP_SENDMSG:
+	case GR_OP_ACCEPT:
+	case GR_OP_CONNECT:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* fd was just created (accepted, or a socket being connected): whatever the
+ * backend remembers of an earlier file under this number is stale. */
+static void forget_previous_file(struct gr__hub *hub, int fd)
+{
+	if (hub->ops->fd_forget)
+		hub->ops->fd_forget(hub->backend, fd);
+}
+
 static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
 {
+	if (op->kind == GR_OP_CONNECT)
+		forget_previous_file(hub, op->fd);
 	if (needs_nonblocking_fd(op)) {
 		int err = ensure_nonblocking(hub, op->fd);
 
@@ -171,6 +204,7 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
 
 				if (st)
 					st->nonblock_set = 1;
+				forget_previous_file(hub, (int)r);
 			}
 			return r;
 		}
@@ -178,6 +212,7 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
 			.kind = GR_OP_POLL,
 			.fd = op->fd,
 			.events = op_events(op),
+			.flags = trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0,
 			.deadline = op->deadline,
 		};
 		struct gr__fdstate *st = gr__fd_state(hub, op->fd);

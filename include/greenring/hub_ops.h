@@ -60,7 +60,7 @@ enum gr_op_kind {
 	GR_OP_SENDMSG,   /* fd, msg, flags */
 	GR_OP_ACCEPT,    /* fd, addr, addrlen, flags (accept4 flags) */
 	GR_OP_CONNECT,   /* fd, addr, addrlen_value */
-	GR_OP_POLL,      /* fd, events; completes with the revents mask */
+	GR_OP_POLL,      /* fd, events, flags (GR_POLL_*); completes with the revents mask */
 	GR_OP_TIMEOUT,   /* deadline only; completes with 0 when it passes */
 	GR_OP_CLOSE,     /* fd */
 	GR_OP_KIND_COUNT
@@ -98,6 +98,14 @@ struct gr_op {
 	void *owner;
 	struct gr_op *fd_next, *fd_prev;
 };
+
+/* gr_op.flags of a GR_OP_POLL. GR_POLL_AFTER_EAGAIN: the core tried the
+ * operation on this fd and got EAGAIN just now, with nothing run in
+ * between, so the fd is not ready and the next readiness change is what
+ * ends the wait. An edge-triggered backend already watching the fd for
+ * these events may park without asking the kernel again. Without the flag
+ * (gr_wait_fd), the fd may be ready already and must be checked. */
+#define GR_POLL_AFTER_EAGAIN 0x1
 
 /* Capability flags in gr_hub_ops.caps. */
 #define GR_HUB_CAP_COMPLETION 0x1u
