@@ -305,6 +305,47 @@ Test(readiness, a_number_closed_with_gr_close_and_reused_is_watched_afresh)
 	reuse_after(gr_close);
 }
 
+static void *recv_one(void *arg)
+{
+	int fd = *(int *)arg;
+	char c;
+	ssize_t n = gr_recv(fd, &c, 1, 0);
+
+	return (void *)(intptr_t)(n == 1 ? c : -errno);
+}
+
+/* The usual server: accept, gr_recv (which parks after EAGAIN), then a plain
+ * close() of the connection; the next accept gets the same number. Its
+ * gr_recv must be watched afresh, not under the registration the kernel
+ * dropped with the old socket (the epoll hub trusts a registration after
+ * EAGAIN; accept is where the number's old state is forgotten). */
+Test(readiness, an_accepted_socket_reusing_a_plainly_closed_number_is_watched_afresh)
+{
+	int port;
+	int l = grt_listener(&port);
+	int num = -1;
+
+	for (int round = 0; round < 3; round++) {
+		int client = grt_connect_plain(port);
+		int fd = gr_accept4(l, NULL, NULL, SOCK_CLOEXEC);
+
+		cr_assert_geq(fd, 0, "gr_accept4: %s", strerror(errno));
+		if (round > 0)
+			cr_assert_eq(fd, num, "the fd number was not reused; the test needs it");
+		num = fd;
+		gr_fiber *f = gr_spawn(recv_one, &fd);
+		turns(3); /* it tried, got EAGAIN and parked */
+		cr_assert_eq(write(client, "a", 1), 1);
+		void *r;
+		cr_assert_eq(gr_join(f, &r, gr_now() + 5 * GR_SEC), 0,
+			     "round %d: gr_recv on an accepted socket never woke", round);
+		cr_assert_eq((intptr_t)r, 'a');
+		cr_assert_eq(close(fd), 0); /* plain close, behind the hub's back */
+		close(client);
+	}
+	cr_assert_eq(gr_close(l), 0);
+}
+
 /* ------------------------------------------------------------ deadlines */
 
 struct sleeper {
