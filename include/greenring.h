@@ -34,6 +34,11 @@
 extern "C" {
 #endif
 
+/* A fiber handle. It is valid from gr_spawn until gr_join returns 0 (or,
+ * for a detached fiber, until it ends). A handle used after that is caught
+ * (EINVAL) only while its stack waits unused in the pool: handles point
+ * into fiber stacks, so a stale one may name a newer fiber. Keep handles as
+ * you would pthread_t ones. */
 typedef struct gr_fiber gr_fiber;
 
 #define GR_FOREVER ((int64_t)-1)
@@ -117,7 +122,8 @@ GR_API gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(voi
 GR_API int gr_join(gr_fiber *f, void **result, int64_t deadline);
 
 /* Release f when it ends; f must not be used afterwards.
- * 0; -EINVAL (NULL, already detached); -EPERM (another thread's fiber). */
+ * 0; -EINVAL (NULL, already detached); -EBUSY (a fiber is joining f);
+ * -EPERM (another thread's fiber). */
 GR_API int gr_detach(gr_fiber *f);
 
 /* Cancel f: its current blocking call and every later one fail with
@@ -179,7 +185,8 @@ GR_API int gr_connect(int fd, const struct sockaddr *sa, socklen_t len);
 
 /* Close fd: cancel the operations in flight on it, wake their fibers with
  * EBADF, then close it. The fd number is not reused while anything still
- * names it. 0, or -1 with errno (EBADF for an fd that is not open). */
+ * names it. 0, or -1 with errno: EBADF (an fd that is not open), EPERM
+ * (called inside the hub while operations on fd are in flight). */
 GR_API int gr_close(int fd);
 
 /* Wait until fd is ready for `events` (POLLIN, POLLOUT), eventlet's

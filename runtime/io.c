@@ -539,9 +539,17 @@ int gr_close(int fd)
 
 	if (fd < 0)
 		return (int)posix_result(-EBADF);
-	if (!hub || hub->current == hub->loop || (size_t)fd >= hub->nfds)
+	if (!hub || (size_t)fd >= hub->nfds)
 		return close(fd);
 	struct gr__fdstate *st = &hub->fds[fd];
+	if (hub->current == hub->loop) {
+		/* Inside the hub nothing can wait for the cancelled operations to
+		 * drain, and closing under them would let the number be reused
+		 * while an operation still names it. */
+		if (st->ops)
+			return (int)posix_result(-EPERM);
+		return close(fd);
+	}
 	if (st->closing)
 		return (int)posix_result(-EBADF); /* another fiber is closing it */
 	st->closing = 1;

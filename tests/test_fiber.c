@@ -703,6 +703,7 @@ static struct gr_op *th_ops[TH_MAX];
 static int th_probe_calls;
 static int th_in_wait_results[8];
 static int th_tried;
+static int th_busy_fd = -1; /* an fd with an operation in flight during wait() */
 
 static int th_probe(char *why, size_t len)
 {
@@ -766,6 +767,13 @@ static void try_blocking_calls_in_hub(void)
 	errno = 0;
 	th_in_wait_results[5] = gr_wait_fd(0, POLLIN, GR_FOREVER) == -1 ? errno : 0;
 	th_in_wait_results[6] = gr_spawn_n(count_up, NULL);
+	errno = 0;
+	th_in_wait_results[7] = gr_close(th_busy_fd) == -1 ? errno : 0;
+}
+
+static void *wait_readable(void *arg)
+{
+	return (void *)(intptr_t)gr_wait_fd(*(int *)arg, POLLIN, GR_FOREVER);
 }
 
 static int th_wait(void *state, int64_t timeout_ns)
@@ -819,6 +827,13 @@ Test(fiber, blocking_inside_the_hub_is_eperm_and_the_loop_survives)
 	cr_assert_eq(gr_hub_use_ops(&test_hub), 0);
 	cr_assert_str_eq(gr_hub_name(), "testhub");
 	cr_assert_geq(th_probe_calls, 1);
+	int p[2];
+	cr_assert_eq(pipe(p), 0);
+	th_busy_fd = p[0];
+	gr_fiber *waiter = gr_spawn(wait_readable, &p[0]);
+	/* Nothing is in flight yet, so this yield runs the waiter without the
+	 * hub: it parks on p[0] before the hub's wait() first runs. */
+	cr_assert_eq(gr_sleep(0), 0);
 	t0 = gr_now();
 	cr_assert_eq(gr_sleep(2 * GR_MSEC), 0, "a sleep through the third-party hub");
 	cr_assert_geq(gr_now() - t0, 2 * GR_MSEC);
@@ -830,6 +845,14 @@ Test(fiber, blocking_inside_the_hub_is_eperm_and_the_loop_survives)
 	cr_assert_eq(th_in_wait_results[4], -EPERM, "gr_hub_join in the hub: %d", th_in_wait_results[4]);
 	cr_assert_eq(th_in_wait_results[5], EPERM, "gr_wait_fd in the hub: %d", th_in_wait_results[5]);
 	cr_assert_eq(th_in_wait_results[6], -EPERM, "gr_spawn_n in the hub: %d", th_in_wait_results[6]);
+	/* Closing under an operation in flight would let the number be reused
+	 * while it still names the fd: refused, and the fd stays open. */
+	cr_assert_eq(th_in_wait_results[7], EPERM, "gr_close in the hub: %d", th_in_wait_results[7]);
+	cr_assert_neq(fcntl(p[0], F_GETFD), -1, "the busy fd was closed from inside the hub");
+	cr_assert_eq(gr_kill(waiter), 0);
+	cr_assert_eq(gr_join(waiter, NULL, GR_FOREVER), 0);
+	cr_assert_eq(gr_close(p[0]), 0);
+	cr_assert_eq(close(p[1]), 0);
 	/* The loop still works after the refused calls. */
 	int ran = 0;
 	gr_fiber *f = gr_spawn(set_flag, &ran);
