@@ -64,12 +64,8 @@ gr_fiber *gr__hub_loop_fiber(struct gr__hub *hub)
 		return hub->loop;
 	/* The loop runs backend code only: the default stack is ample. */
 	struct gr__stack *s = gr__stack_get(hub->stacks, 0);
-	if (!s) {
-		/* Without a loop fiber nothing can ever wake the caller; this is
-		 * the one failure a scheduler cannot report to anyone. */
-		fprintf(stderr, "greenring: cannot allocate the hub's stack: %s\n", strerror(errno));
-		abort();
-	}
+	if (!s)
+		return NULL;
 	gr_fiber *f = (gr_fiber *)((uintptr_t)gr__stack_top(s) - sizeof(gr_fiber)) ;
 	f = (gr_fiber *)((uintptr_t)f & ~(uintptr_t)63);
 	memset(f, 0, sizeof(*f));
@@ -257,6 +253,11 @@ int gr__check_can_park_slow(struct gr__hub **hubp)
 		return err;
 	if (hub->current == hub->loop)
 		return -EPERM;
+	/* The first park needs the hub's fiber. Created here, before anything
+	 * is queued, so that failing to map its stack is this call's ENOMEM
+	 * rather than a scheduler with nowhere to switch to. */
+	if (!gr__hub_loop_fiber(hub))
+		return -ENOMEM;
 	*hubp = hub;
 	return 0;
 }

@@ -216,7 +216,8 @@ static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *
 	gr__switch_arrived(hub, from, t);
 }
 
-/* The hub fiber, created the first time something blocks. */
+/* The hub fiber, created by the first park check (gr__check_can_park);
+ * NULL if its stack cannot be mapped. */
 gr_fiber *gr__hub_loop_fiber(struct gr__hub *hub);
 
 /* Switch away from the current fiber, which must already be queued
@@ -268,8 +269,9 @@ static inline int gr__check_can_park(struct gr__hub **hubp)
 	struct gr__hub *hub = gr__tls_hub;
 
 	/* The loop fiber runs backend code: parking it would leave nobody to
-	 * reap completions. */
-	if (hub && hub->current != hub->loop) {
+	 * reap completions. Before the loop fiber exists, the slow path makes
+	 * it (every switch starts with this check, so it exists by then). */
+	if (hub && hub->loop && hub->current != hub->loop) {
 		*hubp = hub;
 		return 0;
 	}

@@ -542,6 +542,8 @@ int gr_close(int fd)
 	if (!hub || (size_t)fd >= hub->nfds)
 		return close(fd);
 	struct gr__fdstate *st = &hub->fds[fd];
+	if (!hub->loop && !gr__hub_loop_fiber(hub))
+		return (int)posix_result(-ENOMEM); /* the close below may park */
 	if (hub->current == hub->loop) {
 		/* Inside the hub nothing can wait for the cancelled operations to
 		 * drain, and closing under them would let the number be reused

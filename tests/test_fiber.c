@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -898,4 +900,74 @@ Test(fiber, hub_use_is_ebusy_once_fibers_exist)
 	cr_assert_eq(gr_hub_use("no-such-hub"), -ENOENT);
 	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
 	cr_assert_str_eq(gr_hub_name(), grt_hub());
+}
+
+/* ------------------------------------------------------------ out of memory */
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define GRT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define GRT_SANITIZED 1
+#endif
+#endif
+
+static long address_space_bytes(void)
+{
+	long pages = 0;
+	FILE *f = fopen("/proc/self/statm", "r");
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &pages) != 1)
+		pages = -1;
+	fclose(f);
+	return pages * sysconf(_SC_PAGESIZE);
+}
+
+/* The first blocking call needs the hub's own fiber and so a new stack. If
+ * it cannot be mapped, that call fails with ENOMEM: the process must not
+ * abort, and it keeps working once memory is back. */
+Test(fiber, no_memory_for_the_hubs_stack_is_enomem_not_an_abort)
+{
+#ifdef GRT_SANITIZED
+	cr_skip_test("a capped address space and a sanitizer's shadow memory do not mix");
+#else
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		/* A fresh hub in the child (fork drops the parent's), no
+		 * blocking call yet, then no room for one more mapping. */
+		if (!gr_hub_name())
+			_exit(10);
+		struct gr_hub_stats st;
+		if (gr_hub_stats(&st) != 0 || st.loop_started)
+			_exit(11);
+		struct rlimit old, cap;
+		getrlimit(RLIMIT_AS, &old);
+		cap = old;
+		cap.rlim_cur = (rlim_t)address_space_bytes() + 4096;
+		if (setrlimit(RLIMIT_AS, &cap) != 0)
+			_exit(12);
+		int r1 = gr_sleep(GR_MSEC);
+		errno = 0;
+		gr_fiber *f = gr_spawn(never_runs, NULL);
+		int e2 = errno;
+		setrlimit(RLIMIT_AS, &old);
+		if (r1 != -ENOMEM)
+			_exit(13);
+		if (f || e2 != ENOMEM)
+			_exit(14);
+		/* Memory is back: the same thread blocks normally now. */
+		if (gr_sleep(GR_MSEC) != 0)
+			_exit(15);
+		_exit(0);
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "the child died (signal %d) instead of failing with ENOMEM",
+		  WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+	cr_assert_eq(WEXITSTATUS(status), 0, "child check %d failed", WEXITSTATUS(status));
+#endif
 }
