@@ -912,6 +912,7 @@ Test(fiber, hub_use_is_ebusy_once_fibers_exist)
 #endif
 #endif
 
+#ifndef GRT_SANITIZED
 static long address_space_bytes(void)
 {
 	long pages = 0;
@@ -924,6 +925,7 @@ static long address_space_bytes(void)
 	fclose(f);
 	return pages * sysconf(_SC_PAGESIZE);
 }
+#endif
 
 /* The first blocking call needs the hub's own fiber and so a new stack. If
  * it cannot be mapped, that call fails with ENOMEM: the process must not
