@@ -48,8 +48,7 @@ static double raw_fcontext_round_trip(int64_t budget_ns)
 
 /* The same ping-pong, but each side switches from inside a function that
  * then returns, as any yield must: this costs several times the bare loop
- * on this machine (the return after the switch is what the CPU cannot
- * predict cheaply), so it is the floor a fiber yield can be held to. */
+ * on this machine, so it is the floor a fiber yield can be held to. */
 struct raw_fiber {
 	gr__fcontext ctx;
 	struct raw_fiber *other;
