@@ -38,12 +38,66 @@ static pthread_key_t hub_key;
 static pthread_once_t hub_key_once = PTHREAD_ONCE_INIT;
 
 static void hub_destroy(void *hub);
-static void after_fork_in_child(void);
+
+/* Every hub of the process, so that the child of a fork() can let go of the
+ * rings and epoll sets of threads that do not exist in it. The lock is held
+ * across fork() (prepare/parent/child), so the child finds the list whole. */
+static pthread_mutex_t hubs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct gr__hub *hubs;
+
+static void hubs_add(struct gr__hub *hub)
+{
+	pthread_mutex_lock(&hubs_lock);
+	hub->proc_prev = NULL;
+	hub->proc_next = hubs;
+	if (hubs)
+		hubs->proc_prev = hub;
+	hubs = hub;
+	pthread_mutex_unlock(&hubs_lock);
+}
+
+static void hubs_remove(struct gr__hub *hub)
+{
+	pthread_mutex_lock(&hubs_lock);
+	if (hub->proc_prev)
+		hub->proc_prev->proc_next = hub->proc_next;
+	else if (hubs == hub)
+		hubs = hub->proc_next;
+	if (hub->proc_next)
+		hub->proc_next->proc_prev = hub->proc_prev;
+	hub->proc_next = hub->proc_prev = NULL;
+	pthread_mutex_unlock(&hubs_lock);
+}
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&hubs_lock);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&hubs_lock);
+}
+
+/* The child of fork() shares every parent hub's ring and epoll set through
+ * the inherited fds: it must never touch them, only drop its references.
+ * Each hub's backend is released that way (fini with after_fork); the rest
+ * of their memory is left alone, since the forking thread may be running on
+ * one of their fiber stacks. The child's next use creates a fresh hub. */
+static void fork_child(void)
+{
+	for (struct gr__hub *hub = hubs; hub; hub = hub->proc_next)
+		hub->ops->fini(hub->backend, 1);
+	hubs = NULL;
+	pthread_mutex_unlock(&hubs_lock);
+	tls_hub = NULL;
+	pthread_setspecific(hub_key, NULL);
+}
 
 static void make_key(void)
 {
 	pthread_key_create(&hub_key, hub_destroy);
-	pthread_atfork(NULL, NULL, after_fork_in_child);
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 struct gr__hub *gr__hub_peek(void)
@@ -429,6 +483,7 @@ int gr__hub_install(struct gr__hub *hub)
 	pthread_once(&hub_key_once, make_key);
 	if (pthread_setspecific(hub_key, hub) != 0)
 		return -ENOMEM;
+	hubs_add(hub);
 	tls_hub = hub;
 	gr__stack_overflow_guard_thread_init();
 	return 0;
@@ -502,6 +557,7 @@ static void hub_destroy(void *arg)
 	}
 	if (hub->loop)
 		gr__fiber_release_stack(hub, hub->loop);
+	hubs_remove(hub);
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	free(hub->fds);
@@ -523,20 +579,6 @@ int gr__hub_destroy_idle(void)
 	pthread_setspecific(hub_key, NULL);
 	hub_destroy(hub);
 	return 0;
-}
-
-/* The child of fork() shares the parent's ring and epoll set through the
- * inherited fds: it must never touch them. Drop the hub (the memory stays
- * with the parent's copy of the thread); the next use creates a fresh one. */
-static void after_fork_in_child(void)
-{
-	struct gr__hub *hub = tls_hub;
-
-	if (!hub)
-		return;
-	hub->ops->fini(hub->backend, 1);
-	tls_hub = NULL;
-	pthread_setspecific(hub_key, NULL);
 }
 
 int gr_hub_stats(struct gr_hub_stats *out)

@@ -128,6 +128,7 @@ struct gr__fdstate {
 struct gr__hub {
 	const struct gr_hub_ops *ops;
 	void *backend;
+	struct gr__hub *proc_next, *proc_prev; /* every hub of the process (fork) */
 	gr_fiber root;                    /* the thread's main context */
 	gr_fiber *loop;                   /* the hub fiber; NULL until something blocks */
 	gr_fiber *current;

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -324,4 +325,65 @@ Test(fork, a_grandchild_gets_its_own_hub_too)
 	close(rep[1]);
 	c.rd = rep[0];
 	expect_child_ok(&c);
+}
+
+/* ------------------------------------------------------------ other threads */
+
+struct held_hub {
+	int ready[2], release[2];
+	int ok;
+};
+
+static void *hold_a_hub(void *arg)
+{
+	struct held_hub *h = arg;
+	char c = 1;
+
+	h->ok = gr_hub_use(grt_hub()) == 0 && gr_hub_name() != NULL;
+	if (write(h->ready[1], &c, 1) != 1)
+		h->ok = 0;
+	/* Alive, with its hub, until the parent is done forking. */
+	if (read(h->release[0], &c, 1) != 1)
+		h->ok = 0;
+	return NULL;
+}
+
+/* Only the forking thread exists in the child, but every thread's hub fds
+ * came along: the child must let go of them all, not just its own thread's
+ * (each ring or epoll set it keeps open stays alive with the parent's
+ * registrations in it). After its first use the child holds exactly one
+ * hub's fds, as the parent did before the other thread started. */
+Test(fork, the_child_lets_go_of_every_threads_hub)
+{
+	struct held_hub h = { .ok = 0 };
+	pthread_t t;
+	char c = 1;
+	int one_hub = count_anon_fds();
+
+	cr_assert_eq(pipe2(h.ready, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(h.release, O_CLOEXEC), 0);
+	cr_assert_eq(pthread_create(&t, NULL, hold_a_hub, &h), 0);
+	cr_assert_eq(read(h.ready[0], &c, 1), 1);
+	cr_assert(h.ok, "the other thread could not create its hub");
+	cr_assert_gt(count_anon_fds(), one_hub, "the other thread's hub holds no fd?");
+
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		if (!gr_hub_name())
+			_exit(2);
+		int n = count_anon_fds();
+		_exit(n == one_hub ? 0 : 100 + (n < 100 ? n : 99));
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "the child died of signal %d", WTERMSIG(status));
+	cr_assert_eq(WEXITSTATUS(status), 0, "the child holds %d anon-inode fds, one hub is %d",
+		     WEXITSTATUS(status) - 100, one_hub);
+	cr_assert_eq(write(h.release[1], &c, 1), 1);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	for (int i = 0; i < 2; i++) {
+		close(h.ready[i]);
+		close(h.release[i]);
+	}
 }
