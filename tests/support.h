@@ -13,6 +13,7 @@
 #define GREENRING_TEST_SUPPORT_H
 
 #include <criterion/criterion.h>
+#include <string.h>
 #include <greenring.h>
 
 void grt_setup(void);
@@ -22,6 +23,20 @@ void grt_teardown(void);
 
 /* The hub this run is for ("io_uring", "epoll", "poll"). */
 const char *grt_hub(void);
+
+/* A call returning 0 or -errno: assert it succeeded, or failed with e. */
+#define assert_ok(expr)                                                                  \
+	do {                                                                             \
+		int r_ = (int)(expr);                                                    \
+		cr_assert_eq(r_, 0, "%s: %s", #expr, strerror(-r_));                     \
+	} while (0)
+
+#define assert_err(expr, e)                                                              \
+	do {                                                                             \
+		int r_ = (int)(expr);                                                    \
+		cr_assert_eq(r_, -(e), "%s = %d (%s), expected -%s", #expr, r_,          \
+			     r_ < 0 ? strerror(-r_) : "ok", #e);                          \
+	} while (0)
 
 /* Open fds of this process, counted from /proc/self/fd. */
 int grt_count_fds(void);

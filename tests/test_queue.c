@@ -13,19 +13,6 @@ GRT_SUITE(queue);
 
 #define LATE_OK (GR_SEC / 2)
 
-#define assert_ok(expr)                                                                  \
-	do {                                                                             \
-		int r_ = (int)(expr);                                                    \
-		cr_assert_eq(r_, 0, "%s: %s", #expr, strerror(-r_));                     \
-	} while (0)
-
-#define assert_err(expr, e)                                                              \
-	do {                                                                             \
-		int r_ = (int)(expr);                                                    \
-		cr_assert_eq(r_, -(e), "%s = %d (%s), expected -%s", #expr, r_,          \
-			     r_ < 0 ? strerror(-r_) : "ok", #e);                          \
-	} while (0)
-
 #define ITEM(i) ((void *)(uintptr_t)(i))
 
 static void settle(void)

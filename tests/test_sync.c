@@ -19,19 +19,6 @@ GRT_SUITE(sync);
  * shared machine (and under sanitizers or valgrind), not much later. */
 #define LATE_OK (GR_SEC / 2)
 
-#define assert_ok(expr)                                                                  \
-	do {                                                                             \
-		int r_ = (expr);                                                         \
-		cr_assert_eq(r_, 0, "%s: %s", #expr, strerror(-r_));                     \
-	} while (0)
-
-#define assert_err(expr, e)                                                              \
-	do {                                                                             \
-		int r_ = (expr);                                                         \
-		cr_assert_eq(r_, -(e), "%s = %d (%s), expected -%s", #expr, r_,          \
-			     r_ < 0 ? strerror(-r_) : "ok", #e);                          \
-	} while (0)
-
 /* Run every runnable fiber until they all park or end. */
 static void settle(void)
 {
