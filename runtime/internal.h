@@ -117,7 +117,6 @@ struct gr__runq {
 
 struct gr__fdstate {
 	struct gr_op *ops;                /* in-flight operations on this fd */
-	uint8_t nonblock_set;             /* readiness hubs: O_NONBLOCK checked/set */
 	uint8_t closing;                  /* gr_close in progress */
 	uint32_t closes;                  /* gr_close calls so far: a readiness retry
 					     that waited across one must not touch

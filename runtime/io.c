@@ -77,21 +77,17 @@ static bool needs_nonblocking_fd(const struct gr_op *op)
 	}
 }
 
-static int ensure_nonblocking(struct gr__hub *hub, int fd)
+/* Asked every time, not cached: a program may close() an fd itself and get
+ * the number back for a new, blocking file; a stale "already non-blocking"
+ * mark would then block the whole thread in read(). */
+static int ensure_nonblocking(int fd)
 {
-	struct gr__fdstate *st = gr__fd_state(hub, fd);
-
-	if (!st)
-		return errno == EBADF ? -EBADF : -ENOMEM;
-	/* Asked every time, not cached: a program may close() an fd itself and
-	 * get the number back for a new, blocking file; a stale "already
-	 * non-blocking" mark would then block the whole thread in read(). */
 	int fl = fcntl(fd, F_GETFL);
+
 	if (fl < 0)
 		return -errno;
 	if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
 		return -errno;
-	st->nonblock_set = 1;
 	return 0;
 }
 
@@ -176,7 +172,7 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
 	if (op->kind == GR_OP_CONNECT)
 		forget_previous_file(hub, op->fd);
 	if (needs_nonblocking_fd(op)) {
-		int err = ensure_nonblocking(hub, op->fd);
+		int err = ensure_nonblocking(op->fd);
 
 		if (err)
 			return err;
@@ -198,14 +194,9 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
 		if (op->kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY)) {
 			connecting = true;
 		} else if (r != -EAGAIN && r != -EWOULDBLOCK) {
-			if (op->kind == GR_OP_ACCEPT && r >= 0) {
-				/* Accepted sockets are born non-blocking (see accept). */
-				struct gr__fdstate *st = gr__fd_state(hub, (int)r);
-
-				if (st)
-					st->nonblock_set = 1;
+			/* An accepted socket is a new file under a maybe-used number. */
+			if (op->kind == GR_OP_ACCEPT && r >= 0)
 				forget_previous_file(hub, (int)r);
-			}
 			return r;
 		}
 		struct gr_op wait = {
@@ -582,6 +573,5 @@ int gr_close(int fd)
 	}
 	st = &hub->fds[fd];
 	st->closing = 0;
-	st->nonblock_set = 0;
 	return (int)posix_result(r);
 }
