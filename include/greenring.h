@@ -8,7 +8,7 @@
  *     gr_spawn_n(handle, arg);    // scheduled, not yet running
  *     gr_sleep(0);                // runs it (and everything else runnable)
  *
- * Conventions (see docs/api.md):
+ * Conventions:
  *   - Drop-in green calls (gr_read, gr_send, gr_accept, ...) take the POSIX
  *     arguments and return like POSIX: -1 with errno set.
  *   - Every other function returns 0 (or a count) on success and -errno on
@@ -115,27 +115,46 @@ GR_API gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(voi
 
 /* Wait until f has ended, store what fn returned in *result (if result is
  * not NULL; NULL for a fiber killed before it ran) and release f. Switches.
- * 0; -ETIMEDOUT (f stays joinable); -EDEADLK (f can never end, e.g. a join
- * cycle); -ECANCELED (the caller was killed; f stays joinable); -EINVAL (f
- * is NULL, the caller itself, detached, or already has a joiner); -EPERM (f
+ * With deadline 0 it only tries: 0 if f has ended (even for a killed
+ * caller, so a killed parent can always reap its ended children), else
+ * -ETIMEDOUT. 0; -ETIMEDOUT (f stays joinable); -EDEADLK (the caller itself,
+ * or f can never end, e.g. a join cycle); -ECANCELED (the caller was killed;
+ * f stays joinable); -EINVAL (f is NULL, detached, or another fiber is
+ * joining it, or has been woken by its end and not yet run); -EPERM (f
  * belongs to another thread). */
 GR_API int gr_join(gr_fiber *f, void **result, int64_t deadline);
 
 /* Release f when it ends; f must not be used afterwards.
- * 0; -EINVAL (NULL, already detached); -EBUSY (a fiber is joining f);
- * -EPERM (another thread's fiber). */
+ * 0; -EINVAL (NULL, already detached); -EBUSY (a fiber is joining f, or was
+ * woken by its end and has not run yet: that join releases it); -EPERM
+ * (another thread's fiber). */
 GR_API int gr_detach(gr_fiber *f);
 
-/* Cancel f: its current blocking call and every later one fail with
- * ECANCELED, so it unwinds by returning. A fiber that has not started never
- * runs its body. If the kernel finished f's current operation before the
- * cancel took hold, that call returns its real result and the next one fails.
- * "Blocking call" means every call documented as switching, whether or not
- * it would have had to wait (gr_join of an ended fiber included); the pure
- * tries (deadline 0, the *_try* calls, gr_close) still work.
- * Does not switch. 0; -EINVAL (NULL); -EPERM (another thread's fiber);
- * -ESRCH (f has already ended). */
+/* Kill f (the one rule for kills, docs/architecture.md "Kills"): f's current
+ * blocking call and every later one fail with ECANCELED until f
+ * acknowledges the kill with gr_kill_ack(), so code that does not expect a
+ * kill unwinds by returning. A fiber that has not started never runs its
+ * body. If the kernel finished f's current operation before the kill took
+ * hold, that call returns its real result (bytes read are f's) and the next
+ * one fails. "Blocking call" means every call documented as switching,
+ * whether or not it would have had to wait; pure tries still work: deadline
+ * 0 (gr_join of an ended fiber included), the *_try* calls, and gr_close.
+ * Does not switch. 0 (also for a fiber killed already); -EINVAL (NULL);
+ * -EPERM (another thread's fiber); -ESRCH (f has already ended). */
 GR_API int gr_kill(gr_fiber *f);
+
+/* Acknowledge a kill of the calling fiber so it can clean up: its blocking
+ * calls work again (send a goodbye, flush a buffer, join its children),
+ * bounded by `cleanup_deadline`, which becomes the fiber's deadline if it is
+ * sooner (GR_FOREVER: no new bound). A later gr_kill() cancels the cleanup
+ * in turn. As gevent's GreenletExit, caught: the kill is delivered once
+ * ECANCELED has been seen and acknowledged. Does not switch.
+ * 0; -ESRCH (the caller was not killed, or has acknowledged already). */
+GR_API int gr_kill_ack(int64_t cleanup_deadline);
+
+/* 1 if the calling fiber has been killed and has not acknowledged it with
+ * gr_kill_ack(), else 0. Does not switch. */
+GR_API int gr_killed(void);
 
 /* The calling fiber; the thread's main context is a fiber too. */
 GR_API gr_fiber *gr_self(void);

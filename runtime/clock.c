@@ -31,12 +31,3 @@ void gr__why(char *buf, size_t len, const char *what, int err)
 		err = -err;
 	snprintf(buf, len, "%s: %s", what, strerror(err));
 }
-
-int64_t gr__effective_deadline(const gr_fiber *f, int64_t deadline)
-{
-	if (f->deadline == GR_FOREVER)
-		return deadline;
-	if (deadline == GR_FOREVER || f->deadline < deadline)
-		return f->deadline;
-	return deadline;
-}

@@ -26,8 +26,6 @@ typedef struct {
 /* Declared with boost's own names: they are the symbols in libboost_context. */
 extern gr__transfer jump_fcontext(gr__fcontext const to, void *vp);
 extern gr__fcontext make_fcontext(void *sp, size_t size, void (*fn)(gr__transfer));
-extern gr__transfer ontop_fcontext(gr__fcontext const to, void *vp,
-				   gr__transfer (*fn)(gr__transfer));
 
 #if defined(__SANITIZE_ADDRESS__)
 #define GR__ASAN 1

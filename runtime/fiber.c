@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -77,12 +78,8 @@ void gr__switch_arrived(struct gr__hub *hub, gr_fiber *self, gr__transfer t)
 
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f)
 {
-	if (f->all_prev)
-		f->all_prev->all_next = f->all_next;
-	else if (hub->all == f)
-		hub->all = f->all_next;
-	if (f->all_next)
-		f->all_next->all_prev = f->all_prev;
+	if (f != hub->loop)
+		gr__list_remove(&hub->all, &f->all_link);
 #ifdef GR__TSAN
 	__tsan_destroy_fiber(f->san.tsan);
 #endif
@@ -95,7 +92,7 @@ static _Noreturn void fiber_exit(struct gr__hub *hub, gr_fiber *self)
 	self->state = GR__FIBER_DEAD;
 	hub->nfibers--;
 	if (!gr__waitq_empty(&self->joiners))
-		gr__wake(gr__waitq_first(&self->joiners), 0);
+		gr__unpark(gr__waitq_first(&self->joiners), 0);
 	gr__hub_fiber_ended(hub);
 	gr__schedule(hub, true);
 	__builtin_unreachable();
@@ -110,6 +107,13 @@ static void fiber_main(gr__transfer t)
 	/* Killed before it ever ran: its body never runs. */
 	if (!self->killed)
 		self->result = self->fn(self->arg);
+	if (hub != gr__hub_peek()) {
+		/* This fiber called fork() and is returning in the child, where
+		 * its hub was let go of (hub.c, fork_child): it has been the
+		 * child's main context since, and its end is the child's, as a
+		 * thread's return ends a process it is the last thread of. */
+		exit(0);
+	}
 	fiber_exit(hub, self);
 }
 
@@ -168,10 +172,7 @@ gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), v
 	char *usable_lo = (char *)s->base + s->guard;
 	f->ctx = make_fcontext(f, (size_t)((char *)f - usable_lo), fiber_main);
 	gr__sanitizer_fiber_init(f);
-	f->all_next = hub->all;
-	if (hub->all)
-		hub->all->all_prev = f;
-	hub->all = f;
+	gr__list_push_front(&hub->all, &f->all_link);
 	hub->nfibers++;
 	gr__ready(f);
 	return f;
@@ -182,28 +183,29 @@ gr_fiber *gr_spawn(void *(*fn)(void *), void *arg)
 	return gr_spawn_with(NULL, fn, arg);
 }
 
-int gr_spawn_n(void (*fn)(void *), void *arg)
-{
-	struct gr_spawn_opts opts = { .detached = 1 };
-	/* The void-returning function runs through the same entry: calling it
-	 * as void *(*)(void *) would be undefined, so it is wrapped. */
-	if (!fn)
-		return -EINVAL;
-	gr_fiber *f = gr_spawn_with(&opts, gr__call_void, NULL);
-	if (!f)
-		return -errno;
-	f->arg = arg;
-	f->void_fn = fn;
-	return 0;
-}
-
-void *gr__call_void(void *unused)
+/* The void-returning function runs through the same entry: calling it as
+ * void *(*)(void *) would be undefined, so it is wrapped. */
+static void *call_void(void *unused)
 {
 	gr_fiber *self = gr__self();
 
 	(void)unused;
 	self->void_fn(self->arg);
 	return NULL;
+}
+
+int gr_spawn_n(void (*fn)(void *), void *arg)
+{
+	struct gr_spawn_opts opts = { .detached = 1 };
+
+	if (!fn)
+		return -EINVAL;
+	gr_fiber *f = gr_spawn_with(&opts, call_void, NULL);
+	if (!f)
+		return -errno;
+	f->arg = arg;
+	f->void_fn = fn;
+	return 0;
 }
 
 /* Check f is a live fiber of this thread. */
@@ -227,23 +229,34 @@ int gr_join(gr_fiber *f, void **result, int64_t deadline)
 		return err;
 	gr_fiber *self = hub->current;
 	if (f == self)
-		return -EINVAL; /* greenring.h: "the caller itself"; main's own handle too */
-	if (f->detached || !gr__waitq_empty(&f->joiners))
+		return -EDEADLK; /* as pthread_join: it would wait for itself */
+	/* One joiner at a time. The claim lasts from the start of a join to
+	 * its release of f (or its failure): a fiber woken by f's end but not
+	 * yet run still holds it, so no other join or detach can release f
+	 * under it. */
+	if (f->detached || f->joined_by)
 		return -EINVAL;
-	/* One rule for every call that may switch: once killed it fails, even
-	 * when it would not have had to wait (f stays joinable). */
-	if (self->killed)
-		return -ECANCELED;
-	if (f->state != GR__FIBER_DEAD) {
+	struct gr__park p = { .what = "gr_join" };
+	if (f->state == GR__FIBER_DEAD) {
+		/* Ended: nothing to wait for, but one rule for every call that
+		 * may switch: a killed caller fails here too, unless it only
+		 * tries (deadline 0), which always works on an ended fiber. */
+		if (deadline != 0 && self->killed)
+			return -ECANCELED;
+	} else {
+		err = gr__park_prepare(&hub, &p, deadline);
+		if (err)
+			return err;
 		/* A join cycle can never end: refuse it at once. */
 		for (const gr_fiber *g = f; g; g = g->joining) {
 			if (g == self)
 				return -EDEADLK;
 		}
-		struct gr__waiter w = { .what = "gr_join" };
+		f->joined_by = self;
 		self->joining = f;
-		err = gr__wait(&f->joiners, &w, deadline);
+		err = gr__park_queue(hub, &p, &f->joiners);
 		self->joining = NULL;
+		f->joined_by = NULL;
 		if (err)
 			return err;
 	}
@@ -262,7 +275,7 @@ int gr_detach(gr_fiber *f)
 		return err;
 	if (f->detached || f->is_root)
 		return -EINVAL;
-	if (!gr__waitq_empty(&f->joiners))
+	if (f->joined_by)
 		return -EBUSY;
 	if (f->state == GR__FIBER_DEAD) {
 		gr__fiber_release_stack(hub, f);
@@ -291,17 +304,31 @@ int gr_kill(gr_fiber *f)
 	if (f->killed)
 		return 0;
 	f->killed = true;
-	if (f->state != GR__FIBER_PARKED)
-		return 0; /* runnable or running: its next blocking call fails */
-	if (f->park_kind == GR__PARK_OP) {
-		gr__op_cancel(hub, f->park, ECANCELED);
-	} else if (f->park_kind == GR__PARK_WAIT) {
-		struct gr__waiter *w = f->park;
-
-		if (w->queue && !w->uncancellable)
-			gr__wake(w, -ECANCELED);
-	}
+	/* Runnable or running: its next blocking call fails. */
+	if (f->state == GR__FIBER_PARKED)
+		gr__park_interrupt(hub, f, ECANCELED, false);
 	return 0;
+}
+
+int gr_kill_ack(int64_t cleanup_deadline)
+{
+	gr_fiber *self = gr__self();
+
+	if (!self)
+		return -ESRCH;
+	if (!self->killed)
+		return -ESRCH;
+	self->killed = false;
+	self->deadline = gr__deadline_min(self->deadline, cleanup_deadline < 0 ? GR_FOREVER
+									     : cleanup_deadline);
+	return 0;
+}
+
+int gr_killed(void)
+{
+	gr_fiber *self = gr__self();
+
+	return self && self->killed;
 }
 
 gr_fiber *gr_self(void)
@@ -354,24 +381,16 @@ int64_t gr_deadline_get(void)
 	return self ? self->deadline : GR_FOREVER;
 }
 
-static bool own_deadline_passed(const gr_fiber *self)
-{
-	return self->deadline != GR_FOREVER && self->deadline <= gr_now();
-}
-
+/* Let every other runnable fiber run once, and the hub reap. */
 static int yield(void)
 {
 	struct gr__hub *hub = NULL;
-	int err = gr__check_can_park(&hub);
+	struct gr__park p = { .what = "gr_sleep(0)" };
+	int err = gr__park_prepare(&hub, &p, GR_FOREVER);
 
 	if (err)
 		return err;
-	gr_fiber *self = hub->current;
-	if (self->killed)
-		return -ECANCELED;
-	if (own_deadline_passed(self))
-		return -ETIMEDOUT;
-	gr__ready(self);
+	gr__ready(p.fiber);
 	gr__switch_out(hub);
 	return 0;
 }
@@ -379,31 +398,30 @@ static int yield(void)
 int gr_sleep_until(int64_t deadline)
 {
 	struct gr__hub *hub = NULL;
-	int err = gr__check_can_park(&hub);
+	struct gr__park p = { .what = "gr_sleep" };
+	int err = gr__park_hub(&hub);
 
 	if (err)
 		return err;
 	if (deadline < 0)
 		return -EINVAL;
-	gr_fiber *self = hub->current;
-	if (self->killed)
-		return -ECANCELED;
-	if (own_deadline_passed(self))
-		return -ETIMEDOUT;
+	/* The sleep's own deadline is its goal, not a failure: only the
+	 * fiber's deadline can fail it. */
+	err = gr__park_begin(hub, &p, GR_FOREVER);
+	if (err)
+		return err;
 	if (deadline <= gr_now())
 		return yield();
 	/* From here the fiber parks on a timeout even if the deadline passes
-	 * before the backend sees it (gr__op_run submits it anyway): a sleep
-	 * always lets the other fibers run, so a loop of tiny sleeps never
-	 * spins alone. */
-	struct gr_op op = { .kind = GR_OP_TIMEOUT, .fd = -1, .deadline = deadline };
-	int64_t r = gr__op_run(hub, &op);
+	 * before the backend sees it: a sleep always lets the other fibers
+	 * run, so a loop of tiny sleeps never spins alone. */
+	struct gr__op op = gr__op_init(GR_OP_TIMEOUT, -1);
+	op.op.deadline = gr__deadline_min(deadline, p.deadline);
+	int64_t r = gr__park_op(hub, &p, &op);
 	/* A timeout succeeds by expiring; it is an error only if it was the
 	 * fiber's own deadline that ended the sleep. */
-	if ((r == 0 || r == -ETIMEDOUT) && self->deadline != GR_FOREVER && self->deadline < deadline)
-		return -ETIMEDOUT;
-	if (r == -ETIMEDOUT)
-		return 0;
+	if (r == 0 || r == -ETIMEDOUT)
+		return op.op.deadline < deadline ? -ETIMEDOUT : 0;
 	return (int)r;
 }
 

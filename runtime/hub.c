@@ -1,5 +1,5 @@
-/* hub.c — the per-thread hub: run queues, the loop, wait queues, deadlock
- * detection, per-fd bookkeeping, teardown at thread exit, and fork.
+/* hub.c — the per-thread hub: run queues, the loop, deadlock detection, a
+ * backend that keeps failing, teardown at thread exit, and fork.
  *
  * The loop, one turn (hub_main):
  *   1. If nothing is runnable and nothing is in flight, the thread's main
@@ -20,13 +20,11 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -43,29 +41,19 @@ static void hub_destroy(void *hub);
  * rings and epoll sets of threads that do not exist in it. The lock is held
  * across fork() (prepare/parent/child), so the child finds the list whole. */
 static pthread_mutex_t hubs_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct gr__hub *hubs;
+static struct gr__list hubs;
 
 static void hubs_add(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
-	hub->proc_prev = NULL;
-	hub->proc_next = hubs;
-	if (hubs)
-		hubs->proc_prev = hub;
-	hubs = hub;
+	gr__list_push_back(&hubs, &hub->proc_link);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
 static void hubs_remove(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
-	if (hub->proc_prev)
-		hub->proc_prev->proc_next = hub->proc_next;
-	else if (hubs == hub)
-		hubs = hub->proc_next;
-	if (hub->proc_next)
-		hub->proc_next->proc_prev = hub->proc_prev;
-	hub->proc_next = hub->proc_prev = NULL;
+	gr__list_remove(&hubs, &hub->proc_link);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -80,15 +68,24 @@ static void fork_parent(void)
 }
 
 /* The child of fork() shares every parent hub's ring and epoll set through
- * the inherited fds: it must never touch them, only drop its references.
- * Each hub's backend is released that way (fini with after_fork); the rest
- * of their memory is left alone, since the forking thread may be running on
- * one of their fiber stacks. The child's next use creates a fresh hub. */
+ * the inherited fds: it must never touch them, only drop its references
+ * (fini with after_fork). The child is like a process that forked from one
+ * thread: only the code that called fork() goes on, as the main context of
+ * a fresh hub made on first use. The parent's fibers, the forking thread's
+ * other fibers included, do not exist in the child (they would resume the
+ * parent's work twice: accept its connections, eat its sockets' data). Their
+ * memory is left alone, since the code that forked may be running on one of
+ * their stacks. A fiber that forked and then returns in the child was the
+ * child's main context: fiber.c ends the child then, as a thread's return
+ * ends a process it is the last thread of. */
 static void fork_child(void)
 {
-	for (struct gr__hub *hub = hubs; hub; hub = hub->proc_next)
+	gr__list_foreach(it, &hubs) {
+		struct gr__hub *hub = gr__container(it, struct gr__hub, proc_link);
+
 		hub->ops->fini(hub->backend, 1);
-	hubs = NULL;
+	}
+	hubs.first = hubs.last = NULL;
 	pthread_mutex_unlock(&hubs_lock);
 	tls_hub = NULL;
 	pthread_setspecific(hub_key, NULL);
@@ -120,8 +117,7 @@ gr_fiber *gr__hub_loop_fiber(struct gr__hub *hub)
 	struct gr__stack *s = gr__stack_get(hub->stacks, 0);
 	if (!s)
 		return NULL;
-	gr_fiber *f = (gr_fiber *)((uintptr_t)gr__stack_top(s) - sizeof(gr_fiber)) ;
-	f = (gr_fiber *)((uintptr_t)f & ~(uintptr_t)63);
+	gr_fiber *f = (gr_fiber *)(((uintptr_t)gr__stack_top(s) - sizeof(gr_fiber)) & ~(uintptr_t)63);
 	memset(f, 0, sizeof(*f));
 	f->hub = hub;
 	f->stack = s;
@@ -144,16 +140,15 @@ static void detect_deadlock(struct gr__hub *hub)
 	/* Nothing runnable and nothing in flight: every fiber waits on a wait
 	 * queue, so only a fiber could wake another, and none can run. The
 	 * main context is parked too (it is not running: the hub is). */
-	if (root->state == GR__FIBER_PARKED && root->park_kind == GR__PARK_WAIT) {
-		struct gr__waiter *w = root->park;
+	if (root->state == GR__FIBER_PARKED && root->park && root->park->queue) {
+		struct gr__park *p = root->park;
 
 		fprintf(stderr,
 			"greenring: deadlock: fiber %llu \"%s\" waits in %s, but no fiber can run "
 			"and nothing is in flight (%zu other fibers parked)\n",
-			(unsigned long long)root->id, root->name, w->what ? w->what : "a wait",
+			(unsigned long long)root->id, root->name, p->what ? p->what : "a wait",
 			hub->nfibers);
-		if (w->queue)
-			gr__wake(w, -EDEADLK);
+		gr__unpark(p, -EDEADLK);
 		return;
 	}
 	/* The main context can only be somewhere else if the runtime itself is
@@ -163,304 +158,98 @@ static void detect_deadlock(struct gr__hub *hub)
 	abort();
 }
 
+/* Call f for the thread's main context and every fiber whose stack the hub
+ * holds: together, every fiber that can be parked. */
+static void for_each_fiber(struct gr__hub *hub, void (*f)(struct gr__hub *, gr_fiber *, int),
+			   int arg)
+{
+	f(hub, &hub->root, arg);
+	gr__list_foreach_safe(it, &hub->all)
+		f(hub, gr__container(it, gr_fiber, all_link), arg);
+}
+
+static void interrupt_forced(struct gr__hub *hub, gr_fiber *f, int why)
+{
+	gr__park_interrupt(hub, f, why, true);
+}
+
+static bool transient_wait_error(int r)
+{
+	return r == -EINTR || r == -EAGAIN || r == -ETIME || r == -EBUSY;
+}
+
+#define WAIT_FAILURES_GIVE_UP 5
+#define WAIT_RETRY_PAUSE_MAX GR_SEC
+
+/* The backend's wait() failed with a lasting error. Nothing in flight can
+ * complete without it, so the fibers waiting on it would hang: say so once,
+ * retry with a growing pause (never a spin), and after a few failures
+ * cancel every operation in flight with EIO. A backend that completes
+ * cancels at once (the readiness ones) thereby frees its fibers with a clear
+ * error; one that cannot (io_uring: the kernel may still write into their
+ * stacks) keeps them parked, but the hub no longer spins. */
+static void wait_failed(struct gr__hub *hub, int r)
+{
+	unsigned n = ++hub->wait_failures;
+
+	if (n == 1)
+		fprintf(stderr, "greenring: %s hub: wait failed: %s; retrying\n", hub->ops->name,
+			strerror(-r));
+	if (n == WAIT_FAILURES_GIVE_UP) {
+		fprintf(stderr,
+			"greenring: %s hub: wait failed %u times in a row (%s): failing the %zu "
+			"operations in flight with EIO\n",
+			hub->ops->name, n, strerror(-r), hub->inflight);
+		for_each_fiber(hub, interrupt_forced, EIO);
+	}
+	if (!gr__list_empty(&hub->next))
+		return; /* fibers can run meanwhile */
+	int64_t pause = GR_MSEC << (n < 10 ? n : 10);
+	struct timespec ts;
+	gr__ns_to_timespec(pause < WAIT_RETRY_PAUSE_MAX ? pause : WAIT_RETRY_PAUSE_MAX, &ts);
+	nanosleep(&ts, NULL);
+}
+
+/* How long the next wait() may block: not at all when fibers are runnable,
+ * else until something completes, but no later than the next audit of long
+ * waits on fds (fd.c). */
+static int64_t wait_timeout(struct gr__hub *hub)
+{
+	int64_t timeout = gr__list_empty(&hub->next) ? -1 : 0;
+
+	if (hub->fds_busy == 0 && hub->audit_due == 0)
+		return timeout;
+	int64_t now = gr_now();
+	int64_t due = gr__fd_audit(hub, now);
+	if (timeout < 0 && due != GR_FOREVER)
+		timeout = due > now ? due - now : 0;
+	return timeout;
+}
+
 static void hub_main(gr__transfer t)
 {
 	struct gr__hub *hub = tls_hub;
 
 	gr__switch_arrived(hub, hub->loop, t);
 	for (;;) {
-		if (!hub->next.head && hub->inflight == 0)
+		if (gr__list_empty(&hub->next) && hub->inflight == 0)
 			detect_deadlock(hub);
 		if (hub->inflight > 0) {
-			hub->in_loop = true;
-			int r = hub->ops->wait(hub->backend, hub->next.head ? 0 : -1);
-			hub->in_loop = false;
-			if (r < 0 && r != -EINTR && r != -EAGAIN && r != -ETIME) {
-				/* The backend could not wait: report it and try again
-				 * next turn rather than lose track of what is in flight. */
-				fprintf(stderr, "greenring: %s hub: wait failed: %s\n", hub->ops->name,
-					strerror(-r));
-			}
+			int r = hub->ops->wait(hub->backend, wait_timeout(hub));
+
+			if (r < 0 && !transient_wait_error(r))
+				wait_failed(hub, r);
+			else
+				hub->wait_failures = 0;
 		}
-		if (!hub->next.head)
+		if (gr__list_empty(&hub->next))
 			continue;
 		hub->now = hub->next;
-		hub->next.head = hub->next.tail = NULL;
+		hub->next.first = hub->next.last = NULL;
 		hub->turns++;
 		gr_fiber *f = gr__runq_pop(&hub->now);
 		gr__switch_to(hub, hub->loop, f, false);
 	}
-}
-
-/* ------------------------------------------------------------ wait queues */
-
-void gr__waitq_push(struct gr__waitq *q, struct gr__waiter *w)
-{
-	w->queue = q;
-	w->next = NULL;
-	w->prev = q->tail;
-	if (q->tail)
-		q->tail->next = w;
-	else
-		q->head = w;
-	q->tail = w;
-}
-
-void gr__waitq_remove(struct gr__waiter *w)
-{
-	struct gr__waitq *q = w->queue;
-
-	if (!q)
-		return;
-	if (w->prev)
-		w->prev->next = w->next;
-	else
-		q->head = w->next;
-	if (w->next)
-		w->next->prev = w->prev;
-	else
-		q->tail = w->prev;
-	w->next = w->prev = NULL;
-	w->queue = NULL;
-}
-
-void gr__wake(struct gr__waiter *w, int status)
-{
-	gr__waitq_remove(w);
-	w->status = status;
-	gr__ready(w->fiber);
-}
-
-/* The deadline of a parked waiter passed (or its timer was cancelled). */
-static void waiter_timer_done(struct gr_op *op)
-{
-	struct gr__waiter *w = op->owner;
-
-	w->timer_inflight = false;
-	if (w->queue)
-		gr__wake(w, -ETIMEDOUT);
-	else if (w->fiber->state == GR__FIBER_PARKED)
-		gr__ready(w->fiber); /* it was draining this timer */
-}
-
-int gr__wait(struct gr__waitq *q, struct gr__waiter *w, int64_t deadline)
-{
-	struct gr__hub *hub = NULL;
-	int err = gr__check_can_park(&hub);
-
-	if (err)
-		return err;
-	gr_fiber *self = hub->current;
-	if (!w->uncancellable) {
-		if (self->killed)
-			return -ECANCELED;
-		deadline = gr__effective_deadline(self, deadline);
-	}
-	if (deadline != GR_FOREVER && deadline <= gr_now())
-		return -ETIMEDOUT;
-
-	w->fiber = self;
-	w->status = 0;
-	w->timer_inflight = false;
-	gr__waitq_push(q, w);
-	if (deadline != GR_FOREVER) {
-		memset(&w->timer, 0, sizeof(w->timer));
-		w->timer.kind = GR_OP_TIMEOUT;
-		w->timer.fd = -1;
-		w->timer.deadline = deadline;
-		w->timer.on_complete = waiter_timer_done;
-		w->timer.owner = w;
-		w->timer_inflight = true;
-		hub->inflight++;
-		err = hub->ops->submit(hub->backend, &w->timer);
-		if (err < 0) {
-			hub->inflight--;
-			w->timer_inflight = false;
-			gr__waitq_remove(w);
-			return err;
-		}
-	}
-	self->state = GR__FIBER_PARKED;
-	self->park_kind = GR__PARK_WAIT;
-	self->park = w;
-	gr__switch_out(hub);
-	if (w->timer_inflight) {
-		/* Woken before the deadline: the timer names this stack, so it
-		 * must complete before we return. */
-		hub->ops->cancel(hub->backend, &w->timer);
-		while (w->timer_inflight) {
-			self->state = GR__FIBER_PARKED;
-			gr__switch_out(hub);
-		}
-	}
-	self->park_kind = GR__PARK_NONE;
-	self->park = NULL;
-	return w->status;
-}
-
-int gr__check_can_park_slow(struct gr__hub **hubp)
-{
-	int err = 0;
-	struct gr__hub *hub = gr__hub_get(&err);
-
-	if (!hub)
-		return err;
-	if (hub->current == hub->loop)
-		return -EPERM;
-	/* The first park needs the hub's fiber. Created here, before anything
-	 * is queued, so that failing to map its stack is this call's ENOMEM
-	 * rather than a scheduler with nowhere to switch to. */
-	if (!gr__hub_loop_fiber(hub))
-		return -ENOMEM;
-	*hubp = hub;
-	return 0;
-}
-
-/* ------------------------------------------------------------ operations */
-
-/* Operations on an fd are listed on it, so gr_close() can cancel them. */
-static inline bool op_names_fd(const struct gr_op *op)
-{
-	return op->fd >= 0 && op->kind != GR_OP_TIMEOUT && op->kind != GR_OP_NOP;
-}
-
-static void fd_unlink(struct gr__hub *hub, struct gr_op *op)
-{
-	if (!op_names_fd(op) || (size_t)op->fd >= hub->nfds)
-		return;
-	struct gr__fdstate *st = &hub->fds[op->fd];
-
-	if (op->fd_prev)
-		op->fd_prev->fd_next = op->fd_next;
-	else if (st->ops == op)
-		st->ops = op->fd_next;
-	else
-		return; /* not linked */
-	if (op->fd_next)
-		op->fd_next->fd_prev = op->fd_prev;
-	op->fd_next = op->fd_prev = NULL;
-	if (!st->ops && st->closing && !gr__waitq_empty(&st->closers))
-		gr__wake(gr__waitq_first(&st->closers), 0);
-}
-
-void gr_hub_complete(struct gr_op *op, int64_t res)
-{
-	struct gr__hub *hub = tls_hub;
-
-	op->res = res;
-	fd_unlink(hub, op);
-	hub->inflight--;
-	op->on_complete(op);
-}
-
-static void op_wake_owner(struct gr_op *op)
-{
-	gr__ready(op->owner);
-}
-
-/* NULL with errno EBADF (a negative fd, or an unopened one beyond the table)
- * or ENOMEM. */
-struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
-{
-	if (fd < 0) {
-		errno = EBADF;
-		return NULL;
-	}
-	if ((size_t)fd >= hub->nfds) {
-		size_t n = hub->nfds ? hub->nfds : 256;
-
-		/* Grow only for an open fd: a bad number (100000, INT_MAX) must
-		 * be EBADF, not a table of 2^31 entries. */
-		if (fcntl(fd, F_GETFD) < 0)
-			return NULL; /* errno EBADF */
-
-		while (n <= (size_t)fd)
-			n *= 2;
-		struct gr__fdstate *fds = realloc(hub->fds, n * sizeof(*fds));
-		if (!fds) {
-			errno = ENOMEM;
-			return NULL;
-		}
-		memset(fds + hub->nfds, 0, (n - hub->nfds) * sizeof(*fds));
-		/* Wait queues point back at their head: fix up what moved. */
-		for (size_t i = 0; i < hub->nfds; i++) {
-			for (struct gr__waiter *w = fds[i].closers.head; w; w = w->next)
-				w->queue = &fds[i].closers;
-		}
-		hub->fds = fds;
-		hub->nfds = n;
-	}
-	return &hub->fds[fd];
-}
-
-int64_t gr__op_run(struct gr__hub *hub, struct gr_op *op)
-{
-	gr_fiber *self = hub->current;
-
-	if (!op->uncancellable) {
-		if (self->killed)
-			return -ECANCELED;
-		op->deadline = gr__effective_deadline(self, op->deadline);
-		/* An operation past its deadline fails without starting; a
-		 * timeout (a sleep) is submitted anyway and completes at once,
-		 * so that sleeping always switches. */
-		if (op->kind != GR_OP_TIMEOUT && op->deadline != GR_FOREVER && op->deadline <= gr_now())
-			return -ETIMEDOUT;
-	}
-	op->res = 0;
-	op->cancel_errno = 0;
-	op->on_complete = op_wake_owner;
-	op->owner = self;
-	op->fd_next = op->fd_prev = NULL;
-
-	struct gr__fdstate *st = NULL;
-	if (op_names_fd(op)) {
-		st = gr__fd_state(hub, op->fd);
-		if (!st)
-			return errno == EBADF ? -EBADF : -ENOMEM;
-		if (st->closing && op->kind != GR_OP_CLOSE)
-			return -EBADF;
-		op->fd_next = st->ops;
-		if (st->ops)
-			st->ops->fd_prev = op;
-		st->ops = op;
-	}
-	/* In flight and parked before submit(), so that a backend completing
-	 * it at once finds the books in order. */
-	hub->inflight++;
-	self->state = GR__FIBER_PARKED;
-	self->park_kind = GR__PARK_OP;
-	self->park = op;
-	int err = hub->ops->submit(hub->backend, op);
-	if (err < 0) {
-		hub->inflight--;
-		fd_unlink(hub, op);
-		self->state = GR__FIBER_RUNNING;
-		self->park_kind = GR__PARK_NONE;
-		self->park = NULL;
-		return err;
-	}
-	gr__switch_out(hub);
-	self->park_kind = GR__PARK_NONE;
-	self->park = NULL;
-
-	int64_t res = op->res;
-	if (res == -ECANCELED || res == -EINTR) {
-		if (op->cancel_errno)
-			res = -op->cancel_errno;
-		else if (op->deadline != GR_FOREVER)
-			res = -ETIMEDOUT; /* the backend's own deadline (a linked timeout) */
-	}
-	return res;
-}
-
-void gr__op_cancel(struct gr__hub *hub, struct gr_op *op, int why)
-{
-	if (op->uncancellable && why != EBADF)
-		return;
-	if (!op->cancel_errno)
-		op->cancel_errno = why;
-	hub->ops->cancel(hub->backend, op);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -515,8 +304,10 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 }
 
 /* Thread exit: whatever fibers are left are discarded without running (as
- * gevent drops greenlets nobody joined). Their operations are cancelled and
- * reaped first: the kernel must never write into a stack we unmap. */
+ * gevent drops greenlets nobody joined). Every operation in flight is
+ * cancelled and reaped first, whatever state its fiber is in (parked, or
+ * woken with a deadline timer still to drain): the kernel must never write
+ * into a stack we unmap, and nothing may make the thread wait out a timer. */
 static void hub_destroy(void *arg)
 {
 	struct gr__hub *hub = arg;
@@ -524,24 +315,20 @@ static void hub_destroy(void *arg)
 	if (!hub)
 		return;
 	tls_hub = hub;
-	for (gr_fiber *f = hub->all; f; f = f->all_next) {
-		if (f->state != GR__FIBER_PARKED)
-			continue;
-		if (f->park_kind == GR__PARK_OP)
-			gr__op_cancel(hub, f->park, ECANCELED);
-		else if (f->park_kind == GR__PARK_WAIT) {
-			struct gr__waiter *w = f->park;
-
-			gr__waitq_remove(w);
-			if (w->timer_inflight)
-				hub->ops->cancel(hub->backend, &w->timer);
-		}
+	if (hub->current != &hub->root) {
+		/* pthread_exit() from a fiber: we run on its stack, which we
+		 * cannot free; leak the hub rather than pull the floor away. */
+		fprintf(stderr, "greenring: thread exited from fiber %llu \"%s\": its hub (%zu fibers) "
+				"is leaked\n", (unsigned long long)hub->current->id, hub->current->name,
+			hub->nfibers);
+		tls_hub = NULL;
+		return;
 	}
+	for_each_fiber(hub, interrupt_forced, ECANCELED);
 	while (hub->inflight > 0) {
-		hub->in_loop = true;
 		int r = hub->ops->wait(hub->backend, -1);
-		hub->in_loop = false;
-		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -ETIME) {
+
+		if (r < 0 && !transient_wait_error(r)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
 				hub->ops->name, strerror(-r));
@@ -549,32 +336,29 @@ static void hub_destroy(void *arg)
 			return;
 		}
 	}
-	while (hub->all) {
-		gr_fiber *f = hub->all;
-
-		hub->all = f->all_next;
-		gr__fiber_release_stack(hub, f);
-	}
+	while (!gr__list_empty(&hub->all))
+		gr__fiber_release_stack(hub, gr__container(hub->all.first, gr_fiber, all_link));
 	if (hub->loop)
 		gr__fiber_release_stack(hub, hub->loop);
 	hubs_remove(hub);
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
-	free(hub->fds);
+	gr__fd_table_free(hub);
 	gr__stack_overflow_guard_thread_fini();
 	tls_hub = NULL;
 	free(hub);
 }
 
 /* The thread's hub ends here without waiting for its thread to exit, if it
- * has no fiber: gr_hub_use() switching backends, and tests. */
+ * holds no fiber at all (gr_hub_use() switching backends, and tests). An
+ * ended fiber nobody joined counts: its handle must stay valid. */
 int gr__hub_destroy_idle(void)
 {
 	struct gr__hub *hub = tls_hub;
 
 	if (!hub)
 		return 0;
-	if (hub->nfibers || hub->current != &hub->root)
+	if (hub->nfibers || !gr__list_empty(&hub->all) || hub->current != &hub->root)
 		return -EBUSY;
 	pthread_setspecific(hub_key, NULL);
 	hub_destroy(hub);
@@ -591,8 +375,8 @@ int gr_hub_stats(struct gr_hub_stats *out)
 		return -ESRCH;
 	memset(out, 0, sizeof(*out));
 	out->fibers = hub->nfibers;
-	for (const gr_fiber *f = hub->all; f; f = f->all_next)
-		out->unreleased += f->state == GR__FIBER_DEAD;
+	gr__list_foreach(it, &hub->all)
+		out->unreleased += gr__container(it, gr_fiber, all_link)->state == GR__FIBER_DEAD;
 	out->inflight = hub->inflight;
 	out->turns = hub->turns;
 	out->loop_started = hub->loop != NULL;
@@ -604,29 +388,24 @@ int gr_hub_stats(struct gr_hub_stats *out)
 int gr_hub_join(int64_t deadline)
 {
 	struct gr__hub *hub = NULL;
-	int err = gr__check_can_park(&hub);
+	struct gr__park p = { .what = "gr_hub_join" };
+	int err = gr__park_prepare(&hub, &p, deadline);
 
 	if (err)
 		return err;
-	gr_fiber *self = hub->current;
-	size_t others_end = self->is_root ? 0 : 1; /* the caller counts itself */
-
+	size_t others_end = p.fiber->is_root ? 0 : 1; /* the caller counts itself */
 	if (hub->nfibers <= others_end)
 		return 0;
-	struct gr__waiter w = { .what = "gr_hub_join", .data = others_end };
-	return gr__wait(&hub->hub_joiners, &w, deadline);
+	p.data = others_end;
+	return gr__park_queue(hub, &p, &hub->hub_joiners);
 }
 
 /* A fiber ended: wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub)
 {
-	struct gr__waiter *w = hub->hub_joiners.head;
-
-	while (w) {
-		struct gr__waiter *next = w->next;
-
-		if (hub->nfibers <= w->data)
-			gr__wake(w, 0);
-		w = next;
+	for (struct gr__park *p = gr__waitq_first(&hub->hub_joiners), *next; p; p = next) {
+		next = gr__waitq_next(p);
+		if (hub->nfibers <= p->data)
+			gr__unpark(p, 0);
 	}
 }

@@ -61,6 +61,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
@@ -318,6 +319,29 @@ static void epoll_fd_forget(void *state, int fd)
 	fs->latch = 0;
 }
 
+/* The core's audit of a long wait on fd (fd.c): re-arm the registration.
+ * MOD answers the question: it succeeds while the file we registered is
+ * still behind the number (and queues an event if it is ready, which is
+ * harmless); ENOENT says the number was closed with close() and now names
+ * another file, which is then registered under a new generation, so its
+ * waiters see its readiness; EBADF says the number is closed. */
+static int epoll_fd_audit(void *state, int fd)
+{
+	struct epoll_hub *h = state;
+	struct gr__rd_fd *fs = (size_t)fd < h->rd.nfds ? &h->rd.fds[fd] : NULL;
+
+	if (!fs || fs->gen == 0)
+		return fcntl(fd, F_GETFD) < 0 && errno == EBADF ? -EBADF : 0;
+	int r = arm_fd(h, fd, fs, fs->mask);
+	if (r == -EPERM) {
+		/* The number now names a file epoll cannot watch (a regular
+		 * file): always ready, as poll(2) says. */
+		gr__rd_fire(&h->rd, fd, POLLIN | POLLOUT);
+		return 0;
+	}
+	return r == -EBADF ? -EBADF : 0;
+}
+
 /* epoll_pwait2 exists from Linux 5.11; a seccomp policy may also refuse it. */
 static bool probe_pwait2(int epfd)
 {
@@ -435,4 +459,5 @@ const struct gr_hub_ops gr__hub_epoll_ops = {
 	.wait = epoll_hub_wait,
 	.wake = epoll_wake,
 	.fd_forget = epoll_fd_forget,
+	.fd_audit = epoll_fd_audit,
 };

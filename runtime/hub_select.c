@@ -40,13 +40,6 @@ static void why_append(const char *name, const char *reason)
 	snprintf(why + used, sizeof(why) - used, "%s%s: %s", used ? "\n" : "", name, reason);
 }
 
-static bool debug_enabled(void)
-{
-	const char *v = getenv("GREENRING_DEBUG");
-
-	return v && *v && strcmp(v, "0") != 0;
-}
-
 static const struct gr_hub_ops *builtin_by_name(const char *name)
 {
 	for (size_t i = 0; gr__builtin_hubs[i]; i++) {
@@ -76,13 +69,19 @@ static int probe(const struct gr_hub_ops *ops)
 	return r;
 }
 
-static struct gr_hub_config config_from_env(void)
+/* io_uring's submission queue: 256 by default; at least two entries, since
+ * an operation with a deadline needs two (it and its linked timeout); the
+ * kernel takes at most 32768. */
+#define URING_ENTRIES_DEFAULT 256
+#define URING_ENTRIES_MIN 2
+#define URING_ENTRIES_MAX 32768
+
+static struct gr_hub_config hub_config(void)
 {
 	struct gr_hub_config cfg = { 0 };
-	const char *v = getenv("GREENRING_URING_ENTRIES");
 
-	if (v && *v)
-		cfg.entries = (unsigned)strtoul(v, NULL, 10);
+	cfg.entries = (unsigned)gr__env_size("GREENRING_URING_ENTRIES", URING_ENTRIES_DEFAULT,
+					     URING_ENTRIES_MIN, URING_ENTRIES_MAX, false);
 	return cfg;
 }
 
@@ -93,7 +92,7 @@ static int try_backend(const struct gr_hub_ops *ops, struct gr__hub **out)
 
 	if (r < 0)
 		return r;
-	struct gr_hub_config cfg = config_from_env();
+	struct gr_hub_config cfg = hub_config();
 	void *state = NULL;
 	r = ops->init(&state, &cfg);
 	if (r < 0) {
@@ -122,7 +121,7 @@ static int try_backend(const struct gr_hub_ops *ops, struct gr__hub **out)
  * NULL for the default order. */
 static void report(const struct gr__hub *hub, int err, const char *asked)
 {
-	if (hub && debug_enabled()) {
+	if (hub && gr__env_flag("GREENRING_DEBUG")) {
 		if (asked)
 			fprintf(stderr, "greenring: hub %s (chosen by %s)\n", hub->ops->name, asked);
 		else

@@ -184,6 +184,9 @@ static int reserve(struct uring_hub *h, unsigned need)
 {
 	int stuck = 0;
 
+	/* A ring smaller than one request could never make room. */
+	if (need > h->ring.sq.ring_entries)
+		return -EINVAL;
 	while (io_uring_sq_space_left(&h->ring) < need) {
 		int r = io_uring_submit(&h->ring);
 
@@ -372,7 +375,9 @@ static int setup_ring(struct io_uring *ring, unsigned entries)
 		struct io_uring_params p;
 
 		memset(&p, 0, sizeof(p));
-		p.flags = flag_sets[i] | IORING_SETUP_CQSIZE;
+		/* CLAMP: a large SQ's four-fold CQ is cut to the kernel's limit
+		 * rather than refused. */
+		p.flags = flag_sets[i] | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
 		p.cq_entries = entries * 4;
 		r = io_uring_queue_init_params(entries, ring, &p);
 		if (r != -EINVAL)

@@ -2,13 +2,20 @@
  *
  * Naming: gr_ public, gr__ internal with external linkage, statics bare.
  *
- * Two ways for a fiber to park:
- *   - on an operation (gr__op_run): the backend completes it; the fiber is
- *     made runnable exactly once, by that completion. Early wakes (kill,
- *     deadline, gr_close) ask the backend to cancel and still wait for it.
- *   - on a wait queue (gr__wait): a sync primitive, join, hub join. Whoever
- *     wakes it (gr__wake) removes it from the queue first; a deadline is a
- *     GR_OP_TIMEOUT operation raced against the wake, drained before return.
+ * A fiber that blocks parks through one gate (wait.c) and is described, while
+ * parked, by one record on its own stack: struct gr__park. It parks on either
+ *   - an operation (gr__park_op): the backend completes it, and that
+ *     completion is the only thing that makes the fiber runnable again. Early
+ *     ends (kill, deadline, gr_close) ask the backend to cancel and still wait
+ *     for the completion, so the kernel never writes into a stack whose fiber
+ *     has moved on; or
+ *   - a wait queue (gr__park_queue): a sync primitive, join, hub join. Whoever
+ *     wakes it (gr__unpark) takes it off the queue and hands it a status; a
+ *     deadline is a GR_OP_TIMEOUT operation raced against the wake and
+ *     drained before the fiber returns.
+ * Either way at most one operation of a fiber is in flight at a time, and
+ * park->op names it: teardown, fork and the broken-backend path find every
+ * operation in flight through the fibers.
  */
 #ifndef GREENRING_INTERNAL_H
 #define GREENRING_INTERNAL_H
@@ -19,6 +26,7 @@
 
 #include "greenring.h"
 #include "context.h"
+#include "list.h"
 
 #define GR__NAME_MAX 32
 #define GR__DEFAULT_STACK_SIZE ((size_t)64 * 1024)
@@ -28,44 +36,123 @@
 #define __has_feature(x) 0
 #endif
 
-/* ------------------------------------------------------------ wait queues */
+struct gr__hub;
+struct gr__park;
 
-struct gr__waiter;
+/* ------------------------------------------------------------ operations */
 
-/* A FIFO of parked fibers, embedded in a primitive. Zero-initialised is empty. */
+/* An operation as the core knows it: the public part a backend sees, and
+ * the core's own fields, which no backend can reach or depend on (the
+ * backend only ever holds a pointer to `op`). */
+struct gr__op {
+	struct gr_op op;
+	int64_t res;
+	struct gr__park *park;            /* the wait it serves */
+	void (*on_complete)(struct gr__op *o);
+	struct gr__link fd_link;          /* on its fd's list while in flight */
+	uint8_t cancel_errno;             /* why the core cancelled it: 0, ECANCELED,
+					     ETIMEDOUT, EBADF, EIO */
+	bool on_fd;                       /* linked on its fd (fd_link is live) */
+};
+
+static inline struct gr__op *gr__op_of(struct gr_op *op)
+{
+	return gr__container(op, struct gr__op, op);
+}
+
+/* A fresh operation of `kind` on fd, at the file's current position. */
+static inline struct gr__op gr__op_init(uint8_t kind, int fd)
+{
+	struct gr__op o = { .op = { .kind = kind, .fd = fd, .off = -1, .deadline = GR_FOREVER } };
+
+	return o;
+}
+
+/* Does op name an fd (and so go on the fd's list, for gr_close)? */
+static inline bool gr__op_names_fd(const struct gr_op *op)
+{
+	return op->fd >= 0 && op->kind != GR_OP_TIMEOUT && op->kind != GR_OP_NOP;
+}
+
+/* ------------------------------------------------------------ parking */
+
+/* A FIFO of parked fibers (struct gr__park), embedded in a primitive.
+ * Zero-initialised is empty. */
 struct gr__waitq {
-	struct gr__waiter *head, *tail;
+	struct gr__list parked;
 };
 
-/* One fiber parked on one wait queue; lives on that fiber's stack for the
- * duration of gr__wait(). */
-struct gr__waiter {
+/* One blocking call of one fiber, on that fiber's stack, for as long as the
+ * call lasts. The caller fills `what`, `data` and `uncancellable`; the gate
+ * fills the rest. */
+struct gr__park {
 	gr_fiber *fiber;
-	struct gr__waitq *queue;          /* NULL once removed */
-	struct gr__waiter *next, *prev;
-	const char *what;                 /* the call, for deadlock messages */
+	const char *what;                 /* the call: deadlock messages */
+	int64_t deadline;                 /* effective: the call's, the fiber's */
+	struct gr__waitq *queue;          /* the queue it is on; NULL once off it */
+	struct gr__link link;             /* its place on queue */
 	uintptr_t data;                   /* the primitive's hand-off slot */
-	int status;                       /* result handed to the woken fiber */
-	bool uncancellable;               /* gr_kill does not wake it */
-	bool timer_inflight;
-	struct gr_op timer;               /* the deadline, when there is one */
+	int status;                       /* what the waker handed over */
+	bool uncancellable;               /* neither kill nor deadlines stop it */
+	struct gr__op *op;                /* in flight for this call, or NULL */
+	struct gr__op timer;              /* a queue wait's deadline */
 };
 
-void gr__waitq_push(struct gr__waitq *q, struct gr__waiter *w);
-void gr__waitq_remove(struct gr__waiter *w);
-static inline bool gr__waitq_empty(const struct gr__waitq *q) { return q->head == NULL; }
-static inline struct gr__waiter *gr__waitq_first(const struct gr__waitq *q) { return q->head; }
+static inline bool gr__waitq_empty(const struct gr__waitq *q)
+{
+	return gr__list_empty(&q->parked);
+}
 
-/* Park the calling fiber on q until gr__wake() or the deadline (absolute;
- * GR_FOREVER; 0 = do not park). The caller fills w->what and w->data;
- * gr__wait fills the rest. Returns the status passed to gr__wake, or
- * -ETIMEDOUT, -ECANCELED (killed), -EDEADLK (nothing can ever wake it),
- * -EPERM (no fiber can park here). Never returns while a timer is in flight. */
-int gr__wait(struct gr__waitq *q, struct gr__waiter *w, int64_t deadline);
+static inline struct gr__park *gr__waitq_first(const struct gr__waitq *q)
+{
+	return q->parked.first ? gr__container(q->parked.first, struct gr__park, link) : NULL;
+}
 
-/* Remove w from its queue and make its fiber runnable with `status`.
- * Does not switch. w must still be queued. */
-void gr__wake(struct gr__waiter *w, int status);
+static inline struct gr__park *gr__waitq_next(const struct gr__park *p)
+{
+	return p->link.next ? gr__container(p->link.next, struct gr__park, link) : NULL;
+}
+
+/* The gate, in order of use (wait.c):
+ *
+ * gr__park_hub: may the caller park at all? 0 and *hubp, or -EPERM (inside
+ * the hub), the hub creation error, -ENOMEM (no stack for the hub fiber).
+ *
+ * gr__park_begin: the pre-block checks for a call with deadline `deadline`
+ * (absolute; GR_FOREVER; 0 = try once). Sets p->fiber and p->deadline to
+ * the effective deadline (the sooner of the call's and the fiber's own).
+ * 0; -ECANCELED (the fiber was killed); -ETIMEDOUT (the effective deadline
+ * has passed). A pure try (deadline 0) and an uncancellable call never fail
+ * here: a killed fiber can still take what is available, and still close.
+ *
+ * gr__park_op: submit o for the caller and park until it completes. Returns
+ * its result, >= 0 or -errno, mapped: cancelled by gr_close -EBADF, by a
+ * kill -ECANCELED, by a deadline -ETIMEDOUT. For every kind but
+ * GR_OP_TIMEOUT the operation's deadline is p->deadline.
+ *
+ * gr__park_queue: park on q until gr__unpark() or p->deadline. Returns the
+ * status handed by the waker, or -ETIMEDOUT (deadline 0 returns it without
+ * parking), -ECANCELED (killed while parked), -EDEADLK (nothing can ever
+ * wake it). Never returns while its deadline timer is in flight.
+ *
+ * gr__unpark: take p off its queue and make its fiber runnable with
+ * `status`. Does not switch. p must be on a queue. */
+int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline);
+int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
+/* Before parking again inside the same call (a readiness retry): the
+ * checks of gr__park_begin against the effective deadline already set. */
+int gr__park_again(const struct gr__park *p);
+int gr__park_queue(struct gr__hub *hub, struct gr__park *p, struct gr__waitq *q);
+void gr__unpark(struct gr__park *p, int status);
+
+/* End f's current wait early because of `why` (ECANCELED for a kill, EIO
+ * for a backend that cannot wait): a queue wait is woken with -why, an
+ * operation is cancelled (its completion still resumes the fiber). An
+ * uncancellable wait is left alone unless `force` (thread exit). */
+void gr__park_interrupt(struct gr__hub *hub, gr_fiber *f, int why, bool force);
+
+/* Ask the backend to cancel o, recording why (the first reason wins). */
+void gr__op_cancel(struct gr__hub *hub, struct gr__op *o, int why);
 
 /* ------------------------------------------------------------ fibers */
 
@@ -77,30 +164,26 @@ enum gr__fiber_state {
 	GR__FIBER_DEAD,       /* fn returned (or killed before start) */
 };
 
-enum gr__park_kind { GR__PARK_NONE, GR__PARK_OP, GR__PARK_WAIT };
-
-struct gr__hub;
-
 struct gr_fiber {
 	gr__fcontext ctx;                 /* saved context while not running */
 	struct gr__hub *hub;
-	gr_fiber *run_next;               /* run queue link */
-	gr_fiber *all_next, *all_prev;    /* the hub's list of live fibers */
+	struct gr__link run_link;         /* run queue */
+	struct gr__link all_link;         /* the hub's list of fibers whose stack it holds */
 	uint32_t magic;                   /* FIBER_MAGIC while the handle is valid */
 	void *(*fn)(void *);
 	void (*void_fn)(void *);          /* gr_spawn_n's function */
 	void *arg;
 	void *result;
-	struct gr__stack *stack;          /* NULL for a thread's main context and the hub */
+	struct gr__stack *stack;          /* NULL for a thread's main context */
 	uint64_t id;
 	int64_t deadline;                 /* gr_deadline_set; GR_FOREVER */
 	uint8_t state;                    /* enum gr__fiber_state */
-	uint8_t park_kind;                /* enum gr__park_kind */
-	bool killed;
+	bool killed;                      /* gr_kill, not yet acknowledged */
 	bool detached;
 	bool is_root;                     /* a thread's main context */
-	void *park;                       /* struct gr_op * or struct gr__waiter * */
-	struct gr__waitq joiners;         /* at most one gr_join caller */
+	struct gr__park *park;            /* the call it is blocked in (and draining) */
+	struct gr__waitq joiners;         /* the gr_join caller, while it waits */
+	gr_fiber *joined_by;              /* whose gr_join has claimed this fiber */
 	gr_fiber *joining;                /* the fiber this one is joining, for cycles */
 	char name[GR__NAME_MAX];
 	struct gr__sanitizer_fiber san;   /* ASan/TSan bookkeeping (context.h) */
@@ -109,36 +192,34 @@ struct gr_fiber {
 /* The fiber running on this thread; NULL before the thread's first use. */
 gr_fiber *gr__self(void);
 
+static inline gr_fiber *gr__fiber_of_run(struct gr__link *l)
+{
+	return l ? gr__container(l, gr_fiber, run_link) : NULL;
+}
+
 /* ------------------------------------------------------------ the hub */
 
-struct gr__runq {
-	gr_fiber *head, *tail;
-};
-
-struct gr__fdstate {
-	struct gr_op *ops;                /* in-flight operations on this fd */
-	uint8_t closing;                  /* gr_close in progress */
-	uint32_t closes;                  /* gr_close calls so far: a readiness retry
-					     that waited across one must not touch
-					     the number again (it may be a new file) */
-	struct gr__waitq closers;         /* gr_close waiting for ops to drain */
-};
+struct gr__fdstate;
 
 struct gr__hub {
 	const struct gr_hub_ops *ops;
 	void *backend;
-	struct gr__hub *proc_next, *proc_prev; /* every hub of the process (fork) */
+	struct gr__link proc_link;        /* every hub of the process (fork) */
 	gr_fiber root;                    /* the thread's main context */
 	gr_fiber *loop;                   /* the hub fiber; NULL until something blocks */
 	gr_fiber *current;
-	struct gr__runq now;              /* runs in this turn */
-	struct gr__runq next;             /* runs in the next turn */
-	gr_fiber *all;                    /* spawned fibers whose stack we hold */
+	struct gr__list now;              /* run queue: runs in this turn */
+	struct gr__list next;             /* run queue: runs in the next turn */
+	struct gr__list all;              /* spawned fibers whose stack we hold */
 	size_t nfibers;                   /* live spawned fibers (not root) */
 	size_t inflight;                  /* operations submitted and not completed */
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
-	struct gr__fdstate *fds;
-	size_t nfds;
+	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */
+	size_t fd_nchunks;
+	size_t fds_busy;                  /* fds with operations in flight */
+	uint32_t audit_epoch;             /* fd.c: long waits are audited per epoch */
+	int64_t audit_due;                /* when the next audit runs; 0 = not planned */
+	unsigned wait_failures;           /* backend wait() failures in a row */
 	struct gr__stack_pool *stacks;
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
@@ -156,9 +237,9 @@ struct gr__hub *gr__hub_peek(void);
 void gr__switch_arrived(struct gr__hub *hub, gr_fiber *self, gr__transfer t);
 void gr__sanitizer_fiber_init(gr_fiber *f);
 void gr__sanitizer_root_init(gr_fiber *root);
+/* Give f's stack back (f must not be running on it). */
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f);
 uint64_t gr__next_fiber_id(void);
-void *gr__call_void(void *unused);
 /* hub.c: a fiber ended; wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub);
 /* hub.c: lifecycle, used by hub_select.c. */
@@ -168,26 +249,15 @@ int gr__hub_destroy_idle(void);
 /* hub_select.c: create and install this thread's hub (ops NULL: the usual choice). */
 int gr__hub_create_with(const struct gr_hub_ops *ops, struct gr__hub **out);
 
-static inline void gr__runq_push(struct gr__runq *q, gr_fiber *f)
+/* Run queues. */
+static inline void gr__runq_push(struct gr__list *q, gr_fiber *f)
 {
-	f->run_next = NULL;
-	if (q->tail)
-		q->tail->run_next = f;
-	else
-		q->head = f;
-	q->tail = f;
+	gr__list_push_back(q, &f->run_link);
 }
 
-static inline gr_fiber *gr__runq_pop(struct gr__runq *q)
+static inline gr_fiber *gr__runq_pop(struct gr__list *q)
 {
-	gr_fiber *f = q->head;
-
-	if (f) {
-		q->head = f->run_next;
-		if (!q->head)
-			q->tail = NULL;
-	}
-	return f;
+	return gr__fiber_of_run(gr__list_pop_front(q));
 }
 
 /* Make a parked or new fiber runnable (next turn, FIFO). Does not switch. */
@@ -216,8 +286,8 @@ static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *
 	gr__switch_arrived(hub, from, t);
 }
 
-/* The hub fiber, created by the first park check (gr__check_can_park);
- * NULL if its stack cannot be mapped. */
+/* The hub fiber, created by the first park check (gr__park_hub); NULL if
+ * its stack cannot be mapped. */
 gr_fiber *gr__hub_loop_fiber(struct gr__hub *hub);
 
 /* Switch away from the current fiber, which must already be queued
@@ -234,10 +304,10 @@ static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *h
 	gr_fiber *next = gr__runq_pop(&hub->now);
 
 	if (!next) {
-		if (hub->inflight == 0 && hub->next.head) {
+		if (hub->inflight == 0 && !gr__list_empty(&hub->next)) {
 			/* Nothing to reap: start the next turn here. */
 			hub->now = hub->next;
-			hub->next.head = hub->next.tail = NULL;
+			hub->next.first = hub->next.last = NULL;
 			hub->turns++;
 			next = gr__runq_pop(&hub->now);
 		} else {
@@ -260,10 +330,9 @@ static inline __attribute__((always_inline)) void gr__switch_out(struct gr__hub 
  * (no lazy allocation on first access). */
 extern __thread struct gr__hub *gr__tls_hub __attribute__((tls_model("initial-exec")));
 
-/* 0 if the caller may park (it is a fiber, not the hub, with a hub);
- * otherwise -EPERM or the hub creation error. */
-int gr__check_can_park_slow(struct gr__hub **hubp);
-static inline int gr__check_can_park(struct gr__hub **hubp)
+/* The slow half of gr__park_hub (the gate's first check, see above). */
+int gr__park_hub_slow(struct gr__hub **hubp);
+static inline int gr__park_hub(struct gr__hub **hubp)
 {
 	struct gr__hub *hub = gr__tls_hub;
 
@@ -274,25 +343,60 @@ static inline int gr__check_can_park(struct gr__hub **hubp)
 		*hubp = hub;
 		return 0;
 	}
-	return gr__check_can_park_slow(hubp);
+	return gr__park_hub_slow(hubp);
 }
 
-/* The effective deadline of a blocking call: the sooner of `deadline` and
- * the calling fiber's own. */
-int64_t gr__effective_deadline(const gr_fiber *f, int64_t deadline);
+/* Both halves of gr__park_hub + gr__park_begin, for the common case. */
+static inline int gr__park_prepare(struct gr__hub **hubp, struct gr__park *p, int64_t deadline)
+{
+	int err = gr__park_hub(hubp);
 
-/* ------------------------------------------------------------ operations */
+	return err ? err : gr__park_begin(*hubp, p, deadline);
+}
 
-/* Submit op for the calling fiber and park until it completes. Applies kill
- * and the fiber deadline. Returns the result (>= 0 or -errno; a cancel by
- * gr_close reads -EBADF, by a deadline -ETIMEDOUT, by kill -ECANCELED). */
-int64_t gr__op_run(struct gr__hub *hub, struct gr_op *op);
+/* The sooner of two absolute deadlines (GR_FOREVER is later than any). */
+static inline int64_t gr__deadline_min(int64_t a, int64_t b)
+{
+	if (a == GR_FOREVER)
+		return b;
+	if (b == GR_FOREVER)
+		return a;
+	return a < b ? a : b;
+}
 
-/* Ask the backend to cancel op, recording why (ECANCELED/ETIMEDOUT/EBADF). */
-void gr__op_cancel(struct gr__hub *hub, struct gr_op *op, int why);
+/* ------------------------------------------------------------ fds (fd.c) */
 
-/* Per-fd bookkeeping, grown on demand; NULL for a negative fd or no memory. */
+struct gr__fdstate {
+	struct gr__list ops;              /* gr__op.fd_link: in flight naming this fd */
+	struct gr__waitq closers;         /* gr_close waiting for ops to drain */
+	uint32_t closes;                  /* gr_close calls so far: a readiness retry
+					     that waited across one must not touch
+					     the number again (it may be a new file) */
+	uint32_t audit_at;                /* the audit epoch of the next check; 0 = none */
+	uint8_t audit_gap;                /* epochs between checks, doubling */
+	uint8_t closing;                  /* gr_close in progress */
+};
+
+/* fd's state, made on first use for an open fd. NULL with errno: EBADF (a
+ * negative or unopened fd), ENOMEM. The address is stable for the hub's
+ * life. */
 struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd);
+/* fd's state if it was ever made, else NULL. */
+struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd);
+/* List o on its fd (before submit). 0; -EBADF (a gr_close of fd is under
+ * way, or fd is not open); -ENOMEM. */
+int gr__fd_link(struct gr__hub *hub, struct gr__op *o);
+/* Take o off its fd's list (at completion, or a failed submit). */
+void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o);
+/* Cancel every operation on st with `why`. Safe when a cancel completes
+ * other operations of the fd synchronously. */
+void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
+/* The hub loop's check of long waits on fds closed behind the runtime's
+ * back: runs the audits due at `now`, returns when the next is due
+ * (GR_FOREVER: nothing to audit). */
+int64_t gr__fd_audit(struct gr__hub *hub, int64_t now);
+/* Release the table (hub teardown). */
+void gr__fd_table_free(struct gr__hub *hub);
 
 /* ------------------------------------------------------------ stacks */
 
@@ -319,6 +423,17 @@ size_t gr__stack_default_size(void);
 /* Install the overflow reporter (sigaltstack per thread, handler once). */
 void gr__stack_overflow_guard_thread_init(void);
 void gr__stack_overflow_guard_thread_fini(void);
+
+/* ------------------------------------------------------------ tunables */
+
+/* Read the environment variable `name` as a size: a decimal number,
+ * optionally followed by k or m when `units`. Absent or empty: `dflt`.
+ * Below `min`: min; above `max` or not a number: dflt; either with one line
+ * on stderr: a tunable is never silently wrong, and never makes the runtime
+ * spin (config.c). */
+size_t gr__env_size(const char *name, size_t dflt, size_t min, size_t max, bool units);
+/* A boolean: unset, empty or "0" is false. */
+bool gr__env_flag(const char *name);
 
 /* ------------------------------------------------------------ backends */
 

@@ -1,14 +1,15 @@
-/* io.c — the drop-in green calls. The only place errno is written.
+/* io.c — the drop-in green calls: POSIX arguments, -1 and errno.
  *
- * Every call builds one `struct gr_op` on the caller's stack and goes through
- * run_op(): on a completion backend (io_uring) the backend performs the
- * system call; on a readiness backend (epoll, poll) run_op tries the
- * non-blocking system call first and parks on GR_OP_POLL only on EAGAIN, then
- * tries again. One path for every operation, not one per syscall.
+ * Every call builds one operation on the caller's stack and goes through
+ * run_op(), which parks through the gate (wait.c): on a completion backend
+ * (io_uring) the backend performs the system call; on a readiness backend
+ * (epoll, poll) run_op tries the non-blocking system call first and parks on
+ * GR_OP_POLL only on EAGAIN, then tries again. One path for every operation,
+ * not one per syscall.
  *
- * errno is set only as the last act before returning to the caller, because
- * another fiber may run (and fail) between a failure and the caller's read
- * of errno.
+ * errno is set only as the last act before returning to the caller
+ * (posix_result), because another fiber may run (and fail) between a
+ * failure and the caller's read of errno.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -137,13 +138,14 @@ static int64_t attempt(const struct gr_op *op)
 }
 
 /* Whether a wait after EAGAIN may trust the backend's existing watch of the
- * fd (GR_POLL_AFTER_EAGAIN): yes for the socket calls a server spends its
- * time in, which saves the epoll hub a system call per park. A socket whose
- * number was closed with plain close() and reused is then watched under
- * its old registration, which the kernel dropped; fds from gr_accept and
- * gr_connect are fresh by construction (forget_previous_file), and the
- * rest must be closed with gr_close() (docs/hubs.md). read/write keep the
- * full check: they serve pipes, ttys and whatever a program opens itself. */
+ * fd (GR_POLL_AFTER_EAGAIN): yes for the calls a server makes per message,
+ * which saves the epoll hub a system call per park. If the number was closed
+ * with plain close() and now names another socket, that watch is stale; the
+ * hub's audit of long waits (fd.c) re-registers it within a few hundred ms.
+ * accept is not trusted: a listening socket is often born of plain socket()
+ * on a reused number, and an accept's park is rare enough to re-arm at once.
+ * read/write keep the full check too: they serve pipes, ttys and whatever a
+ * program opens itself. */
 static bool trusts_registration(const struct gr_op *op)
 {
 	switch (op->kind) {
@@ -151,7 +153,6 @@ static bool trusts_registration(const struct gr_op *op)
 	case GR_OP_SEND:
 	case GR_OP_RECVMSG:
 	case GR_OP_SENDMSG:
-	case GR_OP_ACCEPT:
 	case GR_OP_CONNECT:
 		return true;
 	default:
@@ -167,8 +168,10 @@ static void forget_previous_file(struct gr__hub *hub, int fd)
 		hub->ops->fd_forget(hub->backend, fd);
 }
 
-static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
+static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
+	struct gr_op *op = &o->op;
+
 	if (op->kind == GR_OP_CONNECT)
 		forget_previous_file(hub, op->fd);
 	if (needs_nonblocking_fd(op)) {
@@ -199,22 +202,22 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr_op *op)
 				forget_previous_file(hub, (int)r);
 			return r;
 		}
-		struct gr_op wait = {
-			.kind = GR_OP_POLL,
-			.fd = op->fd,
-			.events = op_events(op),
-			.flags = trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0,
-			.deadline = op->deadline,
-		};
+		r = gr__park_again(p);
+		if (r < 0)
+			return r;
+		struct gr__op wait = gr__op_init(GR_OP_POLL, op->fd);
+		wait.op.events = op_events(op);
+		wait.op.flags = trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0;
 		struct gr__fdstate *st = gr__fd_state(hub, op->fd);
-		uint32_t closes = st ? st->closes : 0;
-		r = gr__op_run(hub, &wait);
+		if (!st)
+			return errno == EBADF ? -EBADF : -ENOMEM;
+		uint32_t closes = st->closes;
+		r = gr__park_op(hub, p, &wait);
 		if (r < 0)
 			return r;
 		/* The wait ended, but other fibers ran before this one: if one of
 		 * them gr_closed the fd, the number may already name a new file. */
-		st = gr__fd_state(hub, op->fd);
-		if (!st || st->closes != closes || st->closing)
+		if (st->closes != closes || st->closing)
 			return -EBADF;
 	}
 }
@@ -272,54 +275,45 @@ static void mark_defined(const struct gr_op *op, int64_t res)
 #endif
 }
 
-static int64_t run_op(struct gr_op *op)
+/* The one path: through the gate, then the backend's way of doing it. */
+static int64_t run_op(struct gr__op *o, const char *what)
 {
 	struct gr__hub *hub = NULL;
-	int err = gr__check_can_park(&hub);
+	struct gr__park p = { .what = what };
+	int err = gr__park_hub(&hub);
 
 	if (err)
 		return err;
-	if (op->fd < 0 && op->kind != GR_OP_TIMEOUT && op->kind != GR_OP_NOP)
+	if (o->op.fd < 0)
 		return -EBADF;
-	op->deadline = gr__effective_deadline(hub->current, op->deadline);
-	if (hub->current->killed)
-		return -ECANCELED;
+	err = gr__park_begin(hub, &p, o->op.deadline);
+	if (err)
+		return err;
 	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
-		int64_t r = gr__op_run(hub, op);
+		int64_t r = gr__park_op(hub, &p, o);
 
-		mark_defined(op, r);
+		mark_defined(&o->op, r);
 		return r;
 	}
-	if (op->deadline != GR_FOREVER && op->deadline <= gr_now())
-		return -ETIMEDOUT;
-	return run_readiness(hub, op);
-}
-
-/* An operation with no deadline of its own (the fiber's still applies) at
- * the file's current position. */
-static inline struct gr_op new_op(uint8_t kind, int fd)
-{
-	struct gr_op op = { .kind = kind, .fd = fd, .off = -1, .deadline = GR_FOREVER };
-
-	return op;
+	return run_readiness(hub, &p, o);
 }
 
 ssize_t gr_read(int fd, void *buf, size_t n)
 {
-	struct gr_op op = new_op(GR_OP_READ, fd);
-	op.buf = buf;
-	op.len = n;
+	struct gr__op o = gr__op_init(GR_OP_READ, fd);
+	o.op.buf = buf;
+	o.op.len = n;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_read"));
 }
 
 ssize_t gr_write(int fd, const void *buf, size_t n)
 {
-	struct gr_op op = new_op(GR_OP_WRITE, fd);
-	op.buf = (void *)buf;
-	op.len = n;
+	struct gr__op o = gr__op_init(GR_OP_WRITE, fd);
+	o.op.buf = (void *)buf;
+	o.op.len = n;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_write"));
 }
 
 /* pread/pwrite on a pipe or socket is ESPIPE. io_uring does not say so: it
@@ -345,12 +339,12 @@ ssize_t gr_pread(int fd, void *buf, size_t n, off_t off)
 		errno = ESPIPE;
 		return -1;
 	}
-	struct gr_op op = new_op(GR_OP_READ, fd);
-	op.buf = buf;
-	op.len = n;
-	op.off = off;
+	struct gr__op o = gr__op_init(GR_OP_READ, fd);
+	o.op.buf = buf;
+	o.op.len = n;
+	o.op.off = off;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_pread"));
 }
 
 ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -363,12 +357,12 @@ ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
 		errno = ESPIPE;
 		return -1;
 	}
-	struct gr_op op = new_op(GR_OP_WRITE, fd);
-	op.buf = (void *)buf;
-	op.len = n;
-	op.off = off;
+	struct gr__op o = gr__op_init(GR_OP_WRITE, fd);
+	o.op.buf = (void *)buf;
+	o.op.len = n;
+	o.op.off = off;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_pwrite"));
 }
 
 static bool valid_iov(const struct iovec *iov, int iovcnt)
@@ -382,11 +376,11 @@ ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt)
 		errno = EINVAL;
 		return -1;
 	}
-	struct gr_op op = new_op(GR_OP_READV, fd);
-	op.iov = iov;
-	op.iovcnt = iovcnt;
+	struct gr__op o = gr__op_init(GR_OP_READV, fd);
+	o.op.iov = iov;
+	o.op.iovcnt = iovcnt;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_readv"));
 }
 
 ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
@@ -395,33 +389,33 @@ ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
 		errno = EINVAL;
 		return -1;
 	}
-	struct gr_op op = new_op(GR_OP_WRITEV, fd);
-	op.iov = iov;
-	op.iovcnt = iovcnt;
+	struct gr__op o = gr__op_init(GR_OP_WRITEV, fd);
+	o.op.iov = iov;
+	o.op.iovcnt = iovcnt;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_writev"));
 }
 
 ssize_t gr_recv(int fd, void *buf, size_t n, int flags)
 {
-	struct gr_op op = new_op(GR_OP_RECV, fd);
-	op.buf = buf;
-	op.len = n;
-	op.flags = flags;
+	struct gr__op o = gr__op_init(GR_OP_RECV, fd);
+	o.op.buf = buf;
+	o.op.len = n;
+	o.op.flags = flags;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_recv"));
 }
 
 ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
 {
 	/* A peer that went away is an EPIPE for this call, not a SIGPIPE that
 	 * kills the whole server. */
-	struct gr_op op = new_op(GR_OP_SEND, fd);
-	op.buf = (void *)buf;
-	op.len = n;
-	op.flags = flags | MSG_NOSIGNAL;
+	struct gr__op o = gr__op_init(GR_OP_SEND, fd);
+	o.op.buf = (void *)buf;
+	o.op.len = n;
+	o.op.flags = flags | MSG_NOSIGNAL;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_send"));
 }
 
 ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
@@ -430,11 +424,11 @@ ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
 		errno = EINVAL;
 		return -1;
 	}
-	struct gr_op op = new_op(GR_OP_RECVMSG, fd);
-	op.msg = msg;
-	op.flags = flags;
+	struct gr__op o = gr__op_init(GR_OP_RECVMSG, fd);
+	o.op.msg = msg;
+	o.op.flags = flags;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_recvmsg"));
 }
 
 ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
@@ -443,11 +437,11 @@ ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
 		errno = EINVAL;
 		return -1;
 	}
-	struct gr_op op = new_op(GR_OP_SENDMSG, fd);
-	op.msg = (struct msghdr *)msg;
-	op.flags = flags | MSG_NOSIGNAL;
+	struct gr__op o = gr__op_init(GR_OP_SENDMSG, fd);
+	o.op.msg = (struct msghdr *)msg;
+	o.op.flags = flags | MSG_NOSIGNAL;
 
-	return posix_result(run_op(&op));
+	return posix_result(run_op(&o, "gr_sendmsg"));
 }
 
 int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
@@ -461,12 +455,12 @@ int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	 * it would be on its first green call anyway. */
 	if (hub && !(hub->ops->caps & GR_HUB_CAP_COMPLETION))
 		flags |= SOCK_NONBLOCK;
-	struct gr_op op = new_op(GR_OP_ACCEPT, fd);
-	op.addr = sa;
-	op.addrlen = len;
-	op.flags = flags;
+	struct gr__op o = gr__op_init(GR_OP_ACCEPT, fd);
+	o.op.addr = sa;
+	o.op.addrlen = len;
+	o.op.flags = flags;
 
-	return (int)posix_result(run_op(&op));
+	return (int)posix_result(run_op(&o, "gr_accept4"));
 }
 
 int gr_accept(int fd, struct sockaddr *sa, socklen_t *len)
@@ -480,17 +474,18 @@ int gr_connect(int fd, const struct sockaddr *sa, socklen_t len)
 		errno = EFAULT;
 		return -1;
 	}
-	struct gr_op op = new_op(GR_OP_CONNECT, fd);
-	op.addr = (struct sockaddr *)sa;
-	op.addrlen_value = len;
+	struct gr__op o = gr__op_init(GR_OP_CONNECT, fd);
+	o.op.addr = (struct sockaddr *)sa;
+	o.op.addrlen_value = len;
 
-	return (int)posix_result(run_op(&op));
+	return (int)posix_result(run_op(&o, "gr_connect"));
 }
 
 int gr_wait_fd(int fd, short events, int64_t deadline)
 {
 	struct gr__hub *hub = NULL;
-	int err = gr__check_can_park(&hub);
+	struct gr__park p = { .what = "gr_wait_fd" };
+	int err = gr__park_hub(&hub);
 
 	if (err)
 		return (int)posix_result(err);
@@ -500,21 +495,21 @@ int gr_wait_fd(int fd, short events, int64_t deadline)
 		return (int)posix_result(-EINVAL);
 	if (deadline == 0) {
 		/* Try once: ask the kernel now, without parking. */
-		struct pollfd p = { .fd = fd, .events = events };
-		int r = poll(&p, 1, 0);
+		struct pollfd pfd = { .fd = fd, .events = events };
+		int r = poll(&pfd, 1, 0);
 
 		if (r < 0)
 			return (int)posix_result(-errno);
-		if (r == 1 && (p.revents & POLLNVAL))
+		if (r == 1 && (pfd.revents & POLLNVAL))
 			return (int)posix_result(-EBADF);
 		return r == 1 ? 0 : (int)posix_result(-ETIMEDOUT);
 	}
-	if (hub->current->killed)
-		return (int)posix_result(-ECANCELED);
-	struct gr_op op = new_op(GR_OP_POLL, fd);
-	op.events = events;
-	op.deadline = deadline;
-	int64_t r = gr__op_run(hub, &op);
+	err = gr__park_begin(hub, &p, deadline);
+	if (err)
+		return (int)posix_result(err);
+	struct gr__op o = gr__op_init(GR_OP_POLL, fd);
+	o.op.events = events;
+	int64_t r = gr__park_op(hub, &p, &o);
 	if (r >= 0 && (r & POLLNVAL))
 		r = -EBADF;
 	return (int)posix_result(r < 0 ? r : 0);
@@ -523,23 +518,26 @@ int gr_wait_fd(int fd, short events, int64_t deadline)
 /* Close: cancel what is in flight on fd, let those fibers see EBADF, wait
  * until the backend has let go of every operation naming fd, then close.
  * Until then the number cannot be reused, so no queued operation can land on
- * a file opened later under the same number. */
+ * a file opened later under the same number. The closing state ends the
+ * moment the close itself completes (fd.c), before any other fiber runs: a
+ * fiber that gets the number back from pipe() or socket() in the same turn
+ * owns it at once. */
 int gr_close(int fd)
 {
 	struct gr__hub *hub = gr__hub_peek();
 
 	if (fd < 0)
 		return (int)posix_result(-EBADF);
-	if (!hub || (size_t)fd >= hub->nfds)
+	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
+	if (!st)
 		return close(fd);
-	struct gr__fdstate *st = &hub->fds[fd];
 	if (!hub->loop && !gr__hub_loop_fiber(hub))
 		return (int)posix_result(-ENOMEM); /* the close below may park */
 	if (hub->current == hub->loop) {
 		/* Inside the hub nothing can wait for the cancelled operations to
 		 * drain, and closing under them would let the number be reused
 		 * while an operation still names it. */
-		if (st->ops)
+		if (!gr__list_empty(&st->ops))
 			return (int)posix_result(-EPERM);
 		return close(fd);
 	}
@@ -547,31 +545,22 @@ int gr_close(int fd)
 		return (int)posix_result(-EBADF); /* another fiber is closing it */
 	st->closing = 1;
 	st->closes++;
-	for (struct gr_op *op = st->ops, *next; op; op = next) {
-		/* A readiness backend completes (and so unlinks) op at once. */
-		next = op->fd_next;
-		gr__op_cancel(hub, op, EBADF);
-	}
-	while (st->ops) {
-		/* Not cancellable: the fd must end up closed either way. */
-		struct gr__waiter w = { .what = "gr_close", .uncancellable = true };
-
-		gr__wait(&st->closers, &w, GR_FOREVER);
-		st = &hub->fds[fd]; /* the table may have grown while we waited */
-	}
+	gr__fd_cancel_all(hub, st, EBADF);
+	/* Not cancellable: the fd must end up closed either way, whether the
+	 * caller was killed or its deadline passed. */
+	struct gr__park p = { .what = "gr_close", .uncancellable = true };
+	int64_t r = gr__park_begin(hub, &p, GR_FOREVER);
+	while (r == 0 && !gr__list_empty(&st->ops))
+		r = gr__park_queue(hub, &p, &st->closers);
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
-	int64_t r;
 	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
-		struct gr_op op = new_op(GR_OP_CLOSE, fd);
+		struct gr__op o = gr__op_init(GR_OP_CLOSE, fd);
 
-		/* A close must happen even for a killed fiber or a passed deadline. */
-		op.uncancellable = 1;
-		r = gr__op_run(hub, &op);
+		r = gr__park_op(hub, &p, &o);
 	} else {
 		r = close(fd) < 0 ? -errno : 0;
+		st->closing = 0;
 	}
-	st = &hub->fds[fd];
-	st->closing = 0;
 	return (int)posix_result(r);
 }

@@ -104,7 +104,7 @@ static void hand_slots(struct pool *pl)
 {
 	while (pl->running < pl->size && !gr__waitq_empty(&pl->spawners)) {
 		pl->running++;
-		gr__wake(gr__waitq_first(&pl->spawners), 0);
+		gr__unpark(gr__waitq_first(&pl->spawners), 0);
 	}
 }
 
@@ -116,14 +116,14 @@ static bool pool_try_acquire(struct pool *pl)
 	return true;
 }
 
-/* Take a slot, waiting for one. On 0 the slot is the caller's (when woken,
- * the fiber that freed it counted it for us). */
-static int pool_acquire(struct pool *pl, int64_t deadline)
+/* Take a slot for the caller of pk (past the gate's checks), waiting for
+ * one. On 0 the slot is the caller's (when woken, the fiber that freed it
+ * counted it for us). */
+static int pool_acquire(struct gr__hub *hub, struct pool *pl, struct gr__park *pk)
 {
 	if (pool_try_acquire(pl))
 		return 0;
-	struct gr__waiter w = { .what = "gr_pool_spawn" };
-	return gr__sync_wait(&pl->h, &pl->spawners, &w, deadline);
+	return gr__sync_wait(hub, &pl->h, &pl->spawners, pk);
 }
 
 static void wake_idle(struct pool *pl)
@@ -220,8 +220,9 @@ int gr_pool_destroy(gr_pool *p)
 int gr_pool_spawn(gr_pool *p, void (*fn)(void *), void *arg, int64_t deadline)
 {
 	struct pool *pl = PL(p);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(p ? &pl->h : NULL, GR__MAGIC_POOL, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park pk = { .what = "gr_pool_spawn" };
+	int err = gr__sync_enter(p ? &pl->h : NULL, GR__MAGIC_POOL, deadline, &pk, &hub);
 
 	if (err)
 		return err;
@@ -232,7 +233,7 @@ int gr_pool_spawn(gr_pool *p, void (*fn)(void *), void *arg, int64_t deadline)
 	struct pool_slot *s = slot_get(pl);
 	if (!s)
 		return -ENOMEM;
-	err = pool_acquire(pl, deadline);
+	err = pool_acquire(hub, pl, &pk);
 	if (err) {
 		slot_put(pl, s);
 		return err;
@@ -254,17 +255,17 @@ static bool in_pool(const struct pool *pl, const gr_fiber *self)
 int gr_pool_wait(gr_pool *p, int64_t deadline)
 {
 	struct pool *pl = PL(p);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(p ? &pl->h : NULL, GR__MAGIC_POOL, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park pk = { .what = "gr_pool_wait" };
+	int err = gr__sync_enter(p ? &pl->h : NULL, GR__MAGIC_POOL, deadline, &pk, &hub);
 
 	if (err)
 		return err;
 	if (pl->running == 0)
 		return 0;
-	if (in_pool(pl, self))
+	if (in_pool(pl, pk.fiber))
 		return -EDEADLK; /* it would wait for itself */
-	struct gr__waiter w = { .what = "gr_pool_wait" };
-	return gr__sync_wait(&pl->h, &pl->idle, &w, deadline);
+	return gr__sync_wait(hub, &pl->h, &pl->idle, &pk);
 }
 
 ssize_t gr_pool_running(gr_pool *p)
@@ -380,7 +381,7 @@ static size_t pile_claims(const struct pile *pi)
 {
 	size_t n = 0;
 
-	for (const struct gr__waiter *w = pi->readers.head; w; w = w->next)
+	for (const struct gr__park *w = gr__waitq_first(&pi->readers); w; w = gr__waitq_next(w))
 		n++;
 	return n;
 }
@@ -390,14 +391,14 @@ static void pile_deliver(struct pile *pi)
 {
 	while (pi->head && pi->head->done && !gr__waitq_empty(&pi->readers)) {
 		struct pile_item *it = pi->head;
-		struct gr__waiter *w = gr__waitq_first(&pi->readers);
+		struct gr__park *w = gr__waitq_first(&pi->readers);
 
 		pi->head = it->next;
 		if (!pi->head)
 			pi->tail = NULL;
 		pi->unread--;
 		w->data = (uintptr_t)it;
-		gr__wake(w, 0);
+		gr__unpark(w, 0);
 	}
 }
 
@@ -524,8 +525,9 @@ static int pile_pool_check(struct pile *pi)
 int gr_pile_spawn(gr_pile *pile, void *(*fn)(void *), void *arg, int64_t deadline)
 {
 	struct pile *pi = PI(pile);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(pile ? &pi->h : NULL, GR__MAGIC_PILE, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_pile_spawn" };
+	int err = gr__sync_enter(pile ? &pi->h : NULL, GR__MAGIC_PILE, deadline, &p, &hub);
 
 	if (err)
 		return err;
@@ -537,7 +539,7 @@ int gr_pile_spawn(gr_pile *pile, void *(*fn)(void *), void *arg, int64_t deadlin
 	if (pi->feed_next < pi->feed_n)
 		return -EBUSY;
 	pi->h.users++;
-	err = pool_acquire(pi->pool, deadline);
+	err = pool_acquire(hub, pi->pool, &p);
 	pi->h.users--;
 	if (err)
 		return err;
@@ -573,8 +575,9 @@ int gr_pile_imap(gr_pile *pile, void *(*fn)(void *), void *const *args, size_t n
 int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
 {
 	struct pile *pi = PI(pile);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(pile ? &pi->h : NULL, GR__MAGIC_PILE, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_pile_next" };
+	int err = gr__sync_enter(pile ? &pi->h : NULL, GR__MAGIC_PILE, deadline, &p, &hub);
 
 	if (err)
 		return err;
@@ -608,7 +611,7 @@ int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
 		/* Every unread item is claimed and the next imap item needs a
 		 * slot the pool does not have: wait for one, in line with the
 		 * pool's other spawners. */
-		err = pool_acquire(pi->pool, deadline);
+		err = pool_acquire(hub, pi->pool, &p);
 		if (err) {
 			pi->h.users--;
 			return err;
@@ -625,12 +628,11 @@ int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
 			pool_unacquire(pi->pool); /* another reader started the rest */
 		}
 	}
-	struct gr__waiter w = { .what = "gr_pile_next" };
-	err = gr__sync_wait(&pi->h, &pi->readers, &w, deadline);
+	err = gr__sync_wait(hub, &pi->h, &pi->readers, &p);
 	pi->h.users--;
 	if (err)
 		return err; /* not served: deadline, kill, deadlock */
-	struct pile_item *it = (struct pile_item *)w.data;
+	struct pile_item *it = (struct pile_item *)p.data;
 	if (result)
 		*result = it->value;
 	item_put(pi, it);

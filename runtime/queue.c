@@ -133,10 +133,10 @@ int gr_queue_destroy(gr_queue *q)
 static int offer(struct queue *qu, void *item)
 {
 	if (!gr__waitq_empty(&qu->getters)) {
-		struct gr__waiter *w = gr__waitq_first(&qu->getters);
+		struct gr__park *w = gr__waitq_first(&qu->getters);
 
 		w->data = (uintptr_t)item;
-		gr__wake(w, 0);
+		gr__unpark(w, 0);
 		return 0;
 	}
 	if (qu->count < qu->bound)
@@ -155,17 +155,17 @@ static int take(struct queue *qu, void **item)
 			/* The ring was full: the first putter's item takes the slot
 			 * just freed (a bounded ring has all its slots, so this
 			 * cannot fail). */
-			struct gr__waiter *w = gr__waitq_first(&qu->putters);
+			struct gr__park *w = gr__waitq_first(&qu->putters);
 
 			(void)ring_push(qu, (void *)w->data);
-			gr__wake(w, 0);
+			gr__unpark(w, 0);
 		}
 	} else if (!gr__waitq_empty(&qu->putters)) {
 		/* Capacity 0: straight from the putter. */
-		struct gr__waiter *w = gr__waitq_first(&qu->putters);
+		struct gr__park *w = gr__waitq_first(&qu->putters);
 
 		it = (void *)w->data;
-		gr__wake(w, 0);
+		gr__unpark(w, 0);
 	} else {
 		return qu->closed ? -EPIPE : -EAGAIN;
 	}
@@ -177,8 +177,9 @@ static int take(struct queue *qu, void **item)
 int gr_queue_put(gr_queue *q, void *item, int64_t deadline)
 {
 	struct queue *qu = QU(q);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(q ? &qu->h : NULL, GR__MAGIC_QUEUE, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_queue_put" };
+	int err = gr__sync_enter(q ? &qu->h : NULL, GR__MAGIC_QUEUE, deadline, &p, &hub);
 
 	if (err)
 		return err;
@@ -187,8 +188,8 @@ int gr_queue_put(gr_queue *q, void *item, int64_t deadline)
 	err = offer(qu, item);
 	if (err != -EAGAIN)
 		return err;
-	struct gr__waiter w = { .what = "gr_queue_put", .data = (uintptr_t)item };
-	return gr__sync_wait(&qu->h, &qu->putters, &w, deadline);
+	p.data = (uintptr_t)item;
+	return gr__sync_wait(hub, &qu->h, &qu->putters, &p);
 }
 
 int gr_queue_tryput(gr_queue *q, void *item)
@@ -206,18 +207,18 @@ int gr_queue_tryput(gr_queue *q, void *item)
 int gr_queue_get(gr_queue *q, void **item, int64_t deadline)
 {
 	struct queue *qu = QU(q);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(q ? &qu->h : NULL, GR__MAGIC_QUEUE, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_queue_get" };
+	int err = gr__sync_enter(q ? &qu->h : NULL, GR__MAGIC_QUEUE, deadline, &p, &hub);
 
 	if (err)
 		return err;
 	err = take(qu, item);
 	if (err != -EAGAIN)
 		return err;
-	struct gr__waiter w = { .what = "gr_queue_get" };
-	err = gr__sync_wait(&qu->h, &qu->getters, &w, deadline);
+	err = gr__sync_wait(hub, &qu->h, &qu->getters, &p);
 	if (err == 0 && item)
-		*item = (void *)w.data;
+		*item = (void *)p.data;
 	return err;
 }
 

@@ -23,20 +23,14 @@ enum gr__rd_where {
 	WHERE_TIMER,                     /* in the timer heap only */
 };
 
-static inline struct gr_op *op_next(const struct gr_op *op)
+static inline struct gr__link *link_of(struct gr_op *op)
 {
-	return (struct gr_op *)op->backend_data[GR__RD_NEXT];
+	return (struct gr__link *)&op->backend_data[GR__RD_LINK];
 }
 
-static inline struct gr_op *op_prev(const struct gr_op *op)
+static inline struct gr_op *op_of(struct gr__link *l)
 {
-	return (struct gr_op *)op->backend_data[GR__RD_PREV];
-}
-
-static inline void set_links(struct gr_op *op, struct gr_op *prev, struct gr_op *next)
-{
-	op->backend_data[GR__RD_PREV] = (uintptr_t)prev;
-	op->backend_data[GR__RD_NEXT] = (uintptr_t)next;
+	return l ? gr__container(l, struct gr_op, backend_data[GR__RD_LINK]) : NULL;
 }
 
 static inline enum gr__rd_where where(const struct gr_op *op)
@@ -117,31 +111,6 @@ static enum gr__rd_list list_for(short events)
 	return in && out ? GR__RD_BOTH : out ? GR__RD_OUT : GR__RD_IN;
 }
 
-static void list_push(struct gr__rd_fd *fs, enum gr__rd_list l, struct gr_op *op)
-{
-	set_links(op, fs->tail[l], NULL);
-	if (fs->tail[l])
-		fs->tail[l]->backend_data[GR__RD_NEXT] = (uintptr_t)op;
-	else
-		fs->head[l] = op;
-	fs->tail[l] = op;
-}
-
-static void list_unlink(struct gr_op **head, struct gr_op **tail, struct gr_op *op)
-{
-	struct gr_op *prev = op_prev(op), *next = op_next(op);
-
-	if (prev)
-		prev->backend_data[GR__RD_NEXT] = (uintptr_t)next;
-	else
-		*head = next;
-	if (next)
-		next->backend_data[GR__RD_PREV] = (uintptr_t)prev;
-	else
-		*tail = prev;
-	set_links(op, NULL, NULL);
-}
-
 /* Take op out of every structure it is in. */
 static void detach(struct gr__rd *r, struct gr_op *op)
 {
@@ -149,12 +118,11 @@ static void detach(struct gr__rd *r, struct gr_op *op)
 
 	if (w >= WHERE_LIST_IN && w <= WHERE_LIST_BOTH) {
 		struct gr__rd_fd *fs = &r->fds[op->fd];
-		enum gr__rd_list l = (enum gr__rd_list)(w - WHERE_LIST_IN);
 
-		list_unlink(&fs->head[l], &fs->tail[l], op);
+		gr__list_remove(&fs->waiters[w - WHERE_LIST_IN], link_of(op));
 		fs->stale = 1;
 	} else if (w == WHERE_READY) {
-		list_unlink(&r->ready_head, &r->ready_tail, op);
+		gr__list_remove(&r->ready, link_of(op));
 	}
 	gr__timers_remove(&r->timers, op);
 	set_where(op, WHERE_NONE, 0);
@@ -174,7 +142,7 @@ int gr__rd_park(struct gr__rd *r, struct gr_op *op)
 	if (op->kind == GR_OP_POLL) {
 		enum gr__rd_list l = list_for(op->events);
 
-		list_push(&r->fds[op->fd], l, op);
+		gr__list_push_back(&r->fds[op->fd].waiters[l], link_of(op));
 		set_where(op, (enum gr__rd_where)(WHERE_LIST_IN + l), 0);
 	} else {
 		set_where(op, WHERE_TIMER, 0);
@@ -185,12 +153,7 @@ int gr__rd_park(struct gr__rd *r, struct gr_op *op)
 void gr__rd_defer(struct gr__rd *r, struct gr_op *op, short revents)
 {
 	op->backend_data[GR__TIMER_SLOT] = 0;
-	set_links(op, r->ready_tail, NULL);
-	if (r->ready_tail)
-		r->ready_tail->backend_data[GR__RD_NEXT] = (uintptr_t)op;
-	else
-		r->ready_head = op;
-	r->ready_tail = op;
+	gr__list_push_back(&r->ready, link_of(op));
 	set_where(op, WHERE_READY, (uint16_t)revents);
 }
 
@@ -213,42 +176,31 @@ int gr__rd_fire(struct gr__rd *r, int fd, short revents)
 		[GR__RD_BOTH] = fail || (revents & (GR__RD_IN_EVENTS | GR__RD_OUT_EVENTS)),
 	};
 	/* Collect first, complete after, so no completion runs while a list is
-	 * being walked. The chain reuses the NEXT link; a chained op is
+	 * being walked. The chain reuses the op's link; a chained op is
 	 * WHERE_NONE (its completion is under way: a cancel finds nothing to
 	 * do) with its result in the state word. */
-	struct gr_op *chain = NULL, *chain_tail = NULL;
+	struct gr__list chain = { NULL, NULL };
 
 	for (int l = 0; l < GR__RD_NLISTS; l++) {
 		if (!scan[l])
 			continue;
-		struct gr_op *op = r->fds[fd].head[l];
-
-		while (op) {
-			struct gr_op *next = op_next(op);
+		gr__list_foreach_safe(it, &r->fds[fd].waiters[l]) {
+			struct gr_op *op = op_of(it);
 			short res = (short)(revents & (op->events | GR__RD_FAIL_EVENTS));
 
 			if (res) {
 				detach(r, op);
 				set_where(op, WHERE_NONE, (uint16_t)res);
-				if (chain_tail)
-					chain_tail->backend_data[GR__RD_NEXT] = (uintptr_t)op;
-				else
-					chain = op;
-				chain_tail = op;
+				gr__list_push_back(&chain, link_of(op));
 			}
-			op = next;
 		}
 	}
 	int n = 0;
-	while (chain) {
-		struct gr_op *op = chain, *next = op_next(op);
+	for (struct gr_op *op; (op = op_of(gr__list_pop_front(&chain))) != NULL; n++) {
 		short res = ready_result(op);
 
-		set_links(op, NULL, NULL);
 		set_where(op, WHERE_NONE, 0);
 		gr_hub_complete(op, res);
-		chain = next;
-		n++;
 	}
 	return n;
 }
@@ -269,7 +221,7 @@ int gr__rd_flush(struct gr__rd *r)
 {
 	int n = 0;
 
-	for (struct gr_op *op; (op = r->ready_head) != NULL; n++) {
+	for (struct gr_op *op; (op = op_of(r->ready.first)) != NULL; n++) {
 		short res = ready_result(op);
 
 		finish(r, op, res);
@@ -287,7 +239,7 @@ int gr__rd_cancel(struct gr__rd *r, struct gr_op *op)
 
 int64_t gr__rd_timeout(const struct gr__rd *r, int64_t timeout_ns)
 {
-	if (r->ready_head)
+	if (!gr__list_empty(&r->ready))
 		return 0;
 	if (r->timers.n == 0)
 		return timeout_ns;
@@ -299,8 +251,8 @@ short gr__rd_fd_events(const struct gr__rd_fd *fs)
 	short ev = 0;
 
 	for (int l = 0; l < GR__RD_NLISTS; l++) {
-		for (const struct gr_op *op = fs->head[l]; op; op = op_next(op))
-			ev |= op->events;
+		gr__list_foreach(it, &fs->waiters[l])
+			ev |= op_of(it)->events;
 	}
 	return ev;
 }

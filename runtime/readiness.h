@@ -40,17 +40,18 @@
 #include <stdint.h>
 
 #include "greenring/hub_ops.h"
+#include "list.h"
 #include "timer.h"
 
 /* gr_op.backend_data as the readiness backends use it. */
-#define GR__RD_NEXT 0    /* waiter list / ready queue links */
-#define GR__RD_PREV 1
+#define GR__RD_LINK 0    /* [0..1]: a struct gr__link, on a waiter list or the ready queue */
 /* GR__TIMER_SLOT (2): the timer heap's index, see timer.h */
 #define GR__RD_STATE 3   /* enum gr__rd_where | result << 8 (ready queue) */
 
-_Static_assert(GR__TIMER_SLOT != GR__RD_NEXT && GR__TIMER_SLOT != GR__RD_PREV &&
+_Static_assert(GR__TIMER_SLOT != GR__RD_LINK && GR__TIMER_SLOT != GR__RD_LINK + 1 &&
 		       GR__TIMER_SLOT != GR__RD_STATE,
 	       "the timer heap has a backend_data slot of its own");
+_Static_assert(sizeof(struct gr__link) == 2 * sizeof(uintptr_t), "a link takes two slots");
 
 /* The event bits of each direction. */
 #define GR__RD_IN_EVENTS (POLLIN | POLLPRI | POLLRDHUP | POLLRDNORM | POLLRDBAND)
@@ -62,7 +63,7 @@ enum gr__rd_list { GR__RD_IN, GR__RD_OUT, GR__RD_BOTH, GR__RD_NLISTS };
 
 /* Per-fd state, indexed by fd, zero-initialised. */
 struct gr__rd_fd {
-	struct gr_op *head[GR__RD_NLISTS], *tail[GR__RD_NLISTS];
+	struct gr__list waiters[GR__RD_NLISTS];
 	uint32_t gen;     /* epoll: registration generation, 0 = not registered */
 	uint32_t mask;    /* epoll: the events it is armed for */
 	short latch;      /* epoll: events seen since it was last armed */
@@ -74,7 +75,7 @@ struct gr__rd {
 	struct gr__rd_fd *fds;
 	size_t nfds;
 	struct gr__timers timers;
-	struct gr_op *ready_head, *ready_tail;
+	struct gr__list ready;
 	int wake_fd;                 /* eventfd; readable after gr__rd_wake() */
 	atomic_bool wake_pending;    /* coalesces wakes until the hub drains the eventfd */
 };
@@ -128,7 +129,8 @@ int64_t gr__rd_timeout(const struct gr__rd *r, int64_t timeout_ns);
 short gr__rd_fd_events(const struct gr__rd_fd *fs);
 static inline bool gr__rd_fd_idle(const struct gr__rd_fd *fs)
 {
-	return !fs->head[GR__RD_IN] && !fs->head[GR__RD_OUT] && !fs->head[GR__RD_BOTH];
+	return gr__list_empty(&fs->waiters[GR__RD_IN]) && gr__list_empty(&fs->waiters[GR__RD_OUT]) &&
+	       gr__list_empty(&fs->waiters[GR__RD_BOTH]);
 }
 
 /* wake(): thread-safe, coalesced: one eventfd write until the hub drains. */

@@ -2,11 +2,12 @@
  *
  * Built on the public API (gr_accept4, gr_spawn_with, gr_kill, gr_close), so
  * it behaves the same on every hub. The one internal thing it uses is the
- * hub's wait queue (gr__wait/gr__wake), for the two waits that no fd can
- * express: the acceptor waiting for a free connection slot, and
- * gr_server_wait() callers waiting for the last handler. Those are exactly
- * what a semaphore and an event would do; a wait queue costs no fd and no
- * system call.
+ * parking gate's wait queue (gr__park_queue/gr__unpark, wait.c), for the two
+ * waits that no fd can express: the acceptor waiting for a free connection
+ * slot, and gr_server_wait() callers waiting for the last handler. A
+ * semaphore and an event would do the same, but gr_server_free() must wait
+ * uncancellably (a killed caller must not free the server under its
+ * fibers), which only the gate offers.
  *
  * Lifetimes:
  *   - The acceptor and the connection fibers are detached. Each records its
@@ -17,7 +18,8 @@
  *     books. Such a fiber is flagged instead and ends at once when it starts.
  *   - The acceptor closes the listening socket as it ends; a connection fiber
  *     closes its socket after the handler returns. Both with gr_close(), which
- *     is uncancellable, so a killed fiber still cleans up.
+ *     is uncancellable, so a killed fiber still cleans up, and both only if
+ *     the number still names the socket the server opened (fd_identity).
  *   - Nothing touches the server after the last wake of its done queue: that
  *     is when gr_server_free() may release it.
  */
@@ -29,8 +31,10 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -42,11 +46,42 @@
 #define BACKOFF_MIN (5 * GR_MSEC)
 #define BACKOFF_MAX GR_SEC
 
+/* Which file an fd number names: a number the server opened is closed by
+ * it only while it still names that file. A program may close it behind the
+ * server's back (the listening socket, through gr_server_fd(); a handler,
+ * against the rules, its connection) and get the number back for a file of
+ * its own, which the server must never close. */
+struct fd_identity {
+	dev_t dev;
+	ino_t ino;
+};
+
+static int fd_identity(int fd, struct fd_identity *id)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	id->dev = st.st_dev;
+	id->ino = st.st_ino;
+	return 0;
+}
+
+/* Close fd if it still names the file `id` was taken from. */
+static void close_owned(int fd, const struct fd_identity *id)
+{
+	struct fd_identity now;
+
+	if (fd_identity(fd, &now) == 0 && now.dev == id->dev && now.ino == id->ino)
+		(void)gr_close(fd);
+}
+
 struct conn {
-	struct conn *next, *prev;
+	struct gr__link link;       /* on the server's conns */
 	gr_server *server;
 	gr_fiber *fiber;            /* set while the handler runs */
 	int fd;
+	struct fd_identity id;      /* of the accepted socket */
 	bool cancelled;             /* stop(KILL) came before the fiber started */
 	struct sockaddr_storage peer;
 };
@@ -59,6 +94,7 @@ struct gr_server {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	int lfd;                    /* listening socket; -1 when none */
+	struct fd_identity lid;     /* of the listening socket */
 	int port;                   /* bound port; -1 before start */
 	int error;                  /* the acceptor's fatal error (-errno), else 0 */
 	gr_fiber *acceptor;         /* valid while acceptor_running */
@@ -68,7 +104,7 @@ struct gr_server {
 	bool stopping;
 	bool killing;               /* stop(GR_SERVER_KILL) */
 	size_t live;                /* connection fibers spawned and not ended */
-	struct conn *conns;
+	struct gr__list conns;
 	struct gr__waitq slot_q;    /* the acceptor, waiting under max_conns */
 	struct gr__waitq done_q;    /* gr_server_wait()/free() callers */
 };
@@ -84,19 +120,14 @@ static void notify_done(gr_server *s)
 	if (s->acceptor_running || s->live)
 		return;
 	while (!gr__waitq_empty(&s->done_q))
-		gr__wake(gr__waitq_first(&s->done_q), 0);
+		gr__unpark(gr__waitq_first(&s->done_q), 0);
 }
 
 /* ------------------------------------------------------------ connections */
 
-static void conn_unlink(gr_server *s, struct conn *c)
+static struct conn *conn_of(struct gr__link *l)
 {
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		s->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	return gr__container(l, struct conn, link);
 }
 
 static void *conn_main(void *arg)
@@ -109,16 +140,38 @@ static void *conn_main(void *arg)
 		s->handler(c->fd, (const struct sockaddr *)&c->peer, s->arg);
 		c->fiber = NULL;
 	}
-	/* A failure here (EBADF: the handler closed fd despite the rules) leaves
-	 * nothing to undo. */
-	(void)gr_close(c->fd);
-	conn_unlink(s, c);
+	close_owned(c->fd, &c->id);
+	gr__list_remove(&s->conns, &c->link);
 	s->live--;
 	if (!gr__waitq_empty(&s->slot_q))
-		gr__wake(gr__waitq_first(&s->slot_q), 0);
+		gr__unpark(gr__waitq_first(&s->slot_q), 0);
 	notify_done(s);
 	free(c);
 	return NULL;
+}
+
+/* The fiber's name, shown in overflow and deadlock messages: the peer, as
+ * "1.2.3.4:5678" or "[::1]:5678" (truncated to fit). */
+static void peer_name(const struct sockaddr_storage *peer, char *out, size_t len)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+
+	if (peer->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)peer;
+
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+		snprintf(out, len, "%s:%d", host, port);
+	} else if (peer->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
+
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		port = ntohs(in6->sin6_port);
+		snprintf(out, len, "[%s]:%d", host, port);
+	} else {
+		snprintf(out, len, "conn");
+	}
 }
 
 /* Hand an accepted socket to a new connection fiber. On failure the socket
@@ -137,19 +190,17 @@ static int conn_spawn(gr_server *s, int fd, const struct sockaddr_storage *peer)
 	c->cancelled = false;
 	c->peer = *peer;
 
-	struct gr_spawn_opts so = { .stack_size = s->opts.stack_size, .detached = 1 };
-	if (!gr_spawn_with(&so, conn_main, c)) {
-		int err = errno;
-
+	char name[GR__NAME_MAX];
+	struct gr_spawn_opts so = { .stack_size = s->opts.stack_size, .detached = 1, .name = name };
+	int err = fd_identity(fd, &c->id);
+	peer_name(peer, name, sizeof(name));
+	if (err || !gr_spawn_with(&so, conn_main, c)) {
+		err = err ? err : -errno;
 		free(c);
 		(void)gr_close(fd);
-		return -err;
+		return err;
 	}
-	c->prev = NULL;
-	c->next = s->conns;
-	if (s->conns)
-		s->conns->prev = c;
-	s->conns = c;
+	gr__list_push_front(&s->conns, &c->link);
 	s->live++;
 	return 0;
 }
@@ -161,9 +212,12 @@ static int conn_spawn(gr_server *s, int fd, const struct sockaddr_storage *peer)
 static int wait_slot(gr_server *s)
 {
 	while (s->opts.max_conns && s->live >= s->opts.max_conns) {
-		struct gr__waiter w = { .what = "gr_server (at max_conns)" };
-		int r = gr__wait(&s->slot_q, &w, GR_FOREVER);
+		struct gr__hub *hub = NULL;
+		struct gr__park p = { .what = "gr_server (at max_conns)" };
+		int r = gr__park_prepare(&hub, &p, GR_FOREVER);
 
+		if (!r)
+			r = gr__park_queue(hub, &p, &s->slot_q);
 		if (r < 0)
 			return r;
 	}
@@ -246,7 +300,7 @@ static void *acceptor_main(void *arg)
 				break; /* killed: stopping */
 		}
 	}
-	(void)gr_close(s->lfd);
+	close_owned(s->lfd, &s->lid);
 	s->lfd = -1;
 	s->acceptor = NULL;
 	s->acceptor_running = false;
@@ -342,6 +396,8 @@ static int open_listener(gr_server *s)
 	socklen_t len = sizeof(bound);
 	if (getsockname(fd, (struct sockaddr *)&bound, &len) < 0)
 		goto fail;
+	if (fd_identity(fd, &s->lid) < 0)
+		goto fail;
 	s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
 						    : ((struct sockaddr_in *)&bound)->sin_port);
 	return fd;
@@ -418,7 +474,9 @@ int gr_server_stop(gr_server *s, int flags)
 	}
 	if ((flags & GR_SERVER_KILL) && !s->killing) {
 		s->killing = true;
-		for (struct conn *c = s->conns; c; c = c->next) {
+		gr__list_foreach(it, &s->conns) {
+			struct conn *c = conn_of(it);
+
 			if (c->fiber && c->fiber != gr_self())
 				(void)gr_kill(c->fiber);
 			else
@@ -435,8 +493,8 @@ static bool called_from_inside(const gr_server *s)
 
 	if (self && self == s->acceptor)
 		return true;
-	for (const struct conn *c = s->conns; c; c = c->next) {
-		if (c->fiber == self)
+	gr__list_foreach(it, &s->conns) {
+		if (conn_of(it)->fiber == self)
 			return true;
 	}
 	return false;
@@ -447,9 +505,12 @@ static int wait_done(gr_server *s, int64_t deadline, bool uncancellable)
 	if (called_from_inside(s))
 		return -EDEADLK;
 	while (s->acceptor_running || s->live) {
-		struct gr__waiter w = { .what = "gr_server_wait", .uncancellable = uncancellable };
-		int r = gr__wait(&s->done_q, &w, deadline);
+		struct gr__hub *hub = NULL;
+		struct gr__park p = { .what = "gr_server_wait", .uncancellable = uncancellable };
+		int r = gr__park_prepare(&hub, &p, deadline);
 
+		if (!r)
+			r = gr__park_queue(hub, &p, &s->done_q);
 		if (r < 0)
 			return r;
 	}

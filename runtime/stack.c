@@ -37,6 +37,10 @@
 #define VALGRIND_STACK_DEREGISTER(id) ((void)(id))
 #endif
 
+#ifdef GR__ASAN
+void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
+#endif
+
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
 #endif
@@ -80,35 +84,26 @@ static size_t round_to_pages(size_t n)
 	return (n + p - 1) / p * p;
 }
 
-/* GREENRING_STACK_SIZE above this is a typo (or overflowed while parsing),
- * not a stack: the default is used instead. */
-#define STACK_SIZE_ENV_MAX ((unsigned long long)1 << 32)
+/* GREENRING_STACK_SIZE above this is a typo, not a stack. */
+#define STACK_SIZE_ENV_MAX ((size_t)1 << 32)
 
 size_t gr__stack_default_size(void)
 {
 	static atomic_size_t cached;
-	const char *env;
 	size_t got = atomic_load_explicit(&cached, memory_order_relaxed);
 
 	if (got)
 		return got;
-	size_t size = GR__DEFAULT_STACK_SIZE;
-	env = getenv("GREENRING_STACK_SIZE");
-	if (env && *env) {
-		char *end;
-		unsigned long long v = strtoull(env, &end, 10);
-		unsigned long long unit = 1;
-
-		if (*end == 'k' || *end == 'K')
-			unit = 1024;
-		else if (*end == 'm' || *end == 'M')
-			unit = 1024 * 1024;
-		/* Below 16 KiB a fiber cannot even call printf safely. */
-		if (v <= STACK_SIZE_ENV_MAX / unit && v * unit >= 16 * 1024)
-			size = (size_t)(v * unit);
-	}
+	/* Below 16 KiB a fiber cannot even call printf safely. */
+	size_t size = gr__env_size("GREENRING_STACK_SIZE", GR__DEFAULT_STACK_SIZE,
+				   GR__MIN_STACK_SIZE, STACK_SIZE_ENV_MAX, true);
 	size = round_to_pages(size);
-	atomic_store_explicit(&cached, size, memory_order_relaxed);
+	/* Two threads may get here at once: the first store wins, the other's
+	 * (equal) value and its stderr line are the only waste. */
+	size_t expected = 0;
+	if (!atomic_compare_exchange_strong_explicit(&cached, &expected, size, memory_order_relaxed,
+						     memory_order_relaxed))
+		return expected;
 	return size;
 }
 
@@ -154,11 +149,26 @@ static struct gr__stack *stack_map(size_t size)
 	return s;
 }
 
+/* A fiber discarded while parked (thread exit) never unwound its frames, so
+ * ASan's poison of their redzones is still on the stack. Lift it before the
+ * stack serves another fiber, or is unmapped (ASan keeps the shadow of an
+ * unmapped range, and the next mapping there would inherit it): otherwise
+ * later fibers get false stack-buffer-overflow reports. */
+static void stack_unpoison(struct gr__stack *s)
+{
+#ifdef GR__ASAN
+	__asan_unpoison_memory_region((char *)s->base + s->guard, s->size);
+#else
+	(void)s;
+#endif
+}
+
 static void stack_unmap(struct gr__stack *s)
 {
 	void *base = s->base;
 	size_t total = s->guard + s->size;
 
+	stack_unpoison(s);
 	VALGRIND_STACK_DEREGISTER(s->valgrind_id);
 	munmap(base, total);
 }
@@ -213,6 +223,7 @@ void gr__stack_put(struct gr__stack_pool *pool, struct gr__stack *s)
 	if (keep > POOL_MAX)
 		keep = POOL_MAX;
 	if (pool->count < keep) {
+		stack_unpoison(s);
 		s->next = pool->free;
 		pool->free = s;
 		pool->count++;

@@ -1,7 +1,7 @@
 /* sync.c — event, result, semaphore, mutex and condition.
  *
  * Each is a gr__sync_head and one or two wait queues (sync_internal.h).
- * Waking is always gr__wake(): it unlinks the waiter and sets its status
+ * Waking is always gr__unpark(): it unlinks the waiter and sets its status
  * before anything else can see it, so a waiter's deadline timer or a gr_kill
  * arriving later finds it off the queue and changes nothing. What a waiter
  * is given (a value, a unit, the lock) is therefore given exactly when its
@@ -92,15 +92,15 @@ int gr_event_is_set(gr_event *e)
 int gr_event_wait(gr_event *e, int64_t deadline)
 {
 	struct event *ev = EV(e);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(e ? &ev->h : NULL, GR__MAGIC_EVENT, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_event_wait" };
+	int err = gr__sync_enter(e ? &ev->h : NULL, GR__MAGIC_EVENT, deadline, &p, &hub);
 
 	if (err)
 		return err;
 	if (ev->set)
 		return 0;
-	struct gr__waiter w = { .what = "gr_event_wait" };
-	return gr__sync_wait(&ev->h, &ev->waiters, &w, deadline);
+	return gr__sync_wait(hub, &ev->h, &ev->waiters, &p);
 }
 
 /* --------------------------------------------------------------- result */
@@ -182,15 +182,15 @@ int gr_result_ready(gr_result *r)
 int gr_result_wait(gr_result *r, void **value, int64_t deadline)
 {
 	struct result *rs = RS(r);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(r ? &rs->h : NULL, GR__MAGIC_RESULT, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_result_wait" };
+	int err = gr__sync_enter(r ? &rs->h : NULL, GR__MAGIC_RESULT, deadline, &p, &hub);
 
 	if (err)
 		return err;
 	if (!rs->set) {
-		struct gr__waiter w = { .what = "gr_result_wait" };
 
-		err = gr__sync_wait(&rs->h, &rs->waiters, &w, deadline);
+		err = gr__sync_wait(hub, &rs->h, &rs->waiters, &p);
 		if (err)
 			return err;
 	}
@@ -244,8 +244,9 @@ int gr_sem_destroy(gr_sem *s)
 int gr_sem_acquire(gr_sem *s, int64_t deadline)
 {
 	struct sem *sm = SM(s);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(s ? &sm->h : NULL, GR__MAGIC_SEM, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_sem_acquire" };
+	int err = gr__sync_enter(s ? &sm->h : NULL, GR__MAGIC_SEM, deadline, &p, &hub);
 
 	if (err)
 		return err;
@@ -255,8 +256,7 @@ int gr_sem_acquire(gr_sem *s, int64_t deadline)
 		sm->count--;
 		return 0;
 	}
-	struct gr__waiter w = { .what = "gr_sem_acquire" };
-	return gr__sync_wait(&sm->h, &sm->waiters, &w, deadline);
+	return gr__sync_wait(hub, &sm->h, &sm->waiters, &p);
 }
 
 int gr_sem_tryacquire(gr_sem *s)
@@ -281,7 +281,7 @@ int gr_sem_release(gr_sem *s)
 		return err;
 	if (!gr__waitq_empty(&sm->waiters)) {
 		/* The unit goes to the first waiter: status 0 is its receipt. */
-		gr__wake(gr__waitq_first(&sm->waiters), 0);
+		gr__unpark(gr__waitq_first(&sm->waiters), 0);
 		return 0;
 	}
 	if (sm->count >= sm->max)
@@ -335,20 +335,16 @@ int gr_mutex_destroy(gr_mutex *m)
 	return 0;
 }
 
-/* Take mx for self, waiting if needed. `relock`: gr_cond_wait taking its
- * mutex back, which must not fail for a kill or a deadline (the caller
- * expects to hold the mutex on return), so the wait is uncancellable. */
-static int mutex_acquire(struct mutex *mx, gr_fiber *self, int64_t deadline, bool relock)
+/* Take mx for the caller of p (past the gate's checks), waiting if needed.
+ * The unlocker sets owner to our id when it wakes us with 0. */
+static int mutex_acquire(struct gr__hub *hub, struct mutex *mx, struct gr__park *p)
 {
 	/* owner == 0 implies nobody waits (unlock hands off). */
 	if (mx->owner == 0) {
-		mx->owner = self->id;
+		mx->owner = p->fiber->id;
 		return 0;
 	}
-	struct gr__waiter w = { .what = relock ? "gr_cond_wait (re-lock)" : "gr_mutex_lock",
-				.uncancellable = relock };
-	/* The unlocker sets owner to our id when it wakes us with 0. */
-	return gr__sync_wait(&mx->h, &mx->waiters, &w, deadline);
+	return gr__sync_wait(hub, &mx->h, &mx->waiters, p);
 }
 
 static void mutex_release(struct mutex *mx)
@@ -357,22 +353,23 @@ static void mutex_release(struct mutex *mx)
 		mx->owner = 0;
 		return;
 	}
-	struct gr__waiter *w = gr__waitq_first(&mx->waiters);
+	struct gr__park *w = gr__waitq_first(&mx->waiters);
 	mx->owner = w->fiber->id;
-	gr__wake(w, 0);
+	gr__unpark(w, 0);
 }
 
 int gr_mutex_lock(gr_mutex *m, int64_t deadline)
 {
 	struct mutex *mx = MX(m);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(m ? &mx->h : NULL, GR__MAGIC_MUTEX, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_mutex_lock" };
+	int err = gr__sync_enter(m ? &mx->h : NULL, GR__MAGIC_MUTEX, deadline, &p, &hub);
 
 	if (err)
 		return err;
-	if (mx->owner == self->id)
+	if (mx->owner == p.fiber->id)
 		return -EDEADLK; /* as an error-checking pthread mutex */
-	return mutex_acquire(mx, self, deadline, false);
+	return mutex_acquire(hub, mx, &p);
 }
 
 int gr_mutex_trylock(gr_mutex *m)
@@ -445,15 +442,16 @@ int gr_cond_wait(gr_cond *c, gr_mutex *m, int64_t deadline)
 {
 	struct cond *cv = CV(c);
 	struct mutex *mx = MX(m);
-	gr_fiber *self = NULL;
-	int err = gr__sync_enter(c ? &cv->h : NULL, GR__MAGIC_COND, deadline, &self);
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_cond_wait" };
+	int err = gr__sync_enter(c ? &cv->h : NULL, GR__MAGIC_COND, deadline, &p, &hub);
 
 	if (err)
 		return err;
 	err = gr__sync_check(m ? &mx->h : NULL, GR__MAGIC_MUTEX);
 	if (err)
 		return err;
-	if (mx->owner != self->id)
+	if (mx->owner != p.fiber->id)
 		return -EPERM;
 	if (gr__waitq_empty(&cv->waiters))
 		cv->mutex = mx;
@@ -467,11 +465,15 @@ int gr_cond_wait(gr_cond *c, gr_mutex *m, int64_t deadline)
 	 * signal sent after the unlock can be missed. We count as a user of
 	 * the mutex until we hold it again, so it cannot be destroyed under
 	 * us while it is free. */
-	struct gr__waiter w = { .what = "gr_cond_wait" };
 	mx->h.users++;
 	mutex_release(mx);
-	int r = gr__sync_wait(&cv->h, &cv->waiters, &w, deadline);
-	int lr = mutex_acquire(mx, self, GR_FOREVER, true);
+	int r = gr__sync_wait(hub, &cv->h, &cv->waiters, &p);
+	/* Taking the mutex back must not fail for a kill or a deadline: the
+	 * caller expects to hold it on return. */
+	struct gr__park relock = { .what = "gr_cond_wait (re-lock)", .uncancellable = true };
+	int lr = gr__park_begin(hub, &relock, GR_FOREVER);
+	if (!lr)
+		lr = mutex_acquire(hub, mx, &relock);
 	mx->h.users--;
 	return lr ? lr : r;
 }
@@ -485,7 +487,7 @@ int gr_cond_signal(gr_cond *c)
 		return err;
 	if (gr__waitq_empty(&cv->waiters))
 		return 0;
-	gr__wake(gr__waitq_first(&cv->waiters), 0);
+	gr__unpark(gr__waitq_first(&cv->waiters), 0);
 	return 1;
 }
 

@@ -89,43 +89,36 @@ static inline int gr__sync_check_self(struct gr__sync_head *h, uint32_t magic, g
 	return 0;
 }
 
-/* Entry of a call that may wait until `deadline`. A killed fiber, or one
- * past its own deadline, fails here even when what it asks for is available
- * now, so that a killed fiber's loop stops at its next call rather than when
- * the primitive happens to be empty (as every blocking call of the core).
- * Deadline 0 is a pure try, as gr_wait_fd's: it never fails so. */
+/* Entry of a call that may wait until `deadline`: the object is live and
+ * belongs to this hub, and the gate's pre-block checks pass (wait.c): a
+ * killed fiber, or one past its own deadline, fails here even when what it
+ * asks for is available now, so that a killed fiber's loop stops at its next
+ * call rather than when the primitive happens to be empty, as every blocking
+ * call of the core. Deadline 0 is a pure try, as gr_wait_fd's: it never
+ * fails so. Fills p (p->fiber is the caller) and *hubp. */
 static inline int gr__sync_enter(struct gr__sync_head *h, uint32_t magic, int64_t deadline,
-				 gr_fiber **self)
+				 struct gr__park *p, struct gr__hub **hubp)
 {
 	if (!h || h->magic != magic)
 		return -EINVAL;
-	struct gr__hub *hub = NULL;
-	int err = gr__check_can_park(&hub);
+	int err = gr__park_hub(hubp);
 	if (err)
 		return err;
-	err = gr__sync_bind(h, hub);
+	err = gr__sync_bind(h, *hubp);
 	if (err)
 		return err;
-	gr_fiber *f = hub->current;
-	if (deadline != 0) {
-		if (f->killed)
-			return -ECANCELED;
-		if (f->deadline != GR_FOREVER && f->deadline <= gr_now())
-			return -ETIMEDOUT;
-	}
-	*self = f;
-	return 0;
+	return gr__park_begin(*hubp, p, deadline);
 }
 
-/* Park on q (see gr__wait), counted as a user of h. Deadline 0 never parks.
- * The caller fills w->what and w->data. */
-static inline int gr__sync_wait(struct gr__sync_head *h, struct gr__waitq *q, struct gr__waiter *w,
-				int64_t deadline)
+/* Park on q (gr__park_queue), counted as a user of h. Deadline 0 never
+ * parks. The caller fills p->what and p->data. */
+static inline int gr__sync_wait(struct gr__hub *hub, struct gr__sync_head *h, struct gr__waitq *q,
+				struct gr__park *p)
 {
-	if (deadline == 0)
+	if (p->deadline == 0)
 		return -ETIMEDOUT;
 	h->users++;
-	int r = gr__wait(q, w, deadline);
+	int r = gr__park_queue(hub, p, q);
 	h->users--;
 	return r;
 }
@@ -147,7 +140,7 @@ static inline int gr__sync_wake_all(struct gr__waitq *q, int status)
 	int n = 0;
 
 	while (!gr__waitq_empty(q)) {
-		gr__wake(gr__waitq_first(q), status);
+		gr__unpark(gr__waitq_first(q), status);
 		n++;
 	}
 	return n;

@@ -43,11 +43,6 @@ int gr__timers_add(struct gr__timers *t, struct gr_op *op);
 /* Take op out of the heap if it is in it. */
 void gr__timers_remove(struct gr__timers *t, struct gr_op *op);
 
-static inline bool gr__timers_has(const struct gr_op *op)
-{
-	return op->backend_data[GR__TIMER_SLOT] != 0;
-}
-
 /* The earliest deadline queued, or GR_FOREVER (-1) when none is. */
 int64_t gr__timers_next(const struct gr__timers *t);
 

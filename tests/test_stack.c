@@ -282,14 +282,18 @@ Test(stack, the_default_stack_is_64_kib_without_the_variable)
 	cr_assert_not_null(strstr(r.err, "overflowed its 65536-byte stack"), "stderr: %s", r.err);
 }
 
-Test(stack, an_unusable_greenring_stack_size_falls_back_to_the_default)
+Test(stack, an_unusable_greenring_stack_size_is_replaced_and_said)
 {
 	struct child_result r;
 
+	/* Below the minimum: the minimum, 16 KiB. */
 	run_self("overflow:0:-", "1k", &r);
-	expect_overflow(&r, NULL, 64 * 1024);
+	expect_overflow(&r, NULL, 16 * 1024);
+	cr_assert_not_null(strstr(r.err, "GREENRING_STACK_SIZE=1k is below the minimum"), "%s", r.err);
+	/* Not a number, or absurd: the default, and a line that says so. */
 	run_self("overflow:0:-", "lots", &r);
 	expect_overflow(&r, NULL, 64 * 1024);
+	cr_assert_not_null(strstr(r.err, "GREENRING_STACK_SIZE=lots is not a number"), "%s", r.err);
 	/* Values that overflow when parsed or rounded are refused too. */
 	run_self("overflow:0:-", "99999999999999999999", &r);
 	expect_overflow(&r, NULL, 64 * 1024);

@@ -68,9 +68,11 @@ enum gr_op_kind {
 
 struct gr_op;
 
-/* An operation. The core fills the arguments, `deadline` and the private
- * fields; a backend reads the arguments, may use `backend_data` as it likes
- * between submit() and completion, and writes nothing else. */
+/* An operation. The core fills the arguments and `deadline`; a backend reads
+ * them, may use `backend_data` as it likes between submit() and completion,
+ * and writes nothing else. The core keeps its own bookkeeping beside the
+ * struct, out of a backend's reach: a pointer received by submit() stays
+ * the operation's identity until gr_hub_complete(). */
 struct gr_op {
 	uint8_t kind;                 /* enum gr_op_kind */
 	short events;                 /* GR_OP_POLL: POLLIN, POLLOUT, ... */
@@ -89,14 +91,6 @@ struct gr_op {
 
 	/* The backend's scratch space, untouched by the core while in flight. */
 	uintptr_t backend_data[4];
-
-	/* Private to the core. */
-	int64_t res;
-	int cancel_errno;             /* why the core cancelled it: 0, ECANCELED, ETIMEDOUT, EBADF */
-	uint8_t uncancellable;        /* neither kill nor the fiber deadline stops it */
-	void (*on_complete)(struct gr_op *op);
-	void *owner;
-	struct gr_op *fd_next, *fd_prev;
 };
 
 /* gr_op.flags of a GR_OP_POLL. GR_POLL_AFTER_EAGAIN: the core tried the
@@ -115,8 +109,10 @@ struct gr_hub_config {
 	unsigned entries;             /* io_uring: SQ entries (GREENRING_URING_ENTRIES) */
 };
 
-/* The contract. Every function is called on the hub's own thread, except
- * wake(), which any thread may call at any time while the backend exists.
+/* The contract. Every function is called on the hub's own thread, with two
+ * exceptions: wake(), which any thread may call at any time while the
+ * backend exists, and fini(state, 1), which the child of a fork() calls on
+ * the thread that forked, for the hubs of every thread of the parent.
  * Errors are -errno; the backend never aborts the process on a kernel error. */
 struct gr_hub_ops {
 	/* Short, unique, lower case: what GREENRING_HUB and gr_hub_use() match. */
@@ -132,7 +128,10 @@ struct gr_hub_ops {
 	int (*init)(void **state, const struct gr_hub_config *cfg);
 	/* Destroy the state. Called only when nothing is in flight, or in a
 	 * child after fork(), where it must release what the child holds and
-	 * touch nothing shared with the parent (no cancel, no wait). */
+	 * touch nothing shared with the parent (no cancel, no wait). In the
+	 * child the operations that were in flight are then submitted again to
+	 * a new state of the same backend (init); the backend does nothing for
+	 * them itself. */
 	void (*fini)(void *state, int after_fork);
 	/* Start one operation; its completion arrives later through
 	 * gr_hub_complete(). May batch: the operation need only start by the
@@ -145,9 +144,11 @@ struct gr_hub_ops {
 	int (*cancel)(void *state, struct gr_op *op);
 	/* Submit what is batched and reap completions, calling
 	 * gr_hub_complete() for each. timeout_ns: 0 = do not block, -1 = until
-	 * something completes or wake() is called. Returns the number of
-	 * operations completed, or -errno. An early return (signal, wake) is
-	 * fine: the core calls again. */
+	 * something completes or wake() is called, > 0 = at most that long.
+	 * Returns the number of operations completed, or -errno. An early
+	 * return (signal, wake) is fine: the core calls again. A wait() that
+	 * keeps failing is reported, retried with a growing pause, and after a
+	 * few failures the core cancels every operation in flight (with EIO). */
 	int (*wait)(void *state, int64_t timeout_ns);
 	/* Thread-safe: make a blocked or the next wait() return promptly.
 	 * Repeated calls before that wait() may coalesce. */
@@ -155,13 +156,20 @@ struct gr_hub_ops {
 	/* Optional (may be NULL): forget per-fd state before the core closes fd.
 	 * No operation on fd is in flight when it is called. */
 	void (*fd_forget)(void *state, int fd);
+	/* Optional (may be NULL): operations on fd have been waiting long; check
+	 * that what the backend watches is still the file behind the number
+	 * (the program may have closed it with close(), and the number may name
+	 * another file now). Return -EBADF if fd is not open: the core then
+	 * cancels its operations with EBADF. Without it the core asks
+	 * fcntl(F_GETFD) alone. */
+	int (*fd_audit)(void *state, int fd);
 };
 
 /* Complete an operation: set its result (>= 0, or -errno) and make the fiber
  * that started it runnable. Call it from the backend's wait() or cancel(),
  * exactly once per operation accepted by submit(). A backend that must make
  * room (a full submission queue) may also reap, and so complete other
- * operations, inside submit(). */
+ * operations, inside submit() and cancel(). */
 GR_API void gr_hub_complete(struct gr_op *op, int64_t res);
 
 #ifdef __cplusplus

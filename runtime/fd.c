@@ -1,0 +1,231 @@
+/* fd.c — what the hub knows per fd number: the operations in flight that
+ * name it (so gr_close can cancel them and wait for them), a gr_close under
+ * way, and the audit of long waits on fds closed behind the runtime's back.
+ *
+ * The table is indexed by fd number, in chunks allocated on first use and
+ * never moved, so a pointer to an fd's state (and the wait queue inside it)
+ * stays valid for the hub's life: nobody has to re-fetch it after a switch.
+ *
+ * Audits. greenring takes raw fds, and a program (or a library it calls)
+ * may close() one while a fiber waits on it. The readiness hubs then wait on
+ * a registration the kernel has dropped (epoll) and the fiber would hang with
+ * no word said. So the hub audits long waits: once per epoch (100 ms) it
+ * walks the fds with operations in flight, and each fd whose operations have
+ * waited since before the last epoch is checked, then again after 2, 4, ...
+ * up to 64 epochs while it keeps waiting. The check is the backend's
+ * fd_audit (epoll re-arms the registration, re-registering a number that now
+ * names another file) or, without one, fcntl(F_GETFD). A closed fd's waiters
+ * are woken with EBADF and one line on stderr. Short waits, which are all a
+ * busy server has, are never checked: the audit costs nothing per operation,
+ * and a clock read per loop turn only while fds wait.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define CHUNK 256
+#define AUDIT_EPOCH (100 * GR_MSEC)
+#define AUDIT_GAP_MAX 64
+
+struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd)
+{
+	if (fd < 0)
+		return NULL;
+	size_t c = (size_t)fd / CHUNK;
+
+	if (c >= hub->fd_nchunks || !hub->fd_chunks[c])
+		return NULL;
+	return &hub->fd_chunks[c][(size_t)fd % CHUNK];
+}
+
+struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_peek(hub, fd);
+
+	if (st)
+		return st;
+	/* Grow only for an open fd: a bad number (100000, INT_MAX) must be
+	 * EBADF, not a table of 2^31 entries. */
+	if (fd < 0 || fcntl(fd, F_GETFD) < 0) {
+		errno = EBADF;
+		return NULL;
+	}
+	size_t c = (size_t)fd / CHUNK;
+	if (c >= hub->fd_nchunks) {
+		size_t n = hub->fd_nchunks ? hub->fd_nchunks : 4;
+
+		while (n <= c)
+			n *= 2;
+		struct gr__fdstate **chunks = realloc(hub->fd_chunks, n * sizeof(*chunks));
+		if (!chunks) {
+			errno = ENOMEM;
+			return NULL;
+		}
+		memset(chunks + hub->fd_nchunks, 0, (n - hub->fd_nchunks) * sizeof(*chunks));
+		hub->fd_chunks = chunks;
+		hub->fd_nchunks = n;
+	}
+	hub->fd_chunks[c] = calloc(CHUNK, sizeof(struct gr__fdstate));
+	if (!hub->fd_chunks[c]) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return &hub->fd_chunks[c][(size_t)fd % CHUNK];
+}
+
+void gr__fd_table_free(struct gr__hub *hub)
+{
+	for (size_t c = 0; c < hub->fd_nchunks; c++)
+		free(hub->fd_chunks[c]);
+	free(hub->fd_chunks);
+	hub->fd_chunks = NULL;
+	hub->fd_nchunks = 0;
+}
+
+int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, o->op.fd);
+
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	if (st->closing && o->op.kind != GR_OP_CLOSE)
+		return -EBADF;
+	if (gr__list_empty(&st->ops))
+		hub->fds_busy++;
+	gr__list_push_back(&st->ops, &o->fd_link);
+	o->on_fd = true;
+	return 0;
+}
+
+void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o)
+{
+	struct gr__fdstate *st = gr__fd_peek(hub, o->op.fd);
+
+	gr__list_remove(&st->ops, &o->fd_link);
+	o->on_fd = false;
+	/* gr_close's own close ended (or could not start): the number is free
+	 * from this moment, before the closer runs again. */
+	if (o->op.kind == GR_OP_CLOSE)
+		st->closing = 0;
+	if (!gr__list_empty(&st->ops))
+		return;
+	hub->fds_busy--;
+	st->audit_at = 0;
+	if (st->closing && !gr__waitq_empty(&st->closers))
+		gr__unpark(gr__waitq_first(&st->closers), 0);
+}
+
+void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why)
+{
+	/* A cancel may complete, and so unlink, any operation of the fd (a
+	 * readiness backend completes the one cancelled; io_uring may reap
+	 * others to make room for the cancel), so no link saved across it can
+	 * be trusted: start again from the head each time, skipping what is
+	 * cancelled already. */
+	for (;;) {
+		struct gr__op *todo = NULL;
+
+		gr__list_foreach(it, &st->ops) {
+			struct gr__op *o = gr__container(it, struct gr__op, fd_link);
+
+			if (!o->cancel_errno) {
+				todo = o;
+				break;
+			}
+		}
+		if (!todo)
+			return;
+		gr__op_cancel(hub, todo, why);
+	}
+}
+
+/* ------------------------------------------------------------ audits */
+
+static int check_open(struct gr__hub *hub, int fd)
+{
+	if (hub->ops->fd_audit)
+		return hub->ops->fd_audit(hub->backend, fd);
+	return fcntl(fd, F_GETFD) < 0 && errno == EBADF ? -EBADF : 0;
+}
+
+static void report_closed(struct gr__hub *hub, int fd, struct gr__fdstate *st)
+{
+	size_t n = 0;
+	const struct gr__park *first = NULL;
+
+	gr__list_foreach(it, &st->ops) {
+		const struct gr__op *o = gr__container(it, struct gr__op, fd_link);
+
+		if (!first)
+			first = o->park;
+		n++;
+	}
+	fprintf(stderr,
+		"greenring: %s hub: fd %d was closed with close() while %zu operation%s waited on it "
+		"(fiber %llu \"%s\" in %s): they fail with EBADF; close such fds with gr_close()\n",
+		hub->ops->name, fd, n, n == 1 ? "" : "s",
+		first ? (unsigned long long)first->fiber->id : 0ULL, first ? first->fiber->name : "",
+		first && first->what ? first->what : "a green call");
+}
+
+static void audit_one(struct gr__hub *hub, int fd, struct gr__fdstate *st, uint32_t epoch)
+{
+	if (st->audit_at == 0) {
+		/* First seen waiting: check once it has waited an epoch. */
+		st->audit_at = epoch + 1;
+		st->audit_gap = 1;
+		return;
+	}
+	if (epoch < st->audit_at)
+		return;
+	st->audit_gap = st->audit_gap >= AUDIT_GAP_MAX / 2 ? AUDIT_GAP_MAX : st->audit_gap * 2;
+	st->audit_at = epoch + st->audit_gap;
+	if (check_open(hub, fd) == -EBADF) {
+		report_closed(hub, fd, st);
+		gr__fd_cancel_all(hub, st, EBADF);
+	}
+}
+
+int64_t gr__fd_audit(struct gr__hub *hub, int64_t now)
+{
+	if (hub->fds_busy == 0) {
+		hub->audit_due = 0;
+		return GR_FOREVER;
+	}
+	if (hub->audit_due == 0) {
+		/* Waits have begun since the last audit: plan one an epoch away. */
+		hub->audit_due = now + AUDIT_EPOCH;
+		return hub->audit_due;
+	}
+	if (now < hub->audit_due)
+		return hub->audit_due;
+
+	uint32_t epoch = ++hub->audit_epoch;
+	uint32_t next = UINT32_MAX;
+	for (size_t c = 0; c < hub->fd_nchunks; c++) {
+		struct gr__fdstate *chunk = hub->fd_chunks[c];
+
+		if (!chunk)
+			continue;
+		for (size_t i = 0; i < CHUNK; i++) {
+			struct gr__fdstate *st = &chunk[i];
+
+			if (gr__list_empty(&st->ops) || st->closing)
+				continue;
+			audit_one(hub, (int)(c * CHUNK + i), st, epoch);
+			if (st->audit_at && st->audit_at < next)
+				next = st->audit_at;
+		}
+	}
+	if (next == UINT32_MAX) {
+		hub->audit_due = 0;
+		return GR_FOREVER;
+	}
+	hub->audit_due = now + (int64_t)(next - epoch) * AUDIT_EPOCH;
+	return hub->audit_due;
+}

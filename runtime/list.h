@@ -1,0 +1,116 @@
+/* list.h — the runtime's one intrusive list.
+ *
+ * A doubly linked list whose head is two pointers, {first, last}, and whose
+ * ends are NULL rather than the head itself. That choice is what lets one
+ * list type serve everywhere in the runtime:
+ *   - zero-initialised memory (a calloc'd hub, a memset sync object) is an
+ *     empty list, with no init call to forget;
+ *   - a head may be moved (a realloc'd table, `hub->now = hub->next`), since
+ *     no node points back at it.
+ * The price is that removing a node needs its list, which every user has at
+ * hand (a waiter records its queue; an operation its fd).
+ *
+ * Nodes (struct gr__link) are embedded in the objects listed; gr__container
+ * gets the object back. Removing a node that is not in the list is a bug the
+ * callers prevent by their own state (a waiter's `queue` is NULL once it has
+ * been removed), not something the list checks.
+ */
+#ifndef GREENRING_LIST_H
+#define GREENRING_LIST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* may_alias: the readiness backends keep a link inside gr_op.backend_data,
+ * an array of uintptr_t, and reach it through a pointer of this type. */
+struct __attribute__((may_alias)) gr__link {
+	struct gr__link *next, *prev;
+};
+
+struct gr__list {
+	struct gr__link *first, *last;
+};
+
+#define gr__container(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+static inline bool gr__list_empty(const struct gr__list *l)
+{
+	return l->first == NULL;
+}
+
+static inline void gr__list_push_back(struct gr__list *l, struct gr__link *n)
+{
+	n->next = NULL;
+	n->prev = l->last;
+	if (l->last)
+		l->last->next = n;
+	else
+		l->first = n;
+	l->last = n;
+}
+
+static inline void gr__list_push_front(struct gr__list *l, struct gr__link *n)
+{
+	n->prev = NULL;
+	n->next = l->first;
+	if (l->first)
+		l->first->prev = n;
+	else
+		l->last = n;
+	l->first = n;
+}
+
+static inline void gr__list_remove(struct gr__list *l, struct gr__link *n)
+{
+	if (n->prev)
+		n->prev->next = n->next;
+	else
+		l->first = n->next;
+	if (n->next)
+		n->next->prev = n->prev;
+	else
+		l->last = n->prev;
+	n->next = n->prev = NULL;
+}
+
+/* The first node, removed; NULL when the list is empty. */
+static inline struct gr__link *gr__list_pop_front(struct gr__list *l)
+{
+	struct gr__link *n = l->first;
+
+	if (n) {
+		l->first = n->next;
+		if (l->first)
+			l->first->prev = NULL;
+		else
+			l->last = NULL;
+		n->next = NULL;
+	}
+	return n;
+}
+
+/* Move every node of `from` to the end of `to`; `from` is left empty. */
+static inline void gr__list_splice_back(struct gr__list *to, struct gr__list *from)
+{
+	if (!from->first)
+		return;
+	if (to->last) {
+		to->last->next = from->first;
+		from->first->prev = to->last;
+	} else {
+		to->first = from->first;
+	}
+	to->last = from->last;
+	from->first = from->last = NULL;
+}
+
+/* Walk l; `it` is a struct gr__link *. The body must not remove `it`: use
+ * gr__list_foreach_safe for that. */
+#define gr__list_foreach(it, l) for (struct gr__link *it = (l)->first; it; it = it->next)
+
+/* Walk l while the body may remove `it` (but no other node). */
+#define gr__list_foreach_safe(it, l)                                                      \
+	for (struct gr__link *it = (l)->first, *it##_next_ = it ? it->next : NULL; it;    \
+	     it = it##_next_, it##_next_ = it ? it->next : NULL)
+
+#endif
