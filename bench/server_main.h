@@ -144,10 +144,10 @@ static inline void srv_broadcast_stop(struct srv_shared *sh)
 		close(sh->stop_wr);
 }
 
-/* Read until n bytes arrived, EOF, or an error, retrying on EAGAIN: an fd
- * that is already O_NONBLOCK (the signalfd) may report EAGAIN instead of
- * parking, depending on the hub. 1 when n bytes arrived, 0 on EOF, -1 on
- * error (errno set). */
+/* Read until n bytes arrived, EOF, or an error. A green read parks until
+ * the fd is readable on every hub, even one the program made O_NONBLOCK
+ * (the signalfd). 1 when n bytes arrived, 0 on EOF, -1 on error (errno
+ * set). */
 static inline int srv_read_full(int fd, void *buf, size_t n)
 {
 	size_t got = 0;
@@ -155,16 +155,12 @@ static inline int srv_read_full(int fd, void *buf, size_t n)
 	while (got < n) {
 		ssize_t r = gr_read(fd, (char *)buf + got, n - got);
 
-		if (r > 0) {
+		if (r > 0)
 			got += (size_t)r;
-		} else if (r == 0) {
+		else if (r == 0)
 			return 0;
-		} else if (errno == EAGAIN) {
-			if (gr_wait_fd(fd, POLLIN, GR_FOREVER) < 0)
-				return -1;
-		} else if (errno != EINTR) {
+		else if (errno != EINTR)
 			return -1;
-		}
 	}
 	return 1;
 }

@@ -381,16 +381,19 @@ int64_t gr_deadline_get(void)
 	return self ? self->deadline : GR_FOREVER;
 }
 
-/* Let every other runnable fiber run once, and the hub reap. */
+/* Let every other runnable fiber run once, and the hub reap. It parks on
+ * nothing (the run queue is all), so the gate's checks alone apply. */
 static int yield(void)
 {
 	struct gr__hub *hub = NULL;
-	struct gr__park p = { .what = "gr_sleep(0)" };
-	int err = gr__park_prepare(&hub, &p, GR_FOREVER);
+	int64_t deadline;
+	int err = gr__park_hub(&hub);
 
+	if (!err)
+		err = gr__park_check(hub->current, GR_FOREVER, false, &deadline);
 	if (err)
 		return err;
-	gr__ready(p.fiber);
+	gr__ready(hub->current);
 	gr__switch_out(hub);
 	return 0;
 }

@@ -91,8 +91,6 @@ struct epoll_hub {
 	bool has_pwait2;
 	struct epoll_event *events;
 	int nevents;
-	uint64_t stale_events;     /* dropped: generation mismatch */
-	uint64_t reregistered;     /* fds closed behind our back and reused */
 };
 
 static inline uint64_t token(int fd, uint32_t gen)
@@ -151,7 +149,6 @@ static int arm_fd(struct epoll_hub *h, int fd, struct gr__rd_fd *fs, uint32_t ma
 		/* The file we registered was closed without gr_close() and the
 		 * number now names another one: register that (it may be one
 		 * epoll cannot watch: -EPERM, and no registration). */
-		h->reregistered++;
 		fs->gen = 0;
 		return add_fd(h, fd, fs, mask);
 	}
@@ -236,10 +233,8 @@ static void handle_event(struct epoll_hub *h, const struct epoll_event *ev, int 
 	}
 	uint32_t gen = (uint32_t)(data >> 32);
 	int fd = (int)(uint32_t)data;
-	if ((size_t)fd >= h->rd.nfds || h->rd.fds[fd].gen != gen) {
-		h->stale_events++;
-		return;
-	}
+	if ((size_t)fd >= h->rd.nfds || h->rd.fds[fd].gen != gen)
+		return; /* for a registration replaced since: dropped */
 	short revents = (short)(ev->events & (EPOLLIN | EPOLLPRI | EPOLLOUT | EPOLLRDHUP |
 					      EPOLLERR | EPOLLHUP));
 

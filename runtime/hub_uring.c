@@ -54,7 +54,6 @@ struct uring_hub {
 	int wake_fd;
 	atomic_bool wake_pending;  /* coalesces wake() calls until the hub reads */
 	bool wake_unarmed;         /* the wake poll ended and is not re-armed yet */
-	uint64_t stale_cqes;
 };
 
 /* The opcodes greenring relies on; probe() refuses a kernel missing one. */
@@ -140,10 +139,8 @@ static void handle_cqe(struct uring_hub *h, const struct io_uring_cqe *cqe)
 
 	uint32_t idx = (uint32_t)(ud >> 2) & ((1u << 30) - 1);
 	uint32_t gen = (uint32_t)(ud >> 32);
-	if (idx >= h->nslots || h->slots[idx].gen != gen || !h->slots[idx].op) {
-		h->stale_cqes++;
-		return;
-	}
+	if (idx >= h->nslots || h->slots[idx].gen != gen || !h->slots[idx].op)
+		return; /* for a slot reused since: dropped */
 	struct gr_op *op = h->slots[idx].op;
 	int64_t res = cqe->res;
 

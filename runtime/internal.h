@@ -20,6 +20,7 @@
 #ifndef GREENRING_INTERNAL_H
 #define GREENRING_INTERNAL_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -38,6 +39,16 @@
 
 struct gr__hub;
 struct gr__park;
+
+/* The sooner of two absolute deadlines (GR_FOREVER is later than any). */
+static inline int64_t gr__deadline_min(int64_t a, int64_t b)
+{
+	if (a == GR_FOREVER)
+		return b;
+	if (b == GR_FOREVER)
+		return a;
+	return a < b ? a : b;
+}
 
 /* ------------------------------------------------------------ operations */
 
@@ -94,8 +105,10 @@ struct gr__park {
 	uintptr_t data;                   /* the primitive's hand-off slot */
 	int status;                       /* what the waker handed over */
 	bool uncancellable;               /* neither kill nor deadlines stop it */
-	struct gr__op *op;                /* in flight for this call, or NULL */
-	struct gr__op timer;              /* a queue wait's deadline */
+	bool on_queue_wait;               /* a queue wait: op, if any, is its timer */
+	struct gr__op *op;                /* in flight for this call, or NULL: the
+					     operation, or a queue wait's deadline
+					     timer (in gr__park_queue's frame) */
 };
 
 static inline bool gr__waitq_empty(const struct gr__waitq *q)
@@ -118,7 +131,8 @@ static inline struct gr__park *gr__waitq_next(const struct gr__park *p)
  * gr__park_hub: may the caller park at all? 0 and *hubp, or -EPERM (inside
  * the hub), the hub creation error, -ENOMEM (no stack for the hub fiber).
  *
- * gr__park_begin: the pre-block checks for a call with deadline `deadline`
+ * gr__park_begin: the pre-block checks (gr__park_check: a call that parks
+ * nothing of its own, a yield, uses them alone) for a call with `deadline`
  * (absolute; GR_FOREVER; 0 = try once). Sets p->fiber and p->deadline to
  * the effective deadline (the sooner of the call's and the fiber's own).
  * 0; -ECANCELED (the fiber was killed); -ETIMEDOUT (the effective deadline
@@ -137,7 +151,6 @@ static inline struct gr__park *gr__waitq_next(const struct gr__park *p)
  *
  * gr__unpark: take p off its queue and make its fiber runnable with
  * `status`. Does not switch. p must be on a queue. */
-int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline);
 int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
 /* Before parking again inside the same call (a readiness retry): the
  * checks of gr__park_begin against the effective deadline already set. */
@@ -346,22 +359,39 @@ static inline int gr__park_hub(struct gr__hub **hubp)
 	return gr__park_hub_slow(hubp);
 }
 
+/* The gate's pre-block checks (see "The gate" above). Inline: every
+ * blocking call passes here, yields included. */
+static inline int gr__park_check(const gr_fiber *self, int64_t deadline, bool uncancellable,
+				 int64_t *effective)
+{
+	if (deadline == 0 || uncancellable) {
+		*effective = deadline;
+		return 0;
+	}
+	if (self->killed)
+		return -ECANCELED;
+	*effective = gr__deadline_min(deadline, self->deadline);
+	if (*effective != GR_FOREVER && *effective <= gr_now())
+		return -ETIMEDOUT;
+	return 0;
+}
+
+static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline)
+{
+	p->fiber = hub->current;
+	p->queue = NULL;
+	p->op = NULL;
+	p->status = 0;
+	p->on_queue_wait = false;
+	return gr__park_check(p->fiber, deadline, p->uncancellable, &p->deadline);
+}
+
 /* Both halves of gr__park_hub + gr__park_begin, for the common case. */
 static inline int gr__park_prepare(struct gr__hub **hubp, struct gr__park *p, int64_t deadline)
 {
 	int err = gr__park_hub(hubp);
 
 	return err ? err : gr__park_begin(*hubp, p, deadline);
-}
-
-/* The sooner of two absolute deadlines (GR_FOREVER is later than any). */
-static inline int64_t gr__deadline_min(int64_t a, int64_t b)
-{
-	if (a == GR_FOREVER)
-		return b;
-	if (b == GR_FOREVER)
-		return a;
-	return a < b ? a : b;
 }
 
 /* ------------------------------------------------------------ fds (fd.c) */

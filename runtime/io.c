@@ -275,6 +275,42 @@ static void mark_defined(const struct gr_op *op, int64_t res)
 #endif
 }
 
+/* A completion backend runs the call in the kernel, which honours the
+ * file's own O_NONBLOCK (a signalfd made with SFD_NONBLOCK, a socket the
+ * program set non-blocking): the call comes back with EAGAIN (EINPROGRESS
+ * for a connect) instead of waiting. A green call waits on every hub, so
+ * here it waits for readiness, as the readiness hubs do, and tries again. */
+static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
+{
+	for (;;) {
+		int64_t r = gr__park_op(hub, p, o);
+		bool connecting = o->op.kind == GR_OP_CONNECT && r == -EINPROGRESS;
+
+		if (r != -EAGAIN && !connecting) {
+			mark_defined(&o->op, r);
+			return r;
+		}
+		r = gr__park_again(p);
+		if (r < 0)
+			return r;
+		struct gr__op wait = gr__op_init(GR_OP_POLL, o->op.fd);
+		wait.op.events = op_events(&o->op);
+		r = gr__park_op(hub, p, &wait);
+		if (r < 0)
+			return r;
+		if (r & POLLNVAL)
+			return -EBADF;
+		if (connecting) {
+			int soerr = 0;
+			socklen_t len = sizeof(soerr);
+
+			if (getsockopt(o->op.fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+				return -errno;
+			return soerr ? -soerr : 0;
+		}
+	}
+}
+
 /* The one path: through the gate, then the backend's way of doing it. */
 static int64_t run_op(struct gr__op *o, const char *what)
 {
@@ -289,12 +325,8 @@ static int64_t run_op(struct gr__op *o, const char *what)
 	err = gr__park_begin(hub, &p, o->op.deadline);
 	if (err)
 		return err;
-	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
-		int64_t r = gr__park_op(hub, &p, o);
-
-		mark_defined(&o->op, r);
-		return r;
-	}
+	if (hub->ops->caps & GR_HUB_CAP_COMPLETION)
+		return run_completion(hub, &p, o);
 	return run_readiness(hub, &p, o);
 }
 

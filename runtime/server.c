@@ -70,7 +70,7 @@ static int fd_identity(int fd, struct fd_identity *id)
 /* Close fd if it still names the file `id` was taken from. */
 static void close_owned(int fd, const struct fd_identity *id)
 {
-	struct fd_identity now;
+	struct fd_identity now = { 0, 0 };
 
 	if (fd_identity(fd, &now) == 0 && now.dev == id->dev && now.ino == id->ino)
 		(void)gr_close(fd);

@@ -45,26 +45,6 @@ int gr__park_hub_slow(struct gr__hub **hubp)
 	return 0;
 }
 
-int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline)
-{
-	gr_fiber *self = hub->current;
-
-	p->fiber = self;
-	p->queue = NULL;
-	p->op = NULL;
-	p->status = 0;
-	if (deadline == 0 || p->uncancellable) {
-		p->deadline = deadline;
-		return 0;
-	}
-	if (self->killed)
-		return -ECANCELED;
-	p->deadline = gr__deadline_min(deadline, self->deadline);
-	if (p->deadline != GR_FOREVER && p->deadline <= gr_now())
-		return -ETIMEDOUT;
-	return 0;
-}
-
 int gr__park_again(const struct gr__park *p)
 {
 	if (p->deadline == 0 || p->uncancellable)
@@ -203,13 +183,17 @@ static void timer_done(struct gr__op *o)
 int gr__park_queue(struct gr__hub *hub, struct gr__park *p, struct gr__waitq *q)
 {
 	gr_fiber *self = p->fiber;
+	/* The deadline timer lives in this frame, which lasts as long as the
+	 * wait: the park record stays small for the calls that need none. */
+	struct gr__op timer;
 
 	if (p->deadline == 0)
 		return -ETIMEDOUT; /* a pure try does not park */
 	p->queue = q;
+	p->on_queue_wait = true;
 	gr__list_push_back(&q->parked, &p->link);
 	if (p->deadline != GR_FOREVER) {
-		struct gr__op *t = &p->timer;
+		struct gr__op *t = &timer;
 
 		memset(t, 0, sizeof(*t));
 		t->op.kind = GR_OP_TIMEOUT;
@@ -253,7 +237,7 @@ void gr__park_interrupt(struct gr__hub *hub, gr_fiber *f, int why, bool force)
 		gr__unpark(p, -why);
 		if (force && p->op)
 			gr__op_cancel(hub, p->op, why);
-	} else if (p->op && (p->op != &p->timer || force)) {
+	} else if (p->op && (!p->on_queue_wait || force)) {
 		/* An operation; or the timer of a woken wait that can never
 		 * drain it itself. */
 		gr__op_cancel(hub, p->op, why);

@@ -1152,6 +1152,61 @@ Test(io, nonblocking_fds_stay_nonblocking_and_work)
 	close_pair(sv);
 }
 
+static void *accept_fn(void *arg)
+{
+	struct rw *r = arg;
+
+	r->n = gr_accept(r->fd, NULL, NULL);
+	r->err = r->n < 0 ? errno : 0;
+	return NULL;
+}
+
+/* Every green call waits on every hub, whatever O_NONBLOCK the program set
+ * on the fd itself. io_uring honours a file's own O_NONBLOCK and answers
+ * EAGAIN (EINPROGRESS for connect); the runtime then waits for readiness and
+ * tries again, as the readiness hubs do. */
+Test(io, green_calls_wait_on_fds_the_program_made_nonblocking)
+{
+	int p[2];
+	struct rw r = { 0 };
+
+	/* read of a non-blocking pipe */
+	cr_assert_eq(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+	r.fd = p[0];
+	gr_fiber *f = gr_spawn(reader, &r);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(r.n, 0, "gr_read of an O_NONBLOCK pipe returned %zd (%s)", r.n, strerror(r.err));
+	cr_assert_eq(gr_write(p[1], "nb", 2), 2);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(r.n, 2, "%s", strerror(r.err));
+	close_pair(p);
+
+	/* accept on a non-blocking listener */
+	int port;
+	int l = grt_listener(&port);
+	cr_assert_eq(fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK), 0);
+	struct rw a = { .fd = l };
+	f = gr_spawn(accept_fn, &a);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(a.n, 0, "gr_accept on an O_NONBLOCK listener returned %zd (%s)", a.n,
+		     strerror(a.err));
+
+	/* connect from a non-blocking socket */
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(gr_connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0, "gr_connect: %s",
+		     strerror(errno));
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_geq(a.n, 0, "gr_accept: %s", strerror(a.err));
+	cr_assert_eq(gr_send(c, "x", 1, 0), 1);
+	char b;
+	cr_assert_eq(gr_recv((int)a.n, &b, 1, 0), 1);
+	cr_assert_eq(close((int)a.n), 0);
+	cr_assert_eq(close(c), 0);
+	cr_assert_eq(close(l), 0);
+}
+
 Test(io, main_can_do_green_io_without_any_fiber)
 {
 	int p[2];
