@@ -18,9 +18,6 @@
 
 #include "micro.h"
 
-/* Cases of files not linked in yet are simply absent. */
-extern const struct micro_case micro_sync_cases[] __attribute__((weak));
-
 #define MAX_HUBS 8
 #define MAX_RUNS 31
 
@@ -127,7 +124,8 @@ int main(int argc, char **argv)
 	     tok = strtok_r(NULL, ",", &save))
 		hubs[nhubs++] = tok;
 
-	const struct micro_case *tables[] = { micro_core_cases, micro_sync_cases };
+	const struct micro_case *tables[] = { micro_core_cases, micro_sync_cases,
+					       micro_threads_cases };
 	int64_t budget_ns = budget_ms * GR_MSEC;
 
 	printf("greenring micro-benchmarks: median of %d runs, ~%ld ms each\n\n", runs, budget_ms);
@@ -139,8 +137,6 @@ int main(int argc, char **argv)
 		printf("%s|", "----------------");
 	printf("\n");
 	for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
-		if (!tables[t])
-			continue;
 		for (const struct micro_case *c = tables[t]; c->name; c++) {
 			if (filter && !strstr(c->name, filter))
 				continue;

@@ -19,5 +19,6 @@ struct micro_case {
 /* Each file of cases exports a table ending with { 0 }. */
 extern const struct micro_case micro_core_cases[];
 extern const struct micro_case micro_sync_cases[];
+extern const struct micro_case micro_threads_cases[];
 
 #endif

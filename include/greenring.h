@@ -219,6 +219,9 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 
 #include "greenring/sync.h"
 
+/* Blocking work on worker threads. */
+#include "greenring/tpool.h"
+
 #ifdef __cplusplus
 }
 #endif

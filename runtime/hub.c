@@ -137,8 +137,9 @@ static void detect_deadlock(struct gr__hub *hub)
 {
 	gr_fiber *root = &hub->root;
 
-	/* Nothing runnable and nothing in flight: every fiber waits on a wait
-	 * queue, so only a fiber could wake another, and none can run. The
+	/* Nothing runnable, nothing in flight and no fiber waits on another
+	 * thread: every fiber waits on a wait queue of this hub, so only a
+	 * fiber could wake another, and none can run. The
 	 * main context is parked too (it is not running: the hub is). */
 	if (root->state == GR__FIBER_PARKED && root->park && root->park->queue) {
 		struct gr__park *p = root->park;
@@ -232,15 +233,21 @@ static void hub_main(gr__transfer t)
 
 	gr__switch_arrived(hub, hub->loop, t);
 	for (;;) {
-		if (gr__list_empty(&hub->next) && hub->inflight == 0)
+		gr__hub_drain_inbox(hub);
+		bool idle = gr__list_empty(&hub->next);
+		if (idle && hub->inflight == 0 && hub->remote_waiting == 0)
 			detect_deadlock(hub);
-		if (hub->inflight > 0) {
+		/* Fibers waiting on other threads need the backend's wait() only
+		 * to sleep until a wake(); with fibers runnable, the inbox is
+		 * enough. */
+		if (hub->inflight > 0 || (idle && hub->remote_waiting > 0)) {
 			int r = hub->ops->wait(hub->backend, wait_timeout(hub));
 
 			if (r < 0 && !transient_wait_error(r))
 				wait_failed(hub, r);
 			else
 				hub->wait_failures = 0;
+			gr__hub_drain_inbox(hub);
 		}
 		if (gr__list_empty(&hub->next))
 			continue;
@@ -325,6 +332,7 @@ static void hub_destroy(void *arg)
 		return;
 	}
 	for_each_fiber(hub, interrupt_forced, ECANCELED);
+	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	while (hub->inflight > 0) {
 		int r = hub->ops->wait(hub->backend, -1);
 

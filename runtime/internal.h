@@ -21,6 +21,7 @@
 #define GREENRING_INTERNAL_H
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -93,22 +94,37 @@ struct gr__waitq {
 	struct gr__list parked;
 };
 
-/* One blocking call of one fiber, on that fiber's stack, for as long as the
- * call lasts. The caller fills `what`, `data` and `uncancellable`; the gate
- * fills the rest. */
+struct gr__xq;
+
+/* What a park waits on (struct gr__park.kind). */
+enum gr__park_kind {
+	GR__PARK_OP,          /* an operation: op */
+	GR__PARK_QUEUE,       /* a wait queue of this hub: queue; op is its timer */
+	GR__PARK_XQUEUE,      /* a cross-thread queue: xq; op is its timer */
+};
+
+/* One blocking call of one fiber (or, on a cross-thread queue, of a thread
+ * with no hub), on its own stack, for as long as the call lasts. The caller
+ * fills `what`, `data` and `uncancellable`; the gate fills the rest. */
 struct gr__park {
-	gr_fiber *fiber;
+	gr_fiber *fiber;                  /* NULL: a thread with no hub */
 	const char *what;                 /* the call: deadlock messages */
 	int64_t deadline;                 /* effective: the call's, the fiber's */
 	struct gr__waitq *queue;          /* the queue it is on; NULL once off it */
-	struct gr__link link;             /* its place on queue */
+	struct gr__xq *xq;                /* the cross-thread queue it waits on */
+	void *xlock;                      /* xq's lock, kept: xq may be gone once left */
+	struct gr__link link;             /* its place on queue or xq */
 	uintptr_t data;                   /* the primitive's hand-off slot */
 	int status;                       /* what the waker handed over */
+	uint8_t kind;                     /* enum gr__park_kind */
 	bool uncancellable;               /* neither kill nor deadlines stop it */
-	bool on_queue_wait;               /* a queue wait: op, if any, is its timer */
+	bool xlinked;                     /* on xq (guarded by the xq's lock) */
+	bool draining;                    /* woken, waiting for its timer to finish */
 	struct gr__op *op;                /* in flight for this call, or NULL: the
 					     operation, or a queue wait's deadline
-					     timer (in gr__park_queue's frame) */
+					     timer (in the waiting frame) */
+	struct gr__park *inbox_next;      /* on its hub's inbox, woken from afar */
+	void *cond;                       /* pthread_cond_t of a thread with no hub */
 };
 
 static inline bool gr__waitq_empty(const struct gr__waitq *q)
@@ -157,6 +173,36 @@ int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
 int gr__park_again(const struct gr__park *p);
 int gr__park_queue(struct gr__hub *hub, struct gr__park *p, struct gr__waitq *q);
 void gr__unpark(struct gr__park *p, int status);
+
+/* Cross-thread queues (wait.c): objects that any thread may wake waiters
+ * of (the thread pool's jobs, channels, notifiers). Their waiters are fibers
+ * of any hub, or threads with no hub, which simply block. Every call below
+ * is made with *lock held: the object's own mutex, which serialises wakers
+ * against a waiter's own early end (deadline, kill, thread exit).
+ *
+ * gr__xpark: park the caller on xq until gr__xunpark() or p->deadline (set
+ * by gr__park_begin for a fiber, by gr__xpark_thread_begin for a thread).
+ * Called after the caller checked, under the lock, that it must wait; the
+ * lock is released while parked and held again on return. Returns the
+ * status handed over, -ETIMEDOUT, -ECANCELED (a fiber killed).
+ *
+ * gr__xunpark: take p off its queue and resume it with `status`, from any
+ * thread. A fiber is put on its hub's inbox and the hub woken (one wake-up
+ * for many completions: only the first on an empty inbox calls wake()). */
+struct gr__xq {
+	void *lock;                       /* the object's pthread_mutex_t */
+	struct gr__list parked;           /* struct gr__park.link */
+	/* Optional: a waiter left without being handed anything (deadline,
+	 * kill, its thread's exit), lock held. The waiter's caller may never
+	 * run again (thread exit): what it would settle is settled here. */
+	void (*on_leave)(struct gr__xq *xq);
+};
+int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq);
+void gr__xunpark(struct gr__park *p, int status);
+/* For a thread with no hub: fill p as gr__park_begin does for a fiber. */
+void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline);
+/* The hub takes what other threads woke: make those fibers runnable. */
+void gr__hub_drain_inbox(struct gr__hub *hub);
 
 /* End f's current wait early because of `why` (ECANCELED for a kill, EIO
  * for a backend that cannot wait): a queue wait is woken with -why, an
@@ -227,6 +273,8 @@ struct gr__hub {
 	size_t nfibers;                   /* live spawned fibers (not root) */
 	size_t inflight;                  /* operations submitted and not completed */
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
+	_Atomic(struct gr__park *) inbox; /* woken by other threads (gr__xunpark) */
+	size_t remote_waiting;            /* fibers parked on cross-thread queues */
 	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */
 	size_t fd_nchunks;
 	size_t fds_busy;                  /* fds with operations in flight */
@@ -317,7 +365,8 @@ static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *h
 	gr_fiber *next = gr__runq_pop(&hub->now);
 
 	if (!next) {
-		if (hub->inflight == 0 && !gr__list_empty(&hub->next)) {
+		if (hub->inflight == 0 && !gr__list_empty(&hub->next) &&
+		    !atomic_load_explicit(&hub->inbox, memory_order_relaxed)) {
 			/* Nothing to reap: start the next turn here. */
 			hub->now = hub->next;
 			hub->next.first = hub->next.last = NULL;
@@ -380,9 +429,11 @@ static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_
 {
 	p->fiber = hub->current;
 	p->queue = NULL;
+	p->xq = NULL;
 	p->op = NULL;
 	p->status = 0;
-	p->on_queue_wait = false;
+	p->kind = GR__PARK_OP;
+	p->cond = NULL;
 	return gr__park_check(p->fiber, deadline, p->uncancellable, &p->deadline);
 }
 

@@ -23,7 +23,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -167,17 +169,49 @@ void gr__unpark(struct gr__park *p, int status)
 	gr__ready(p->fiber);
 }
 
+static void xpark_end_early(struct gr__park *p, int status);
+
 /* A queue wait's deadline timer completed: it expired, or it was cancelled
  * because the wait ended first (then the fiber is draining it), or the
  * core forced it off (thread exit, a broken backend: cancel_errno says). */
 static void timer_done(struct gr__op *o)
 {
 	struct gr__park *p = o->park;
+	int status = o->cancel_errno ? -(int)o->cancel_errno : -ETIMEDOUT;
 
-	if (p->queue)
-		gr__unpark(p, o->cancel_errno ? -(int)o->cancel_errno : -ETIMEDOUT);
-	else if (p->fiber->state == GR__FIBER_PARKED)
-		gr__ready(p->fiber); /* it was draining this timer */
+	if (p->draining)
+		gr__ready(p->fiber);
+	else if (p->kind == GR__PARK_XQUEUE)
+		xpark_end_early(p, status);
+	else if (p->queue)
+		gr__unpark(p, status);
+}
+
+/* Arm the deadline timer `t` (in the waiting frame) of a queue wait. */
+static int timer_arm(struct gr__hub *hub, struct gr__park *p, struct gr__op *t)
+{
+	memset(t, 0, sizeof(*t));
+	t->op.kind = GR_OP_TIMEOUT;
+	t->op.fd = -1;
+	t->op.deadline = p->deadline;
+	t->park = p;
+	t->on_complete = timer_done;
+	return op_submit(hub, t);
+}
+
+/* The wait is over: if its timer is still in flight (it lives in the
+ * caller's frame), cancel it and wait for it to complete. */
+static void timer_drain(struct gr__hub *hub, struct gr__park *p)
+{
+	if (!p->op)
+		return;
+	gr__op_cancel(hub, p->op, ECANCELED);
+	p->draining = true;
+	while (p->op) {
+		p->fiber->state = GR__FIBER_PARKED;
+		gr__switch_out(hub);
+	}
+	p->draining = false;
 }
 
 int gr__park_queue(struct gr__hub *hub, struct gr__park *p, struct gr__waitq *q)
@@ -190,18 +224,12 @@ int gr__park_queue(struct gr__hub *hub, struct gr__park *p, struct gr__waitq *q)
 	if (p->deadline == 0)
 		return -ETIMEDOUT; /* a pure try does not park */
 	p->queue = q;
-	p->on_queue_wait = true;
+	p->kind = GR__PARK_QUEUE;
+	p->draining = false;
 	gr__list_push_back(&q->parked, &p->link);
 	if (p->deadline != GR_FOREVER) {
-		struct gr__op *t = &timer;
+		int err = timer_arm(hub, p, &timer);
 
-		memset(t, 0, sizeof(*t));
-		t->op.kind = GR_OP_TIMEOUT;
-		t->op.fd = -1;
-		t->op.deadline = p->deadline;
-		t->park = p;
-		t->on_complete = timer_done;
-		int err = op_submit(hub, t);
 		if (err < 0) {
 			waitq_remove(p);
 			return err;
@@ -210,16 +238,177 @@ int gr__park_queue(struct gr__hub *hub, struct gr__park *p, struct gr__waitq *q)
 	self->state = GR__FIBER_PARKED;
 	self->park = p;
 	gr__switch_out(hub);
-	if (p->op) {
-		/* Woken before the deadline: the timer lives in this frame, so it
-		 * must complete before we return. */
-		gr__op_cancel(hub, p->op, ECANCELED);
-		while (p->op) {
-			self->state = GR__FIBER_PARKED;
-			gr__switch_out(hub);
+	timer_drain(hub, p);
+	self->park = NULL;
+	return p->status;
+}
+
+/* ------------------------------------------------------------ cross-thread */
+
+/* Take p off its cross-thread queue (lock held). */
+static void xq_remove(struct gr__park *p, int status)
+{
+	gr__list_remove(&p->xq->parked, &p->link);
+	p->xlinked = false;
+	p->status = status;
+}
+
+/* p leaves its queue on its own side, handed nothing (lock held). After
+ * on_leave the object may be gone: only p->xlock is touched from now on. */
+static void xq_leave(struct gr__park *p, int status)
+{
+	struct gr__xq *xq = p->xq;
+
+	xq_remove(p, status);
+	if (xq->on_leave)
+		xq->on_leave(xq);
+}
+
+void gr__xunpark(struct gr__park *p, int status)
+{
+	xq_remove(p, status);
+	if (!p->fiber) {
+		pthread_cond_signal(p->cond);
+		return;
+	}
+	struct gr__hub *hub = p->fiber->hub;
+	if (hub == gr__tls_hub) {
+		/* A fiber of this very hub: it is parked (we run), ready it. */
+		gr__ready(p->fiber);
+		return;
+	}
+	/* Release: the status (and whatever the waker handed over in the
+	 * object) is visible to the hub that takes p from its inbox. The lock
+	 * is still held, so the hub cannot be torn down under the wake. */
+	struct gr__park *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
+	do
+		p->inbox_next = old;
+	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, p, memory_order_release,
+						      memory_order_relaxed));
+	if (!old)
+		(void)hub->ops->wake(hub->backend);
+}
+
+void gr__hub_drain_inbox(struct gr__hub *hub)
+{
+	struct gr__park *p = atomic_exchange_explicit(&hub->inbox, NULL, memory_order_acquire);
+	struct gr__park *fifo = NULL;
+
+	/* The inbox is a stack: reverse it, so fibers run in wake order. */
+	while (p) {
+		struct gr__park *next = p->inbox_next;
+
+		p->inbox_next = fifo;
+		fifo = p;
+		p = next;
+	}
+	while (fifo) {
+		struct gr__park *next = fifo->inbox_next;
+
+		gr__ready(fifo->fiber); /* it may run and be gone: next is read first */
+		fifo = next;
+	}
+}
+
+/* The waiter's own side ends its wait (deadline, kill, thread exit), racing
+ * wakers on other threads: whoever takes it off the queue, under the lock,
+ * decides. If a waker did, its delivery is on the way through the inbox. */
+static void xpark_end_early(struct gr__park *p, int status)
+{
+	pthread_mutex_t *lock = p->xlock;
+	bool mine;
+
+	pthread_mutex_lock(lock);
+	mine = p->xlinked;
+	if (mine)
+		xq_leave(p, status);
+	pthread_mutex_unlock(lock);
+	if (mine)
+		gr__ready(p->fiber);
+}
+
+void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)
+{
+	p->fiber = NULL;
+	p->queue = NULL;
+	p->xq = NULL;
+	p->op = NULL;
+	p->status = 0;
+	p->cond = NULL;
+	p->deadline = deadline;
+}
+
+/* A thread with no hub waits on a condition variable of its own, bound to
+ * the object's lock. */
+static int xpark_thread(struct gr__park *p, pthread_mutex_t *lock)
+{
+	pthread_cond_t cond;
+	pthread_condattr_t attr;
+	struct timespec ts;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&cond, &attr);
+	pthread_condattr_destroy(&attr);
+	p->cond = &cond;
+	if (p->deadline != GR_FOREVER)
+		gr__ns_to_timespec(p->deadline, &ts);
+	while (p->xlinked) {
+		if (p->deadline == GR_FOREVER) {
+			pthread_cond_wait(&cond, lock);
+		} else if (pthread_cond_timedwait(&cond, lock, &ts) == ETIMEDOUT && p->xlinked) {
+			xq_leave(p, -ETIMEDOUT);
 		}
 	}
+	pthread_cond_destroy(&cond);
+	return p->status;
+}
+
+int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq)
+{
+	pthread_mutex_t *lock = xq->lock;
+	struct gr__op timer;
+
+	if (p->deadline == 0)
+		return -ETIMEDOUT; /* a pure try does not park */
+	p->xq = xq;
+	p->xlock = xq->lock;
+	p->xlinked = true;
+	p->kind = GR__PARK_XQUEUE;
+	p->draining = false;
+	gr__list_push_back(&xq->parked, &p->link);
+	if (!p->fiber)
+		return xpark_thread(p, lock);
+
+	gr_fiber *self = p->fiber;
+	hub->remote_waiting++;
+	/* From here a waker on another thread may take p: its delivery goes
+	 * through the inbox, which only this thread's hub fiber drains, after
+	 * we have parked. The lock is let go before the timer is armed: arming
+	 * may reap completions, and another waiter's early end takes the lock. */
+	pthread_mutex_unlock(lock);
+	int err = p->deadline != GR_FOREVER ? timer_arm(hub, p, &timer) : 0;
+	if (err < 0) {
+		/* Waiting without the timer would ignore the deadline: give the
+		 * wait up, unless a waker was first (then take its delivery). */
+		pthread_mutex_lock(lock);
+		bool mine = p->xlinked;
+		if (mine)
+			xq_leave(p, err);
+		pthread_mutex_unlock(lock);
+		if (mine) {
+			hub->remote_waiting--;
+			pthread_mutex_lock(lock);
+			return err;
+		}
+	}
+	self->state = GR__FIBER_PARKED;
+	self->park = p;
+	gr__switch_out(hub);
+	hub->remote_waiting--;
+	timer_drain(hub, p);
 	self->park = NULL;
+	pthread_mutex_lock(lock);
 	return p->status;
 }
 
@@ -231,15 +420,22 @@ void gr__park_interrupt(struct gr__hub *hub, gr_fiber *f, int why, bool force)
 
 	if (!p || (p->uncancellable && !force))
 		return;
-	if (p->queue) {
+	switch (p->kind) {
+	case GR__PARK_QUEUE:
 		/* Its timer, if any, is cancelled by the fiber itself when it
 		 * runs; a forced end (the fiber will never run) cancels it here. */
-		gr__unpark(p, -why);
-		if (force && p->op)
+		if (p->queue)
+			gr__unpark(p, -why);
+		break;
+	case GR__PARK_XQUEUE:
+		if (!p->draining)
+			xpark_end_early(p, -why);
+		break;
+	case GR__PARK_OP:
+		if (p->op)
 			gr__op_cancel(hub, p->op, why);
-	} else if (p->op && (!p->on_queue_wait || force)) {
-		/* An operation; or the timer of a woken wait that can never
-		 * drain it itself. */
-		gr__op_cancel(hub, p->op, why);
+		return;
 	}
+	if (force && p->op)
+		gr__op_cancel(hub, p->op, why);
 }

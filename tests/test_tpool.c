@@ -1,0 +1,421 @@
+/* test_tpool.c — gr_tpool_run: results, concurrency with the hub, kills and
+ * deadlines while a job runs and while it waits in the queue, a burst of 10k
+ * jobs, threads with and without hubs, thread exit mid-wait, fork.
+ * Runs once per hub.
+ *
+ * Jobs that must stay busy block on a pipe the test controls (never a
+ * sleep): the test decides when they end. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "support.h"
+
+GRT_SUITE(tpool);
+
+static void *twice(void *arg)
+{
+	return (void *)(2 * (uintptr_t)arg);
+}
+
+Test(tpool, a_job_runs_on_another_thread_and_its_result_comes_back)
+{
+	void *r = NULL;
+
+	assert_ok(gr_tpool_run(twice, (void *)21, &r, GR_FOREVER));
+	cr_assert_eq((uintptr_t)r, 42);
+	assert_ok(gr_tpool_run(twice, (void *)1, NULL, GR_FOREVER));
+	assert_err(gr_tpool_run(NULL, NULL, &r, GR_FOREVER), EINVAL);
+}
+
+/* A job that blocks reading one byte from a pipe: the test says when it
+ * ends by writing to the pipe. It counts itself in `started`. */
+struct gate {
+	int p[2];
+	atomic_int started;
+	atomic_int finished;
+	atomic_int cleaned;
+	atomic_uintptr_t cleanup_result;
+};
+
+static void gate_open(struct gate *g)
+{
+	cr_assert_eq(pipe2(g->p, O_CLOEXEC), 0);
+	atomic_init(&g->started, 0);
+	atomic_init(&g->finished, 0);
+	atomic_init(&g->cleaned, 0);
+	atomic_init(&g->cleanup_result, 0);
+}
+
+static void gate_release(struct gate *g, int n)
+{
+	for (int i = 0; i < n; i++)
+		cr_assert_eq(write(g->p[1], "x", 1), 1);
+}
+
+static void gate_close(struct gate *g)
+{
+	close(g->p[0]);
+	close(g->p[1]);
+}
+
+static void *blocked_job(void *arg)
+{
+	struct gate *g = arg;
+	char c;
+
+	atomic_fetch_add(&g->started, 1);
+	if (read(g->p[0], &c, 1) != 1)
+		return NULL;
+	atomic_fetch_add(&g->finished, 1);
+	return (void *)0x5eed;
+}
+
+static void cleanup_job(void *result, void *arg)
+{
+	struct gate *g = arg;
+
+	atomic_store(&g->cleanup_result, (uintptr_t)result);
+	atomic_fetch_add(&g->cleaned, 1);
+}
+
+struct caller {
+	struct gate *g;
+	int64_t deadline;
+	int rc;
+	void *result;
+	int64_t returned_at;
+};
+
+static void *call_blocked(void *arg)
+{
+	struct caller *c = arg;
+
+	c->result = (void *)0xdead;
+	c->rc = gr_tpool_run_cleanup(blocked_job, c->g, cleanup_job, &c->result, c->deadline);
+	c->returned_at = gr_now();
+	return NULL;
+}
+
+/* Wait, yielding, until `n` jobs have started on workers. */
+static void await_started(struct gate *g, int n)
+{
+	int64_t until = gr_now() + 5 * GR_SEC;
+
+	while (atomic_load(&g->started) < n) {
+		cr_assert_lt(gr_now(), until, "only %d of %d jobs started", atomic_load(&g->started), n);
+		assert_ok(gr_sleep(GR_MSEC));
+	}
+}
+
+Test(tpool, the_hub_keeps_running_fibers_while_a_job_blocks)
+{
+	struct gate g;
+	struct caller c = { .deadline = GR_FOREVER };
+	int ticks = 0;
+
+	gate_open(&g);
+	c.g = &g;
+	gr_fiber *f = gr_spawn(call_blocked, &c);
+	await_started(&g, 1);
+	/* The job is blocked in read(2) on a worker; this thread is free. */
+	for (int i = 0; i < 10; i++, ticks++)
+		assert_ok(gr_sleep(0));
+	cr_assert_eq(ticks, 10);
+	cr_assert_eq((uintptr_t)c.result, 0xdead, "the result came before the job ended");
+	gate_release(&g, 1);
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(c.rc);
+	cr_assert_eq((uintptr_t)c.result, 0x5eed);
+	cr_assert_eq(atomic_load(&g.cleaned), 0, "cleanup runs only for an abandoned job");
+	gate_close(&g);
+}
+
+Test(tpool, kill_while_the_job_runs_returns_at_once_and_the_cleanup_gets_the_result)
+{
+	struct gate g;
+	struct caller c = { .deadline = GR_FOREVER };
+
+	gate_open(&g);
+	c.g = &g;
+	gr_fiber *f = gr_spawn(call_blocked, &c);
+	await_started(&g, 1);
+	int64_t t0 = gr_now();
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	assert_err(c.rc, ECANCELED);
+	cr_assert_lt(c.returned_at - t0, GR_SEC / 2, "the killed caller did not return at once");
+	cr_assert_eq((uintptr_t)c.result, 0xdead, "a result was written for a caller that left");
+	/* The job runs to its end; its result goes to the cleanup. */
+	gate_release(&g, 1);
+	int64_t until = gr_now() + 5 * GR_SEC;
+	while (atomic_load(&g.cleaned) == 0) {
+		cr_assert_lt(gr_now(), until, "the cleanup never ran");
+		assert_ok(gr_sleep(GR_MSEC));
+	}
+	cr_assert_eq(atomic_load(&g.cleanup_result), 0x5eed);
+	cr_assert_eq(atomic_load(&g.finished), 1);
+	gate_close(&g);
+}
+
+Test(tpool, a_deadline_while_the_job_runs_is_etimedout)
+{
+	struct gate g;
+	struct caller c;
+
+	gate_open(&g);
+	c = (struct caller){ .g = &g, .deadline = gr_now() + 50 * GR_MSEC };
+	gr_fiber *f = gr_spawn(call_blocked, &c);
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	assert_err(c.rc, ETIMEDOUT);
+	cr_assert_geq(c.returned_at, c.deadline, "returned before its deadline");
+	cr_assert_lt(c.returned_at - c.deadline, GR_SEC / 2);
+	gate_release(&g, 1);
+	int64_t until = gr_now() + 5 * GR_SEC;
+	while (atomic_load(&g.cleaned) == 0) {
+		cr_assert_lt(gr_now(), until, "the cleanup never ran");
+		assert_ok(gr_sleep(GR_MSEC));
+	}
+	gate_close(&g);
+}
+
+/* Fill every worker with blocked jobs, so the next job waits in the FIFO;
+ * then kill (or time out) its caller: it returns at once and its job never
+ * runs, even after workers free up. */
+Test(tpool, a_queued_job_whose_caller_left_never_runs)
+{
+	struct gr_tpool_stats st;
+	struct gate busy, queued;
+	struct caller cb[1024];
+
+	assert_ok(gr_tpool_stats(&st));
+	unsigned n = st.max;
+	cr_assert_leq(n, 1024);
+	gate_open(&busy);
+	gate_open(&queued);
+	gr_fiber *fb[1024];
+	for (unsigned i = 0; i < n; i++) {
+		cb[i] = (struct caller){ .g = &busy, .deadline = GR_FOREVER };
+		fb[i] = gr_spawn(call_blocked, &cb[i]);
+	}
+	await_started(&busy, (int)n);
+	struct caller killed = { .g = &queued, .deadline = GR_FOREVER };
+	struct caller timed = { .g = &queued, .deadline = gr_now() + 30 * GR_MSEC };
+	gr_fiber *fk = gr_spawn(call_blocked, &killed);
+	gr_fiber *ft = gr_spawn(call_blocked, &timed);
+	assert_ok(gr_sleep(GR_MSEC));
+	assert_ok(gr_tpool_stats(&st));
+	cr_assert_eq(st.queued, 2, "%zu jobs queued", st.queued);
+	assert_ok(gr_kill(fk));
+	assert_ok(gr_join(fk, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(gr_join(ft, NULL, gr_now() + 5 * GR_SEC));
+	assert_err(killed.rc, ECANCELED);
+	assert_err(timed.rc, ETIMEDOUT);
+	assert_ok(gr_tpool_stats(&st));
+	cr_assert_eq(st.queued, 0, "a job whose caller left is still queued");
+	/* Free the workers: the two abandoned jobs must not run now. */
+	gate_release(&busy, (int)n);
+	for (unsigned i = 0; i < n; i++) {
+		assert_ok(gr_join(fb[i], NULL, gr_now() + 5 * GR_SEC));
+		assert_ok(cb[i].rc);
+	}
+	void *r;
+	assert_ok(gr_tpool_run(twice, (void *)4, &r, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(atomic_load(&queued.started), 0, "a job whose caller left was run");
+	cr_assert_eq(atomic_load(&queued.cleaned), 0, "cleanup of a job that never ran");
+	gate_close(&busy);
+	gate_close(&queued);
+}
+
+static void *burst_one(void *arg)
+{
+	uintptr_t i = (uintptr_t)arg;
+	void *r = NULL;
+
+	if (gr_tpool_run(twice, (void *)i, &r, gr_now() + 60 * GR_SEC) != 0)
+		return (void *)1;
+	return (uintptr_t)r == 2 * i ? NULL : (void *)1;
+}
+
+Test(tpool, a_burst_of_10k_jobs_from_10k_fibers_all_complete)
+{
+	enum { N = 10000 };
+	static gr_fiber *f[N];
+	struct gr_tpool_stats before, after;
+
+	assert_ok(gr_tpool_stats(&before));
+	for (uintptr_t i = 0; i < N; i++) {
+		f[i] = gr_spawn(burst_one, (void *)i);
+		cr_assert_not_null(f[i]);
+	}
+	for (int i = 0; i < N; i++) {
+		void *bad = (void *)1;
+
+		assert_ok(gr_join(f[i], &bad, GR_FOREVER));
+		cr_assert_null(bad, "job %d", i);
+	}
+	assert_ok(gr_tpool_stats(&after));
+	cr_assert_geq(after.completed - before.completed, N);
+	cr_assert_leq(after.threads, after.max);
+}
+
+/* ------------------------------------------------------------ threads */
+
+struct plain {
+	int rc;
+	void *result;
+	int64_t deadline;
+	struct gate *g;
+	int had_hub;
+};
+
+static void *plain_thread(void *arg)
+{
+	struct plain *pl = arg;
+	struct gr_hub_stats st;
+
+	if (pl->g)
+		pl->rc = gr_tpool_run(blocked_job, pl->g, &pl->result, pl->deadline);
+	else
+		pl->rc = gr_tpool_run(twice, (void *)50, &pl->result, pl->deadline);
+	pl->had_hub = gr_hub_stats(&st) != -ESRCH;
+	return NULL;
+}
+
+Test(tpool, a_thread_without_a_hub_just_blocks)
+{
+	struct plain pl = { .deadline = GR_FOREVER };
+	pthread_t t;
+
+	cr_assert_eq(pthread_create(&t, NULL, plain_thread, &pl), 0);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	assert_ok(pl.rc);
+	cr_assert_eq((uintptr_t)pl.result, 100);
+	cr_assert_eq(pl.had_hub, 0, "a hub was made for a plain thread");
+
+	/* With a deadline, and a job that outlives it. */
+	struct gate g;
+	gate_open(&g);
+	pl = (struct plain){ .deadline = gr_now() + 30 * GR_MSEC, .g = &g };
+	cr_assert_eq(pthread_create(&t, NULL, plain_thread, &pl), 0);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	assert_err(pl.rc, ETIMEDOUT);
+	gate_release(&g, 1);
+	int64_t until = gr_now() + 5 * GR_SEC;
+	while (atomic_load(&g.finished) == 0) {
+		cr_assert_lt(gr_now(), until, "the abandoned job never finished");
+		assert_ok(gr_sleep(GR_MSEC));
+	}
+	gate_close(&g);
+}
+
+struct hub_thread {
+	int ok;
+};
+
+static void *hub_thread_main(void *arg)
+{
+	struct hub_thread *h = arg;
+
+	if (gr_hub_use(grt_hub()) != 0)
+		return NULL;
+	gr_fiber *f[50];
+	for (uintptr_t i = 0; i < 50; i++)
+		f[i] = gr_spawn(burst_one, (void *)i);
+	int ok = 1;
+	for (int i = 0; i < 50; i++) {
+		void *bad = (void *)1;
+
+		if (!f[i] || gr_join(f[i], &bad, GR_FOREVER) != 0 || bad)
+			ok = 0;
+	}
+	h->ok = ok;
+	return NULL;
+}
+
+Test(tpool, fibers_of_several_hubs_share_the_pool)
+{
+	struct hub_thread h[3] = { { 0 } };
+	pthread_t t[3];
+
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(pthread_create(&t[i], NULL, hub_thread_main, &h[i]), 0);
+	for (int i = 0; i < 3; i++) {
+		cr_assert_eq(pthread_join(t[i], NULL), 0);
+		cr_assert(h[i].ok, "thread %d", i);
+	}
+}
+
+struct exiting {
+	struct gate *g;
+	struct caller c;
+};
+
+static void *exit_mid_wait(void *arg)
+{
+	struct exiting *e = arg;
+
+	if (gr_hub_use(grt_hub()) != 0)
+		return NULL;
+	e->c = (struct caller){ .g = e->g, .deadline = GR_FOREVER };
+	gr_spawn(call_blocked, &e->c);
+	while (atomic_load(&e->g->started) == 0)
+		gr_sleep(GR_MSEC);
+	return NULL; /* the fiber is still waiting on its job */
+}
+
+Test(tpool, a_thread_exits_while_its_fiber_waits_on_a_job)
+{
+	struct gate g;
+	struct exiting e;
+	pthread_t t;
+
+	gate_open(&g);
+	e.g = &g;
+	int64_t t0 = gr_now();
+	cr_assert_eq(pthread_create(&t, NULL, exit_mid_wait, &e), 0);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	cr_assert_lt(gr_now() - t0, 2 * GR_SEC, "the thread's exit waited for the job");
+	/* The job still ends, and its cleanup (not the gone fiber) gets it. */
+	gate_release(&g, 1);
+	int64_t until = gr_now() + 5 * GR_SEC;
+	while (atomic_load(&g.cleaned) == 0) {
+		cr_assert_lt(gr_now(), until, "the cleanup never ran");
+		assert_ok(gr_sleep(GR_MSEC));
+	}
+	cr_assert_eq(atomic_load(&g.cleanup_result), 0x5eed);
+	gate_close(&g);
+}
+
+Test(tpool, a_fork_child_gets_a_pool_of_its_own)
+{
+	void *r;
+	struct gr_tpool_stats st;
+
+	/* Make sure the parent has workers. */
+	assert_ok(gr_tpool_run(twice, (void *)1, &r, GR_FOREVER));
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		if (gr_tpool_stats(&st) != 0 || st.threads != 0 || st.queued != 0)
+			_exit(2);
+		if (gr_tpool_run(twice, (void *)8, &r, gr_now() + 5 * GR_SEC) != 0 ||
+		    (uintptr_t)r != 16)
+			_exit(3);
+		_exit(0);
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status), "the child died of signal %d", WTERMSIG(status));
+	cr_assert_eq(WEXITSTATUS(status), 0, "child check %d failed", WEXITSTATUS(status));
+	assert_ok(gr_tpool_run(twice, (void *)2, &r, GR_FOREVER));
+	cr_assert_eq((uintptr_t)r, 4);
+}
