@@ -21,10 +21,12 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -38,22 +40,34 @@ static pthread_once_t hub_key_once = PTHREAD_ONCE_INIT;
 static void hub_destroy(void *hub);
 
 /* Every hub of the process, so that the child of a fork() can let go of the
- * rings and epoll sets of threads that do not exist in it. The lock is held
- * across fork() (prepare/parent/child), so the child finds the list whole. */
+ * rings and epoll sets of threads that do not exist in it, and so that the
+ * monitor and the dump can reach every hub (gr__hubs_foreach). The lock is
+ * held across fork() (prepare/parent/child), so the child finds the list
+ * whole. A hub is listed from its installation until its thread has let go
+ * of its fibers, so a listed hub's thread is alive. The list itself
+ * (gr__hubs) is defined in debugger.c, beside the table debuggers read it
+ * through. */
 static pthread_mutex_t hubs_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct gr__list hubs;
 
 static void hubs_add(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
-	gr__list_push_back(&hubs, &hub->proc_link);
+	gr__list_push_back(&gr__hubs, &hub->proc_link);
+	pthread_mutex_unlock(&hubs_lock);
+}
+
+void gr__hubs_foreach(void (*fn)(struct gr__hub *hub, void *arg), void *arg)
+{
+	pthread_mutex_lock(&hubs_lock);
+	gr__list_foreach(it, &gr__hubs)
+		fn(gr__container(it, struct gr__hub, proc_link), arg);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
 static void hubs_remove(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
-	gr__list_remove(&hubs, &hub->proc_link);
+	gr__list_remove(&gr__hubs, &hub->proc_link);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -80,21 +94,31 @@ static void fork_parent(void)
  * ends a process it is the last thread of. */
 static void fork_child(void)
 {
-	gr__list_foreach(it, &hubs) {
+	gr__list_foreach(it, &gr__hubs) {
 		struct gr__hub *hub = gr__container(it, struct gr__hub, proc_link);
 
 		hub->ops->fini(hub->backend, 1);
 	}
-	hubs.first = hubs.last = NULL;
+	gr__hubs.first = gr__hubs.last = NULL;
 	pthread_mutex_unlock(&hubs_lock);
 	tls_hub = NULL;
 	pthread_setspecific(hub_key, NULL);
+}
+
+/* exit() runs no thread's key destructor: the thread that ends the
+ * process says its hub's counters here instead. */
+static void counters_at_exit(void)
+{
+	if (tls_hub)
+		gr__dump_exit_line(tls_hub);
 }
 
 static void make_key(void)
 {
 	pthread_key_create(&hub_key, hub_destroy);
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
+	if (gr__env_flag("GREENRING_DEBUG"))
+		atexit(counters_at_exit);
 }
 
 struct gr__hub *gr__hub_peek(void)
@@ -174,6 +198,21 @@ static void interrupt_forced(struct gr__hub *hub, gr_fiber *f, int why)
 	gr__park_interrupt(hub, f, why, true);
 }
 
+/* The backend's wait(). One that may block marks the hub idle for the
+ * monitor (an odd progress count): a hub asleep in its backend is waiting
+ * for work, not stuck behind a fiber. */
+static int backend_wait(struct gr__hub *hub, int64_t timeout)
+{
+	bool may_block = timeout != 0;
+
+	if (may_block)
+		gr__hub_progress(hub, 1);
+	int r = hub->ops->wait(hub->backend, timeout);
+	if (may_block)
+		gr__hub_progress(hub, 1);
+	return r;
+}
+
 static bool transient_wait_error(int r)
 {
 	return r == -EINTR || r == -EAGAIN || r == -ETIME || r == -EBUSY;
@@ -241,7 +280,7 @@ static void hub_main(gr__transfer t)
 		 * to sleep until a wake(); with fibers runnable, the inbox is
 		 * enough. */
 		if (hub->inflight > 0 || (idle && hub->remote_waiting > 0)) {
-			int r = hub->ops->wait(hub->backend, wait_timeout(hub));
+			int r = backend_wait(hub, wait_timeout(hub));
 
 			if (r < 0 && !transient_wait_error(r))
 				wait_failed(hub, r);
@@ -251,11 +290,20 @@ static void hub_main(gr__transfer t)
 		}
 		if (gr__list_empty(&hub->next))
 			continue;
+		/* The hub's clock: one read per turn of the loop, which parks
+		 * and spawns copy (a read each would cost a yield half again),
+		 * and the turn's length, for the longest the loop has waited to
+		 * reap: the fibers run from here until one switches back. */
+		int64_t start = gr_now();
+		hub->clock = start;
 		hub->now = hub->next;
 		hub->next.first = hub->next.last = NULL;
 		hub->turns++;
 		gr_fiber *f = gr__runq_pop(&hub->now);
 		gr__switch_to(hub, hub->loop, f, false);
+		int64_t ran = gr_now() - start;
+		if (ran > hub->counters.longest_run_ns)
+			hub->counters.longest_run_ns = ran;
 	}
 }
 
@@ -279,9 +327,11 @@ int gr__hub_install(struct gr__hub *hub)
 	pthread_once(&hub_key_once, make_key);
 	if (pthread_setspecific(hub_key, hub) != 0)
 		return -ENOMEM;
+	hub->tid = gettid();
 	hubs_add(hub);
 	tls_hub = hub;
 	gr__stack_overflow_guard_thread_init();
+	gr__monitor_hub_installed();
 	return 0;
 }
 
@@ -304,6 +354,8 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 	root->state = GR__FIBER_RUNNING;
 	root->deadline = GR_FOREVER;
 	root->id = gr__next_fiber_id();
+	hub->clock = gr_now();
+	root->spawned = hub->clock;
 	strcpy(root->name, "main");
 	gr__sanitizer_root_init(root);
 	hub->current = root;
@@ -334,7 +386,7 @@ static void hub_destroy(void *arg)
 	for_each_fiber(hub, interrupt_forced, ECANCELED);
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	while (hub->inflight > 0) {
-		int r = hub->ops->wait(hub->backend, -1);
+		int r = backend_wait(hub, -1);
 
 		if (r < 0 && !transient_wait_error(r)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
@@ -349,6 +401,10 @@ static void hub_destroy(void *arg)
 	if (hub->loop)
 		gr__fiber_release_stack(hub, hub->loop);
 	hubs_remove(hub);
+	/* Requests sent before it left the list (a dump) get their answer. */
+	gr__hub_drain_inbox(hub);
+	if (gr__env_flag("GREENRING_DEBUG"))
+		gr__dump_exit_line(hub);
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	gr__fd_table_free(hub);
@@ -388,6 +444,53 @@ int gr_hub_stats(struct gr_hub_stats *out)
 	out->inflight = hub->inflight;
 	out->turns = hub->turns;
 	out->loop_started = hub->loop != NULL;
+	return 0;
+}
+
+_Static_assert(GR_OP_KIND_COUNT <= GR_HUB_COUNTERS_KINDS,
+	       "struct gr_hub_counters has no room for every operation kind");
+
+/* The first version of struct gr_hub_counters ends after longest_run_ns:
+ * nothing shorter was ever public. */
+#define COUNTERS_V1_SIZE (offsetof(struct gr_hub_counters, longest_run_ns) + sizeof(int64_t))
+
+void gr__hub_counters_get(struct gr__hub *hub, struct gr_hub_counters *out)
+{
+	struct gr_hub_counters c;
+
+	memset(&c, 0, sizeof(c));
+	c.turns = hub->turns;
+	memcpy(c.submitted, hub->counters.submitted, sizeof(hub->counters.submitted));
+	memcpy(c.completed, hub->counters.completed, sizeof(hub->counters.completed));
+	c.cancels = hub->counters.cancels;
+	c.deadlines = hub->counters.deadlines;
+	c.unparks = hub->counters.unparks;
+	c.remote_wakeups = hub->counters.remote_wakeups;
+	c.spawned = hub->counters.spawned;
+	c.ended = hub->counters.ended;
+	size_t live = 0;
+	c.stacks_pooled = gr__stack_pool_count(hub->stacks, &live);
+	c.stacks_live = live;
+	c.longest_run_ns = hub->counters.longest_run_ns;
+	*out = c;
+}
+
+int gr_hub_counters(struct gr_hub_counters *out, size_t size)
+{
+	struct gr__hub *hub = tls_hub;
+	struct gr_hub_counters c;
+
+	if (!out || size < COUNTERS_V1_SIZE)
+		return -EINVAL;
+	if (!hub)
+		return -ESRCH;
+	gr__hub_counters_get(hub, &c);
+	/* A caller built against a later, larger struct: zero its tail. */
+	if (size > sizeof(c)) {
+		memset((char *)out + sizeof(c), 0, size - sizeof(c));
+		size = sizeof(c);
+	}
+	memcpy(out, &c, size);
 	return 0;
 }
 

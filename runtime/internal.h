@@ -25,6 +25,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "greenring.h"
 #include "context.h"
@@ -101,6 +102,8 @@ enum gr__park_kind {
 	GR__PARK_OP,          /* an operation: op */
 	GR__PARK_QUEUE,       /* a wait queue of this hub: queue; op is its timer */
 	GR__PARK_XQUEUE,      /* a cross-thread queue: xq; op is its timer */
+	GR__PARK_REQUEST,     /* not a wait: a request from another thread riding
+				 the hub's inbox (struct gr__hub_request) */
 };
 
 /* One blocking call of one fiber (or, on a cross-thread queue, of a thread
@@ -110,6 +113,8 @@ struct gr__park {
 	gr_fiber *fiber;                  /* NULL: a thread with no hub */
 	const char *what;                 /* the call: deadlock messages */
 	int64_t deadline;                 /* effective: the call's, the fiber's */
+	int64_t since;                    /* when the call began, on the hub's clock
+					     (hub->clock: read once per loop turn) */
 	struct gr__waitq *queue;          /* the queue it is on; NULL once off it */
 	struct gr__xq *xq;                /* the cross-thread queue it waits on */
 	void *xlock;                      /* xq's lock, kept: xq may be gone once left */
@@ -236,6 +241,7 @@ struct gr_fiber {
 	struct gr__stack *stack;          /* NULL for a thread's main context */
 	uint64_t id;
 	int64_t deadline;                 /* gr_deadline_set; GR_FOREVER */
+	int64_t spawned;                  /* when, on the hub's clock (hub->clock) */
 	uint8_t state;                    /* enum gr__fiber_state */
 	bool killed;                      /* gr_kill, not yet acknowledged */
 	bool detached;
@@ -260,13 +266,46 @@ static inline gr_fiber *gr__fiber_of_run(struct gr__link *l)
 
 struct gr__fdstate;
 
+/* What a hub counts, for gr_hub_counters, the dump and GREENRING_DEBUG's
+ * line at thread exit (observe.h says what each means). Plain increments:
+ * only the hub's own thread touches them, and they cost one add each on the
+ * paths they count (bench/micro shows no change). */
+struct gr__hub_counters {
+	uint64_t submitted[GR_OP_KIND_COUNT]; /* operations handed to the backend, by kind */
+	uint64_t completed[GR_OP_KIND_COUNT];
+	uint64_t cancels;                 /* cancels asked of the backend */
+	uint64_t deadlines;               /* waits ended by their deadline's timer */
+	uint64_t unparks;                 /* wait-queue wake-ups on this hub */
+	uint64_t remote_wakeups;          /* fibers woken from other threads (inbox) */
+	uint64_t spawned;
+	uint64_t ended;
+	int64_t longest_run_ns;           /* the longest the loop waited for its turn */
+};
+
+/* The monitor's notes on one hub (monitor.c): only the monitor thread
+ * touches them, with the hubs lock held. */
+struct gr__hub_watch {
+	uint64_t progress;                /* hub->progress as last seen */
+	int64_t since;                    /* when that value was first seen */
+	bool reported;                    /* this stall has been reported */
+	uint64_t fiber_id;                /* who was running, for the line at its end */
+	char fiber_name[GR__NAME_MAX];
+};
+
 struct gr__hub {
 	const struct gr_hub_ops *ops;
 	void *backend;
-	struct gr__link proc_link;        /* every hub of the process (fork) */
+	struct gr__link proc_link;        /* every hub of the process (gr__hubs) */
 	gr_fiber root;                    /* the thread's main context */
 	gr_fiber *loop;                   /* the hub fiber; NULL until something blocks */
 	gr_fiber *current;
+	/* The one field another thread (the monitor) reads while the hub runs:
+	 * +2 at every switch and every turn a lone fiber starts for itself, +1
+	 * on entering and again on leaving a wait() that may block, so an odd
+	 * value means "idle in the backend", and an even value that stays put
+	 * means one fiber has been running all along. Written by this thread
+	 * only: a relaxed load and store, no locked instruction. */
+	_Atomic uint64_t progress;
 	struct gr__list now;              /* run queue: runs in this turn */
 	struct gr__list next;             /* run queue: runs in the next turn */
 	struct gr__list all;              /* spawned fibers whose stack we hold */
@@ -284,7 +323,44 @@ struct gr__hub {
 	struct gr__stack_pool *stacks;
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
+	int64_t clock;                    /* gr_now() when the loop last started a turn:
+					     parks and spawns copy it instead of reading
+					     the clock (observe.h: "how stale") */
+	struct gr__hub_counters counters;
+	pid_t tid;                        /* its thread, for the monitor and the dump */
+	struct gr__hub_watch watch;
 };
+
+/* The hub moved along (see gr__hub.progress). */
+static inline void gr__hub_progress(struct gr__hub *hub, unsigned n)
+{
+	atomic_store_explicit(&hub->progress,
+			      atomic_load_explicit(&hub->progress, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+
+/* Every hub of the process, in creation order (kept by hub.c). A hub stays on the
+ * list until its thread has let go of every fiber; its thread is alive as
+ * long as it is listed. Walk it only through gr__hubs_foreach; debuggers
+ * read it directly (debugger.c). */
+extern struct gr__list gr__hubs;
+/* Call fn(hub, arg) for every hub, with the list locked: fn may read the
+ * hub's published fields (progress, tid, ops) and send it requests, and
+ * must be quick: hub creation, teardown and fork wait for the lock. */
+void gr__hubs_foreach(void (*fn)(struct gr__hub *hub, void *arg), void *arg);
+
+/* A request another thread makes of a hub (the dump). It rides the hub's
+ * inbox as a park record of kind GR__PARK_REQUEST, so it reaches a hub
+ * blocked in its backend (the push wakes it) and one whose fibers start
+ * turns by themselves (a non-empty inbox sends them to the loop); the loop
+ * runs it on the hub's thread, no fiber running. A hub being torn down runs
+ * the requests still queued. Send it only while the hub is listed (inside
+ * gr__hubs_foreach), and keep rq valid until run has been called. */
+struct gr__hub_request {
+	struct gr__park park;
+	void (*run)(struct gr__hub *hub, struct gr__hub_request *rq);
+};
+void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq);
 
 /* This thread's hub, created (and its backend chosen) on first use;
  * NULL with *err = -errno if no backend can run. */
@@ -332,6 +408,11 @@ static inline void gr__ready(gr_fiber *f)
 static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *hub, gr_fiber *from,
 								gr_fiber *to, bool dying)
 {
+	/* Progress first (a compiler barrier keeps the order; the CPU keeps
+	 * it for a handler on this thread): the monitor's signal handler,
+	 * finding the count it saw stalled, can trust `current`. */
+	gr__hub_progress(hub, 2);
+	atomic_signal_fence(memory_order_seq_cst);
 	hub->current = to;
 	to->state = GR__FIBER_RUNNING;
 #ifdef GR__ASAN
@@ -377,7 +458,9 @@ static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *h
 		}
 	}
 	if (next == self) {
+		/* A lone fiber yielding goes on without a switch: still progress. */
 		self->state = GR__FIBER_RUNNING;
+		gr__hub_progress(hub, 2);
 		return;
 	}
 	gr__switch_to(hub, self, next, dying);
@@ -428,6 +511,7 @@ static inline int gr__park_check(const gr_fiber *self, int64_t deadline, bool un
 static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline)
 {
 	p->fiber = hub->current;
+	p->since = hub->clock;
 	p->queue = NULL;
 	p->xq = NULL;
 	p->op = NULL;
@@ -499,11 +583,27 @@ static inline void *gr__stack_top(struct gr__stack *s)
 {
 	return (void *)s;
 }
+/* Stacks of the default size: free in the pool, and handed out. */
+size_t gr__stack_pool_count(const struct gr__stack_pool *pool, size_t *live);
 /* GREENRING_STACK_SIZE, else the built-in default, rounded to pages. */
 size_t gr__stack_default_size(void);
 /* Install the overflow reporter (sigaltstack per thread, handler once). */
 void gr__stack_overflow_guard_thread_init(void);
 void gr__stack_overflow_guard_thread_fini(void);
+
+/* ------------------------------------------------------------ observing */
+
+/* hub.c: the hub's counters as gr_hub_counters gives them (hub's thread). */
+void gr__hub_counters_get(struct gr__hub *hub, struct gr_hub_counters *out);
+/* dump.c: each operation kind's name ("read", "timeout"), for the dump and
+ * for debuggers (debugger.c). */
+extern const char *const gr__op_kind_names[GR_OP_KIND_COUNT];
+/* dump.c: at thread exit with GREENRING_DEBUG=1, the hub's counters on one
+ * stderr line. */
+void gr__dump_exit_line(struct gr__hub *hub);
+/* monitor.c: a hub was installed on this thread: the first one reads
+ * GREENRING_MONITOR; in a fork() child, the monitor thread is started again. */
+void gr__monitor_hub_installed(void);
 
 /* ------------------------------------------------------------ tunables */
 

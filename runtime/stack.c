@@ -195,6 +195,12 @@ void gr__stack_pool_free(struct gr__stack_pool *pool)
 	free(pool);
 }
 
+size_t gr__stack_pool_count(const struct gr__stack_pool *pool, size_t *live)
+{
+	*live = pool->live;
+	return pool->count;
+}
+
 struct gr__stack *gr__stack_get(struct gr__stack_pool *pool, size_t size)
 {
 	size = size ? round_to_pages(size) : pool->default_size;

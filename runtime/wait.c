@@ -74,6 +74,7 @@ void gr_hub_complete(struct gr_op *op, int64_t res)
 	if (o->on_fd)
 		gr__fd_unlink(hub, o);
 	hub->inflight--;
+	hub->counters.completed[op->kind]++;
 	if (o->park->op == o)
 		o->park->op = NULL;
 	o->on_complete(o);
@@ -115,8 +116,10 @@ static int op_submit(struct gr__hub *hub, struct gr__op *o)
 		o->park->op = NULL;
 		if (o->on_fd)
 			gr__fd_unlink(hub, o);
+		return err;
 	}
-	return err;
+	hub->counters.submitted[o->op.kind]++;
+	return 0;
 }
 
 int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
@@ -142,13 +145,17 @@ int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 	}
 	gr__switch_out(hub);
 	self->park = NULL;
-	return op_result(o);
+	int64_t r = op_result(o);
+	if (r == -ETIMEDOUT)
+		hub->counters.deadlines++;
+	return r;
 }
 
 void gr__op_cancel(struct gr__hub *hub, struct gr__op *o, int why)
 {
 	if (!o->cancel_errno)
 		o->cancel_errno = (uint8_t)why;
+	hub->counters.cancels++;
 	hub->ops->cancel(hub->backend, &o->op);
 }
 
@@ -166,10 +173,11 @@ void gr__unpark(struct gr__park *p, int status)
 {
 	waitq_remove(p);
 	p->status = status;
+	p->fiber->hub->counters.unparks++;
 	gr__ready(p->fiber);
 }
 
-static void xpark_end_early(struct gr__park *p, int status);
+static bool xpark_end_early(struct gr__park *p, int status);
 
 /* A queue wait's deadline timer completed: it expired, or it was cancelled
  * because the wait ended first (then the fiber is draining it), or the
@@ -178,13 +186,16 @@ static void timer_done(struct gr__op *o)
 {
 	struct gr__park *p = o->park;
 	int status = o->cancel_errno ? -(int)o->cancel_errno : -ETIMEDOUT;
+	bool ended = false;
 
 	if (p->draining)
 		gr__ready(p->fiber);
 	else if (p->kind == GR__PARK_XQUEUE)
-		xpark_end_early(p, status);
-	else if (p->queue)
+		ended = xpark_end_early(p, status);
+	else if ((ended = p->queue != NULL))
 		gr__unpark(p, status);
+	if (ended && status == -ETIMEDOUT)
+		p->fiber->hub->counters.deadlines++;
 }
 
 /* Arm the deadline timer `t` (in the waiting frame) of a queue wait. */
@@ -264,6 +275,21 @@ static void xq_leave(struct gr__park *p, int status)
 		xq->on_leave(xq);
 }
 
+/* Hand p to hub from another thread. Release: the status (and whatever
+ * the waker handed over in the object) is visible to the hub that takes p
+ * from its inbox. Only the first push onto an empty inbox wakes the hub. */
+static void inbox_push(struct gr__hub *hub, struct gr__park *p)
+{
+	struct gr__park *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
+
+	do
+		p->inbox_next = old;
+	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, p, memory_order_release,
+						      memory_order_relaxed));
+	if (!old)
+		(void)hub->ops->wake(hub->backend);
+}
+
 void gr__xunpark(struct gr__park *p, int status)
 {
 	xq_remove(p, status);
@@ -277,16 +303,16 @@ void gr__xunpark(struct gr__park *p, int status)
 		gr__ready(p->fiber);
 		return;
 	}
-	/* Release: the status (and whatever the waker handed over in the
-	 * object) is visible to the hub that takes p from its inbox. The lock
-	 * is still held, so the hub cannot be torn down under the wake. */
-	struct gr__park *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
-	do
-		p->inbox_next = old;
-	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, p, memory_order_release,
-						      memory_order_relaxed));
-	if (!old)
-		(void)hub->ops->wake(hub->backend);
+	/* The lock is still held, so the hub cannot be torn down under the
+	 * wake. */
+	inbox_push(hub, p);
+}
+
+void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq)
+{
+	rq->park.kind = GR__PARK_REQUEST;
+	rq->park.fiber = NULL;
+	inbox_push(hub, &rq->park);
 }
 
 void gr__hub_drain_inbox(struct gr__hub *hub)
@@ -305,7 +331,16 @@ void gr__hub_drain_inbox(struct gr__hub *hub)
 	while (fifo) {
 		struct gr__park *next = fifo->inbox_next;
 
-		gr__ready(fifo->fiber); /* it may run and be gone: next is read first */
+		/* Either may be gone once handled (the fiber run, the request
+		 * answered): next is read first. */
+		if (fifo->kind == GR__PARK_REQUEST) {
+			struct gr__hub_request *rq = gr__container(fifo, struct gr__hub_request, park);
+
+			rq->run(hub, rq);
+		} else {
+			hub->counters.remote_wakeups++;
+			gr__ready(fifo->fiber);
+		}
 		fifo = next;
 	}
 }
@@ -313,7 +348,7 @@ void gr__hub_drain_inbox(struct gr__hub *hub)
 /* The waiter's own side ends its wait (deadline, kill, thread exit), racing
  * wakers on other threads: whoever takes it off the queue, under the lock,
  * decides. If a waker did, its delivery is on the way through the inbox. */
-static void xpark_end_early(struct gr__park *p, int status)
+static bool xpark_end_early(struct gr__park *p, int status)
 {
 	pthread_mutex_t *lock = p->xlock;
 	bool mine;
@@ -325,6 +360,7 @@ static void xpark_end_early(struct gr__park *p, int status)
 	pthread_mutex_unlock(lock);
 	if (mine)
 		gr__ready(p->fiber);
+	return mine;
 }
 
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)
@@ -336,6 +372,7 @@ void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)
 	p->status = 0;
 	p->cond = NULL;
 	p->deadline = deadline;
+	p->since = 0; /* no hub, no clock: nothing lists it */
 }
 
 /* A thread with no hub waits on a condition variable of its own, bound to
