@@ -177,7 +177,9 @@ gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), v
 	gr__list_push_front(&hub->all, &f->all_link);
 	hub->nfibers++;
 	hub->counters.spawned++;
-	gr__ready(f);
+	/* Queued in state NEW (zeroed above) until it first runs: the dump
+	 * and the debugger tell a fiber that never ran from a runnable one. */
+	gr__runq_push(&hub->next, f);
 	return f;
 }
 

@@ -490,10 +490,27 @@ static void fork_child(void)
 	mon.stopping = false;
 }
 
+/* libunwind initialises itself on first use (it reads the memory map,
+ * opens a pipe it keeps for checking addresses, takes a lock): done here,
+ * in an ordinary context, so the signal handler only ever walks. */
+static void unwind_warm_up(void)
+{
+	unw_context_t uc;
+	unw_cursor_t cursor;
+	char name[64];
+	unw_word_t off;
+
+	if (unw_getcontext(&uc) == 0 && unw_init_local(&cursor, &uc) == 0) {
+		(void)unw_get_proc_name(&cursor, name, sizeof(name), &off);
+		(void)unw_step(&cursor);
+	}
+}
+
 static void mon_init(void)
 {
 	struct sigaction sa;
 
+	unwind_warm_up();
 	sem_init(&mon.wake, 0, 0);
 	sem_init(&cap.done, 0, 0);
 	memset(&sa, 0, sizeof(sa));

@@ -1,0 +1,497 @@
+/* test_monitor.c — the blocking monitor (gr_monitor_start, GREENRING_MONITOR):
+ * a fiber that holds its thread is reported once, with its name and a
+ * backtrace taken on its own thread; a busy server that yields, a hub
+ * asleep in its backend and a thread that does other things with no fiber
+ * waiting are not. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "support.h"
+
+/* libunwind opens a pipe for itself on first use (it checks addresses
+ * with it) and keeps it: let the monitor make that first use, as it does
+ * when it starts, before the fds are counted. */
+static void monitor_setup(void)
+{
+	assert_ok(gr_monitor_start(GR_SEC, NULL, NULL));
+	assert_ok(gr_monitor_stop());
+	grt_setup();
+}
+
+TestSuite(monitor, .init = monitor_setup, .fini = grt_teardown, .timeout = 60);
+
+/* ------------------------------------------------------------ recording */
+
+#define REPORTS_MAX 8
+
+struct seen {
+	pid_t tid;
+	char hub[16];
+	uint64_t fiber_id;
+	char fiber_name[32];
+	int64_t running_ns;
+	int ended;
+	size_t nframes;
+	char functions[GR_MONITOR_FRAMES][96];
+	char text[4096];
+};
+
+/* What the monitor thread reported; `wake` is written once per report so
+ * a fiber can wait for one without sleeping and hoping. */
+static struct {
+	pthread_mutex_t lock;
+	int n;
+	struct seen r[REPORTS_MAX];
+	int wake[2];
+} rec = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void record(const struct gr_monitor_report *r, void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&rec.lock);
+	if (rec.n < REPORTS_MAX) {
+		struct seen *s = &rec.r[rec.n++];
+
+		s->tid = r->tid;
+		snprintf(s->hub, sizeof(s->hub), "%s", r->hub);
+		s->fiber_id = r->fiber_id;
+		snprintf(s->fiber_name, sizeof(s->fiber_name), "%s", r->fiber_name);
+		s->running_ns = r->running_ns;
+		s->ended = r->ended;
+		s->nframes = r->nframes;
+		for (size_t i = 0; i < r->nframes; i++)
+			snprintf(s->functions[i], sizeof(s->functions[i]), "%s", r->frames[i].function);
+		snprintf(s->text, sizeof(s->text), "%s", r->text);
+	}
+	pthread_mutex_unlock(&rec.lock);
+	if (write(rec.wake[1], "r", 1) != 1)
+		abort();
+}
+
+static void recording_start(int64_t threshold)
+{
+	cr_assert_eq(pipe2(rec.wake, O_CLOEXEC), 0);
+	assert_ok(gr_monitor_start(threshold, record, NULL));
+}
+
+static void recording_stop(void)
+{
+	assert_ok(gr_monitor_stop());
+	close(rec.wake[0]);
+	close(rec.wake[1]);
+}
+
+/* Wait (as a fiber) for the n-th report, up to 2 s. */
+static void await_reports(int n)
+{
+	char c;
+
+	for (;;) {
+		pthread_mutex_lock(&rec.lock);
+		int have = rec.n;
+		pthread_mutex_unlock(&rec.lock);
+		if (have >= n)
+			return;
+		int64_t old = gr_deadline_set(gr_now() + 2 * GR_SEC);
+		ssize_t r = gr_read(rec.wake[0], &c, 1);
+		gr_deadline_set(old);
+		cr_assert_eq(r, 1, "waiting for report %d of the monitor: %s", n, strerror(errno));
+	}
+}
+
+static int reports(void)
+{
+	pthread_mutex_lock(&rec.lock);
+	int n = rec.n;
+	pthread_mutex_unlock(&rec.lock);
+	return n;
+}
+
+static bool has_function(const struct seen *s, const char *name)
+{
+	for (size_t i = 0; i < s->nframes; i++)
+		if (strstr(s->functions[i], name))
+			return true;
+	return false;
+}
+
+/* ------------------------------------------------------------ spinning */
+
+/* Holds the thread without switching. noinline and not static-inlined into
+ * its caller: a frame of its own in the backtrace (static: the symbol
+ * table, not the dynamic one, names it, which libunwind reads). */
+__attribute__((noinline)) static void grt_spin_for(int64_t ns)
+{
+	int64_t end = gr_now() + ns;
+
+	while (gr_now() < end)
+		__asm__ volatile("" ::: "memory");
+}
+
+static void *spinner(void *arg)
+{
+	grt_spin_for((int64_t)(intptr_t)arg);
+	return NULL;
+}
+
+static gr_fiber *spawn_named(const char *name, void *(*fn)(void *), void *arg)
+{
+	struct gr_spawn_opts o = { .name = name };
+	gr_fiber *f = gr_spawn_with(&o, fn, arg);
+
+	cr_assert_not_null(f);
+	return f;
+}
+
+static void check_stall_report(const struct seen *s, pid_t tid, const gr_fiber *f,
+			       const char *name, int64_t threshold)
+{
+	cr_assert_eq(s->ended, 0, "first report: %s", s->text);
+	cr_assert_eq(s->tid, tid);
+	cr_assert_str_eq(s->hub, grt_hub());
+	cr_assert_eq(s->fiber_id, gr_fiber_id(f), "%s", s->text);
+	cr_assert_str_eq(s->fiber_name, name);
+	cr_assert_geq(s->running_ns, threshold, "%s", s->text);
+	/* Sampled every threshold/4; a loaded machine may delay the monitor. */
+	cr_assert_lt(s->running_ns, threshold + 500 * GR_MSEC, "reported late: %s", s->text);
+	cr_assert(has_function(s, "grt_spin_for"), "no grt_spin_for in the backtrace:\n%s", s->text);
+	cr_assert(has_function(s, "spinner"), "no spinner in the backtrace:\n%s", s->text);
+	cr_assert_not_null(strstr(s->text, "greenring: monitor: thread "), "%s", s->text);
+	cr_assert_not_null(strstr(s->text, name), "%s", s->text);
+}
+
+Test(monitor, a_fiber_spinning_200ms_is_reported_with_its_backtrace)
+{
+	recording_start(50 * GR_MSEC);
+	gr_fiber *f = spawn_named("spinner", spinner, (void *)(intptr_t)(200 * GR_MSEC));
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	await_reports(2);
+	cr_assert_eq(reports(), 2, "one report and its end, got %d", reports());
+	check_stall_report(&rec.r[0], gettid(), f, "spinner", 50 * GR_MSEC);
+	/* Then the line saying it switched, and how long it ran in all. */
+	const struct seen *end = &rec.r[1];
+	cr_assert_eq(end->ended, 1);
+	cr_assert_str_eq(end->fiber_name, "spinner");
+	cr_assert_eq(end->nframes, 0);
+	cr_assert_geq(end->running_ns, 150 * GR_MSEC, "%s", end->text);
+	cr_assert_lt(end->running_ns, 400 * GR_MSEC, "%s", end->text);
+	recording_stop();
+}
+
+Test(monitor, each_stall_is_reported_once)
+{
+	recording_start(30 * GR_MSEC);
+	/* 150 ms: five thresholds, one report and one end. */
+	gr_fiber *f = spawn_named("first", spinner, (void *)(intptr_t)(150 * GR_MSEC));
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	await_reports(2);
+	gr_fiber *g = spawn_named("second", spinner, (void *)(intptr_t)(150 * GR_MSEC));
+	assert_ok(gr_join(g, NULL, GR_FOREVER));
+	await_reports(4);
+	cr_assert_eq(reports(), 4);
+	cr_assert_str_eq(rec.r[0].fiber_name, "first");
+	cr_assert_eq(rec.r[1].ended, 1);
+	cr_assert_str_eq(rec.r[2].fiber_name, "second");
+	cr_assert_eq(rec.r[2].ended, 0);
+	cr_assert_eq(rec.r[3].ended, 1);
+	recording_stop();
+}
+
+/* A hub on another thread: the report names that thread, and the
+ * backtrace is that thread's fiber's. */
+struct worker {
+	pid_t tid;
+	uint64_t fiber_id;
+	int done;               /* written when the spinner has ended */
+	int release[2];         /* then the thread waits here, its hub alive */
+	int err;
+};
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+
+	w->err = gr_hub_use(grt_hub());
+	w->tid = gettid();
+	struct gr_spawn_opts o = { .name = "far-spinner" };
+	gr_fiber *f = gr_spawn_with(&o, spinner, (void *)(intptr_t)(200 * GR_MSEC));
+	if (!w->err && !f)
+		w->err = -errno;
+	if (!w->err) {
+		w->fiber_id = gr_fiber_id(f);
+		w->err = gr_join(f, NULL, GR_FOREVER);
+	}
+	if (write(w->done, "d", 1) != 1)
+		w->err = -EIO;
+	/* Asleep in its backend until released: the monitor sees the stall
+	 * end before the hub goes away with the thread. */
+	char c;
+	if (gr_read(w->release[0], &c, 1) != 1 && !w->err)
+		w->err = -errno;
+	return NULL;
+}
+
+Test(monitor, a_fiber_of_another_thread_is_reported_from_that_thread)
+{
+	int done[2];
+	struct worker w = { .tid = 0 };
+	pthread_t t;
+	char c;
+
+	cr_assert_eq(pipe2(done, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(w.release, O_CLOEXEC), 0);
+	w.done = done[1];
+	recording_start(50 * GR_MSEC);
+	cr_assert_eq(pthread_create(&t, NULL, worker_main, &w), 0);
+	cr_assert_eq(gr_read(done[0], &c, 1), 1); /* this hub sleeps meanwhile: not reported */
+	await_reports(2);
+	cr_assert_eq(write(w.release[1], "r", 1), 1);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	assert_ok(w.err);
+	cr_assert_eq(reports(), 2, "%d reports", reports());
+	const struct seen *s = &rec.r[0];
+	cr_assert_eq(s->tid, w.tid, "%s", s->text);
+	cr_assert_eq(s->fiber_id, w.fiber_id);
+	cr_assert_str_eq(s->fiber_name, "far-spinner");
+	cr_assert(has_function(s, "grt_spin_for"), "%s", s->text);
+	cr_assert(has_function(s, "spinner"), "%s", s->text);
+	cr_assert_eq(rec.r[1].ended, 1);
+	recording_stop();
+	close(done[0]);
+	close(done[1]);
+	close(w.release[0]);
+	close(w.release[1]);
+}
+
+/* ------------------------------------------------------------ no report */
+
+struct echo {
+	int fd;
+	int64_t until;
+	long rounds;
+};
+
+/* Receive exactly n bytes; 0 at end of stream. */
+static ssize_t recv_all(int fd, char *buf, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t r = gr_recv(fd, buf + got, n - got, 0);
+
+		if (r <= 0)
+			return r;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
+/* A client and an echo server over a socket pair, with a little CPU and a
+ * yield per round: busy, never holding the thread. The client ends the
+ * exchange by shutting its side down. */
+static void *echo_client(void *arg)
+{
+	struct echo *e = arg;
+	char buf[64] = { 0 };
+
+	while (gr_now() < e->until) {
+		if (gr_send(e->fd, buf, sizeof(buf), 0) != (ssize_t)sizeof(buf))
+			return (void *)1;
+		if (recv_all(e->fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf))
+			return (void *)2;
+		int64_t work_until = gr_now() + 20 * 1000; /* 20 µs of work */
+		while (gr_now() < work_until)
+			;
+		if (gr_sleep(0) != 0)
+			return (void *)3;
+		e->rounds++;
+	}
+	return shutdown(e->fd, SHUT_WR) == 0 ? NULL : (void *)4;
+}
+
+static void *echo_server(void *arg)
+{
+	struct echo *e = arg;
+	char buf[64];
+	ssize_t r;
+
+	while ((r = recv_all(e->fd, buf, sizeof(buf))) > 0) {
+		if (gr_send(e->fd, buf, (size_t)r, 0) != r)
+			return (void *)5;
+	}
+	return r == 0 ? NULL : (void *)6;
+}
+
+static void *yielder(void *arg)
+{
+	int64_t until = *(int64_t *)arg;
+
+	while (gr_now() < until) {
+		int64_t work_until = gr_now() + GR_MSEC;
+
+		while (gr_now() < work_until)
+			;
+		if (gr_sleep(0) != 0)
+			return (void *)1;
+	}
+	return NULL;
+}
+
+Test(monitor, a_busy_server_that_yields_is_not_reported)
+{
+	int sv[2];
+	int64_t until = gr_now() + 600 * GR_MSEC;
+	struct echo a = { .until = until }, b = { .until = until };
+
+	/* 100 ms, a hundred times a CPU burst here: a busy machine that takes
+	 * the CPU away from this thread for that long is not the point. */
+	recording_start(100 * GR_MSEC);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	a.fd = sv[0];
+	b.fd = sv[1];
+	gr_fiber *f[4] = {
+		spawn_named("client", echo_client, &a), spawn_named("server", echo_server, &b),
+		spawn_named("cpu-1", yielder, &until), spawn_named("cpu-2", yielder, &until),
+	};
+	for (int i = 0; i < 4; i++) {
+		void *res = (void *)-1;
+
+		assert_ok(gr_join(f[i], &res, GR_FOREVER));
+		cr_assert_null(res, "fiber %d failed at step %ld", i, (long)(intptr_t)res);
+	}
+	cr_assert_gt(a.rounds, 0, "the server never ran");
+	/* Idle: the hub asleep in its backend is waiting, not stuck. */
+	assert_ok(gr_sleep(200 * GR_MSEC));
+	cr_assert_eq(reports(), 0, "reported:\n%s", rec.r[0].text);
+	recording_stop();
+	gr_close(sv[0]);
+	gr_close(sv[1]);
+}
+
+/* A plain blocking call in the main context, a sleep that gives back the
+ * time a signal cut short. noinline: a frame of its own to look for. */
+__attribute__((noinline)) static void block_thread(int64_t ns)
+{
+	struct timespec ts = { .tv_sec = 0, .tv_nsec = 0 };
+	int64_t end = gr_now() + ns;
+
+	for (int64_t left; (left = end - gr_now()) > 0;) {
+		ts.tv_sec = left / GR_SEC;
+		ts.tv_nsec = left % GR_SEC;
+		nanosleep(&ts, NULL); /* EINTR from the monitor's signal: go on */
+	}
+}
+
+Test(monitor, a_thread_blocked_with_nothing_waiting_is_not_reported)
+{
+	recording_start(30 * GR_MSEC);
+	/* No fiber, nothing in flight: the thread does something else and
+	 * nobody starves. */
+	block_thread(150 * GR_MSEC);
+	assert_ok(gr_sleep(0));
+	cr_assert_eq(reports(), 0, "reported:\n%s", rec.r[0].text);
+	recording_stop();
+}
+
+static void *sleeper(void *arg)
+{
+	(void)arg;
+	return (void *)(intptr_t)gr_sleep(10 * GR_SEC);
+}
+
+Test(monitor, a_blocking_call_that_starves_fibers_is_reported)
+{
+	recording_start(30 * GR_MSEC);
+	gr_fiber *f = spawn_named("starved", sleeper, NULL);
+	assert_ok(gr_sleep(0));
+	/* gevent's classic: a call that blocks the thread while fibers wait. */
+	block_thread(150 * GR_MSEC);
+	await_reports(2);
+	const struct seen *s = &rec.r[0];
+	cr_assert_str_eq(s->fiber_name, "main");
+	cr_assert_eq(s->fiber_id, gr_fiber_id(gr_self()));
+	cr_assert(has_function(s, "nanosleep"), "no nanosleep in:\n%s", s->text);
+	cr_assert(has_function(s, "block_thread"), "no block_thread in:\n%s", s->text);
+	recording_stop();
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+}
+
+Test(monitor, bad_arguments_are_refused)
+{
+	assert_err(gr_monitor_start(0, NULL, NULL), EINVAL);
+	assert_err(gr_monitor_start(GR_MSEC - 1, NULL, NULL), EINVAL);
+	assert_err(gr_monitor_start(-5, NULL, NULL), EINVAL);
+	assert_ok(gr_monitor_stop()); /* not running: nothing to do */
+}
+
+/* ------------------------------------------------------------ environment */
+
+/* The child: GREENRING_MONITOR and GREENRING_DEBUG set, one spinning
+ * fiber, then exit() (not _exit: the counters line is an atexit job). */
+__attribute__((constructor)) static void child_entry(void)
+{
+	if (!getenv("GRT_MONITOR_CHILD"))
+		return;
+	struct gr_spawn_opts o = { .name = "env-spinner" };
+	gr_fiber *f = gr_spawn_with(&o, spinner, (void *)(intptr_t)(200 * GR_MSEC));
+	if (!f || gr_join(f, NULL, GR_FOREVER) != 0)
+		_exit(10);
+	/* Long enough for the monitor to see the stall end (it samples every
+	 * 12.5 ms). */
+	if (gr_sleep(200 * GR_MSEC) != 0)
+		_exit(11);
+	exit(0);
+}
+
+static void read_all(int fd, char *buf, size_t len)
+{
+	size_t n = 0;
+	ssize_t r;
+
+	while (n + 1 < len && (r = read(fd, buf + n, len - 1 - n)) > 0)
+		n += (size_t)r;
+	buf[n] = '\0';
+}
+
+Test(monitor, environment_starts_it_and_debug_prints_counters_at_exit)
+{
+	int err[2];
+	static char text[16384];
+
+	cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		dup2(err[1], STDERR_FILENO);
+		setenv("GRT_MONITOR_CHILD", "1", 1);
+		setenv("GREENRING_MONITOR", "50", 1);
+		setenv("GREENRING_DEBUG", "1", 1);
+		execl("/proc/self/exe", "test_monitor", (char *)NULL);
+		_exit(127);
+	}
+	close(err[1]);
+	read_all(err[0], text, sizeof(text));
+	close(err[0]);
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d:\n%s", status,
+		  text);
+	cr_assert_not_null(strstr(text, "greenring: monitor: thread "), "%s", text);
+	cr_assert_not_null(strstr(text, "\"env-spinner\" has run "), "%s", text);
+	cr_assert_not_null(strstr(text, " grt_spin_for+0x"), "%s", text);
+	cr_assert_not_null(strstr(text, "\"env-spinner\" switched after "), "%s", text);
+	const char *counters = strstr(text, "greenring: counters tid=");
+	cr_assert_not_null(counters, "no counters line at exit:\n%s", text);
+	cr_assert_not_null(strstr(counters, " spawned=1 ended=1 "), "%s", counters);
+}
