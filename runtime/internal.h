@@ -274,7 +274,7 @@ struct gr__hub_counters {
 	uint64_t submitted[GR_OP_KIND_COUNT]; /* operations handed to the backend, by kind */
 	uint64_t completed[GR_OP_KIND_COUNT];
 	uint64_t cancels;                 /* cancels asked of the backend */
-	uint64_t deadlines;               /* waits ended by their deadline's timer */
+	uint64_t deadlines;               /* calls failed by a deadline (gate or timer) */
 	uint64_t unparks;                 /* wait-queue wake-ups on this hub */
 	uint64_t remote_wakeups;          /* fibers woken from other threads (inbox) */
 	uint64_t spawned;
@@ -503,8 +503,10 @@ static inline int gr__park_check(const gr_fiber *self, int64_t deadline, bool un
 	if (self->killed)
 		return -ECANCELED;
 	*effective = gr__deadline_min(deadline, self->deadline);
-	if (*effective != GR_FOREVER && *effective <= gr_now())
+	if (*effective != GR_FOREVER && *effective <= gr_now()) {
+		self->hub->counters.deadlines++;
 		return -ETIMEDOUT;
+	}
 	return 0;
 }
 
@@ -590,6 +592,10 @@ size_t gr__stack_default_size(void);
 /* Install the overflow reporter (sigaltstack per thread, handler once). */
 void gr__stack_overflow_guard_thread_init(void);
 void gr__stack_overflow_guard_thread_fini(void);
+
+/* threadpool.c: start a detached thread of the runtime's own (a pool
+ * worker, the monitor). 0 or -errno (pthread_create's). */
+int gr__thread_start(void *(*fn)(void *), void *arg);
 
 /* ------------------------------------------------------------ observing */
 

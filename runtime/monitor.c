@@ -72,6 +72,7 @@ static atomic_bool dump_wanted;
 static atomic_bool restart_in_child;
 static pthread_once_t mon_once = PTHREAD_ONCE_INIT;
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+static pthread_once_t unwind_once = PTHREAD_ONCE_INIT;
 
 /* The capture slot: one backtrace at a time, armed by the monitor, filled
  * by the handler on the stalled thread. */
@@ -452,13 +453,7 @@ static int mon_update(void)
 		sem_post(&mon.wake); /* re-read the settings now */
 		return 0;
 	}
-	pthread_attr_t attr;
-	pthread_t t;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	int r = pthread_create(&t, &attr, monitor_main, NULL);
-	pthread_attr_destroy(&attr);
-	if (r != 0)
+	if (gr__thread_start(monitor_main, NULL) != 0)
 		return -EAGAIN;
 	mon.running = true;
 	return 0;
@@ -510,7 +505,6 @@ static void mon_init(void)
 {
 	struct sigaction sa;
 
-	unwind_warm_up();
 	sem_init(&mon.wake, 0, 0);
 	sem_init(&cap.done, 0, 0);
 	memset(&sa, 0, sizeof(sa));
@@ -529,6 +523,7 @@ int gr_monitor_start(int64_t threshold_ns,
 	if (threshold_ns < THRESHOLD_MIN)
 		return -EINVAL;
 	pthread_once(&mon_once, mon_init);
+	pthread_once(&unwind_once, unwind_warm_up);
 	pthread_mutex_lock(&mon.lock);
 	int64_t old_threshold = mon.threshold;
 	mon.threshold = threshold_ns;

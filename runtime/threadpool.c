@@ -138,6 +138,18 @@ static void *worker_main(void *unused)
 	}
 }
 
+int gr__thread_start(void *(*fn)(void *), void *arg)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	int r = pthread_create(&t, &attr, fn, arg);
+	pthread_attr_destroy(&attr);
+	return -r;
+}
+
 /* The caller of a job stopped waiting (the gate's on_leave, lock held). */
 static void job_left(struct gr__xq *xq)
 {
@@ -162,12 +174,7 @@ static int find_worker(void)
 	}
 	if (pool.threads >= pool.max)
 		return 0; /* it waits its turn in the FIFO */
-	pthread_attr_t attr;
-	pthread_t t;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	int r = pthread_create(&t, &attr, worker_main, NULL);
-	pthread_attr_destroy(&attr);
+	int r = gr__thread_start(worker_main, NULL);
 	if (r == 0) {
 		pool.threads++;
 		return 0;

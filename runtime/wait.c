@@ -53,8 +53,10 @@ int gr__park_again(const struct gr__park *p)
 		return 0;
 	if (p->fiber->killed)
 		return -ECANCELED;
-	if (p->deadline != GR_FOREVER && p->deadline <= gr_now())
+	if (p->deadline != GR_FOREVER && p->deadline <= gr_now()) {
+		p->fiber->hub->counters.deadlines++;
 		return -ETIMEDOUT;
+	}
 	return 0;
 }
 

@@ -453,38 +453,13 @@ __attribute__((constructor)) static void child_entry(void)
 	exit(0);
 }
 
-static void read_all(int fd, char *buf, size_t len)
-{
-	size_t n = 0;
-	ssize_t r;
-
-	while (n + 1 < len && (r = read(fd, buf + n, len - 1 - n)) > 0)
-		n += (size_t)r;
-	buf[n] = '\0';
-}
-
 Test(monitor, environment_starts_it_and_debug_prints_counters_at_exit)
 {
-	int err[2];
 	static char text[16384];
+	const char *argv[] = { "/proc/self/exe", NULL };
+	const char *env[] = { "GRT_MONITOR_CHILD=1", "GREENRING_MONITOR=50", "GREENRING_DEBUG=1", NULL };
 
-	cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
-	fflush(NULL);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		dup2(err[1], STDERR_FILENO);
-		setenv("GRT_MONITOR_CHILD", "1", 1);
-		setenv("GREENRING_MONITOR", "50", 1);
-		setenv("GREENRING_DEBUG", "1", 1);
-		execl("/proc/self/exe", "test_monitor", (char *)NULL);
-		_exit(127);
-	}
-	close(err[1]);
-	read_all(err[0], text, sizeof(text));
-	close(err[0]);
-	int status;
-	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	int status = grt_run(argv, env, text, sizeof(text));
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d:\n%s", status,
 		  text);
 	cr_assert_not_null(strstr(text, "greenring: monitor: thread "), "%s", text);

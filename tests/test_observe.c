@@ -679,10 +679,10 @@ static void *wait_gate(void *a)
 	return (void *)(intptr_t)gr_event_wait(&gate, GR_FOREVER);
 }
 
-static void *wait_gate_1ms(void *a)
+static void *wait_gate_20ms(void *a)
 {
 	(void)a;
-	return (void *)(intptr_t)gr_event_wait(&gate, gr_now() + GR_MSEC);
+	return (void *)(intptr_t)gr_event_wait(&gate, gr_now() + 20 * GR_MSEC);
 }
 
 static void *read_with_deadline(void *a)
@@ -690,7 +690,7 @@ static void *read_with_deadline(void *a)
 	char c;
 
 	(void)a;
-	gr_deadline_set(gr_now() + GR_MSEC);
+	gr_deadline_set(gr_now() + 20 * GR_MSEC);
 	return (void *)(intptr_t)gr_read(pipe_fds[0], &c, 1);
 }
 
@@ -764,7 +764,7 @@ Test(observe, counters_add_up_after_a_known_workload)
 	/* 3 event waits and 2 reads that time out: 5 deadlines; the event
 	 * waits are woken from their queue by their timers. */
 	for (int i = 0; i < 3; i++)
-		f[i] = spawn_ok(wait_gate_1ms);
+		f[i] = spawn_ok(wait_gate_20ms);
 	for (int i = 3; i < 5; i++)
 		f[i] = spawn_ok(read_with_deadline);
 	join_all(f, 5);

@@ -34,10 +34,10 @@ struct gr_hub_counters {
 	uint64_t completed[GR_HUB_COUNTERS_KINDS]; /* of those, completed */
 	uint64_t cancels;          /* cancels asked of the backend (kill, deadline, gr_close,
 				      a queue wait's timer no longer needed, thread exit) */
-	uint64_t deadlines;        /* waits ended by their deadline: an operation or a
-				      queue wait timed out, a sleep cut short by the
-				      fiber's deadline (not a deadline already past when
-				      the call began: that call never waited) */
+	uint64_t deadlines;        /* blocking calls failed by a deadline (ETIMEDOUT), the
+				      call's or the fiber's, whether it passed while they
+				      waited or before they could; a try (deadline 0)
+				      that finds nothing is not counted */
 	uint64_t unparks;          /* fibers woken from a wait queue of this hub (join,
 				      sync primitives, gr_close's drain) */
 	uint64_t remote_wakeups;   /* fibers woken by other threads (thread pool,
