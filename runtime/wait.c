@@ -53,11 +53,15 @@ int gr__park_again(const struct gr__park *p)
 		return 0;
 	if (p->fiber->killed)
 		return -ECANCELED;
-	if (p->deadline != GR_FOREVER && p->deadline <= gr_now()) {
-		p->fiber->hub->counters.deadlines++;
-		return -ETIMEDOUT;
-	}
+	if (p->deadline != GR_FOREVER && p->deadline <= gr_now())
+		return gr__deadline_passed();
 	return 0;
+}
+
+int gr__deadline_passed(void)
+{
+	gr__tls_hub->counters.deadlines++;
+	return -ETIMEDOUT;
 }
 
 /* ------------------------------------------------------------ operations */
