@@ -217,8 +217,9 @@ deadline relative to the hub's last turn."""
                   % _selected_tid())
             return
         for hub in hubs:
-            print("greenring hub %s on thread %d: %d fibers, %d operations in flight%s"
-                  % (hub.backend, hub.tid, hub.nfibers, hub.inflight,
+            print("greenring hub %s on thread %d: %d fiber%s, %d operation%s in flight%s"
+                  % (hub.backend, hub.tid, hub.nfibers, "" if hub.nfibers == 1 else "s",
+                     hub.inflight, "" if hub.inflight == 1 else "s",
                      "; the hub's loop is running" if hub.current == hub.loop else ""))
             print("  %6s  %-9s %-20s %s" % ("ID", "STATE", "NAME", "WAIT"))
             for f in hub.fibers(L):

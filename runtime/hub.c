@@ -56,11 +56,25 @@ static void hubs_add(struct gr__hub *hub)
 	pthread_mutex_unlock(&hubs_lock);
 }
 
+/* A hub leaked at its thread's exit stays listed (fork still releases its
+ * backend), but its thread is gone: tid 0 tells the monitor and the dump
+ * to leave it alone. */
+static void hubs_orphan(struct gr__hub *hub)
+{
+	pthread_mutex_lock(&hubs_lock);
+	hub->tid = 0;
+	pthread_mutex_unlock(&hubs_lock);
+}
+
 void gr__hubs_foreach(void (*fn)(struct gr__hub *hub, void *arg), void *arg)
 {
 	pthread_mutex_lock(&hubs_lock);
-	gr__list_foreach(it, &gr__hubs)
-		fn(gr__container(it, struct gr__hub, proc_link), arg);
+	gr__list_foreach(it, &gr__hubs) {
+		struct gr__hub *hub = gr__container(it, struct gr__hub, proc_link);
+
+		if (hub->tid != 0)
+			fn(hub, arg);
+	}
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -290,10 +304,12 @@ static void hub_main(gr__transfer t)
 		}
 		if (gr__list_empty(&hub->next))
 			continue;
-		/* The hub's clock: one read per turn of the loop, which parks
-		 * and spawns copy (a read each would cost a yield half again),
-		 * and the turn's length, for the longest the loop has waited to
-		 * reap: the fibers run from here until one switches back. */
+		/* The hub's clock, read when the loop starts a turn: parks and
+		 * spawns copy it (a read each would cost a yield half again).
+		 * A second read when the loop gets the thread back measures the
+		 * turn: the longest the loop has waited to reap. Both are per
+		 * loop turn, where a backend wait() costs far more; turns the
+		 * fibers start themselves (nothing in flight) read nothing. */
 		int64_t start = gr_now();
 		hub->clock = start;
 		hub->now = hub->next;
@@ -380,6 +396,7 @@ static void hub_destroy(void *arg)
 		fprintf(stderr, "greenring: thread exited from fiber %llu \"%s\": its hub (%zu fibers) "
 				"is leaked\n", (unsigned long long)hub->current->id, hub->current->name,
 			hub->nfibers);
+		hubs_orphan(hub);
 		tls_hub = NULL;
 		return;
 	}
@@ -392,6 +409,7 @@ static void hub_destroy(void *arg)
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
 				hub->ops->name, strerror(-r));
+			hubs_orphan(hub);
 			tls_hub = NULL;
 			return;
 		}

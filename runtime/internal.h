@@ -325,7 +325,7 @@ struct gr__hub {
 	unsigned long turns;
 	int64_t clock;                    /* gr_now() when the loop last started a turn:
 					     parks and spawns copy it instead of reading
-					     the clock (observe.h: "how stale") */
+					     the clock (docs/observing.md: how stale) */
 	struct gr__hub_counters counters;
 	pid_t tid;                        /* its thread, for the monitor and the dump */
 	struct gr__hub_watch watch;
@@ -344,9 +344,10 @@ static inline void gr__hub_progress(struct gr__hub *hub, unsigned n)
  * long as it is listed. Walk it only through gr__hubs_foreach; debuggers
  * read it directly (debugger.c). */
 extern struct gr__list gr__hubs;
-/* Call fn(hub, arg) for every hub, with the list locked: fn may read the
- * hub's published fields (progress, tid, ops) and send it requests, and
- * must be quick: hub creation, teardown and fork wait for the lock. */
+/* Call fn(hub, arg) for every hub whose thread is alive, with the list
+ * locked: fn may read the hub's published fields (progress, tid, ops) and
+ * send it requests, and must be quick: hub creation, teardown and fork
+ * wait for the lock. */
 void gr__hubs_foreach(void (*fn)(struct gr__hub *hub, void *arg), void *arg);
 
 /* A request another thread makes of a hub (the dump). It rides the hub's
