@@ -426,6 +426,37 @@ Test(monitor, a_blocking_call_that_starves_fibers_is_reported)
 	assert_ok(gr_join(f, NULL, GR_FOREVER));
 }
 
+/* A fork() child has no monitor thread of its own until its first hub,
+ * which starts one again: its stalls are reported, and name the child. */
+Test(monitor, a_forked_child_is_watched_too)
+{
+	recording_start(50 * GR_MSEC);
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		/* The child's first greenring call makes its hub. */
+		struct gr_spawn_opts o = { .name = "child-spinner" };
+		gr_fiber *f = gr_spawn_with(&o, spinner, (void *)(intptr_t)(200 * GR_MSEC));
+
+		if (!f || gr_join(f, NULL, GR_FOREVER) != 0)
+			_exit(10);
+		int64_t until = gr_now() + 2 * GR_SEC;
+		while (reports() < 1 && gr_now() < until)
+			gr_sleep(10 * GR_MSEC);
+		if (reports() < 1)
+			_exit(11);
+		if (strcmp(rec.r[0].fiber_name, "child-spinner") != 0 || rec.r[0].tid != getpid())
+			_exit(12);
+		_exit(0);
+	}
+	int status;
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: status %d", status);
+	cr_assert_eq(reports(), 0, "the parent was reported:\n%s", rec.r[0].text);
+	recording_stop();
+}
+
 Test(monitor, bad_arguments_are_refused)
 {
 	assert_err(gr_monitor_start(0, NULL, NULL), EINVAL);

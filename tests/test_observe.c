@@ -554,6 +554,54 @@ Test(observe, a_hub_held_by_a_fiber_is_listed_as_not_answering)
 	close(ready[1]);
 }
 
+/* A fiber waiting for the answers is killed: it stops waiting at once,
+ * writes nothing, and the late answer lands in a gathering still alive. */
+struct dumper {
+	int fd;
+	int err;
+};
+
+static void *dump_every_hub(void *arg)
+{
+	struct dumper *d = arg;
+
+	d->err = gr_dump(d->fd, GR_DUMP_ALL_HUBS, GR_FOREVER);
+	return NULL;
+}
+
+Test(observe, a_killed_caller_stops_waiting_for_the_answers)
+{
+	struct other a;
+	int ready[2];
+	struct dumper d = { .fd = memfd(), .err = 1 };
+
+	cr_assert_eq(pipe2(ready, O_CLOEXEC), 0);
+	other_start(&a, "spinning-in-a", 400 * GR_MSEC, ready[1]);
+	wait_ready(ready[0], 1);
+	gr_fiber *f = gr_spawn(dump_every_hub, &d);
+	cr_assert_not_null(f);
+	assert_ok(gr_sleep(20 * GR_MSEC)); /* it waits for a hub that cannot answer */
+	cr_assert_eq(d.err, 1, "gr_dump returned early: %d", d.err);
+	int64_t t0 = gr_now();
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	cr_assert_lt(gr_now() - t0, 100 * GR_MSEC, "the kill took %lld ms",
+		     (long long)((gr_now() - t0) / GR_MSEC));
+	assert_err(d.err, ECANCELED);
+	cr_assert_eq(lseek(d.fd, 0, SEEK_END), 0, "a cancelled dump wrote something");
+	/* Killed before it asks: the gate's rule, nothing sent. */
+	d.err = 1;
+	f = gr_spawn(dump_every_hub, &d);
+	cr_assert_not_null(f);
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	cr_assert_eq(d.err, 1, "a fiber killed before it ran ran its body");
+	other_stop(&a);
+	close(d.fd);
+	close(ready[0]);
+	close(ready[1]);
+}
+
 /* ------------------------------------------------------------ on a signal */
 
 Test(observe, a_signal_asks_every_hub_through_its_loop)
