@@ -15,13 +15,13 @@
  * alternate signal stack (stack.c's, set up for every hub thread), and
  * unwinds from the interrupted context with libunwind: the stack it walks
  * is the running fiber's, since fibers run on the thread's stack pointer.
- * libunwind documents unw_init_local2, unw_step and unw_get_proc_name as
- * safe in a signal handler for local unwinding, which glibc's backtrace()
- * is not (its first call loads libgcc_s, and it cannot start from a signal
- * frame's context). The handler fills one static slot and posts a
- * semaphore; the monitor formats the report and writes it (or hands it to
- * the program's callback). Once per stall: a second line says when the
- * fiber switched.
+ * libunwind documents unw_init_local2 and unw_step as safe in a signal
+ * handler for local unwinding, which glibc's backtrace() is not (its first
+ * call loads libgcc_s, and it cannot start from a signal frame's context).
+ * The handler records the frames' addresses only, in one static slot, and
+ * posts a semaphore; the monitor names them (unw_get_proc_name allocates),
+ * formats the report and writes it (or hands it to the program's
+ * callback). Once per stall: a second line says when the fiber switched.
  *
  * SIGURG, as Go's preemption: ignored by default, so a stray one harms no
  * one, and rarely used. A handler the program had for it is called for
@@ -34,6 +34,7 @@
 #include <libunwind.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <ucontext.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -113,19 +114,40 @@ static void unwind_interrupted(void *uctx)
 		return;
 	}
 	do {
-		unw_word_t ip = 0, off = 0;
-		struct frame *f = &cap.frames[cap.nframes];
+		unw_word_t ip = 0;
 
 		if (unw_get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0)
 			break;
-		f->ip = ip;
-		r = unw_get_proc_name(&cursor, f->function, sizeof(f->function), &off);
-		if (r == 0 || r == -UNW_ENOMEM) /* ENOMEM: truncated, still useful */
-			f->offset = off;
-		else
-			f->function[0] = '\0';
-		cap.nframes++;
+		cap.frames[cap.nframes++].ip = ip;
 	} while (cap.nframes < GR_MONITOR_FRAMES && unw_step(&cursor) > 0);
+}
+
+/* Name the frame at ip, on the monitor thread: unw_get_proc_name reads
+ * the ELF file and allocates (ThreadSanitizer caught it calling malloc in
+ * the handler, documented as signal-safe or not), so it runs here, on a
+ * cursor made from a context of this thread whose only use is its ip.
+ * Frames but the first hold return addresses, which may lie past the end
+ * of their function (a call the last instruction): they are looked up one
+ * byte earlier. */
+static void name_frame(struct frame *f, bool return_address)
+{
+	unw_context_t uc;
+	unw_cursor_t cursor;
+	unw_word_t off = 0;
+	uintptr_t at = f->ip - (return_address ? 1 : 0);
+
+	f->function[0] = '\0';
+	f->offset = 0;
+	if (unw_getcontext(&uc) != 0)
+		return;
+	uc.uc_mcontext.gregs[REG_RIP] = (greg_t)at;
+	if (unw_init_local2(&cursor, &uc, UNW_INIT_SIGNAL_FRAME) != 0)
+		return;
+	int r = unw_get_proc_name(&cursor, f->function, sizeof(f->function), &off);
+	if (r == 0 || r == -UNW_ENOMEM) /* ENOMEM: truncated, still useful */
+		f->offset = off + (f->ip - at);
+	else
+		f->function[0] = '\0';
 }
 
 /* On the stalled thread: only async-signal-safe work, into the slot. */
@@ -267,7 +289,9 @@ static void report_stall(const struct stall *s, int64_t threshold, bool answered
 		    unw_strerror(cap.unwind_error));
 	}
 	for (size_t i = 0; answered && i < cap.nframes; i++) {
-		const struct frame *f = &cap.frames[i];
+		struct frame *f = &cap.frames[i];
+
+		name_frame(f, i > 0);
 
 		frames[i] = (struct gr_monitor_frame){ .ip = f->ip, .offset = f->offset,
 						       .function = f->function };
@@ -376,8 +400,11 @@ static bool capture_wait(void)
 			;
 		break;
 	}
+	/* Acquire, pairing with the handler's release of CAP_DONE: what it
+	 * wrote into the slot is visible from here. */
+	bool done = atomic_load_explicit(&cap.state, memory_order_acquire) == CAP_DONE;
 	atomic_store_explicit(&cap.state, CAP_IDLE, memory_order_relaxed);
-	return true;
+	return done;
 }
 
 static void scan(int64_t threshold)
