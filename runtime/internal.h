@@ -113,7 +113,7 @@ struct gr__park {
 	gr_fiber *fiber;                  /* NULL: a thread with no hub */
 	const char *what;                 /* the call: deadlock messages */
 	int64_t deadline;                 /* effective: the call's, the fiber's */
-	int64_t since;                    /* when the call began, on the hub's clock
+	int64_t since;                    /* when it parked, on the hub's clock
 					     (hub->clock: read once per loop turn) */
 	struct gr__waitq *queue;          /* the queue it is on; NULL once off it */
 	struct gr__xq *xq;                /* the cross-thread queue it waits on */
@@ -518,7 +518,6 @@ static inline int gr__park_check(const gr_fiber *self, int64_t deadline, bool un
 static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline)
 {
 	p->fiber = hub->current;
-	p->since = hub->clock;
 	p->queue = NULL;
 	p->xq = NULL;
 	p->op = NULL;

@@ -140,9 +140,11 @@ int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 	o->on_complete = op_done;
 	o->on_fd = false;
 	/* Parked before submit(), so that a backend completing the operation
-	 * at once finds the books in order. */
+	 * at once finds the books in order. Stamped here, not at the gate:
+	 * a call that does not park pays nothing for the dump. */
 	self->state = GR__FIBER_PARKED;
 	self->park = p;
+	p->since = hub->clock;
 	int err = op_submit(hub, o);
 	if (err < 0) {
 		self->state = GR__FIBER_RUNNING;
@@ -254,6 +256,7 @@ int gr__park_queue(struct gr__hub *hub, struct gr__park *p, struct gr__waitq *q)
 	}
 	self->state = GR__FIBER_PARKED;
 	self->park = p;
+	p->since = hub->clock;
 	gr__switch_out(hub);
 	timer_drain(hub, p);
 	self->park = NULL;
@@ -447,6 +450,7 @@ int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq)
 	}
 	self->state = GR__FIBER_PARKED;
 	self->park = p;
+	p->since = hub->clock;
 	gr__switch_out(hub);
 	hub->remote_waiting--;
 	timer_drain(hub, p);
