@@ -269,7 +269,7 @@ struct gr__fdstate;
 /* What a hub counts, for gr_hub_counters, the dump and GREENRING_DEBUG's
  * line at thread exit (observe.h says what each means). Plain increments:
  * only the hub's own thread touches them, and they cost one add each on the
- * paths they count (bench/micro shows no change). */
+ * paths they count (docs/observing.md, "Cost"). */
 struct gr__hub_counters {
 	uint64_t submitted[GR_OP_KIND_COUNT]; /* operations handed to the backend, by kind */
 	uint64_t completed[GR_OP_KIND_COUNT];
@@ -339,9 +339,10 @@ static inline void gr__hub_progress(struct gr__hub *hub, unsigned n)
 			      memory_order_relaxed);
 }
 
-/* Every hub of the process, in creation order (kept by hub.c). A hub stays on the
- * list until its thread has let go of every fiber; its thread is alive as
- * long as it is listed. Walk it only through gr__hubs_foreach; debuggers
+/* Every hub of the process, in creation order (kept by hub.c). A hub stays
+ * on the list until its thread has let go of every fiber, so its thread is
+ * alive as long as it is listed, unless the hub was leaked at thread exit
+ * (then its tid is 0). Walk it only through gr__hubs_foreach; debuggers
  * read it directly (debugger.c). */
 extern struct gr__list gr__hubs;
 /* Call fn(hub, arg) for every hub whose thread is alive, with the list
