@@ -554,6 +554,53 @@ Test(observe, a_hub_held_by_a_fiber_is_listed_as_not_answering)
 	close(ready[1]);
 }
 
+/* A thread whose main context holds it, with no fiber and no loop, and then
+ * exits: its hub can only answer on its way out, and does. */
+struct leaver {
+	int ready;
+	pid_t tid;
+	int err;
+};
+
+static void *leave_after_spinning(void *arg)
+{
+	struct leaver *l = arg;
+
+	l->err = gr_hub_use(grt_hub());
+	if (!l->err && !gr_hub_name()) /* makes the hub */
+		l->err = -errno;
+	l->tid = gettid();
+	if (write(l->ready, "r", 1) != 1)
+		l->err = -EIO;
+	int64_t end = gr_now() + 200 * GR_MSEC;
+	while (gr_now() < end)
+		;
+	return NULL; /* the hub goes with the thread */
+}
+
+Test(observe, a_hub_whose_thread_exits_answers_on_its_way_out)
+{
+	struct leaver l = { .tid = 0 };
+	int ready[2];
+	pthread_t t;
+
+	cr_assert_eq(pipe2(ready, O_CLOEXEC), 0);
+	l.ready = ready[1];
+	cr_assert_eq(pthread_create(&t, NULL, leave_after_spinning, &l), 0);
+	wait_ready(ready[0], 1);
+	struct dump d;
+	dump_take(GR_DUMP_ALL_HUBS, gr_now() + 5 * GR_SEC, &d);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	assert_ok(l.err);
+	cr_assert_str_eq(must(&d.lines[d.nlines - 1], "answered"), "2", "%s", d.text);
+	const struct rec *gone = find_hub(&d, l.tid);
+	cr_assert_not_null(gone, "%s", d.text);
+	cr_assert_str_eq(must(gone, "fibers"), "0");
+	dump_free(&d);
+	close(ready[0]);
+	close(ready[1]);
+}
+
 /* A fiber waiting for the answers is killed: it stops waiting at once,
  * writes nothing, and the late answer lands in a gathering still alive. */
 struct dumper {
