@@ -6,7 +6,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +54,7 @@ static struct {
 	int n;
 	struct seen r[REPORTS_MAX];
 	int wake[2];
+	atomic_int count;       /* = n, read by a spinning fiber without the lock */
 } rec = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static void record(const struct gr_monitor_report *r, void *arg)
@@ -72,6 +75,7 @@ static void record(const struct gr_monitor_report *r, void *arg)
 			snprintf(s->functions[i], sizeof(s->functions[i]), "%s", r->frames[i].function);
 		snprintf(s->text, sizeof(s->text), "%s", r->text);
 	}
+	atomic_store(&rec.count, rec.n);
 	pthread_mutex_unlock(&rec.lock);
 	if (write(rec.wake[1], "r", 1) != 1)
 		abort();
@@ -126,20 +130,47 @@ static bool has_function(const struct seen *s, const char *name)
 
 /* ------------------------------------------------------------ spinning */
 
+/* How long a spinner may wait for the monitor before its test fails: a
+ * monitor that never reports ends the spin, it does not hang the suite. */
+#define SPIN_CAP (10 * GR_SEC)
+
+/* A spin: at least min_ns, then until done(s) says the monitor has seen it
+ * (by default: a report came after the spin began). The monitor's thread
+ * may start late or be kept off the CPU on a loaded machine; a spin of a
+ * fixed length would then end unseen, so the test waits on what the
+ * monitor publishes, not on a guess of how soon it will. */
+struct spin {
+	int64_t min_ns;
+	bool (*done)(struct spin *s);
+	int reports_before;     /* the reports there were when it began */
+	int64_t spun_ns;        /* how long it held the thread */
+};
+
+static bool reported_since(struct spin *s)
+{
+	return atomic_load(&rec.count) > s->reports_before;
+}
+
 /* Holds the thread without switching. noinline and not static-inlined into
  * its caller: a frame of its own in the backtrace (static: the symbol
  * table, not the dynamic one, names it, which libunwind reads). */
-__attribute__((noinline)) static void grt_spin_for(int64_t ns)
+__attribute__((noinline)) static void grt_spin_for(struct spin *s)
 {
-	int64_t end = gr_now() + ns;
+	int64_t start = gr_now(), now;
 
-	while (gr_now() < end)
+	s->reports_before = atomic_load(&rec.count);
+	if (!s->done)
+		s->done = reported_since;
+	do {
 		__asm__ volatile("" ::: "memory");
+		now = gr_now();
+	} while (now - start < s->min_ns || (!s->done(s) && now - start < SPIN_CAP));
+	s->spun_ns = now - start;
 }
 
 static void *spinner(void *arg)
 {
-	grt_spin_for((int64_t)(intptr_t)arg);
+	grt_spin_for(arg);
 	return NULL;
 }
 
@@ -161,8 +192,9 @@ static void check_stall_report(const struct seen *s, pid_t tid, const gr_fiber *
 	cr_assert_eq(s->fiber_id, gr_fiber_id(f), "%s", s->text);
 	cr_assert_str_eq(s->fiber_name, name);
 	cr_assert_geq(s->running_ns, threshold, "%s", s->text);
-	/* Sampled every threshold/4; a loaded machine may delay the monitor. */
-	cr_assert_lt(s->running_ns, threshold + 500 * GR_MSEC, "reported late: %s", s->text);
+	/* Sampled every threshold/4; a loaded machine may delay the monitor,
+	 * and the handler waits for the stalled thread's next time slice. */
+	cr_assert_lt(s->running_ns, threshold + GR_SEC, "reported late: %s", s->text);
 	cr_assert(has_function(s, "grt_spin_for"), "no grt_spin_for in the backtrace:\n%s", s->text);
 	cr_assert(has_function(s, "spinner"), "no spinner in the backtrace:\n%s", s->text);
 	cr_assert_not_null(strstr(s->text, "greenring: monitor: thread "), "%s", s->text);
@@ -171,8 +203,10 @@ static void check_stall_report(const struct seen *s, pid_t tid, const gr_fiber *
 
 Test(monitor, a_fiber_spinning_200ms_is_reported_with_its_backtrace)
 {
+	struct spin spin = { .min_ns = 200 * GR_MSEC };
+
 	recording_start(50 * GR_MSEC);
-	gr_fiber *f = spawn_named("spinner", spinner, (void *)(intptr_t)(200 * GR_MSEC));
+	gr_fiber *f = spawn_named("spinner", spinner, &spin);
 	assert_ok(gr_join(f, NULL, GR_FOREVER));
 	await_reports(2);
 	cr_assert_eq(reports(), 2, "one report and its end, got %d", reports());
@@ -182,19 +216,26 @@ Test(monitor, a_fiber_spinning_200ms_is_reported_with_its_backtrace)
 	cr_assert_eq(end->ended, 1);
 	cr_assert_str_eq(end->fiber_name, "spinner");
 	cr_assert_eq(end->nframes, 0);
-	cr_assert_geq(end->running_ns, 150 * GR_MSEC, "%s", end->text);
-	cr_assert_lt(end->running_ns, 400 * GR_MSEC, "%s", end->text);
+	/* The monitor measures from the sample that first saw the stall, to
+	 * within threshold/4 (and its own delays) of the spin's true length. */
+	cr_assert_geq(end->running_ns, rec.r[0].running_ns, "%s", end->text);
+	cr_assert_geq(end->running_ns, spin.spun_ns - 50 * GR_MSEC, "spun %lld ms: %s",
+		      (long long)(spin.spun_ns / GR_MSEC), end->text);
+	cr_assert_leq(end->running_ns, spin.spun_ns + GR_SEC, "spun %lld ms: %s",
+		      (long long)(spin.spun_ns / GR_MSEC), end->text);
 	recording_stop();
 }
 
 Test(monitor, each_stall_is_reported_once)
 {
-	recording_start(30 * GR_MSEC);
 	/* 150 ms: five thresholds, one report and one end. */
-	gr_fiber *f = spawn_named("first", spinner, (void *)(intptr_t)(150 * GR_MSEC));
+	struct spin first = { .min_ns = 150 * GR_MSEC }, second = { .min_ns = 150 * GR_MSEC };
+
+	recording_start(30 * GR_MSEC);
+	gr_fiber *f = spawn_named("first", spinner, &first);
 	assert_ok(gr_join(f, NULL, GR_FOREVER));
 	await_reports(2);
-	gr_fiber *g = spawn_named("second", spinner, (void *)(intptr_t)(150 * GR_MSEC));
+	gr_fiber *g = spawn_named("second", spinner, &second);
 	assert_ok(gr_join(g, NULL, GR_FOREVER));
 	await_reports(4);
 	cr_assert_eq(reports(), 4);
@@ -214,6 +255,7 @@ struct worker {
 	int done;               /* written when the spinner has ended */
 	int release[2];         /* then the thread waits here, its hub alive */
 	int err;
+	struct spin spin;
 };
 
 static void *worker_main(void *arg)
@@ -223,7 +265,7 @@ static void *worker_main(void *arg)
 	w->err = gr_hub_use(grt_hub());
 	w->tid = gettid();
 	struct gr_spawn_opts o = { .name = "far-spinner" };
-	gr_fiber *f = gr_spawn_with(&o, spinner, (void *)(intptr_t)(200 * GR_MSEC));
+	gr_fiber *f = gr_spawn_with(&o, spinner, &w->spin);
 	if (!w->err && !f)
 		w->err = -errno;
 	if (!w->err) {
@@ -243,7 +285,7 @@ static void *worker_main(void *arg)
 Test(monitor, a_fiber_of_another_thread_is_reported_from_that_thread)
 {
 	int done[2];
-	struct worker w = { .tid = 0 };
+	struct worker w = { .spin = { .min_ns = 200 * GR_MSEC } };
 	pthread_t t;
 	char c;
 
@@ -349,12 +391,13 @@ static void *yielder(void *arg)
 Test(monitor, a_busy_server_that_yields_is_not_reported)
 {
 	int sv[2];
-	int64_t until = gr_now() + 600 * GR_MSEC;
+	int64_t until = gr_now() + GR_SEC;
 	struct echo a = { .until = until }, b = { .until = until };
 
-	/* 100 ms, a hundred times a CPU burst here: a busy machine that takes
-	 * the CPU away from this thread for that long is not the point. */
-	recording_start(100 * GR_MSEC);
+	/* 250 ms, 250 times the longest CPU burst here, for four thresholds: a
+	 * loaded machine that keeps this thread off the CPU for that long (the
+	 * monitor cannot tell it from a fiber that holds it) is not the point. */
+	recording_start(250 * GR_MSEC);
 	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	a.fd = sv[0];
 	b.fd = sv[1];
@@ -377,17 +420,20 @@ Test(monitor, a_busy_server_that_yields_is_not_reported)
 	gr_close(sv[1]);
 }
 
-/* A plain blocking call in the main context, a sleep that gives back the
- * time a signal cut short. noinline: a frame of its own to look for. */
+/* A plain blocking call in the main context: poll(2) on the recorder's
+ * pipe, for up to ns or until the monitor reports (the pipe is not read:
+ * await_reports still finds the report). The time a signal cut short is
+ * given back. noinline: a frame of its own to look for. */
 __attribute__((noinline)) static void block_thread(int64_t ns)
 {
-	struct timespec ts = { .tv_sec = 0, .tv_nsec = 0 };
 	int64_t end = gr_now() + ns;
+	struct pollfd pfd = { .fd = rec.wake[0], .events = POLLIN };
 
 	for (int64_t left; (left = end - gr_now()) > 0;) {
-		ts.tv_sec = left / GR_SEC;
-		ts.tv_nsec = left % GR_SEC;
-		nanosleep(&ts, NULL); /* EINTR from the monitor's signal: go on */
+		int ms = (int)((left + GR_MSEC - 1) / GR_MSEC);
+
+		if (poll(&pfd, 1, ms) > 0)
+			return; /* a report; EINTR from the monitor's signal: go on */
 	}
 }
 
@@ -395,7 +441,7 @@ Test(monitor, a_thread_blocked_with_nothing_waiting_is_not_reported)
 {
 	recording_start(30 * GR_MSEC);
 	/* No fiber, nothing in flight: the thread does something else and
-	 * nobody starves. */
+	 * nobody starves. Five thresholds, and any report ends the wait. */
 	block_thread(150 * GR_MSEC);
 	assert_ok(gr_sleep(0));
 	cr_assert_eq(reports(), 0, "reported:\n%s", rec.r[0].text);
@@ -413,13 +459,14 @@ Test(monitor, a_blocking_call_that_starves_fibers_is_reported)
 	recording_start(30 * GR_MSEC);
 	gr_fiber *f = spawn_named("starved", sleeper, NULL);
 	assert_ok(gr_sleep(0));
-	/* gevent's classic: a call that blocks the thread while fibers wait. */
-	block_thread(150 * GR_MSEC);
+	/* gevent's classic: a call that blocks the thread while fibers wait,
+	 * here until the monitor says so (at most SPIN_CAP). */
+	block_thread(SPIN_CAP);
 	await_reports(2);
 	const struct seen *s = &rec.r[0];
 	cr_assert_str_eq(s->fiber_name, "main");
 	cr_assert_eq(s->fiber_id, gr_fiber_id(gr_self()));
-	cr_assert(has_function(s, "nanosleep"), "no nanosleep in:\n%s", s->text);
+	cr_assert(has_function(s, "poll"), "no poll in:\n%s", s->text);
 	cr_assert(has_function(s, "block_thread"), "no block_thread in:\n%s", s->text);
 	recording_stop();
 	assert_ok(gr_kill(f));
@@ -427,7 +474,9 @@ Test(monitor, a_blocking_call_that_starves_fibers_is_reported)
 }
 
 /* A fork() child has no monitor thread of its own until its first hub,
- * which starts one again: its stalls are reported, and name the child. */
+ * which starts one again: its stalls are reported, and name the child.
+ * That thread starts while the child's fiber already spins: the spin lasts
+ * until the child's monitor reports it, however late it starts. */
 Test(monitor, a_forked_child_is_watched_too)
 {
 	recording_start(50 * GR_MSEC);
@@ -437,15 +486,13 @@ Test(monitor, a_forked_child_is_watched_too)
 	if (pid == 0) {
 		/* The child's first greenring call makes its hub. */
 		struct gr_spawn_opts o = { .name = "child-spinner" };
-		gr_fiber *f = gr_spawn_with(&o, spinner, (void *)(intptr_t)(200 * GR_MSEC));
+		struct spin spin = { .min_ns = 200 * GR_MSEC };
+		gr_fiber *f = gr_spawn_with(&o, spinner, &spin);
 
 		if (!f || gr_join(f, NULL, GR_FOREVER) != 0)
 			_exit(10);
-		int64_t until = gr_now() + 2 * GR_SEC;
-		while (reports() < 1 && gr_now() < until)
-			gr_sleep(10 * GR_MSEC);
 		if (reports() < 1)
-			_exit(11);
+			_exit(11); /* the spin gave up after SPIN_CAP */
 		if (strcmp(rec.r[0].fiber_name, "child-spinner") != 0 || rec.r[0].tid != getpid())
 			_exit(12);
 		_exit(0);
@@ -468,19 +515,71 @@ Test(monitor, bad_arguments_are_refused)
 /* ------------------------------------------------------------ environment */
 
 /* The child: GREENRING_MONITOR and GREENRING_DEBUG set, one spinning
- * fiber, then exit() (not _exit: the counters line is an atexit job). */
+ * fiber, a thread with a hub of its own that ends, then exit() (not
+ * _exit: the counters line of the thread that ends the process is an
+ * atexit job). The monitor's reports go to stderr, where no callback sees
+ * them: the child reads them itself, through a pipe in place of its
+ * stderr, to know when to stop spinning, and passes them on. */
+static struct {
+	int fd;                 /* the pipe's read end (non-blocking) */
+	char text[8192];
+	size_t len;
+} err_in;
+
+static bool err_read(void)
+{
+	ssize_t r;
+
+	while (err_in.len + 1 < sizeof(err_in.text) &&
+	       (r = read(err_in.fd, err_in.text + err_in.len, sizeof(err_in.text) - 1 - err_in.len)) > 0)
+		err_in.len += (size_t)r;
+	err_in.text[err_in.len] = '\0';
+	return true;
+}
+
+static bool err_says_has_run(struct spin *s)
+{
+	(void)s;
+	return err_read() && strstr(err_in.text, "\"env-spinner\" has run ");
+}
+
+static void *env_thread_main(void *arg)
+{
+	/* Its hub prints its counters when the thread ends. */
+	*(pid_t *)arg = gettid();
+	return gr_hub_name() ? NULL : (void *)1;
+}
+
 __attribute__((constructor)) static void child_entry(void)
 {
 	if (!getenv("GRT_MONITOR_CHILD"))
 		return;
+	int p[2], real_stderr = dup(STDERR_FILENO);
+
+	if (real_stderr < 0 || pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0 || dup2(p[1], STDERR_FILENO) < 0)
+		_exit(9);
+	err_in.fd = p[0];
 	struct gr_spawn_opts o = { .name = "env-spinner" };
-	gr_fiber *f = gr_spawn_with(&o, spinner, (void *)(intptr_t)(200 * GR_MSEC));
+	struct spin spin = { .min_ns = 200 * GR_MSEC, .done = err_says_has_run };
+	gr_fiber *f = gr_spawn_with(&o, spinner, &spin);
 	if (!f || gr_join(f, NULL, GR_FOREVER) != 0)
 		_exit(10);
-	/* Long enough for the monitor to see the stall end (it samples every
-	 * 12.5 ms). */
-	if (gr_sleep(200 * GR_MSEC) != 0)
-		_exit(11);
+	/* The line saying it switched: the monitor's next sample. */
+	int64_t until = gr_now() + SPIN_CAP;
+	while (err_read() && !strstr(err_in.text, "\"env-spinner\" switched after ") &&
+	       gr_now() < until) {
+		if (gr_wait_fd(p[0], POLLIN, until) < 0 && errno != ETIMEDOUT)
+			_exit(11);
+	}
+	if (dup2(real_stderr, STDERR_FILENO) < 0 ||
+	    write(STDERR_FILENO, err_in.text, err_in.len) != (ssize_t)err_in.len)
+		_exit(12);
+	pthread_t t;
+	pid_t tid = 0;
+	void *res = (void *)1;
+	if (pthread_create(&t, NULL, env_thread_main, &tid) != 0 || pthread_join(t, &res) != 0 || res)
+		_exit(13);
+	printf("thread-with-a-hub=%d\n", (int)tid);
 	exit(0);
 }
 
@@ -497,7 +596,18 @@ Test(monitor, environment_starts_it_and_debug_prints_counters_at_exit)
 	cr_assert_not_null(strstr(text, "\"env-spinner\" has run "), "%s", text);
 	cr_assert_not_null(strstr(text, " grt_spin_for+0x"), "%s", text);
 	cr_assert_not_null(strstr(text, "\"env-spinner\" switched after "), "%s", text);
+	/* A counters line from each hub: the thread's when it ended, the
+	 * main thread's (the spinner's) at exit. */
+	const char *t = strstr(text, "thread-with-a-hub=");
+	cr_assert_not_null(t, "%s", text);
+	char want[64];
+	snprintf(want, sizeof(want), "greenring: counters tid=%d ", atoi(t + strlen("thread-with-a-hub=")));
+	const char *thread_line = strstr(text, want);
+	cr_assert_not_null(thread_line, "no counters line at the thread's end:\n%s", text);
+	cr_assert_not_null(strstr(thread_line, " spawned=0 ended=0 "), "%s", thread_line);
 	const char *counters = strstr(text, "greenring: counters tid=");
+	if (counters == thread_line)
+		counters = strstr(counters + 1, "greenring: counters tid=");
 	cr_assert_not_null(counters, "no counters line at exit:\n%s", text);
 	cr_assert_not_null(strstr(counters, " spawned=1 ended=1 "), "%s", counters);
 }
