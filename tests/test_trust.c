@@ -1,0 +1,421 @@
+/* test_trust.c — adversarial regressions: what the runtime must never do
+ * however its public API is used, or misused, at the worst moment.
+ * Runs once per hub. Covers:
+ *   - a joinable fiber is released exactly once: a join or detach against a
+ *     joiner woken by the fiber's end but not yet run fails, and so does a
+ *     second join after a join whose deadline tied with the end;
+ *   - gr_hub_use refuses while an ended fiber still waits for its join.
+ *
+ * Scenarios that could hang the old runtime, need their own environment
+ * (tunables are read once per process) or must capture stderr run in a
+ * child: the test binary re-executes itself with GRT_TRUST_CHILD=<mode>, and
+ * a constructor runs the child's part before Criterion's main. The parent
+ * waits for it under a deadline and kills it on timeout. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "support.h"
+
+GRT_SUITE(trust);
+
+/* ------------------------------------------------------------ the child */
+
+static void *return_arg(void *arg)
+{
+	return arg;
+}
+
+/* A child's part: runs before Criterion's main, with nothing of greenring
+ * used yet; returns the exit status. What went wrong goes to stdout. */
+struct child_mode {
+	const char *name;
+	int (*run)(void);
+};
+
+/* A read of an empty pipe under a 50 ms fiber deadline: -1/ETIMEDOUT within
+ * 2 s, on the hub GREENRING_HUB names. For the tunables. */
+static int child_timed_read(void)
+{
+	int p[2];
+	char c;
+
+	const char *hub = gr_hub_name();
+	const char *want = getenv("GREENRING_HUB");
+	if (!hub || (want && strcmp(hub, want) != 0)) {
+		printf("hub %s, wanted %s: %s\n", hub ? hub : "none", want ? want : "default",
+		       gr_hub_why());
+		return 1;
+	}
+	if (pipe2(p, O_CLOEXEC) != 0)
+		return 2;
+	int64_t t0 = gr_now();
+	int64_t old = gr_deadline_set(t0 + 50 * GR_MSEC);
+	ssize_t n = gr_read(p[0], &c, 1);
+	int e = errno;
+	gr_deadline_set(old);
+	int64_t took = gr_now() - t0;
+	if (n != -1 || e != ETIMEDOUT) {
+		printf("gr_read of an empty pipe under a deadline: %zd (%s)\n", n, strerror(e));
+		return 3;
+	}
+	if (took > 2 * GR_SEC) {
+		printf("gr_read took %lld ms to time out\n", (long long)(took / GR_MSEC));
+		return 4;
+	}
+	gr_fiber *f = gr_spawn(return_arg, (void *)0x5);
+	void *res = NULL;
+	if (!f || gr_join(f, &res, gr_now() + 2 * GR_SEC) != 0 || res != (void *)0x5) {
+		printf("a fiber did not run\n");
+		return 5;
+	}
+	if (gr_close(p[0]) != 0 || gr_close(p[1]) != 0)
+		return 6;
+	return 0;
+}
+
+static const struct child_mode child_modes[] = {
+	{ "timed_read", child_timed_read },
+	{ NULL, NULL },
+};
+
+__attribute__((constructor)) static void child_entry(void)
+{
+	const char *mode = getenv("GRT_TRUST_CHILD");
+
+	if (!mode)
+		return;
+	for (const struct child_mode *m = child_modes; m->name; m++) {
+		if (strcmp(m->name, mode) == 0) {
+			int status = m->run();
+
+			fflush(NULL);
+			_exit(status);
+		}
+	}
+	printf("unknown child mode %s\n", mode);
+	fflush(NULL);
+	_exit(126);
+}
+
+/* ------------------------------------------------------------ the parent */
+
+struct child_run {
+	int status;        /* from waitpid */
+	int timed_out;     /* killed at the deadline */
+	int64_t took;      /* ns from start to exit (or kill) */
+	char out[4096];
+	char err[16384];
+};
+
+/* Run this binary as a child in `mode`, with environment variable env_name
+ * set to env_value (if env_name is not NULL); collect its stdout and stderr
+ * and its exit; kill it if it is still running `timeout` ns after the start.
+ * Plain poll() and waitpid(): the parent's hub is not involved. */
+static void run_self(const char *mode, const char *env_name, const char *env_value,
+		     int64_t timeout, struct child_run *r)
+{
+	int out[2], err[2];
+	size_t nout = 0, nerr = 0;
+
+	memset(r, 0, sizeof(*r));
+	cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
+	fflush(NULL);
+	pid_t parent = getpid();
+	int64_t t0 = gr_now();
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+			_exit(127);
+		dup2(out[1], STDOUT_FILENO);
+		dup2(err[1], STDERR_FILENO);
+		setenv("GRT_TRUST_CHILD", mode, 1);
+		if (env_name)
+			setenv(env_name, env_value, 1);
+		signal(SIGSEGV, SIG_DFL);
+		execl("/proc/self/exe", "test_trust", (char *)NULL);
+		_exit(127);
+	}
+	close(out[1]);
+	close(err[1]);
+	struct pollfd p[2] = { { .fd = out[0], .events = POLLIN }, { .fd = err[0], .events = POLLIN } };
+	int open_pipes = 2;
+	while (open_pipes > 0) {
+		int64_t left = t0 + timeout - gr_now();
+
+		if (left <= 0 && !r->timed_out) {
+			kill(pid, SIGKILL);
+			r->timed_out = 1;
+			r->took = gr_now() - t0;
+		}
+		int ms = r->timed_out ? -1 : (int)((left + GR_MSEC - 1) / GR_MSEC);
+		if (poll(p, 2, ms) < 0 && errno != EINTR)
+			break;
+		for (int i = 0; i < 2; i++) {
+			char *buf = i ? r->err : r->out;
+			size_t cap = i ? sizeof(r->err) : sizeof(r->out);
+			size_t *n = i ? &nerr : &nout;
+			char sink[512];
+
+			if (p[i].fd < 0 || !p[i].revents)
+				continue;
+			ssize_t k = *n + 1 < cap ? read(p[i].fd, buf + *n, cap - 1 - *n)
+						 : read(p[i].fd, sink, sizeof(sink));
+			if (k <= 0) {
+				close(p[i].fd);
+				p[i].fd = -1;
+				open_pipes--;
+			} else if (*n + 1 < cap) {
+				*n += (size_t)k;
+			}
+		}
+	}
+	r->out[nout] = '\0';
+	r->err[nerr] = '\0';
+	pid_t w;
+	while ((w = waitpid(pid, &r->status, 0)) < 0 && errno == EINTR)
+		;
+	cr_assert_eq(w, pid);
+	if (!r->timed_out)
+		r->took = gr_now() - t0;
+}
+
+static const char *describe(const struct child_run *r, char *buf, size_t len)
+{
+	if (r->timed_out)
+		snprintf(buf, len, "still running after %lld ms: killed",
+			 (long long)(r->took / GR_MSEC));
+	else if (WIFSIGNALED(r->status))
+		snprintf(buf, len, "killed by signal %d", WTERMSIG(r->status));
+	else
+		snprintf(buf, len, "exit status %d", WEXITSTATUS(r->status));
+	return buf;
+}
+
+/* The child ended on its own with status 0. */
+static void expect_child_ok(const struct child_run *r, const char *what)
+{
+	char how[96];
+
+	cr_assert(!r->timed_out && WIFEXITED(r->status) && WEXITSTATUS(r->status) == 0,
+		  "%s: %s\nstdout: %s\nstderr: %s", what, describe(r, how, sizeof(how)), r->out,
+		  r->err);
+}
+
+/* ------------------------------------------------------------ helpers */
+
+/* Spawn n fibers, check their handles are distinct (no stack handed out
+ * twice), then join each and check it ran as itself. */
+static void spawn_distinct_and_join(int n)
+{
+	gr_fiber *f[8];
+
+	cr_assert_leq(n, 8);
+	for (int i = 0; i < n; i++) {
+		f[i] = gr_spawn(return_arg, (void *)(intptr_t)(100 + i));
+		cr_assert_not_null(f[i], "gr_spawn: %s", strerror(errno));
+		for (int j = 0; j < i; j++)
+			cr_assert_neq(f[i], f[j], "spawns %d and %d got the same handle: a stack was "
+				      "released twice", j, i);
+	}
+	for (int i = 0; i < n; i++) {
+		void *res = NULL;
+
+		assert_ok(gr_join(f[i], &res, gr_now() + 5 * GR_SEC));
+		cr_assert_eq((intptr_t)res, 100 + i, "fiber %d returned %ld", i, (long)(intptr_t)res);
+	}
+}
+
+/* ------------------------------------------------------------ joins */
+
+struct join_race {
+	gr_fiber *b;
+	int a_rc;
+	void *a_res;
+	int c_ran, c_join, c_detach;
+};
+
+static void *join_b_with_deadline(void *arg)
+{
+	struct join_race *jr = arg;
+
+	jr->a_rc = gr_join(jr->b, &jr->a_res, gr_now() + 5 * GR_SEC);
+	return NULL;
+}
+
+static void *join_and_detach_b(void *arg)
+{
+	struct join_race *jr = arg;
+
+	jr->c_join = gr_join(jr->b, NULL, GR_FOREVER);
+	jr->c_detach = gr_detach(jr->b);
+	jr->c_ran = 1;
+	return NULL;
+}
+
+/* A joins B; B ends, which wakes A; before A runs, C tries to join and to
+ * detach B. A still holds the claim on B: had C's join released B, A would
+ * release it a second time, and the stack pool would hand one stack to two
+ * later fibers. Spawn order makes it exact: in one turn A parks in its join,
+ * B returns (A becomes runnable for the next turn) and C runs. */
+Test(trust, a_join_woken_but_not_yet_run_keeps_its_claim)
+{
+	struct join_race jr = { .a_rc = 1, .c_join = 1, .c_detach = 1 };
+	gr_fiber *a = gr_spawn(join_b_with_deadline, &jr);
+	jr.b = gr_spawn(return_arg, (void *)0xb0b);
+	gr_fiber *c = gr_spawn(join_and_detach_b, &jr);
+
+	cr_assert(a && jr.b && c);
+	assert_ok(gr_sleep(0));
+	cr_assert(jr.c_ran, "C did not run in the first turn");
+	assert_err(jr.c_join, EINVAL);
+	assert_err(jr.c_detach, EBUSY);
+	assert_ok(gr_join(a, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(gr_join(c, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(jr.a_rc);
+	cr_assert_eq(jr.a_res, (void *)0xb0b, "A's join got %p", jr.a_res);
+	spawn_distinct_and_join(6);
+}
+
+struct join_tie {
+	gr_fiber *b;
+	int64_t at;
+	int a_rc;
+	void *a_res;
+};
+
+static void *end_at(void *arg)
+{
+	struct join_tie *t = arg;
+
+	gr_sleep_until(t->at);
+	return (void *)0x71e;
+}
+
+static void *join_until(void *arg)
+{
+	struct join_tie *t = arg;
+
+	t->a_rc = gr_join(t->b, &t->a_res, t->at);
+	return NULL;
+}
+
+/* A's join deadline is the very moment B ends: A may resume with either
+ * result, but B is released exactly once over A's join and later ones. Both
+ * spawn orders, a few rounds each (the tie is met in whichever turn the two
+ * timers fire). */
+Test(trust, a_join_deadline_tied_with_the_end_releases_once)
+{
+	for (int round = 0; round < 16; round++) {
+		struct join_tie t = { .a_rc = 1, .at = gr_now() + 2 * GR_MSEC };
+		gr_fiber *a;
+		void *res = NULL;
+
+		if (round % 2) {
+			t.b = gr_spawn(end_at, &t);
+			a = gr_spawn(join_until, &t);
+		} else {
+			a = gr_spawn(join_until, &t);
+			t.b = gr_spawn(end_at, &t);
+		}
+		cr_assert(a && t.b);
+		assert_ok(gr_join(a, NULL, gr_now() + 5 * GR_SEC));
+		if (t.a_rc == 0) {
+			cr_assert_eq(t.a_res, (void *)0x71e, "round %d: A's join got %p", round, t.a_res);
+			assert_err(gr_join(t.b, NULL, gr_now() + GR_SEC), EINVAL);
+		} else {
+			cr_assert_eq(t.a_rc, -ETIMEDOUT, "round %d: A's join: %s", round,
+				     strerror(-t.a_rc));
+			assert_ok(gr_join(t.b, &res, gr_now() + 5 * GR_SEC));
+			cr_assert_eq(res, (void *)0x71e);
+			assert_err(gr_join(t.b, NULL, gr_now() + GR_SEC), EINVAL);
+		}
+	}
+	spawn_distinct_and_join(6);
+}
+
+/* ------------------------------------------------------------ hub switch */
+
+/* An ended fiber nobody joined pins the hub: its handle must stay valid
+ * until gr_join. A gr_hub_use that tore the hub down under it would leave
+ * the join reading freed memory. */
+Test(trust, gr_hub_use_refuses_while_an_ended_fiber_is_unjoined)
+{
+	struct gr_hub_stats st;
+	void *res = NULL;
+	gr_fiber *f = gr_spawn(return_arg, (void *)0x3);
+
+	cr_assert_not_null(f);
+	assert_ok(gr_sleep(0));
+	assert_ok(gr_hub_stats(&st));
+	cr_assert_eq(st.fibers, 0);
+	cr_assert_eq(st.unreleased, 1);
+	assert_err(gr_hub_use(grt_hub()), EBUSY);
+	assert_ok(gr_join(f, &res, GR_FOREVER));
+	cr_assert_eq(res, (void *)0x3);
+}
+
+/* ------------------------------------------------------------ tunables */
+
+/* Run the timed read in a child with GREENRING_URING_ENTRIES=value. */
+static void uring_entries(const char *value, int said)
+{
+	struct child_run r;
+	char what[96];
+
+	snprintf(what, sizeof(what), "GREENRING_URING_ENTRIES=%s", value);
+	run_self("timed_read", "GREENRING_URING_ENTRIES", value, 4 * GR_SEC, &r);
+	expect_child_ok(&r, what);
+	if (said)
+		cr_assert_not_null(strstr(r.err, "GREENRING_URING_ENTRIES"),
+				   "%s was used without a word on stderr: %s", what, r.err);
+	else
+		cr_assert_null(strstr(r.err, "greenring"), "%s is fine, yet: %s", what, r.err);
+}
+
+/* An operation with a deadline takes two submission entries: a ring of one
+ * can never submit it, and the hub spun at 100% CPU for ever. Below the
+ * minimum the value is raised to it, and stderr says so. io_uring only. */
+Test(trust, uring_entries_below_the_minimum_is_raised_not_spun)
+{
+	if (strcmp(grt_hub(), "io_uring") != 0)
+		return;
+	uring_entries("1", 1);
+	uring_entries("0", 1);
+	uring_entries("2", 0);
+}
+
+/* Not a number, negative, or above the maximum: the default, and a line on
+ * stderr naming the variable, never a silent misreading. io_uring only. */
+Test(trust, uring_entries_that_are_not_usable_get_the_default_and_a_word)
+{
+	if (strcmp(grt_hub(), "io_uring") != 0)
+		return;
+	uring_entries("abc", 1);
+	uring_entries("-5", 1);
+	uring_entries("99999999", 1);
+}
+
+/* A GREENRING_STACK_SIZE that is not a number is said on stderr; fibers
+ * still run (on the default stack). */
+Test(trust, a_stack_size_that_is_not_a_number_is_said)
+{
+	struct child_run r;
+
+	run_self("timed_read", "GREENRING_STACK_SIZE", "abc", 4 * GR_SEC, &r);
+	expect_child_ok(&r, "GREENRING_STACK_SIZE=abc");
+	cr_assert_not_null(strstr(r.err, "GREENRING_STACK_SIZE"),
+			   "GREENRING_STACK_SIZE=abc was ignored without a word: %s", r.err);
+}
