@@ -292,8 +292,8 @@ Test(trust, a_join_woken_but_not_yet_run_keeps_its_claim)
 struct join_tie {
 	gr_fiber *b;
 	int64_t at;
-	int a_rc;
-	void *a_res;
+	int a_rc, c_join, c_detach;
+	void *a_res, *c_res;
 };
 
 static void *end_at(void *arg)
@@ -301,6 +301,11 @@ static void *end_at(void *arg)
 	struct join_tie *t = arg;
 
 	gr_sleep_until(t->at);
+	return (void *)0x71e;
+}
+
+static void *return_0x71e(void *arg)
+{
 	return (void *)0x71e;
 }
 
@@ -312,38 +317,95 @@ static void *join_until(void *arg)
 	return NULL;
 }
 
-/* A's join deadline is the very moment B ends: A may resume with either
- * result, but B is released exactly once over A's join and later ones. Both
- * spawn orders, a few rounds each (the tie is met in whichever turn the two
- * timers fire). */
+static void *reap_at(void *arg)
+{
+	struct join_tie *t = arg;
+
+	gr_sleep_until(t->at);
+	t->c_join = gr_join(t->b, &t->c_res, 0);
+	t->c_detach = gr_detach(t->b);
+	return NULL;
+}
+
+static void *reap_after_deadline(void *arg)
+{
+	struct join_tie *t = arg;
+
+	/* Still in the turn B ended in: let A's deadline pass (a spin on the
+	 * clock, not a sleep, so that nothing else runs meanwhile). */
+	while (gr_now() <= t->at)
+		;
+	t->c_join = gr_join(t->b, &t->c_res, 0);
+	t->c_detach = gr_detach(t->b);
+	return NULL;
+}
+
+/* Check that B was released once over A's join, C's join and detach, and
+ * a last join by main (which waits for B if nobody took it). */
+static void expect_one_release(struct join_tie *t, const char *how)
+{
+	void *res = NULL;
+
+	cr_assert(t->a_rc == 0 || t->a_rc == -ETIMEDOUT, "%s: A's join: %d", how, t->a_rc);
+	int last = gr_join(t->b, &res, gr_now() + 5 * GR_SEC);
+	int releases = (t->a_rc == 0) + (t->c_join == 0) + (t->c_detach == 0) + (last == 0);
+	cr_assert_eq(releases, 1,
+		     "%s: B released %d times: A's join %d, C's join %d, C's detach %d, the "
+		     "last join %d", how, releases, t->a_rc, t->c_join, t->c_detach, last);
+	if (t->a_rc == 0)
+		cr_assert_eq(t->a_res, (void *)0x71e);
+	if (t->c_join == 0)
+		cr_assert_eq(t->c_res, (void *)0x71e);
+	if (last == 0)
+		cr_assert_eq(res, (void *)0x71e);
+}
+
+/* A's join deadline passes at the moment B ends. First exactly: B ends,
+ * waking A, and before A runs its deadline passes and C tries to reap B (a
+ * join with deadline 0, then a detach): A still holds its claim, so C fails
+ * (-EINVAL, -EBUSY); A then resumes with 0 or -ETIMEDOUT, and B is released
+ * exactly once over A's join and a last join by main. Then as it falls: B
+ * ends, A's deadline passes and C reaps, all at one instant on three timers,
+ * in every spawn order, several rounds each; whatever the order the timers
+ * fire and the fibers run in, B is released once and never twice. */
 Test(trust, a_join_deadline_tied_with_the_end_releases_once)
 {
-	for (int round = 0; round < 16; round++) {
-		struct join_tie t = { .a_rc = 1, .at = gr_now() + 2 * GR_MSEC };
-		gr_fiber *a;
-		void *res = NULL;
+	static const char orders[6][4] = { "abc", "acb", "bac", "bca", "cab", "cba" };
+	struct join_tie e = { .a_rc = 1, .c_join = 1, .c_detach = 1, .at = gr_now() + 10 * GR_MSEC };
+	gr_fiber *ea = gr_spawn(join_until, &e);
+	e.b = gr_spawn(return_0x71e, NULL);
+	gr_fiber *ec = gr_spawn(reap_after_deadline, &e);
 
-		if (round % 2) {
-			t.b = gr_spawn(end_at, &t);
-			a = gr_spawn(join_until, &t);
-		} else {
-			a = gr_spawn(join_until, &t);
-			t.b = gr_spawn(end_at, &t);
+	cr_assert(ea && e.b && ec);
+	assert_ok(gr_join(ea, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(gr_join(ec, NULL, gr_now() + 5 * GR_SEC));
+	assert_err(e.c_join, EINVAL);
+	assert_err(e.c_detach, EBUSY);
+	expect_one_release(&e, "exact tie");
+	spawn_distinct_and_join(4);
+
+	for (int round = 0; round < 36; round++) {
+		const char *order = orders[round % 6];
+		struct join_tie t = { .a_rc = 1, .c_join = 1, .c_detach = 1,
+				      .at = gr_now() + 2 * GR_MSEC };
+		gr_fiber *a = NULL, *c = NULL;
+		char how[64];
+
+		for (int i = 0; i < 3; i++) {
+			if (order[i] == 'a')
+				a = gr_spawn(join_until, &t);
+			else if (order[i] == 'b')
+				t.b = gr_spawn(end_at, &t);
+			else
+				c = gr_spawn(reap_at, &t);
 		}
-		cr_assert(a && t.b);
+		cr_assert(a && t.b && c);
 		assert_ok(gr_join(a, NULL, gr_now() + 5 * GR_SEC));
-		if (t.a_rc == 0) {
-			cr_assert_eq(t.a_res, (void *)0x71e, "round %d: A's join got %p", round, t.a_res);
-			assert_err(gr_join(t.b, NULL, gr_now() + GR_SEC), EINVAL);
-		} else {
-			cr_assert_eq(t.a_rc, -ETIMEDOUT, "round %d: A's join: %s", round,
-				     strerror(-t.a_rc));
-			assert_ok(gr_join(t.b, &res, gr_now() + 5 * GR_SEC));
-			cr_assert_eq(res, (void *)0x71e);
-			assert_err(gr_join(t.b, NULL, gr_now() + GR_SEC), EINVAL);
-		}
+		assert_ok(gr_join(c, NULL, gr_now() + 5 * GR_SEC));
+		snprintf(how, sizeof(how), "round %d (spawn order %s)", round, order);
+		expect_one_release(&t, how);
+		spawn_distinct_and_join(4);
 	}
-	spawn_distinct_and_join(6);
 }
 
 /* ------------------------------------------------------------ hub switch */
