@@ -481,3 +481,149 @@ Test(trust, a_stack_size_that_is_not_a_number_is_said)
 	cr_assert_not_null(strstr(r.err, "GREENRING_STACK_SIZE"),
 			   "GREENRING_STACK_SIZE=abc was ignored without a word: %s", r.err);
 }
+
+/* ------------------------------------------------------------ thread exit */
+
+struct exit_case {
+	int kill;            /* gr_kill the waiter instead of setting the event */
+	gr_event ev;         /* outlives the thread: the parent owns it */
+	const char *err;
+};
+
+static void *wait_12s(void *arg)
+{
+	struct exit_case *c = arg;
+
+	gr_event_wait(&c->ev, gr_now() + 12 * GR_SEC);
+	return NULL;
+}
+
+static void *exit_with_a_woken_waiter(void *arg)
+{
+	struct exit_case *c = arg;
+
+	if (gr_hub_use(grt_hub()) != 0 || gr_event_init(&c->ev) != 0) {
+		c->err = "no hub or no event";
+		return NULL;
+	}
+	gr_fiber *w = gr_spawn(wait_12s, c);
+	if (!w || gr_sleep(0) != 0) {
+		c->err = "the waiter did not start";
+		return NULL;
+	}
+	/* The waiter is parked with its 12 s deadline timer in flight. Wake it
+	 * (runnable, not run) and leave: it is discarded at thread exit. */
+	if (c->kill ? gr_kill(w) != 0 : gr_event_set(&c->ev) != 1)
+		c->err = "the wake failed";
+	return NULL;
+}
+
+static void thread_exit_is_prompt(int kill)
+{
+	struct exit_case c = { .kill = kill };
+	pthread_t th;
+	struct timespec until;
+
+	int64_t t0 = gr_now();
+	cr_assert_eq(pthread_create(&th, NULL, exit_with_a_woken_waiter, &c), 0);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 2;
+	int r = pthread_timedjoin_np(th, NULL, &until);
+	cr_assert_eq(r, 0, "the thread did not exit within 2 s (%s): its hub waits out the "
+		     "discarded waiter's 12 s timer", strerror(r));
+	cr_assert_null(c.err, "%s", c.err);
+	cr_assert_lt(gr_now() - t0, 2 * GR_SEC);
+}
+
+/* A thread ends while one of its fibers was woken from an event wait (its
+ * deadline timer still in flight) but has not run: the hub discards the
+ * fiber and must cancel its timer, not wait 12 s for it at thread exit. */
+Test(trust, thread_exit_does_not_wait_out_a_woken_waiters_timer)
+{
+	thread_exit_is_prompt(0);
+}
+
+/* The same with the waiter killed (woken with ECANCELED) instead of set. */
+Test(trust, thread_exit_does_not_wait_out_a_killed_waiters_timer)
+{
+	thread_exit_is_prompt(1);
+}
+
+/* ------------------------------------------------------------ fd numbers */
+
+struct close_reuse {
+	int fd;              /* X closes it */
+	int x_rc, x_errno;
+	int q[2];            /* Y's new pipe */
+	ssize_t wrote, got;
+	int w_errno, r_errno;
+	int close0, close1;
+	char byte;
+};
+
+static void *close_it(void *arg)
+{
+	struct close_reuse *c = arg;
+
+	c->x_rc = gr_close(c->fd);
+	c->x_errno = errno;
+	return NULL;
+}
+
+static void *reuse_the_number(void *arg)
+{
+	struct close_reuse *c = arg;
+
+	gr_sleep(0); /* X's close is done in the kernel; X has not run since */
+	if (pipe2(c->q, O_CLOEXEC) != 0)
+		return (void *)"pipe";
+	/* The first green call names the reused number, before X runs. */
+	if (write(c->q[1], "y", 1) != 1)
+		return (void *)"write";
+	int64_t old = gr_deadline_set(gr_now() + 2 * GR_SEC);
+	c->got = gr_read(c->q[0], &c->byte, 1);
+	c->r_errno = errno;
+	if (c->got == 1 && c->byte == 'y') {
+		c->wrote = gr_write(c->q[1], "z", 1);
+		c->w_errno = errno;
+		c->got = gr_read(c->q[0], &c->byte, 1);
+		c->r_errno = errno;
+	}
+	gr_deadline_set(old);
+	c->close0 = gr_close(c->q[0]);
+	c->close1 = gr_close(c->q[1]);
+	return NULL;
+}
+
+/* X gr_close()s a pipe end; Y, spawned right after, yields once and makes a
+ * pipe, which gets the number X closed. The number is free once the close
+ * is done, even though X has not run since: Y's I/O and closes on it must
+ * work (on io_uring the close completes asynchronously, and X's pending
+ * close must not be taken for Y's file). */
+Test(trust, a_number_gr_close_just_freed_is_usable_before_the_closer_runs)
+{
+	int p[2];
+	struct close_reuse c = { .x_rc = 1, .close0 = 1, .close1 = 1 };
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	/* The hub has seen the number: I/O went through it. */
+	cr_assert_eq(gr_write(p[1], "a", 1), 1);
+	cr_assert_eq(gr_read(p[0], &c.byte, 1), 1);
+	c.fd = p[0];
+	gr_fiber *x = gr_spawn(close_it, &c);
+	gr_fiber *y = gr_spawn(reuse_the_number, &c);
+	void *why = NULL;
+
+	cr_assert(x && y);
+	assert_ok(gr_join(x, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(gr_join(y, &why, gr_now() + 5 * GR_SEC));
+	cr_assert_null(why, "%s", (const char *)why);
+	cr_assert_eq(c.x_rc, 0, "X's gr_close: %s", strerror(c.x_errno));
+	cr_assert_eq(c.q[0], p[0], "the new pipe got %d, not the closed number %d", c.q[0], p[0]);
+	cr_assert_eq(c.got, 1, "gr_read on the reused number: %s", strerror(c.r_errno));
+	cr_assert_eq(c.wrote, 1, "gr_write into the new pipe: %s", strerror(c.w_errno));
+	cr_assert_eq(c.byte, 'z');
+	cr_assert_eq(c.close0, 0, "gr_close of the reused number failed: it leaks");
+	cr_assert_eq(c.close1, 0);
+	cr_assert_eq(gr_close(p[1]), 0);
+}
