@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,8 +85,159 @@ static int child_timed_read(void)
 	return 0;
 }
 
+/* fork() inside a fiber; the child lets that fiber return. */
+struct forker {
+	int rep;             /* write end of the report pipe */
+	pid_t pid;
+	int err;
+};
+
+static void *child_echo_fiber(void *arg)
+{
+	return arg;
+}
+
+/* The forking fiber's work in the child: greenring works there, and the
+ * fiber then returns from its function, which ends the child with 0. */
+static void forked_child_work(struct forker *fk)
+{
+	int p[2];
+	char buf[4];
+	void *res = NULL;
+
+	if (gr_sleep(GR_MSEC) != 0) {
+		printf("child: gr_sleep failed\n");
+		return;
+	}
+	gr_fiber *f = gr_spawn(child_echo_fiber, (void *)0x6);
+	if (!f || gr_join(f, &res, gr_now() + 2 * GR_SEC) != 0 || res != (void *)0x6) {
+		printf("child: spawn and join failed\n");
+		return;
+	}
+	if (pipe2(p, O_CLOEXEC) != 0 || gr_write(p[1], "rt", 2) != 2 ||
+	    gr_read(p[0], buf, sizeof(buf)) != 2 || memcmp(buf, "rt", 2) != 0) {
+		printf("child: the pipe round trip failed\n");
+		return;
+	}
+	gr_close(p[0]);
+	gr_close(p[1]);
+	if (write(fk->rep, "M", 1) != 1)
+		printf("child: the marker write failed\n");
+}
+
+static void *fork_and_return(void *arg)
+{
+	struct forker *fk = arg;
+
+	fflush(NULL);
+	fk->pid = fork();
+	if (fk->pid == 0) {
+		forked_child_work(fk);
+		return NULL; /* ends the child (exit status 0) */
+	}
+	if (fk->pid < 0)
+		fk->err = errno;
+	return NULL;
+}
+
+struct marker {
+	int rep;
+	int fd;              /* R: the pipe it reads */
+	char mark;
+};
+
+static void *sleep_then_mark(void *arg)
+{
+	struct marker *m = arg;
+
+	if (gr_sleep(200 * GR_MSEC) == 0 && write(m->rep, &m->mark, 1) != 1)
+		return (void *)1;
+	return NULL;
+}
+
+static void *read_then_mark(void *arg)
+{
+	struct marker *m = arg;
+	char c;
+
+	if (gr_read(m->fd, &c, 1) == 1 && write(m->rep, &m->mark, 1) != 1)
+		return (void *)1;
+	return NULL;
+}
+
+static int child_fork_in_fiber(void)
+{
+	int rep[2], feed[2];
+
+	if (pipe2(rep, O_CLOEXEC) != 0 || pipe2(feed, O_CLOEXEC) != 0)
+		return 2;
+	struct marker ms = { .rep = rep[1], .mark = 'S' };
+	struct marker mr = { .rep = rep[1], .fd = feed[0], .mark = 'R' };
+	struct forker fk = { .rep = rep[1], .pid = -1 };
+	gr_fiber *s = gr_spawn(sleep_then_mark, &ms);
+	gr_fiber *r = gr_spawn(read_then_mark, &mr);
+	if (!s || !r || gr_sleep(GR_MSEC) != 0)
+		return 3;
+	/* S sleeps, R is blocked in gr_read: now F forks. */
+	gr_fiber *f = gr_spawn(fork_and_return, &fk);
+	if (!f || gr_join(f, NULL, gr_now() + 2 * GR_SEC) != 0)
+		return 4;
+	if (fk.pid < 0) {
+		printf("fork: %s\n", strerror(fk.err));
+		return 5;
+	}
+	int pidfd = (int)syscall(SYS_pidfd_open, fk.pid, 0);
+	if (pidfd < 0)
+		return 6;
+	int waited = gr_wait_fd(pidfd, POLLIN, gr_now() + 3 * GR_SEC);
+	if (waited != 0)
+		kill(fk.pid, SIGKILL);
+	int ws = 0;
+	pid_t w;
+	while ((w = waitpid(fk.pid, &ws, 0)) < 0 && errno == EINTR)
+		;
+	gr_close(pidfd);
+	if (waited != 0) {
+		printf("the child did not end within 3 s\n");
+		return 7;
+	}
+	if (w != fk.pid || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+		printf("the child whose forking fiber returned: %s %d\n",
+		       WIFSIGNALED(ws) ? "killed by signal" : "exit status",
+		       WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws));
+		return 8;
+	}
+	/* The parent's S and R go on: feed R, let S's sleep end. */
+	if (write(feed[1], "f", 1) != 1)
+		return 9;
+	void *rs = NULL, *rr = NULL;
+	if (gr_join(r, &rr, gr_now() + 2 * GR_SEC) != 0 || gr_join(s, &rs, gr_now() + 2 * GR_SEC) != 0)
+		return 10;
+	gr_close(rep[1]);
+	char got[16];
+	ssize_t n = 0, k;
+	while (n < (ssize_t)sizeof(got) && (k = read(rep[0], got + n, sizeof(got) - (size_t)n)) > 0)
+		n += k;
+	int nm = 0, ns = 0, nr = 0;
+	for (ssize_t i = 0; i < n; i++) {
+		nm += got[i] == 'M';
+		ns += got[i] == 'S';
+		nr += got[i] == 'R';
+	}
+	if (nm != 1 || ns != 1 || nr != 1) {
+		printf("reports: %zd bytes, %d M (the child's marker), %d S, %d R: S and R must end "
+		       "once, in the parent only\n", n, nm, ns, nr);
+		return 11;
+	}
+	gr_close(rep[0]);
+	gr_close(feed[0]);
+	gr_close(feed[1]);
+	return 0;
+}
+
 static const struct child_mode child_modes[] = {
 	{ "timed_read", child_timed_read },
+	{ "fork_in_fiber", child_fork_in_fiber },
 	{ NULL, NULL },
 };
 
@@ -599,7 +751,8 @@ static void *reuse_the_number(void *arg)
  * pipe, which gets the number X closed. The number is free once the close
  * is done, even though X has not run since: Y's I/O and closes on it must
  * work (on io_uring the close completes asynchronously, and X's pending
- * close must not be taken for Y's file). */
+ * close must not be taken for Y's file, failing its I/O with EBADF and
+ * leaking it). */
 Test(trust, a_number_gr_close_just_freed_is_usable_before_the_closer_runs)
 {
 	int p[2];
@@ -626,4 +779,22 @@ Test(trust, a_number_gr_close_just_freed_is_usable_before_the_closer_runs)
 	cr_assert_eq(c.close0, 0, "gr_close of the reused number failed: it leaks");
 	cr_assert_eq(c.close1, 0);
 	cr_assert_eq(gr_close(p[1]), 0);
+}
+
+/* ------------------------------------------------------------ fork */
+
+/* A fiber F forks while the process has other fibers: S sleeping 200 ms, R
+ * blocked in gr_read. In the child F is the main context of a fresh hub:
+ * it sleeps, spawns and joins, does pipe I/O, reports, and then returns
+ * from its function, which ends the child with status 0 (as a thread's
+ * return ends a process it is the last thread of). S and R must not exist
+ * in the child: they report when they end, and only the parent's copies
+ * may, once each. Run in a child of the test (re-executed), so that the
+ * grandchild's exit() never runs Criterion's handlers. */
+Test(trust, a_fiber_that_forked_may_return_in_the_child)
+{
+	struct child_run r;
+
+	run_self("fork_in_fiber", NULL, NULL, 8 * GR_SEC, &r);
+	expect_child_ok(&r, "fork in a fiber");
 }
