@@ -923,3 +923,131 @@ Test(trust, discarded_fibers_leave_no_stack_poison_behind)
 	expect_child_ok(&r, "fibers discarded at thread exit, then big frames");
 	cr_assert_null(strstr(r.err, "AddressSanitizer"), "%s", r.err);
 }
+
+/* ------------------------------------------------------------ servers */
+
+static void never_called(int fd, const struct sockaddr *peer, void *arg)
+{
+	*(int *)arg = 1;
+}
+
+/* fd is open and names a pipe that still carries bytes: write to `wr`,
+ * read the byte back from `rd`. */
+static void expect_pipe_alive(int rd, int wr, int reused)
+{
+	char c = 0;
+
+	cr_assert_geq(fcntl(reused, F_GETFD), 0, "fd %d (the reused number) was closed: %s", reused,
+		      strerror(errno));
+	cr_assert_eq(write(wr, "p", 1), 1, "write: %s", strerror(errno));
+	cr_assert_eq(read(rd, &c, 1), 1, "read: %s", strerror(errno));
+	cr_assert_eq(c, 'p');
+}
+
+/* Pipes until one end gets `number`; the others are closed. */
+static void pipe_onto(int number, int q[2])
+{
+	int spare[32][2];
+	int n = 0;
+
+	for (;;) {
+		cr_assert_lt(n, 32, "no pipe got fd %d", number);
+		cr_assert_eq(pipe2(q, O_CLOEXEC), 0, "pipe2: %s", strerror(errno));
+		if (q[0] == number || q[1] == number)
+			break;
+		spare[n][0] = q[0];
+		spare[n][1] = q[1];
+		n++;
+	}
+	for (int i = 0; i < n; i++) {
+		close(spare[i][0]);
+		close(spare[i][1]);
+	}
+}
+
+/* The program closes the server's listening socket behind its back (plain
+ * close of gr_server_fd, against the rules) while the acceptor waits in
+ * accept, and the number goes to a pipe of its own. Stopping the server
+ * must not close that pipe: the server closes only what is still its file. */
+Test(trust, a_server_never_closes_its_listening_number_once_reused)
+{
+	int called = 0, q[2];
+	gr_server *s = gr_server_create("127.0.0.1", 0, never_called, &called, NULL);
+
+	cr_assert_not_null(s, "gr_server_create: %s", strerror(errno));
+	assert_ok(gr_server_start(s));
+	int lfd = gr_server_fd(s);
+	cr_assert_geq(lfd, 0);
+	assert_ok(gr_sleep(0)); /* the acceptor parks in accept */
+	cr_assert_eq(close(lfd), 0);
+	pipe_onto(lfd, q);
+	assert_ok(gr_server_stop(s, 0));
+	int r = gr_server_wait(s, gr_now() + 3 * GR_SEC);
+	cr_assert_neq(r, -ETIMEDOUT, "gr_server_wait did not return");
+	expect_pipe_alive(q[0], q[1], lfd);
+	assert_ok(gr_server_free(s));
+	expect_pipe_alive(q[0], q[1], lfd);
+	cr_assert_eq(called, 0);
+	cr_assert_eq(gr_close(q[0]), 0);
+	cr_assert_eq(gr_close(q[1]), 0);
+}
+
+struct rogue {
+	int fd;              /* the connection's number */
+	int q[2];            /* the pipe that took it */
+	int err;
+	gr_event done;
+};
+
+static void close_own_fd_and_reuse(int fd, const struct sockaddr *peer, void *arg)
+{
+	struct rogue *g = arg;
+
+	g->fd = fd;
+	close(fd); /* against the rules */
+	g->q[0] = g->q[1] = -1;
+	for (int i = 0; i < 16; i++) {
+		int q[2];
+
+		if (pipe2(q, O_CLOEXEC) != 0) {
+			g->err = errno;
+			break;
+		}
+		if (q[0] == fd || q[1] == fd) {
+			g->q[0] = q[0];
+			g->q[1] = q[1];
+			break;
+		}
+		close(q[0]);
+		close(q[1]);
+	}
+	gr_event_set(&g->done);
+}
+
+/* A handler closes its own connection with plain close() (against the
+ * rules), and a pipe takes the number; the handler returns. The server,
+ * which closes a connection after its handler, must not close the pipe. */
+Test(trust, a_server_never_closes_a_connection_number_once_reused)
+{
+	struct rogue g = { .fd = -1 };
+
+	assert_ok(gr_event_init(&g.done));
+	gr_server *s = gr_server_create("127.0.0.1", 0, close_own_fd_and_reuse, &g, NULL);
+	cr_assert_not_null(s, "gr_server_create: %s", strerror(errno));
+	assert_ok(gr_server_start(s));
+	int client = grt_connect_plain(gr_server_port(s));
+	assert_ok(gr_event_wait(&g.done, gr_now() + 3 * GR_SEC));
+	cr_assert_eq(g.err, 0, "pipe2: %s", strerror(g.err));
+	cr_assert_geq(g.q[0], 0, "no pipe got the connection's number %d", g.fd);
+	/* Every handler has returned (and its connection been dealt with). */
+	assert_ok(gr_server_stop(s, 0));
+	int r = gr_server_wait(s, gr_now() + 3 * GR_SEC);
+	cr_assert_neq(r, -ETIMEDOUT, "gr_server_wait did not return");
+	expect_pipe_alive(g.q[0], g.q[1], g.fd);
+	assert_ok(gr_server_free(s));
+	expect_pipe_alive(g.q[0], g.q[1], g.fd);
+	cr_assert_eq(gr_close(g.q[0]), 0);
+	cr_assert_eq(gr_close(g.q[1]), 0);
+	close(client);
+	assert_ok(gr_event_destroy(&g.done));
+}
