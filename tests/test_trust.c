@@ -12,8 +12,10 @@
  * a constructor runs the child's part before Criterion's main. The parent
  * waits for it under a deadline and kills it on timeout. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1050,4 +1052,166 @@ Test(trust, a_server_never_closes_a_connection_number_once_reused)
 	cr_assert_eq(gr_close(g.q[1]), 0);
 	close(client);
 	assert_ok(gr_event_destroy(&g.done));
+}
+
+/* ------------------------------------------------------------ stale numbers */
+
+struct timed_call {
+	int fd;
+	int port;
+	ssize_t rc;
+	int err;
+	int64_t took;
+	char byte;
+};
+
+static void *read_one(void *arg)
+{
+	struct timed_call *t = arg;
+
+	t->rc = gr_read(t->fd, &t->byte, 1);
+	t->err = errno;
+	return NULL;
+}
+
+static void *accept_within_5s(void *arg)
+{
+	struct timed_call *t = arg;
+	int64_t t0 = gr_now();
+	int64_t old = gr_deadline_set(t0 + 5 * GR_SEC);
+
+	t->rc = gr_accept(t->fd, NULL, NULL);
+	t->err = errno;
+	t->took = gr_now() - t0;
+	gr_deadline_set(old);
+	return NULL;
+}
+
+static void *connect_to(void *arg)
+{
+	struct timed_call *t = arg;
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)t->port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0) {
+		t->err = errno;
+		return NULL;
+	}
+	t->rc = gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	t->err = errno;
+	return (void *)(intptr_t)fd;
+}
+
+/* Use fd's number through the hub until a wait on it is registered (a read
+ * that has to wait, then a byte to end it). */
+static void register_by_reading(int rd, int wr)
+{
+	struct timed_call t = { .fd = rd };
+	gr_fiber *f = gr_spawn(read_one, &t);
+
+	cr_assert_not_null(f);
+	assert_ok(gr_sleep(0)); /* f waits in gr_read */
+	cr_assert_eq(write(wr, "r", 1), 1);
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(t.rc, 1, "gr_read: %s", strerror(t.err));
+}
+
+/* A pipe's read end waited in the hub (the epoll hub registered it), then
+ * was closed with plain close(); a listening socket takes the number. A
+ * gr_accept on it must see the connection that arrives, not wait on the
+ * registration the kernel dropped with the old file (the silent hang: on
+ * epoll it lasted until the deadline). */
+Test(trust, an_accept_on_a_reused_number_sees_its_connection)
+{
+	int p[2];
+	struct timed_call a = { .rc = -2 }, c = { .rc = -2 };
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	register_by_reading(p[0], p[1]);
+	int number = p[0];
+	cr_assert_eq(close(p[0]), 0);
+	a.fd = grt_listener(&c.port);
+	cr_assert_eq(a.fd, number, "the listener got %d, not the closed number %d", a.fd, number);
+	gr_fiber *fa = gr_spawn(accept_within_5s, &a);
+	gr_fiber *fc = gr_spawn(connect_to, &c);
+	void *cfd = NULL;
+
+	cr_assert(fa && fc);
+	assert_ok(gr_join(fa, NULL, gr_now() + 10 * GR_SEC));
+	assert_ok(gr_join(fc, &cfd, gr_now() + 10 * GR_SEC));
+	cr_assert_eq(c.rc, 0, "gr_connect: %s", strerror(c.err));
+	cr_assert_geq(a.rc, 0, "gr_accept on the reused number: %s after %lld ms", strerror(a.err),
+		      (long long)(a.took / GR_MSEC));
+	cr_assert_lt(a.took, GR_SEC, "gr_accept took %lld ms", (long long)(a.took / GR_MSEC));
+	cr_assert_eq(gr_close((int)a.rc), 0);
+	cr_assert_eq(gr_close((int)(intptr_t)cfd), 0);
+	cr_assert_eq(gr_close(a.fd), 0);
+	cr_assert_eq(gr_close(p[1]), 0);
+}
+
+static void *recv_within_3s(void *arg)
+{
+	struct timed_call *t = arg;
+	int64_t t0 = gr_now();
+	int64_t old = gr_deadline_set(t0 + 3 * GR_SEC);
+
+	t->rc = gr_recv(t->fd, &t->byte, 1, 0);
+	t->err = errno;
+	t->took = gr_now() - t0;
+	gr_deadline_set(old);
+	return NULL;
+}
+
+static void *send_one(void *arg)
+{
+	struct timed_call *t = arg;
+
+	t->rc = gr_send(t->fd, "s", 1, 0);
+	t->err = errno;
+	return NULL;
+}
+
+/* A connected socket waited in gr_recv (registered), then both ends were
+ * closed with plain close(); a new TCP pair takes the number. A gr_recv on
+ * it (which trusts the fd's registration after EAGAIN) must get the byte
+ * the peer sends, not wait on the stale registration until its deadline. */
+Test(trust, a_recv_on_a_reused_socket_number_gets_its_byte)
+{
+	int old[2], np[2], spare[8][2], nspare = 0;
+	struct timed_call r = { .rc = -2 }, s = { .rc = -2 };
+
+	grt_tcp_pair(old);
+	register_by_reading(old[1], old[0]);
+	int number = old[1];
+	cr_assert_eq(close(old[1]), 0);
+	cr_assert_eq(close(old[0]), 0);
+	for (;;) {
+		cr_assert_lt(nspare, 8, "no TCP pair got fd %d", number);
+		grt_tcp_pair(np);
+		if (np[0] == number || np[1] == number)
+			break;
+		spare[nspare][0] = np[0];
+		spare[nspare][1] = np[1];
+		nspare++;
+	}
+	r.fd = number;
+	s.fd = np[0] == number ? np[1] : np[0];
+	gr_fiber *fr = gr_spawn(recv_within_3s, &r);
+	gr_fiber *fs = gr_spawn(send_one, &s);
+
+	cr_assert(fr && fs);
+	assert_ok(gr_join(fr, NULL, gr_now() + 10 * GR_SEC));
+	assert_ok(gr_join(fs, NULL, gr_now() + 10 * GR_SEC));
+	cr_assert_eq(s.rc, 1, "gr_send: %s", strerror(s.err));
+	cr_assert_eq(r.rc, 1, "gr_recv on the reused number: %s after %lld ms", strerror(r.err),
+		     (long long)(r.took / GR_MSEC));
+	cr_assert_eq(r.byte, 's');
+	cr_assert_lt(r.took, GR_SEC, "gr_recv took %lld ms", (long long)(r.took / GR_MSEC));
+	for (int i = 0; i < nspare; i++) {
+		close(spare[i][0]);
+		close(spare[i][1]);
+	}
+	cr_assert_eq(gr_close(np[0]), 0);
+	cr_assert_eq(gr_close(np[1]), 0);
 }
