@@ -32,344 +32,15 @@
 
 GRT_SUITE(trust);
 
-/* ------------------------------------------------------------ the child */
+/* ------------------------------------------------------------ children */
 
-static void *return_arg(void *arg)
-{
-	return arg;
-}
-
-/* A child's part: runs before Criterion's main, with nothing of greenring
- * used yet; returns the exit status. What went wrong goes to stdout. */
+/* A child's part (see the top): runs before Criterion's main, with nothing
+ * of greenring used yet, and returns the exit status. What went wrong goes
+ * to stdout. The modes are listed at the end of the file. */
 struct child_mode {
 	const char *name;
 	int (*run)(void);
 };
-
-/* A read of an empty pipe under a 50 ms fiber deadline: -1/ETIMEDOUT within
- * 2 s, on the hub GREENRING_HUB names. For the tunables. */
-static int child_timed_read(void)
-{
-	int p[2];
-	char c;
-
-	const char *hub = gr_hub_name();
-	const char *want = getenv("GREENRING_HUB");
-	if (!hub || (want && strcmp(hub, want) != 0)) {
-		printf("hub %s, wanted %s: %s\n", hub ? hub : "none", want ? want : "default",
-		       gr_hub_why());
-		return 1;
-	}
-	if (pipe2(p, O_CLOEXEC) != 0)
-		return 2;
-	int64_t t0 = gr_now();
-	int64_t old = gr_deadline_set(t0 + 50 * GR_MSEC);
-	ssize_t n = gr_read(p[0], &c, 1);
-	int e = errno;
-	gr_deadline_set(old);
-	int64_t took = gr_now() - t0;
-	if (n != -1 || e != ETIMEDOUT) {
-		printf("gr_read of an empty pipe under a deadline: %zd (%s)\n", n, strerror(e));
-		return 3;
-	}
-	if (took > 2 * GR_SEC) {
-		printf("gr_read took %lld ms to time out\n", (long long)(took / GR_MSEC));
-		return 4;
-	}
-	gr_fiber *f = gr_spawn(return_arg, (void *)0x5);
-	void *res = NULL;
-	if (!f || gr_join(f, &res, gr_now() + 2 * GR_SEC) != 0 || res != (void *)0x5) {
-		printf("a fiber did not run\n");
-		return 5;
-	}
-	if (gr_close(p[0]) != 0 || gr_close(p[1]) != 0)
-		return 6;
-	return 0;
-}
-
-/* fork() inside a fiber; the child lets that fiber return. */
-struct forker {
-	int rep;             /* write end of the report pipe */
-	pid_t pid;
-	int err;
-};
-
-static void *child_echo_fiber(void *arg)
-{
-	return arg;
-}
-
-/* The forking fiber's work in the child: greenring works there, and the
- * fiber then returns from its function, which ends the child with 0. */
-static void forked_child_work(struct forker *fk)
-{
-	int p[2];
-	char buf[4];
-	void *res = NULL;
-
-	if (gr_sleep(GR_MSEC) != 0) {
-		printf("child: gr_sleep failed\n");
-		return;
-	}
-	gr_fiber *f = gr_spawn(child_echo_fiber, (void *)0x6);
-	if (!f || gr_join(f, &res, gr_now() + 2 * GR_SEC) != 0 || res != (void *)0x6) {
-		printf("child: spawn and join failed\n");
-		return;
-	}
-	if (pipe2(p, O_CLOEXEC) != 0 || gr_write(p[1], "rt", 2) != 2 ||
-	    gr_read(p[0], buf, sizeof(buf)) != 2 || memcmp(buf, "rt", 2) != 0) {
-		printf("child: the pipe round trip failed\n");
-		return;
-	}
-	gr_close(p[0]);
-	gr_close(p[1]);
-	if (write(fk->rep, "M", 1) != 1)
-		printf("child: the marker write failed\n");
-}
-
-static void *fork_and_return(void *arg)
-{
-	struct forker *fk = arg;
-
-	fflush(NULL);
-	fk->pid = fork();
-	if (fk->pid == 0) {
-		forked_child_work(fk);
-		return NULL; /* ends the child (exit status 0) */
-	}
-	if (fk->pid < 0)
-		fk->err = errno;
-	return NULL;
-}
-
-struct marker {
-	int rep;
-	int fd;              /* R: the pipe it reads */
-	char mark;
-};
-
-static void *sleep_then_mark(void *arg)
-{
-	struct marker *m = arg;
-
-	if (gr_sleep(200 * GR_MSEC) == 0 && write(m->rep, &m->mark, 1) != 1)
-		return (void *)1;
-	return NULL;
-}
-
-static void *read_then_mark(void *arg)
-{
-	struct marker *m = arg;
-	char c;
-
-	if (gr_read(m->fd, &c, 1) == 1 && write(m->rep, &m->mark, 1) != 1)
-		return (void *)1;
-	return NULL;
-}
-
-static int child_fork_in_fiber(void)
-{
-	int rep[2], feed[2];
-
-	if (pipe2(rep, O_CLOEXEC) != 0 || pipe2(feed, O_CLOEXEC) != 0)
-		return 2;
-	struct marker ms = { .rep = rep[1], .mark = 'S' };
-	struct marker mr = { .rep = rep[1], .fd = feed[0], .mark = 'R' };
-	struct forker fk = { .rep = rep[1], .pid = -1 };
-	gr_fiber *s = gr_spawn(sleep_then_mark, &ms);
-	gr_fiber *r = gr_spawn(read_then_mark, &mr);
-	if (!s || !r || gr_sleep(GR_MSEC) != 0)
-		return 3;
-	/* S sleeps, R is blocked in gr_read: now F forks. */
-	gr_fiber *f = gr_spawn(fork_and_return, &fk);
-	if (!f || gr_join(f, NULL, gr_now() + 2 * GR_SEC) != 0)
-		return 4;
-	if (fk.pid < 0) {
-		printf("fork: %s\n", strerror(fk.err));
-		return 5;
-	}
-	int pidfd = (int)syscall(SYS_pidfd_open, fk.pid, 0);
-	if (pidfd < 0)
-		return 6;
-	int waited = gr_wait_fd(pidfd, POLLIN, gr_now() + 3 * GR_SEC);
-	if (waited != 0)
-		kill(fk.pid, SIGKILL);
-	int ws = 0;
-	pid_t w;
-	while ((w = waitpid(fk.pid, &ws, 0)) < 0 && errno == EINTR)
-		;
-	gr_close(pidfd);
-	if (waited != 0) {
-		printf("the child did not end within 3 s\n");
-		return 7;
-	}
-	if (w != fk.pid || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
-		printf("the child whose forking fiber returned: %s %d\n",
-		       WIFSIGNALED(ws) ? "killed by signal" : "exit status",
-		       WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws));
-		return 8;
-	}
-	/* The parent's S and R go on: feed R, let S's sleep end. */
-	if (write(feed[1], "f", 1) != 1)
-		return 9;
-	void *rs = NULL, *rr = NULL;
-	if (gr_join(r, &rr, gr_now() + 2 * GR_SEC) != 0 || gr_join(s, &rs, gr_now() + 2 * GR_SEC) != 0)
-		return 10;
-	gr_close(rep[1]);
-	char got[16];
-	ssize_t n = 0, k;
-	while (n < (ssize_t)sizeof(got) && (k = read(rep[0], got + n, sizeof(got) - (size_t)n)) > 0)
-		n += k;
-	int nm = 0, ns = 0, nr = 0;
-	for (ssize_t i = 0; i < n; i++) {
-		nm += got[i] == 'M';
-		ns += got[i] == 'S';
-		nr += got[i] == 'R';
-	}
-	if (nm != 1 || ns != 1 || nr != 1) {
-		printf("reports: %zd bytes, %d M (the child's marker), %d S, %d R: S and R must end "
-		       "once, in the parent only\n", n, nm, ns, nr);
-		return 11;
-	}
-	gr_close(rep[0]);
-	gr_close(feed[0]);
-	gr_close(feed[1]);
-	return 0;
-}
-
-/* Fibers discarded deep in big frames, then new fibers on new threads with
- * big frames of their own (ASan: no stale poison may survive a discard). */
-#define POISON_THREADS 4
-#define POISON_FIBERS 4
-
-static __attribute__((noinline)) int park_deep(gr_event *ev, int depth)
-{
-	char buf[8192];
-
-	memset(buf, depth, sizeof(buf));
-	__asm__ volatile("" : : "r"(buf) : "memory");
-	if (depth == 3)
-		return gr_event_wait(ev, GR_FOREVER) + buf[100];
-	return park_deep(ev, depth + 1) + buf[depth];
-}
-
-static void *park_deep_fiber(void *arg)
-{
-	return (void *)(intptr_t)park_deep(arg, 1);
-}
-
-static void *discard_parked(void *arg)
-{
-	gr_event *ev = arg; /* outlives the thread: its hub may unlink waiters */
-
-	if (gr_hub_use(grt_hub()) != 0 || gr_event_init(ev) != 0)
-		return (void *)"no hub";
-	for (int i = 0; i < POISON_FIBERS; i++) {
-		if (!gr_spawn(park_deep_fiber, ev))
-			return (void *)"spawn";
-	}
-	if (gr_sleep(0) != 0)
-		return (void *)"yield";
-	return NULL; /* every fiber is parked: discarded at thread exit */
-}
-
-static __attribute__((noinline)) int fill_frames(int depth)
-{
-	char buf[12288];
-
-	memset(buf, depth + 1, sizeof(buf));
-	__asm__ volatile("" : : "r"(buf) : "memory");
-	if (depth == 3)
-		return buf[0] + buf[sizeof(buf) - 1];
-	return fill_frames(depth + 1) + buf[sizeof(buf) / 2];
-}
-
-static void *fill_frames_fiber(void *arg)
-{
-	return (void *)(intptr_t)fill_frames(1);
-}
-
-static void *use_big_frames(void *arg)
-{
-	gr_fiber *f[POISON_FIBERS];
-
-	if (gr_hub_use(grt_hub()) != 0)
-		return (void *)"no hub";
-	for (int i = 0; i < POISON_FIBERS; i++) {
-		f[i] = gr_spawn(fill_frames_fiber, NULL);
-		if (!f[i])
-			return (void *)"spawn";
-	}
-	for (int i = 0; i < POISON_FIBERS; i++) {
-		void *res = NULL;
-
-		if (gr_join(f[i], &res, gr_now() + 5 * GR_SEC) != 0 || (intptr_t)res != 8 + 3 + 2)
-			return (void *)"join";
-	}
-	return NULL;
-}
-
-static int run_threads(void *(*fn)(void *), gr_event *ev)
-{
-	pthread_t th[POISON_THREADS];
-
-	for (int i = 0; i < POISON_THREADS; i++) {
-		if (pthread_create(&th[i], NULL, fn, ev ? &ev[i] : NULL) != 0)
-			return -1;
-	}
-	int bad = 0;
-	for (int i = 0; i < POISON_THREADS; i++) {
-		void *why = NULL;
-
-		pthread_join(th[i], &why);
-		if (why) {
-			printf("thread %d: %s\n", i, (const char *)why);
-			bad = 1;
-		}
-	}
-	return bad;
-}
-
-static int child_discard_poison(void)
-{
-	static gr_event ev[3][POISON_THREADS];
-
-	for (int round = 0; round < 3; round++) {
-		if (run_threads(discard_parked, ev[round]) != 0)
-			return 2;
-		if (run_threads(use_big_frames, NULL) != 0)
-			return 3;
-	}
-	return 0;
-}
-
-static const struct child_mode child_modes[] = {
-	{ "discard_poison", child_discard_poison },
-	{ "timed_read", child_timed_read },
-	{ "fork_in_fiber", child_fork_in_fiber },
-	{ NULL, NULL },
-};
-
-__attribute__((constructor)) static void child_entry(void)
-{
-	const char *mode = getenv("GRT_TRUST_CHILD");
-
-	if (!mode)
-		return;
-	for (const struct child_mode *m = child_modes; m->name; m++) {
-		if (strcmp(m->name, mode) == 0) {
-			int status = m->run();
-
-			fflush(NULL);
-			_exit(status);
-		}
-	}
-	printf("unknown child mode %s\n", mode);
-	fflush(NULL);
-	_exit(126);
-}
-
-/* ------------------------------------------------------------ the parent */
 
 struct child_run {
 	int status;        /* from waitpid */
@@ -476,6 +147,11 @@ static void expect_child_ok(const struct child_run *r, const char *what)
 }
 
 /* ------------------------------------------------------------ helpers */
+
+static void *return_arg(void *arg)
+{
+	return arg;
+}
 
 /* Spawn n fibers, check their handles are distinct (no stack handed out
  * twice), then join each and check it ran as itself. */
@@ -692,6 +368,47 @@ Test(trust, gr_hub_use_refuses_while_an_ended_fiber_is_unjoined)
 
 /* ------------------------------------------------------------ tunables */
 
+/* A read of an empty pipe under a 50 ms fiber deadline: -1/ETIMEDOUT within
+ * 2 s, on the hub GREENRING_HUB names. For the tunables. */
+static int child_timed_read(void)
+{
+	int p[2];
+	char c;
+
+	const char *hub = gr_hub_name();
+	const char *want = getenv("GREENRING_HUB");
+	if (!hub || (want && strcmp(hub, want) != 0)) {
+		printf("hub %s, wanted %s: %s\n", hub ? hub : "none", want ? want : "default",
+		       gr_hub_why());
+		return 1;
+	}
+	if (pipe2(p, O_CLOEXEC) != 0)
+		return 2;
+	int64_t t0 = gr_now();
+	int64_t old = gr_deadline_set(t0 + 50 * GR_MSEC);
+	ssize_t n = gr_read(p[0], &c, 1);
+	int e = errno;
+	gr_deadline_set(old);
+	int64_t took = gr_now() - t0;
+	if (n != -1 || e != ETIMEDOUT) {
+		printf("gr_read of an empty pipe under a deadline: %zd (%s)\n", n, strerror(e));
+		return 3;
+	}
+	if (took > 2 * GR_SEC) {
+		printf("gr_read took %lld ms to time out\n", (long long)(took / GR_MSEC));
+		return 4;
+	}
+	gr_fiber *f = gr_spawn(return_arg, (void *)0x5);
+	void *res = NULL;
+	if (!f || gr_join(f, &res, gr_now() + 2 * GR_SEC) != 0 || res != (void *)0x5) {
+		printf("a fiber did not run\n");
+		return 5;
+	}
+	if (gr_close(p[0]) != 0 || gr_close(p[1]) != 0)
+		return 6;
+	return 0;
+}
+
 /* Run the timed read in a child with GREENRING_URING_ENTRIES=value. */
 static void uring_entries(const char *value, int said)
 {
@@ -892,6 +609,156 @@ Test(trust, a_number_gr_close_just_freed_is_usable_before_the_closer_runs)
 
 /* ------------------------------------------------------------ fork */
 
+/* fork() inside a fiber; the child lets that fiber return. */
+struct forker {
+	int rep;             /* write end of the report pipe */
+	pid_t pid;
+	int err;
+};
+
+static void *child_echo_fiber(void *arg)
+{
+	return arg;
+}
+
+/* The forking fiber's work in the child: greenring works there, and the
+ * fiber then returns from its function, which ends the child with 0. */
+static void forked_child_work(struct forker *fk)
+{
+	int p[2];
+	char buf[4];
+	void *res = NULL;
+
+	if (gr_sleep(GR_MSEC) != 0) {
+		printf("child: gr_sleep failed\n");
+		return;
+	}
+	gr_fiber *f = gr_spawn(child_echo_fiber, (void *)0x6);
+	if (!f || gr_join(f, &res, gr_now() + 2 * GR_SEC) != 0 || res != (void *)0x6) {
+		printf("child: spawn and join failed\n");
+		return;
+	}
+	if (pipe2(p, O_CLOEXEC) != 0 || gr_write(p[1], "rt", 2) != 2 ||
+	    gr_read(p[0], buf, sizeof(buf)) != 2 || memcmp(buf, "rt", 2) != 0) {
+		printf("child: the pipe round trip failed\n");
+		return;
+	}
+	gr_close(p[0]);
+	gr_close(p[1]);
+	if (write(fk->rep, "M", 1) != 1)
+		printf("child: the marker write failed\n");
+}
+
+static void *fork_and_return(void *arg)
+{
+	struct forker *fk = arg;
+
+	fflush(NULL);
+	fk->pid = fork();
+	if (fk->pid == 0) {
+		forked_child_work(fk);
+		return NULL; /* ends the child (exit status 0) */
+	}
+	if (fk->pid < 0)
+		fk->err = errno;
+	return NULL;
+}
+
+struct marker {
+	int rep;
+	int fd;              /* R: the pipe it reads */
+	char mark;
+};
+
+static void *sleep_then_mark(void *arg)
+{
+	struct marker *m = arg;
+
+	if (gr_sleep(200 * GR_MSEC) == 0 && write(m->rep, &m->mark, 1) != 1)
+		return (void *)1;
+	return NULL;
+}
+
+static void *read_then_mark(void *arg)
+{
+	struct marker *m = arg;
+	char c;
+
+	if (gr_read(m->fd, &c, 1) == 1 && write(m->rep, &m->mark, 1) != 1)
+		return (void *)1;
+	return NULL;
+}
+
+static int child_fork_in_fiber(void)
+{
+	int rep[2], feed[2];
+
+	if (pipe2(rep, O_CLOEXEC) != 0 || pipe2(feed, O_CLOEXEC) != 0)
+		return 2;
+	struct marker ms = { .rep = rep[1], .mark = 'S' };
+	struct marker mr = { .rep = rep[1], .fd = feed[0], .mark = 'R' };
+	struct forker fk = { .rep = rep[1], .pid = -1 };
+	gr_fiber *s = gr_spawn(sleep_then_mark, &ms);
+	gr_fiber *r = gr_spawn(read_then_mark, &mr);
+	if (!s || !r || gr_sleep(GR_MSEC) != 0)
+		return 3;
+	/* S sleeps, R is blocked in gr_read: now F forks. */
+	gr_fiber *f = gr_spawn(fork_and_return, &fk);
+	if (!f || gr_join(f, NULL, gr_now() + 2 * GR_SEC) != 0)
+		return 4;
+	if (fk.pid < 0) {
+		printf("fork: %s\n", strerror(fk.err));
+		return 5;
+	}
+	int pidfd = (int)syscall(SYS_pidfd_open, fk.pid, 0);
+	if (pidfd < 0)
+		return 6;
+	int waited = gr_wait_fd(pidfd, POLLIN, gr_now() + 3 * GR_SEC);
+	if (waited != 0)
+		kill(fk.pid, SIGKILL);
+	int ws = 0;
+	pid_t w;
+	while ((w = waitpid(fk.pid, &ws, 0)) < 0 && errno == EINTR)
+		;
+	gr_close(pidfd);
+	if (waited != 0) {
+		printf("the child did not end within 3 s\n");
+		return 7;
+	}
+	if (w != fk.pid || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+		printf("the child whose forking fiber returned: %s %d\n",
+		       WIFSIGNALED(ws) ? "killed by signal" : "exit status",
+		       WIFSIGNALED(ws) ? WTERMSIG(ws) : WEXITSTATUS(ws));
+		return 8;
+	}
+	/* The parent's S and R go on: feed R, let S's sleep end. */
+	if (write(feed[1], "f", 1) != 1)
+		return 9;
+	void *rs = NULL, *rr = NULL;
+	if (gr_join(r, &rr, gr_now() + 2 * GR_SEC) != 0 || gr_join(s, &rs, gr_now() + 2 * GR_SEC) != 0)
+		return 10;
+	gr_close(rep[1]);
+	char got[16];
+	ssize_t n = 0, k;
+	while (n < (ssize_t)sizeof(got) && (k = read(rep[0], got + n, sizeof(got) - (size_t)n)) > 0)
+		n += k;
+	int nm = 0, ns = 0, nr = 0;
+	for (ssize_t i = 0; i < n; i++) {
+		nm += got[i] == 'M';
+		ns += got[i] == 'S';
+		nr += got[i] == 'R';
+	}
+	if (nm != 1 || ns != 1 || nr != 1) {
+		printf("reports: %zd bytes, %d M (the child's marker), %d S, %d R: S and R must end "
+		       "once, in the parent only\n", n, nm, ns, nr);
+		return 11;
+	}
+	gr_close(rep[0]);
+	gr_close(feed[0]);
+	gr_close(feed[1]);
+	return 0;
+}
+
 /* A fiber F forks while the process has other fibers: S sleeping 200 ms, R
  * blocked in gr_read. In the child F is the main context of a fresh hub:
  * it sleeps, spawns and joins, does pipe I/O, reports, and then returns
@@ -909,6 +776,112 @@ Test(trust, a_fiber_that_forked_may_return_in_the_child)
 }
 
 /* ------------------------------------------------------------ ASan */
+
+/* Fibers discarded deep in big frames, then new fibers on new threads with
+ * big frames of their own (ASan: no stale poison may survive a discard). */
+#define POISON_THREADS 4
+#define POISON_FIBERS 4
+
+static __attribute__((noinline)) int park_deep(gr_event *ev, int depth)
+{
+	char buf[8192];
+
+	memset(buf, depth, sizeof(buf));
+	__asm__ volatile("" : : "r"(buf) : "memory");
+	if (depth == 3)
+		return gr_event_wait(ev, GR_FOREVER) + buf[100];
+	return park_deep(ev, depth + 1) + buf[depth];
+}
+
+static void *park_deep_fiber(void *arg)
+{
+	return (void *)(intptr_t)park_deep(arg, 1);
+}
+
+static void *discard_parked(void *arg)
+{
+	gr_event *ev = arg; /* outlives the thread: its hub may unlink waiters */
+
+	if (gr_hub_use(grt_hub()) != 0 || gr_event_init(ev) != 0)
+		return (void *)"no hub";
+	for (int i = 0; i < POISON_FIBERS; i++) {
+		if (!gr_spawn(park_deep_fiber, ev))
+			return (void *)"spawn";
+	}
+	if (gr_sleep(0) != 0)
+		return (void *)"yield";
+	return NULL; /* every fiber is parked: discarded at thread exit */
+}
+
+static __attribute__((noinline)) int fill_frames(int depth)
+{
+	char buf[12288];
+
+	memset(buf, depth + 1, sizeof(buf));
+	__asm__ volatile("" : : "r"(buf) : "memory");
+	if (depth == 3)
+		return buf[0] + buf[sizeof(buf) - 1];
+	return fill_frames(depth + 1) + buf[sizeof(buf) / 2];
+}
+
+static void *fill_frames_fiber(void *arg)
+{
+	return (void *)(intptr_t)fill_frames(1);
+}
+
+static void *use_big_frames(void *arg)
+{
+	gr_fiber *f[POISON_FIBERS];
+
+	if (gr_hub_use(grt_hub()) != 0)
+		return (void *)"no hub";
+	for (int i = 0; i < POISON_FIBERS; i++) {
+		f[i] = gr_spawn(fill_frames_fiber, NULL);
+		if (!f[i])
+			return (void *)"spawn";
+	}
+	for (int i = 0; i < POISON_FIBERS; i++) {
+		void *res = NULL;
+
+		if (gr_join(f[i], &res, gr_now() + 5 * GR_SEC) != 0 || (intptr_t)res != 8 + 3 + 2)
+			return (void *)"join";
+	}
+	return NULL;
+}
+
+static int run_threads(void *(*fn)(void *), gr_event *ev)
+{
+	pthread_t th[POISON_THREADS];
+
+	for (int i = 0; i < POISON_THREADS; i++) {
+		if (pthread_create(&th[i], NULL, fn, ev ? &ev[i] : NULL) != 0)
+			return -1;
+	}
+	int bad = 0;
+	for (int i = 0; i < POISON_THREADS; i++) {
+		void *why = NULL;
+
+		pthread_join(th[i], &why);
+		if (why) {
+			printf("thread %d: %s\n", i, (const char *)why);
+			bad = 1;
+		}
+	}
+	return bad;
+}
+
+static int child_discard_poison(void)
+{
+	static gr_event ev[3][POISON_THREADS];
+
+	for (int round = 0; round < 3; round++) {
+		if (run_threads(discard_parked, ev[round]) != 0)
+			return 2;
+		if (run_threads(use_big_frames, NULL) != 0)
+			return 3;
+	}
+	return 0;
+}
 
 /* Threads end with fibers parked deep in big frames (8 KiB arrays in three
  * nested calls): the fibers are discarded with their stacks. Then new
@@ -1214,4 +1187,32 @@ Test(trust, a_recv_on_a_reused_socket_number_gets_its_byte)
 	}
 	cr_assert_eq(gr_close(np[0]), 0);
 	cr_assert_eq(gr_close(np[1]), 0);
+}
+
+/* ------------------------------------------------------------ child modes */
+
+static const struct child_mode child_modes[] = {
+	{ "discard_poison", child_discard_poison },
+	{ "timed_read", child_timed_read },
+	{ "fork_in_fiber", child_fork_in_fiber },
+	{ NULL, NULL },
+};
+
+__attribute__((constructor)) static void child_entry(void)
+{
+	const char *mode = getenv("GRT_TRUST_CHILD");
+
+	if (!mode)
+		return;
+	for (const struct child_mode *m = child_modes; m->name; m++) {
+		if (strcmp(m->name, mode) == 0) {
+			int status = m->run();
+
+			fflush(NULL);
+			_exit(status);
+		}
+	}
+	printf("unknown child mode %s\n", mode);
+	fflush(NULL);
+	_exit(126);
 }
