@@ -19,6 +19,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1047,6 +1049,17 @@ static void *read_one(void *arg)
 	return NULL;
 }
 
+static void *wait_readable(void *arg)
+{
+	struct timed_call *t = arg;
+	int64_t t0 = gr_now();
+
+	t->rc = gr_wait_fd(t->fd, POLLIN, GR_FOREVER);
+	t->err = errno;
+	t->took = gr_now() - t0;
+	return NULL;
+}
+
 static void *accept_within_5s(void *arg)
 {
 	struct timed_call *t = arg;
@@ -1189,12 +1202,406 @@ Test(trust, a_recv_on_a_reused_socket_number_gets_its_byte)
 	cr_assert_eq(gr_close(np[1]), 0);
 }
 
+/* ------------------------------------------------------------ closed under a wait */
+
+static int closed_reader_fd = -1;
+
+static void *close_plainly(void *arg)
+{
+	close(*(int *)arg); /* against the rules: gr_close is the way */
+	return NULL;
+}
+
+/* A fiber waits in gr_read on a pipe; another closes the fd with plain
+ * close(). The reader must fail with EBADF within 2 s. */
+static int child_closed_under_reader(void)
+{
+	int p[2];
+	struct timed_call t = { .rc = -2 };
+
+	if (pipe2(p, O_CLOEXEC) != 0)
+		return 2;
+	closed_reader_fd = p[0];
+	printf("fd=%d\n", p[0]);
+	t.fd = p[0];
+	gr_fiber *r = gr_spawn(read_one, &t);
+	gr_fiber *k = gr_spawn(close_plainly, &closed_reader_fd);
+	if (!r || !k)
+		return 3;
+	int64_t t0 = gr_now();
+	int j = gr_join(r, NULL, t0 + 3 * GR_SEC);
+	int64_t took = gr_now() - t0;
+	if (j != 0) {
+		/* Say what became of the reader once main's join timer woke the
+		 * hub: still waiting, or failed but left unrun. */
+		int again = gr_join(r, NULL, gr_now() + GR_SEC);
+
+		printf("the reader of the closed fd still waits after 3 s (%s); a second join: %s, "
+		       "the reader's gr_read: %zd (%s)\n", strerror(-j), again ? strerror(-again) : "ok",
+		       t.rc, t.rc == -2 ? "not returned" : strerror(t.err));
+		return 4;
+	}
+	if (t.rc != -1 || t.err != EBADF) {
+		printf("the reader of the closed fd: %zd (%s)\n", t.rc, strerror(t.err));
+		return 5;
+	}
+	if (took > 2 * GR_SEC) {
+		printf("the reader took %lld ms to fail\n", (long long)(took / GR_MSEC));
+		return 6;
+	}
+	if (gr_join(k, NULL, gr_now() + GR_SEC) != 0 || gr_close(p[1]) != 0)
+		return 7;
+	return 0;
+}
+
+/* A fiber waits in gr_read on a pipe (the write end stays open); another
+ * closes the fd with plain close() and nothing reuses the number. The
+ * reader must not wait for ever: -1/EBADF within 2 s on every hub (poll
+ * sees POLLNVAL at once; epoll's registration went with the file, and
+ * io_uring's read holds the file itself, so the runtime's audit of long
+ * waits finds the number closed). On epoll stderr names the fd. */
+Test(trust, a_read_whose_fd_is_closed_under_it_fails_with_ebadf)
+{
+	struct child_run r;
+	int fd = -1;
+	char want[32];
+
+	run_self("closed_under_reader", NULL, NULL, 6 * GR_SEC, &r);
+	expect_child_ok(&r, "a reader whose fd was closed with close()");
+	cr_assert_eq(sscanf(r.out, "fd=%d", &fd), 1, "stdout: %s", r.out);
+	snprintf(want, sizeof(want), "fd %d ", fd);
+	if (strcmp(grt_hub(), "epoll") == 0)
+		cr_assert_not_null(strstr(r.err, want), "stderr does not name %s: %s", want, r.err);
+}
+
+/* ------------------------------------------------------------ test hubs
+ * Two small readiness hubs written against the public greenring/hub_ops.h
+ * only, as a third party would (tests/test_hub_select.c's "tinypoll" is the
+ * model). Operations wait in an array, oldest first; wait() polls them.
+ *   "greedy": its cancel(op) completes op with -ECANCELED and also, at once,
+ *             the nearest other operation it holds on the same fd (as a
+ *             backend that reaps while it cancels), with a readiness result.
+ *   "failing": its wait() fails with -EIO whenever an operation is held. */
+
+#define TH_MAX 64
+
+struct testhub {
+	struct gr_op *ops[TH_MAX];
+	int n;
+	int wake[2];
+	atomic_bool wake_pending;
+};
+
+static int th_probe(char *why, size_t whylen)
+{
+	return 0;
+}
+
+static int th_init(void **state, const struct gr_hub_config *cfg)
+{
+	struct testhub *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	if (pipe2(t->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
+		int err = -errno;
+
+		free(t);
+		return err;
+	}
+	*state = t;
+	return 0;
+}
+
+static void th_fini(void *state, int after_fork)
+{
+	struct testhub *t = state;
+
+	close(t->wake[0]);
+	close(t->wake[1]);
+	free(t);
+}
+
+static int th_submit(void *state, struct gr_op *op)
+{
+	struct testhub *t = state;
+
+	if (op->kind != GR_OP_POLL && op->kind != GR_OP_TIMEOUT)
+		return -EINVAL;
+	if (t->n == TH_MAX)
+		return -ENOMEM;
+	t->ops[t->n++] = op;
+	return 0;
+}
+
+/* Take ops[i] out, keeping the order, and complete it. */
+static void th_complete(struct testhub *t, int i, int64_t res)
+{
+	struct gr_op *op = t->ops[i];
+
+	memmove(&t->ops[i], &t->ops[i + 1], (size_t)(t->n - i - 1) * sizeof(t->ops[0]));
+	t->n--;
+	gr_hub_complete(op, res);
+}
+
+static int th_find(const struct testhub *t, const struct gr_op *op)
+{
+	for (int i = 0; i < t->n; i++) {
+		if (t->ops[i] == op)
+			return i;
+	}
+	return -1;
+}
+
+static int th_cancel(void *state, struct gr_op *op)
+{
+	struct testhub *t = state;
+	int i = th_find(t, op);
+
+	if (i < 0)
+		return -ENOENT;
+	th_complete(t, i, -ECANCELED);
+	return 0;
+}
+
+static int greedy_cancel(void *state, struct gr_op *op)
+{
+	struct testhub *t = state;
+	int i = th_find(t, op);
+
+	if (i < 0)
+		return -ENOENT;
+	int fd = op->fd;
+	th_complete(t, i, -ECANCELED);
+	/* The nearest other operation on fd: the one submitted just before,
+	 * else just after. It is "ready" (readiness may be spurious). */
+	for (int j = i - 1; j >= 0; j--) {
+		if (t->ops[j]->kind == GR_OP_POLL && t->ops[j]->fd == fd) {
+			th_complete(t, j, t->ops[j]->events);
+			return 0;
+		}
+	}
+	for (int j = i; j < t->n; j++) {
+		if (t->ops[j]->kind == GR_OP_POLL && t->ops[j]->fd == fd) {
+			th_complete(t, j, t->ops[j]->events);
+			return 0;
+		}
+	}
+	return 0;
+}
+
+static int th_wait(void *state, int64_t timeout_ns)
+{
+	struct testhub *t = state;
+	struct pollfd p[TH_MAX + 1];
+	struct gr_op *polled[TH_MAX];
+	int64_t now = gr_now(), next = -1;
+	int np = 1, done = 0;
+
+	p[0] = (struct pollfd){ .fd = t->wake[0], .events = POLLIN };
+	for (int i = 0; i < t->n; i++) {
+		struct gr_op *op = t->ops[i];
+
+		if (op->deadline >= 0 && (next < 0 || op->deadline < next))
+			next = op->deadline;
+		if (op->kind == GR_OP_POLL) {
+			polled[np - 1] = op;
+			p[np++] = (struct pollfd){ .fd = op->fd, .events = op->events };
+		}
+	}
+	if (next >= 0) {
+		int64_t rel = next > now ? next - now : 0;
+
+		if (timeout_ns < 0 || rel < timeout_ns)
+			timeout_ns = rel;
+	}
+	int ms = timeout_ns < 0 ? -1 : (int)((timeout_ns + GR_MSEC - 1) / GR_MSEC);
+	int r = poll(p, (nfds_t)np, ms);
+	if (r < 0)
+		return errno == EINTR ? 0 : -errno;
+	if (p[0].revents) {
+		char buf[64];
+
+		while (read(t->wake[0], buf, sizeof(buf)) > 0)
+			;
+		atomic_store(&t->wake_pending, false);
+	}
+	for (int j = 1; j < np; j++) {
+		int i = p[j].revents ? th_find(t, polled[j - 1]) : -1;
+
+		if (i >= 0) {
+			th_complete(t, i, p[j].revents);
+			done++;
+		}
+	}
+	now = gr_now();
+	for (int i = 0; i < t->n;) {
+		struct gr_op *op = t->ops[i];
+
+		if (op->deadline >= 0 && op->deadline <= now) {
+			th_complete(t, i, op->kind == GR_OP_TIMEOUT ? 0 : -ETIMEDOUT);
+			done++;
+		} else {
+			i++;
+		}
+	}
+	return done;
+}
+
+static int failing_wait(void *state, int64_t timeout_ns)
+{
+	struct testhub *t = state;
+
+	return t->n > 0 ? -EIO : th_wait(state, timeout_ns);
+}
+
+static int th_wake(void *state)
+{
+	struct testhub *t = state;
+
+	if (atomic_exchange(&t->wake_pending, true))
+		return 0;
+	return write(t->wake[1], "w", 1) < 0 && errno != EAGAIN ? -errno : 0;
+}
+
+static const struct gr_hub_ops greedy_ops = {
+	.name = "greedy",
+	.probe = th_probe,
+	.init = th_init,
+	.fini = th_fini,
+	.submit = th_submit,
+	.cancel = greedy_cancel,
+	.wait = th_wait,
+	.wake = th_wake,
+};
+
+static const struct gr_hub_ops failing_ops = {
+	.name = "failing",
+	.probe = th_probe,
+	.init = th_init,
+	.fini = th_fini,
+	.submit = th_submit,
+	.cancel = th_cancel,
+	.wait = failing_wait,
+	.wake = th_wake,
+};
+
+/* ------------------------------------------------------------ backends that misbehave */
+
+#define GREEDY_READERS 5
+
+/* Five readers wait on one pipe under "greedy"; main gr_close()s it. */
+static int child_greedy_cancel(void)
+{
+	int p[2];
+	struct timed_call t[GREEDY_READERS];
+	gr_fiber *f[GREEDY_READERS];
+	struct gr_hub_stats st;
+
+	if (gr_hub_use_ops(&greedy_ops) != 0 || pipe2(p, O_CLOEXEC) != 0)
+		return 2;
+	for (int i = 0; i < GREEDY_READERS; i++) {
+		t[i] = (struct timed_call){ .fd = p[0], .rc = -2 };
+		f[i] = gr_spawn(read_one, &t[i]);
+		if (!f[i])
+			return 3;
+	}
+	if (gr_sleep(0) != 0 || gr_hub_stats(&st) != 0 || st.inflight != GREEDY_READERS) {
+		printf("the readers are not all waiting\n");
+		return 4;
+	}
+	int64_t t0 = gr_now();
+	int c = gr_close(p[0]);
+	int64_t took = gr_now() - t0;
+	if (c != 0 || took > 2 * GR_SEC) {
+		printf("gr_close: %d (%s) after %lld ms\n", c, strerror(errno),
+		       (long long)(took / GR_MSEC));
+		return 5;
+	}
+	for (int i = 0; i < GREEDY_READERS; i++) {
+		if (gr_join(f[i], NULL, gr_now() + 2 * GR_SEC) != 0)
+			return 6;
+		if (t[i].rc != -1 || t[i].err != EBADF) {
+			printf("reader %d: %zd (%s)\n", i, t[i].rc, strerror(t[i].err));
+			return 7;
+		}
+	}
+	if (gr_hub_stats(&st) != 0 || st.inflight != 0 || st.fibers != 0) {
+		printf("after the close: %zu in flight, %zu fibers\n", st.inflight, st.fibers);
+		return 8;
+	}
+	close(p[1]);
+	/* Give the thread its built-in hub back: the greedy one ends idle. */
+	const char *hub = getenv("GREENRING_HUB");
+	if (gr_hub_use(hub && *hub ? hub : NULL) != 0)
+		return 9;
+	return 0;
+}
+
+/* gr_close cancels every operation on the fd, and a backend may complete
+ * other operations of that fd inside cancel() (it reaps while it cancels).
+ * The cancel loop must not trust a link saved before a cancel: the old one
+ * skipped the rest and waited for ever (gr_close cannot be interrupted). In
+ * a child, killed if it hangs. A third-party hub: run once, with the poll
+ * hub's run. */
+Test(trust, gr_close_survives_a_cancel_that_completes_other_operations)
+{
+	struct child_run r;
+
+	if (strcmp(grt_hub(), "poll") != 0)
+		return;
+	run_self("greedy_cancel", NULL, NULL, 5 * GR_SEC, &r);
+	expect_child_ok(&r, "gr_close under the greedy hub");
+}
+
+/* A fiber waits for a pipe under "failing", whose every wait() fails. */
+static int child_failing_wait(void)
+{
+	int p[2];
+	struct timed_call t = { .rc = -2 };
+
+	if (gr_hub_use_ops(&failing_ops) != 0 || pipe2(p, O_CLOEXEC) != 0)
+		return 2;
+	t.fd = p[0];
+	gr_fiber *f = gr_spawn(wait_readable, &t);
+	if (!f || gr_join(f, NULL, GR_FOREVER) != 0)
+		return 3;
+	if (t.rc != -1 || t.err != EIO) {
+		printf("gr_wait_fd under a failing wait(): %zd (%s)\n", t.rc, strerror(t.err));
+		return 4;
+	}
+	if (t.took > 3 * GR_SEC) {
+		printf("gr_wait_fd took %lld ms to fail\n", (long long)(t.took / GR_MSEC));
+		return 5;
+	}
+	gr_close(p[0]);
+	gr_close(p[1]);
+	return 0;
+}
+
+/* A backend whose wait() keeps failing: the fibers waiting on it must not
+ * hang in silence (the old hub printed and retried for ever). The failure
+ * is said on stderr ("wait failed") and, after a few, the operations in
+ * flight fail with EIO: gr_wait_fd returns -1/EIO within 3 s. In a child,
+ * killed if it hangs. */
+Test(trust, a_backend_whose_wait_keeps_failing_fails_its_operations)
+{
+	struct child_run r;
+
+	run_self("failing_wait", NULL, NULL, 6 * GR_SEC, &r);
+	expect_child_ok(&r, "gr_wait_fd under a failing backend");
+	cr_assert_not_null(strstr(r.err, "wait failed"), "stderr: %s", r.err);
+}
+
 /* ------------------------------------------------------------ child modes */
 
 static const struct child_mode child_modes[] = {
 	{ "discard_poison", child_discard_poison },
 	{ "timed_read", child_timed_read },
 	{ "fork_in_fiber", child_fork_in_fiber },
+	{ "closed_under_reader", child_closed_under_reader },
+	{ "greedy_cancel", child_greedy_cancel },
+	{ "failing_wait", child_failing_wait },
 	{ NULL, NULL },
 };
 
