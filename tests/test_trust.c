@@ -1,10 +1,25 @@
 /* test_trust.c — adversarial regressions: what the runtime must never do
  * however its public API is used, or misused, at the worst moment.
  * Runs once per hub. Covers:
- *   - a joinable fiber is released exactly once: a join or detach against a
- *     joiner woken by the fiber's end but not yet run fails, and so does a
- *     second join after a join whose deadline tied with the end;
- *   - gr_hub_use refuses while an ended fiber still waits for its join.
+ *   - joins: a joinable fiber is released exactly once, even when a join or
+ *     detach comes while its joiner is woken by its end but not yet run, or
+ *     when the joiner's deadline ties with the end;
+ *   - gr_hub_use refuses while an ended fiber still waits for its join;
+ *   - tunables (GREENRING_URING_ENTRIES, GREENRING_STACK_SIZE): a value that
+ *     cannot be used is replaced and said on stderr, never spun on;
+ *   - thread exit with a woken (or killed) waiter does not wait out its timer;
+ *   - a number gr_close just freed is usable before the closer runs again;
+ *   - fork() in a fiber: the child has none of the parent's other fibers,
+ *     and the forking fiber's return ends the child with status 0;
+ *   - ASan: fibers discarded at thread exit leave no stack poison behind;
+ *   - gr_server never closes a number it no longer owns (its listening
+ *     socket or a connection closed behind its back and reused);
+ *   - stale numbers: accept and recv on a number reused after a plain
+ *     close() see their events; a read whose fd is closed under it fails;
+ *   - misbehaving third-party backends: one whose cancel() completes other
+ *     operations (gr_close must not hang), one whose wait() keeps failing
+ *     (its operations fail with EIO, and stderr says why);
+ *   - the kill model: gr_kill_ack() and gr_killed(), cleanup deadlines.
  *
  * Scenarios that could hang the old runtime, need their own environment
  * (tunables are read once per process) or must capture stderr run in a
@@ -1600,6 +1615,234 @@ Test(trust, a_backend_whose_wait_keeps_failing_fails_its_operations)
 	run_self("failing_wait", NULL, NULL, 6 * GR_SEC, &r);
 	expect_child_ok(&r, "gr_wait_fd under a failing backend");
 	cr_assert_not_null(strstr(r.err, "wait failed"), "stderr: %s", r.err);
+}
+
+/* ------------------------------------------------------------ the kill model */
+
+/* gr_kill_ack() and gr_killed() came with the kill model (greenring.h,
+ * gr_kill): weak references, so that this file also builds against a
+ * runtime without them, where these tests fail saying so. */
+extern int gr_kill_ack(int64_t cleanup_deadline) __attribute__((weak));
+extern int gr_killed(void) __attribute__((weak));
+
+static void need_kill_model(void)
+{
+	cr_assert(gr_kill_ack && gr_killed, "this runtime has no gr_kill_ack()/gr_killed()");
+}
+
+struct goodbye {
+	int fd;
+	ssize_t recv_rc, send_rc;
+	int recv_errno, send_errno;
+	int killed_before, ack, killed_after, ack_again;
+};
+
+static void *serve_until_killed(void *arg)
+{
+	struct goodbye *g = arg;
+	char buf[16];
+
+	g->recv_rc = gr_recv(g->fd, buf, sizeof(buf), 0);
+	g->recv_errno = errno;
+	g->killed_before = gr_killed();
+	g->ack = gr_kill_ack(gr_now() + GR_SEC);
+	g->killed_after = gr_killed();
+	g->ack_again = gr_kill_ack(GR_FOREVER);
+	g->send_rc = gr_send(g->fd, "bye", 3, 0);
+	g->send_errno = errno;
+	return NULL;
+}
+
+static void *ack_unkilled(void *arg)
+{
+	return (void *)(intptr_t)gr_kill_ack(GR_FOREVER);
+}
+
+/* A connection fiber blocked in gr_recv is killed: the recv fails with
+ * ECANCELED and gr_killed() says so; it acknowledges with a cleanup
+ * deadline, after which its blocking calls work again: its goodbye reaches
+ * the peer. gr_kill_ack without a (pending) kill is -ESRCH: a second ack,
+ * a fiber never killed, the main context. */
+Test(trust, an_acknowledged_kill_lets_a_connection_say_goodbye)
+{
+	int fds[2];
+	struct goodbye g = { .recv_rc = -2, .send_rc = -2, .ack = 1, .ack_again = 1 };
+	char buf[8] = "";
+	void *res = NULL;
+
+	need_kill_model();
+	grt_tcp_pair(fds);
+	g.fd = fds[1];
+	gr_fiber *f = gr_spawn(serve_until_killed, &g);
+	cr_assert_not_null(f);
+	assert_ok(gr_sleep(0)); /* f waits in gr_recv */
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(g.recv_rc, -1);
+	cr_assert_eq(g.recv_errno, ECANCELED, "the killed recv: %s", strerror(g.recv_errno));
+	cr_assert_eq(g.killed_before, 1);
+	assert_ok(g.ack);
+	cr_assert_eq(g.killed_after, 0);
+	assert_err(g.ack_again, ESRCH);
+	cr_assert_eq(g.send_rc, 3, "the goodbye after the ack: %s", strerror(g.send_errno));
+	cr_assert_eq(recv(fds[0], buf, sizeof(buf), MSG_DONTWAIT), 3);
+	cr_assert_str_eq(buf, "bye");
+
+	gr_fiber *u = gr_spawn(ack_unkilled, NULL);
+	cr_assert_not_null(u);
+	assert_ok(gr_join(u, &res, gr_now() + 5 * GR_SEC));
+	assert_err((int)(intptr_t)res, ESRCH);
+	assert_err(gr_kill_ack(GR_FOREVER), ESRCH);
+	cr_assert_eq(gr_killed(), 0);
+	cr_assert_eq(gr_close(fds[0]), 0);
+	cr_assert_eq(gr_close(fds[1]), 0);
+}
+
+struct family {
+	gr_event never, go;
+	gr_fiber *ended, *live;
+	int wait_rc, reap_rc, early_join_rc, ack, join_rc;
+	void *reaped, *joined;
+};
+
+static void *wait_for_go(void *arg)
+{
+	struct family *fam = arg;
+
+	gr_event_wait(&fam->go, gr_now() + 5 * GR_SEC);
+	return (void *)0x1e;
+}
+
+static void *parent_of_two(void *arg)
+{
+	struct family *fam = arg;
+
+	fam->ended = gr_spawn(return_arg, (void *)0xe);
+	fam->live = gr_spawn(wait_for_go, fam);
+	if (!fam->ended || !fam->live)
+		return (void *)"spawn";
+	/* The children run in the next turn: one ends, one waits for go. */
+	fam->wait_rc = gr_event_wait(&fam->never, GR_FOREVER);
+	/* Killed. An ended child is reaped with a pure try, ack or not. */
+	fam->reap_rc = gr_join(fam->ended, &fam->reaped, 0);
+	/* Waiting for a live one is blocking: refused until the ack. */
+	fam->early_join_rc = gr_join(fam->live, NULL, gr_now() + GR_SEC);
+	fam->ack = gr_kill_ack(gr_now() + 2 * GR_SEC);
+	gr_event_set(&fam->go);
+	fam->join_rc = gr_join(fam->live, &fam->joined, gr_now() + GR_SEC);
+	return NULL;
+}
+
+/* A parent fiber is killed while it has an ended child and a live one. It
+ * reaps the ended child with gr_join(child, &r, 0) without acknowledging
+ * the kill; a join that would wait fails with ECANCELED until it
+ * acknowledges; after gr_kill_ack it waits for the live child (with a
+ * deadline) and gets its result. */
+Test(trust, a_killed_parent_reaps_its_children)
+{
+	struct family fam = { .wait_rc = 1, .reap_rc = 1, .early_join_rc = 1, .ack = 1,
+			      .join_rc = 1 };
+	void *why = NULL;
+
+	need_kill_model();
+	assert_ok(gr_event_init(&fam.never));
+	assert_ok(gr_event_init(&fam.go));
+	gr_fiber *p = gr_spawn(parent_of_two, &fam);
+	cr_assert_not_null(p);
+	assert_ok(gr_sleep(0)); /* p spawns and parks */
+	assert_ok(gr_sleep(0)); /* its children run: one ends, one waits */
+	assert_ok(gr_kill(p));
+	assert_ok(gr_join(p, &why, gr_now() + 5 * GR_SEC));
+	cr_assert_null(why, "%s", (const char *)why);
+	assert_err(fam.wait_rc, ECANCELED);
+	assert_ok(fam.reap_rc);
+	cr_assert_eq(fam.reaped, (void *)0xe);
+	assert_err(fam.early_join_rc, ECANCELED);
+	assert_ok(fam.ack);
+	assert_ok(fam.join_rc);
+	cr_assert_eq(fam.joined, (void *)0x1e);
+	assert_ok(gr_event_destroy(&fam.never));
+	assert_ok(gr_event_destroy(&fam.go));
+}
+
+struct cleanup {
+	gr_event started, never;
+	int first, ack, during, second, killed_again, after, ack2, last;
+};
+
+static void *clean_up_twice(void *arg)
+{
+	struct cleanup *c = arg;
+
+	c->first = gr_sleep(10 * GR_SEC);
+	c->ack = gr_kill_ack(gr_now() + 2 * GR_SEC);
+	c->during = gr_sleep(GR_MSEC);
+	gr_event_set(&c->started);
+	c->second = gr_event_wait(&c->never, GR_FOREVER);
+	c->killed_again = gr_killed();
+	c->after = gr_sleep(0);
+	c->ack2 = gr_kill_ack(GR_FOREVER);
+	c->last = gr_sleep(0);
+	return NULL;
+}
+
+struct bounded {
+	int ack, rc;
+	int64_t took;
+};
+
+static void *clean_up_slowly(void *arg)
+{
+	struct bounded *b = arg;
+
+	gr_sleep(10 * GR_SEC);
+	b->ack = gr_kill_ack(gr_now() + 50 * GR_MSEC);
+	int64_t t0 = gr_now();
+	b->rc = gr_sleep(10 * GR_SEC);
+	b->took = gr_now() - t0;
+	return NULL;
+}
+
+/* A kill that arrives during the cleanup cancels the cleanup in turn: the
+ * blocking call it is in fails with ECANCELED, and so does the next, until
+ * it is acknowledged again. And the cleanup deadline bounds the cleanup: a
+ * 10 s sleep after gr_kill_ack(now + 50 ms) fails with ETIMEDOUT at once. */
+Test(trust, a_cleanup_is_bounded_by_its_deadline_and_cancelled_by_a_new_kill)
+{
+	struct cleanup c = { .first = 1, .ack = 1, .during = 1, .second = 1, .after = 1, .ack2 = 1,
+			     .last = 1 };
+	struct bounded b = { .ack = 1, .rc = 1 };
+
+	need_kill_model();
+	assert_ok(gr_event_init(&c.started));
+	assert_ok(gr_event_init(&c.never));
+	gr_fiber *f = gr_spawn(clean_up_twice, &c);
+	cr_assert_not_null(f);
+	assert_ok(gr_sleep(0)); /* f sleeps */
+	assert_ok(gr_kill(f));
+	assert_ok(gr_event_wait(&c.started, gr_now() + 5 * GR_SEC)); /* f waits on never */
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	assert_err(c.first, ECANCELED);
+	assert_ok(c.ack);
+	assert_ok(c.during);
+	assert_err(c.second, ECANCELED);
+	cr_assert_eq(c.killed_again, 1);
+	assert_err(c.after, ECANCELED);
+	assert_ok(c.ack2);
+	assert_ok(c.last);
+	assert_ok(gr_event_destroy(&c.started));
+	assert_ok(gr_event_destroy(&c.never));
+
+	gr_fiber *g = gr_spawn(clean_up_slowly, &b);
+	cr_assert_not_null(g);
+	assert_ok(gr_sleep(0));
+	assert_ok(gr_kill(g));
+	assert_ok(gr_join(g, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(b.ack);
+	assert_err(b.rc, ETIMEDOUT);
+	cr_assert_lt(b.took, GR_SEC, "the bounded cleanup slept %lld ms",
+		     (long long)(b.took / GR_MSEC));
 }
 
 /* ------------------------------------------------------------ child modes */
