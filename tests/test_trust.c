@@ -99,18 +99,23 @@ static void run_self(const char *mode, const char *env_name, const char *env_val
 	}
 	close(out[1]);
 	close(err[1]);
-	struct pollfd p[2] = { { .fd = out[0], .events = POLLIN }, { .fd = err[0], .events = POLLIN } };
+	struct pollfd p[2] = { { .fd = out[0], .events = POLLIN },
+			       { .fd = err[0], .events = POLLIN } };
 	int open_pipes = 2;
+	int64_t until = t0 + timeout;
 	while (open_pipes > 0) {
-		int64_t left = t0 + timeout - gr_now();
+		int64_t left = until - gr_now();
 
-		if (left <= 0 && !r->timed_out) {
+		if (left <= 0) {
+			if (r->timed_out)
+				break; /* a grandchild holds the pipes: stop reading */
 			kill(pid, SIGKILL);
 			r->timed_out = 1;
 			r->took = gr_now() - t0;
+			until = gr_now() + GR_SEC; /* what is left to read */
+			continue;
 		}
-		int ms = r->timed_out ? -1 : (int)((left + GR_MSEC - 1) / GR_MSEC);
-		if (poll(p, 2, ms) < 0 && errno != EINTR)
+		if (poll(p, 2, (int)((left + GR_MSEC - 1) / GR_MSEC)) < 0 && errno != EINTR)
 			break;
 		for (int i = 0; i < 2; i++) {
 			char *buf = i ? r->err : r->out;
@@ -130,6 +135,10 @@ static void run_self(const char *mode, const char *env_name, const char *env_val
 				*n += (size_t)k;
 			}
 		}
+	}
+	for (int i = 0; i < 2; i++) {
+		if (p[i].fd >= 0)
+			close(p[i].fd);
 	}
 	r->out[nout] = '\0';
 	r->err[nerr] = '\0';
@@ -181,14 +190,15 @@ static void spawn_distinct_and_join(int n)
 		f[i] = gr_spawn(return_arg, (void *)(intptr_t)(100 + i));
 		cr_assert_not_null(f[i], "gr_spawn: %s", strerror(errno));
 		for (int j = 0; j < i; j++)
-			cr_assert_neq(f[i], f[j], "spawns %d and %d got the same handle: a stack was "
-				      "released twice", j, i);
+			cr_assert_neq(f[i], f[j], "spawns %d and %d got the same handle: a "
+				      "stack was released twice", j, i);
 	}
 	for (int i = 0; i < n; i++) {
 		void *res = NULL;
 
 		assert_ok(gr_join(f[i], &res, gr_now() + 5 * GR_SEC));
-		cr_assert_eq((intptr_t)res, 100 + i, "fiber %d returned %ld", i, (long)(intptr_t)res);
+		cr_assert_eq((intptr_t)res, 100 + i, "fiber %d returned %ld", i,
+			     (long)(intptr_t)res);
 	}
 }
 
@@ -325,7 +335,8 @@ static void expect_one_release(struct join_tie *t, const char *how)
 Test(trust, a_join_deadline_tied_with_the_end_releases_once)
 {
 	static const char orders[6][4] = { "abc", "acb", "bac", "bca", "cab", "cba" };
-	struct join_tie e = { .a_rc = 1, .c_join = 1, .c_detach = 1, .at = gr_now() + 10 * GR_MSEC };
+	struct join_tie e = { .a_rc = 1, .c_join = 1, .c_detach = 1,
+			      .at = gr_now() + 10 * GR_MSEC };
 	gr_fiber *ea = gr_spawn(join_until, &e);
 	e.b = gr_spawn(return_0x71e, NULL);
 	gr_fiber *ec = gr_spawn(reap_after_deadline, &e);
@@ -515,10 +526,13 @@ static void *exit_with_a_woken_waiter(void *arg)
 
 static void thread_exit_is_prompt(int kill)
 {
-	struct exit_case c = { .kill = kill };
+	/* Static: a thread that outlives a failed test must not write into a
+	 * dead frame. */
+	static struct exit_case c;
 	pthread_t th;
 	struct timespec until;
 
+	c = (struct exit_case){ .kill = kill };
 	int64_t t0 = gr_now();
 	cr_assert_eq(pthread_create(&th, NULL, exit_with_a_woken_waiter, &c), 0);
 	clock_gettime(CLOCK_REALTIME, &until);
@@ -752,7 +766,8 @@ static int child_fork_in_fiber(void)
 	if (write(feed[1], "f", 1) != 1)
 		return 9;
 	void *rs = NULL, *rr = NULL;
-	if (gr_join(r, &rr, gr_now() + 2 * GR_SEC) != 0 || gr_join(s, &rs, gr_now() + 2 * GR_SEC) != 0)
+	if (gr_join(r, &rr, gr_now() + 2 * GR_SEC) != 0 ||
+	    gr_join(s, &rs, gr_now() + 2 * GR_SEC) != 0)
 		return 10;
 	gr_close(rep[1]);
 	char got[16];
@@ -766,8 +781,8 @@ static int child_fork_in_fiber(void)
 		nr += got[i] == 'R';
 	}
 	if (nm != 1 || ns != 1 || nr != 1) {
-		printf("reports: %zd bytes, %d M (the child's marker), %d S, %d R: S and R must end "
-		       "once, in the parent only\n", n, nm, ns, nr);
+		printf("reports: %zd bytes, %d M (the child's marker), %d S, %d R: S and R must "
+		       "end once, in the parent only\n", n, nm, ns, nr);
 		return 11;
 	}
 	gr_close(rep[0]);
@@ -1251,9 +1266,10 @@ static int child_closed_under_reader(void)
 		 * hub: still waiting, or failed but left unrun. */
 		int again = gr_join(r, NULL, gr_now() + GR_SEC);
 
-		printf("the reader of the closed fd still waits after 3 s (%s); a second join: %s, "
-		       "the reader's gr_read: %zd (%s)\n", strerror(-j), again ? strerror(-again) : "ok",
-		       t.rc, t.rc == -2 ? "not returned" : strerror(t.err));
+		printf("the reader of the closed fd still waits after 3 s (%s); a second join: "
+		       "%s, the reader's gr_read: %zd (%s)\n", strerror(-j),
+		       again ? strerror(-again) : "ok", t.rc,
+		       t.rc == -2 ? "not returned" : strerror(t.err));
 		return 4;
 	}
 	if (t.rc != -1 || t.err != EBADF) {
