@@ -174,6 +174,16 @@ static void interrupt_forced(struct gr__hub *hub, gr_fiber *f, int why)
 	gr__park_interrupt(hub, f, why, true);
 }
 
+/* Cancel f's operation in flight, if any, with `why`: an operation fails
+ * with it, a queue wait's deadline timer ends the wait with it (the deadline
+ * could not be kept). A wait on a queue with no timer needs no backend and
+ * is left alone. */
+static void cancel_inflight(struct gr__hub *hub, gr_fiber *f, int why)
+{
+	if (f->park && f->park->op)
+		gr__op_cancel(hub, f->park->op, why);
+}
+
 static bool transient_wait_error(int r)
 {
 	return r == -EINTR || r == -EAGAIN || r == -ETIME || r == -EBUSY;
@@ -201,7 +211,7 @@ static void wait_failed(struct gr__hub *hub, int r)
 			"greenring: %s hub: wait failed %u times in a row (%s): failing the %zu "
 			"operations in flight with EIO\n",
 			hub->ops->name, n, strerror(-r), hub->inflight);
-		for_each_fiber(hub, interrupt_forced, EIO);
+		for_each_fiber(hub, cancel_inflight, EIO);
 	}
 	if (!gr__list_empty(&hub->next))
 		return; /* fibers can run meanwhile */
@@ -222,6 +232,10 @@ static int64_t wait_timeout(struct gr__hub *hub)
 		return timeout;
 	int64_t now = gr_now();
 	int64_t due = gr__fd_audit(hub, now);
+	/* The audit may have failed waiters of a closed fd: they are runnable
+	 * now, and a readiness backend completed them without a wake-up. */
+	if (!gr__list_empty(&hub->next))
+		return 0;
 	if (timeout < 0 && due != GR_FOREVER)
 		timeout = due > now ? due - now : 0;
 	return timeout;
