@@ -1648,17 +1648,6 @@ Test(trust, a_backend_whose_wait_keeps_failing_fails_its_operations)
 
 /* ------------------------------------------------------------ the kill model */
 
-/* gr_kill_ack() and gr_killed() came with the kill model (greenring.h,
- * gr_kill): weak references, so that this file also builds against a
- * runtime without them, where these tests fail saying so. */
-extern int gr_kill_ack(int64_t cleanup_deadline) __attribute__((weak));
-extern int gr_killed(void) __attribute__((weak));
-
-static void need_kill_model(void)
-{
-	cr_assert(gr_kill_ack && gr_killed, "this runtime has no gr_kill_ack()/gr_killed()");
-}
-
 struct goodbye {
 	int fd;
 	ssize_t recv_rc, send_rc;
@@ -1699,7 +1688,6 @@ Test(trust, an_acknowledged_kill_lets_a_connection_say_goodbye)
 	char buf[8] = "";
 	void *res = NULL;
 
-	need_kill_model();
 	grt_tcp_pair(fds);
 	g.fd = fds[1];
 	gr_fiber *f = gr_spawn(serve_until_killed, &g);
@@ -1773,7 +1761,6 @@ Test(trust, a_killed_parent_reaps_its_children)
 			      .join_rc = 1 };
 	void *why = NULL;
 
-	need_kill_model();
 	assert_ok(gr_event_init(&fam.never));
 	assert_ok(gr_event_init(&fam.go));
 	gr_fiber *p = gr_spawn(parent_of_two, &fam);
@@ -1842,7 +1829,6 @@ Test(trust, a_cleanup_is_bounded_by_its_deadline_and_cancelled_by_a_new_kill)
 			     .last = 1 };
 	struct bounded b = { .ack = 1, .rc = 1 };
 
-	need_kill_model();
 	assert_ok(gr_event_init(&c.started));
 	assert_ok(gr_event_init(&c.never));
 	gr_fiber *f = gr_spawn(clean_up_twice, &c);
