@@ -10,7 +10,9 @@
  *
  * A job's life, every change under the lock:
  *   QUEUED   in the FIFO. If its caller stops waiting (kill, deadline, its
- *            thread's exit), the job is taken out and freed: it never runs.
+ *            thread's exit), fn never runs: a job without a cleanup is taken
+ *            out and freed; one with a cleanup becomes CANCELLED and stays
+ *            queued, and the worker that takes it runs only the cleanup.
  *   RUNNING  a worker runs fn. If the caller stops waiting now, the job is
  *            ABANDONED: the worker runs the cleanup when fn returns and
  *            frees the job.
@@ -34,7 +36,7 @@
 #define THREADS_MAX 1024
 #define IDLE_EXIT (10 * GR_SEC)
 
-enum job_state { QUEUED, RUNNING, DONE, ABANDONED };
+enum job_state { QUEUED, RUNNING, DONE, ABANDONED, CANCELLED };
 
 struct job {
 	struct gr__link link;           /* in the FIFO while QUEUED */
@@ -117,6 +119,15 @@ static void *worker_main(void *unused)
 		}
 		struct job *j = gr__container(gr__list_pop_front(&pool.queue), struct job, link);
 		pool.queued--;
+		if (j->state == CANCELLED) {
+			/* Its caller left before it started: only the cleanup runs,
+			 * here, off the caller's (maybe exiting) thread. */
+			pthread_mutex_unlock(&pool.lock);
+			j->cleanup(NULL, j->arg);
+			free(j);
+			pthread_mutex_lock(&pool.lock);
+			continue;
+		}
 		j->state = RUNNING;
 		pthread_mutex_unlock(&pool.lock);
 
@@ -143,7 +154,9 @@ static void job_left(struct gr__xq *xq)
 {
 	struct job *j = gr__container(xq, struct job, waiter);
 
-	if (j->state == QUEUED) {
+	if (j->state == QUEUED && j->cleanup) {
+		j->state = CANCELLED; /* a worker runs its cleanup alone */
+	} else if (j->state == QUEUED) {
 		gr__list_remove(&pool.queue, &j->link);
 		pool.queued--;
 		free(j);

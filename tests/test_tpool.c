@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +90,7 @@ static void cleanup_job(void *result, void *arg)
 struct caller {
 	struct gate *g;
 	int64_t deadline;
+	bool no_cleanup;
 	int rc;
 	void *result;
 	int64_t returned_at;
@@ -99,7 +101,8 @@ static void *call_blocked(void *arg)
 	struct caller *c = arg;
 
 	c->result = (void *)0xdead;
-	c->rc = gr_tpool_run_cleanup(blocked_job, c->g, cleanup_job, &c->result, c->deadline);
+	c->rc = gr_tpool_run_cleanup(blocked_job, c->g, c->no_cleanup ? NULL : cleanup_job,
+				     &c->result, c->deadline);
 	c->returned_at = gr_now();
 	return NULL;
 }
@@ -208,28 +211,42 @@ Test(tpool, a_queued_job_whose_caller_left_never_runs)
 	await_started(&busy, (int)n);
 	struct caller killed = { .g = &queued, .deadline = GR_FOREVER };
 	struct caller timed = { .g = &queued, .deadline = gr_now() + 30 * GR_MSEC };
+	struct caller bare = { .g = &queued, .deadline = GR_FOREVER, .no_cleanup = true };
 	gr_fiber *fk = gr_spawn(call_blocked, &killed);
 	gr_fiber *ft = gr_spawn(call_blocked, &timed);
+	gr_fiber *fn = gr_spawn(call_blocked, &bare);
 	assert_ok(gr_sleep(GR_MSEC));
 	assert_ok(gr_tpool_stats(&st));
-	cr_assert_eq(st.queued, 2, "%zu jobs queued", st.queued);
+	cr_assert_eq(st.queued, 3, "%zu jobs queued", st.queued);
 	assert_ok(gr_kill(fk));
+	assert_ok(gr_kill(fn));
 	assert_ok(gr_join(fk, NULL, gr_now() + 5 * GR_SEC));
 	assert_ok(gr_join(ft, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(gr_join(fn, NULL, gr_now() + 5 * GR_SEC));
 	assert_err(killed.rc, ECANCELED);
 	assert_err(timed.rc, ETIMEDOUT);
+	assert_err(bare.rc, ECANCELED);
 	assert_ok(gr_tpool_stats(&st));
-	cr_assert_eq(st.queued, 0, "a job whose caller left is still queued");
-	/* Free the workers: the two abandoned jobs must not run now. */
+	cr_assert_eq(st.queued, 2, "a job with no cleanup whose caller left is still queued");
+	/* Free the workers: the two abandoned jobs must not run now; their
+	 * cleanups run instead, once each, with no result. */
 	gate_release(&busy, (int)n);
 	for (unsigned i = 0; i < n; i++) {
 		assert_ok(gr_join(fb[i], NULL, gr_now() + 5 * GR_SEC));
 		assert_ok(cb[i].rc);
 	}
+	int64_t until = gr_now() + 5 * GR_SEC;
+	while (atomic_load(&queued.cleaned) < 2) {
+		cr_assert_lt(gr_now(), until, "%d of 2 cleanups ran", atomic_load(&queued.cleaned));
+		assert_ok(gr_sleep(GR_MSEC));
+	}
 	void *r;
 	assert_ok(gr_tpool_run(twice, (void *)4, &r, gr_now() + 5 * GR_SEC));
 	cr_assert_eq(atomic_load(&queued.started), 0, "a job whose caller left was run");
-	cr_assert_eq(atomic_load(&queued.cleaned), 0, "cleanup of a job that never ran");
+	cr_assert_eq(atomic_load(&queued.cleaned), 2, "a cleanup ran twice");
+	cr_assert_eq(atomic_load(&queued.cleanup_result), 0, "a job that never ran has no result");
+	assert_ok(gr_tpool_stats(&st));
+	cr_assert_eq(st.queued, 0, "jobs left in the queue");
 	gate_close(&busy);
 	gate_close(&queued);
 }

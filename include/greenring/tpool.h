@@ -38,10 +38,13 @@ extern "C" {
  * and none could be started); -EPERM (called inside the hub). */
 GR_API int gr_tpool_run(void *(*fn)(void *), void *arg, void **result, int64_t deadline);
 
-/* As gr_tpool_run, and when the caller stops waiting (kill, deadline) after
- * fn has started, cleanup(fn's result, arg) runs on the worker when fn
- * returns, so that what fn made (an fd, a buffer, a connection) is not lost.
- * arg must then stay valid until cleanup has run. cleanup may be NULL. */
+/* As gr_tpool_run, and when the caller stops waiting (kill, deadline, its
+ * thread's exit), cleanup(result, arg) runs exactly once, on a worker: after
+ * fn returns, with its result, if fn had started; else instead of fn, with
+ * result NULL (fn never runs then). So whatever arg owns, and whatever fn
+ * made (an fd, a buffer, a connection), is released whatever happens: arg
+ * must stay valid until cleanup has run, and belongs to cleanup from the
+ * moment the call fails with ECANCELED or ETIMEDOUT. cleanup may be NULL. */
 GR_API int gr_tpool_run_cleanup(void *(*fn)(void *), void *arg,
 				void (*cleanup)(void *result, void *arg), void **result,
 				int64_t deadline);
