@@ -123,6 +123,10 @@ static inline pid_t grt_server_spawn(struct grt_server *s, char *const argv[], c
 	int null = open("/dev/null", O_RDONLY);
 	if (null >= 0)
 		dup2(null, 0);
+	/* The server is the packaged one, unpatched, whatever this build is
+	 * (a sanitizer's library preloaded into it would not even load). */
+	unsetenv("LD_PRELOAD");
+	unsetenv("ASAN_OPTIONS");
 	execv(argv[0], argv);
 	_exit(127);
 }
