@@ -810,3 +810,41 @@ Test(patch, a_killed_getaddrinfo_returns_at_once_and_frees_its_result)
 			cr_assert_eq(ret[i], 0, "getaddrinfo: %s", gai_strerror(ret[i]));
 	}
 }
+
+/* ------------------------------------------------------------ gr_server */
+
+/* A gr_server handler written as plain blocking code. On the readiness
+ * hubs greenring accepts the socket O_NONBLOCK for itself: the handler
+ * must still see a blocking socket. */
+static void blocking_echo(int fd, const struct sockaddr *peer, void *arg)
+{
+	char buf[64];
+	ssize_t n;
+
+	(void)peer;
+	(void)arg;
+	if (fcntl(fd, F_GETFL) & O_NONBLOCK)
+		return; /* the client sees no echo and fails */
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		if (write(fd, buf, (size_t)n) != n)
+			break;
+}
+
+Test(patch, a_gr_server_handler_in_plain_blocking_code)
+{
+	gr_server *s = gr_server_create("127.0.0.1", 0, blocking_echo, NULL, NULL);
+	struct echo_ctx e = { 0 };
+	gr_fiber *c[CLIENTS];
+
+	cr_assert_not_null(s);
+	assert_ok(gr_server_start(s));
+	e.port = gr_server_port(s);
+	for (int i = 0; i < CLIENTS; i++)
+		c[i] = gr_spawn(client, &e);
+	for (int i = 0; i < CLIENTS; i++)
+		assert_ok(gr_join(c[i], NULL, GR_FOREVER));
+	cr_assert_eq(atomic_load(&e.ok), CLIENTS);
+	assert_ok(gr_server_stop(s, 0));
+	assert_ok(gr_server_wait(s, GR_FOREVER));
+	gr_server_free(s);
+}
