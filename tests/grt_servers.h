@@ -192,6 +192,29 @@ static inline void grt_server_stop(struct grt_server *s, int sig)
 	s->dir[0] = '\0';
 }
 
+/* Wait up to `seconds` until ready(arg) says the server answers, then
+ * publish `value` as VAR for the tests; else report VAR_ERROR with the end
+ * of the server's log. */
+static inline void grt_server_await(struct grt_server *s, const char *var, bool (*ready)(void *),
+				    void *arg, int seconds, const char *value, const char *log)
+{
+	for (int i = 0; i < seconds * 100 && s->pid > 0; i++) {
+		if (ready(arg)) {
+			setenv(var, value, 1);
+			return;
+		}
+		if (waitpid(s->pid, NULL, WNOHANG) == s->pid) {
+			s->pid = 0;
+			break;
+		}
+		usleep(10 * 1000);
+	}
+	char tail[400], msg[600];
+	grt_server_log_tail(log, tail, sizeof(tail));
+	snprintf(msg, sizeof(msg), "%s did not start within %d s: %s", s->name, seconds, tail);
+	grt_server_report(var, "_ERROR", msg);
+}
+
 /* The newest installed binary matching a glob pattern, or NULL. */
 static inline const char *grt_server_find(const char *pattern, char *out, size_t len)
 {

@@ -304,25 +304,23 @@ Test(patch, so_rcvtimeo_ends_a_blocking_read_with_eagain)
 
 /* ------------------------------------------------------------ kills, deadlines, close */
 
-static void *read_forever(void *arg)
+/* A fiber blocked in read() on s[0] of a new socketpair, nothing to read. */
+static gr_fiber *blocked_reader(int s[2], struct pipe_io *io)
 {
-	struct pipe_io *io = arg;
-	char c;
-
-	io->n = read(io->fd, &c, 1);
-	io->err = errno;
-	return NULL;
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	io->fd = s[0];
+	gr_fiber *f = gr_spawn(pipe_reader, io);
+	cr_assert_not_null(f);
+	gr_sleep(10 * MS);
+	return f;
 }
 
 Test(patch, a_kill_or_a_deadline_ends_a_blocking_read)
 {
 	int s[2];
 	struct pipe_io io = { 0 };
+	gr_fiber *f = blocked_reader(s, &io);
 
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
-	io.fd = s[0];
-	gr_fiber *f = gr_spawn(read_forever, &io);
-	gr_sleep(10 * MS);
 	assert_ok(gr_kill(f));
 	assert_ok(gr_join(f, NULL, GR_FOREVER));
 	cr_assert_eq(io.n, -1);
@@ -341,11 +339,8 @@ Test(patch, close_wakes_a_fiber_blocked_on_the_fd)
 {
 	int s[2];
 	struct pipe_io io = { 0 };
+	gr_fiber *f = blocked_reader(s, &io);
 
-	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
-	io.fd = s[0];
-	gr_fiber *f = gr_spawn(read_forever, &io);
-	gr_sleep(10 * MS);
 	cr_assert_eq(close(s[0]), 0);
 	assert_ok(gr_join(f, NULL, GR_FOREVER));
 	cr_assert_eq(io.n, -1);

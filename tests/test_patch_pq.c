@@ -17,9 +17,15 @@
 
 static struct grt_server pg = { .name = "postgres" };
 
+static bool pg_ready(void *conninfo)
+{
+	return PQping(conninfo) == PQPING_OK;
+}
+
 static void pg_start(void)
 {
-	char initdb[256], postgres[256], data[200], log[200], tail[400], conninfo[300];
+	static char conninfo[300];
+	char initdb[256], postgres[256], data[200], log[200], tail[400];
 
 	if (!grt_server_find("/usr/lib/postgresql/*/bin/postgres", postgres, sizeof(postgres)) ||
 	    !grt_server_find("/usr/lib/postgresql/*/bin/initdb", initdb, sizeof(initdb))) {
@@ -53,34 +59,12 @@ static void pg_start(void)
 	pg.pid = grt_server_spawn(&pg, argv, log);
 	snprintf(conninfo, sizeof(conninfo), "host=%s user=postgres dbname=postgres connect_timeout=2",
 		 pg.dir);
-	for (int i = 0; i < 3000 && pg.pid > 0; i++) {
-		if (PQping(conninfo) == PQPING_OK) {
-			setenv(VAR, pg.dir, 1);
-			return;
-		}
-		if (waitpid(pg.pid, NULL, WNOHANG) == pg.pid) {
-			pg.pid = 0;
-			break;
-		}
-		usleep(10 * 1000);
-	}
-	grt_server_log_tail(log, tail, sizeof(tail));
-	char msg[600];
-	snprintf(msg, sizeof(msg), "postgres did not start within 30 s: %s", tail);
-	grt_server_report(VAR, "_ERROR", msg);
+	grt_server_await(&pg, VAR, pg_ready, conninfo, 30, pg.dir, log);
 }
 
-ReportHook(PRE_ALL)(struct criterion_test_set *set)
-{
-	(void)set;
-	pg_start();
-}
-
-ReportHook(POST_ALL)(struct criterion_global_stats *stats)
-{
-	(void)stats;
-	grt_server_stop(&pg, SIGINT); /* PostgreSQL's fast shutdown */
-}
+/* Once per binary; SIGINT is PostgreSQL's fast shutdown. */
+ReportHook(PRE_ALL)(struct criterion_test_set *set) { (void)set; pg_start(); }
+ReportHook(POST_ALL)(struct criterion_global_stats *st) { (void)st; grt_server_stop(&pg, SIGINT); }
 
 TestSuite(pq, .timeout = 120);
 

@@ -19,9 +19,23 @@
 
 static struct grt_server rs = { .name = "redis" };
 
+static bool redis_ready(void *sock)
+{
+	redisContext *c = redisConnectUnix(sock);
+	redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
+	bool up = r && r->type == REDIS_REPLY_STATUS;
+
+	if (r)
+		freeReplyObject(r);
+	if (c)
+		redisFree(c);
+	return up;
+}
+
 static void redis_start(void)
 {
-	char bin[256], sock[200], log[200], tail[400];
+	static char sock[200];
+	char bin[256], log[200];
 
 	if (!grt_server_find("/usr/bin/redis-server", bin, sizeof(bin))) {
 		grt_server_report(VAR, "_SKIP", "redis-server is not installed (apt-get install redis-server)");
@@ -37,42 +51,12 @@ static void redis_start(void)
 			 "--dir", rs.dir, "--save", "", "--appendonly", "no", "--daemonize", "no",
 			 "--maxclients", "1000", NULL };
 	rs.pid = grt_server_spawn(&rs, argv, log);
-	for (int i = 0; i < 1000 && rs.pid > 0; i++) {
-		redisContext *c = redisConnectUnix(sock);
-		redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
-		bool up = r && r->type == REDIS_REPLY_STATUS;
-
-		if (r)
-			freeReplyObject(r);
-		if (c)
-			redisFree(c);
-		if (up) {
-			setenv(VAR, sock, 1);
-			return;
-		}
-		if (waitpid(rs.pid, NULL, WNOHANG) == rs.pid) {
-			rs.pid = 0;
-			break;
-		}
-		usleep(10 * 1000);
-	}
-	grt_server_log_tail(log, tail, sizeof(tail));
-	char msg[600];
-	snprintf(msg, sizeof(msg), "redis-server did not start within 10 s: %s", tail);
-	grt_server_report(VAR, "_ERROR", msg);
+	grt_server_await(&rs, VAR, redis_ready, sock, 10, sock, log);
 }
 
-ReportHook(PRE_ALL)(struct criterion_test_set *set)
-{
-	(void)set;
-	redis_start();
-}
-
-ReportHook(POST_ALL)(struct criterion_global_stats *stats)
-{
-	(void)stats;
-	grt_server_stop(&rs, SIGTERM);
-}
+/* Once per binary. */
+ReportHook(PRE_ALL)(struct criterion_test_set *set) { (void)set; redis_start(); }
+ReportHook(POST_ALL)(struct criterion_global_stats *st) { (void)st; grt_server_stop(&rs, SIGTERM); }
 
 TestSuite(redis, .timeout = 60);
 

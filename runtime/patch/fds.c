@@ -312,15 +312,8 @@ PATCH_API int fcntl(int fd, int cmd, ...)
 	return fcntl_view(__builtin_return_address(0), fd, cmd, arg);
 }
 
-PATCH_API int fcntl64(int fd, int cmd, ...)
-{
-	va_list ap;
-
-	va_start(ap, cmd);
-	void *arg = va_arg(ap, void *);
-	va_end(ap);
-	return fcntl_view(__builtin_return_address(0), fd, cmd, arg);
-}
+/* What a program built with _FILE_OFFSET_BITS=64 calls. */
+PATCH_API int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
 
 PATCH_API int ioctl(int fd, unsigned long req, ...)
 {

@@ -88,7 +88,6 @@ struct sockaddr;
 			     struct addrinfo **))                                             \
 	X(int, sigaction, (int, const struct sigaction *, struct sigaction *))                \
 	X(void, siglongjmp, (jmp_buf, int))                                             \
-	X(void, longjmp, (jmp_buf, int))                                                \
 	X(void, __longjmp_chk, (jmp_buf, int))
 
 #define PATCH_REAL_FIELD(ret, name, args) _Atomic(ret(*) args) name;

@@ -261,7 +261,6 @@ static int lazy_sigaction(int sig, const struct sigaction *act, struct sigaction
 		__builtin_unreachable();                                 \
 	}
 LAZY_JUMP(siglongjmp)
-LAZY_JUMP(longjmp)
 LAZY_JUMP(__longjmp_chk)
 
 struct patch_real patch_real = {
@@ -275,7 +274,7 @@ struct patch_real patch_real = {
 	.socket = raw_socket, .socketpair = raw_socketpair, .pipe = raw_pipe, .pipe2 = raw_pipe2,
 	.dup = raw_dup, .dup2 = raw_dup2, .dup3 = raw_dup3, .setsockopt = raw_setsockopt,
 	.getaddrinfo = lazy_getaddrinfo,
-	.sigaction = lazy_sigaction, .siglongjmp = lazy_siglongjmp, .longjmp = lazy_longjmp,
+	.sigaction = lazy_sigaction, .siglongjmp = lazy_siglongjmp,
 	.__longjmp_chk = lazy___longjmp_chk,
 };
 

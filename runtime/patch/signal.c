@@ -140,6 +140,7 @@ PATCH_API void (*sysv_signal(int sig, void (*h)(int)))(int)
 
 /* ------------------------------------------------------------ jumps */
 
+/* glibc's longjmp, _longjmp and siglongjmp are one function; so are ours. */
 PATCH_API void siglongjmp(sigjmp_buf env, int val)
 {
 	patch_in_signal = 0;
@@ -147,19 +148,8 @@ PATCH_API void siglongjmp(sigjmp_buf env, int val)
 	__builtin_unreachable();
 }
 
-PATCH_API void longjmp(jmp_buf env, int val)
-{
-	patch_in_signal = 0;
-	REAL(longjmp)(env, val);
-	__builtin_unreachable();
-}
-
-PATCH_API void _longjmp(jmp_buf env, int val)
-{
-	patch_in_signal = 0;
-	REAL(longjmp)(env, val);
-	__builtin_unreachable();
-}
+PATCH_API void longjmp(jmp_buf env, int val) __attribute__((alias("siglongjmp")));
+PATCH_API void _longjmp(jmp_buf env, int val) __attribute__((alias("siglongjmp")));
 
 /* What _FORTIFY_SOURCE makes of longjmp. */
 PATCH_API void __longjmp_chk(jmp_buf env, int val)
