@@ -135,8 +135,9 @@ ParameterizedTest(int *hub, pq, a_hundred_fibers_each_with_its_own_blocking_conn
 	double connect_s = (t1 - t0) / 1e9, query_s = (r.last_end - t1) / 1e9;
 	cr_assert_eq(atomic_load(&r.correct), FIBERS, "%d correct of %d; last error: %s",
 		     atomic_load(&r.correct), FIBERS, r.error);
-	/* Serially: 100 x 0.2 s = 20 s. */
-	cr_assert_lt(query_s, 1.0, "the 100 queries took %.2f s", query_s);
+	/* Serially: 100 x 0.2 s = 20 s; concurrently about 0.5 s here, with
+	 * room for a loaded machine. */
+	cr_assert_lt(query_s, 1.5, "the 100 queries took %.2f s", query_s);
 	cr_log_info("libpq on %s: 100 connections in %.2f s, 100 x pg_sleep(0.2) in %.2f s",
 		    grt_hub(), connect_s, query_s);
 	assert_ok(gr_event_destroy(&r.go));
