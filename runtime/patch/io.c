@@ -207,7 +207,7 @@ static ssize_t green_io(struct io *io)
 		return io_plain(io); /* not open (the plain call says so), or the program's own EAGAIN */
 	if (is_socket_call(io->op) && (io->flags & MSG_DONTWAIT))
 		return io_plain(io);
-	if (is_socket_call(io->op) && io->op == IO_RECVMSG && (io->flags & MSG_WAITALL)) {
+	if (io->op == IO_RECVMSG && (io->flags & MSG_WAITALL)) {
 		/* A partial recvmsg cannot be resumed without rewriting the
 		 * program's iovec: wait for data, then let the kernel wait
 		 * for the rest (docs/patching.md). */
