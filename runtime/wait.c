@@ -47,6 +47,17 @@ int gr__park_hub_slow(struct gr__hub **hubp)
 	return 0;
 }
 
+/* The gate's first question asked from outside, without its side effect
+ * (gr__park_hub makes the hub and its loop fiber): a thread with no hub
+ * answers no rather than getting one. Before the loop fiber exists the
+ * caller is the main context (current == root, loop NULL), which may park. */
+int gr_can_park(void)
+{
+	struct gr__hub *hub = gr__tls_hub;
+
+	return hub && hub->current != hub->loop;
+}
+
 int gr__park_again(const struct gr__park *p)
 {
 	if (p->deadline == 0 || p->uncancellable)
