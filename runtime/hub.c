@@ -83,6 +83,7 @@ static void fork_child(void)
 	gr__list_foreach(it, &hubs) {
 		struct gr__hub *hub = gr__container(it, struct gr__hub, proc_link);
 
+		gr__signal_fork_child(hub);
 		hub->ops->fini(hub->backend, 1);
 	}
 	hubs.first = hubs.last = NULL;
@@ -348,6 +349,8 @@ static void hub_destroy(void *arg)
 		gr__fiber_release_stack(hub, gr__container(hub->all.first, gr_fiber, all_link));
 	if (hub->loop)
 		gr__fiber_release_stack(hub, hub->loop);
+	gr__laters_free(hub);
+	gr__signal_hub_free(hub);
 	hubs_remove(hub);
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);

@@ -40,6 +40,9 @@
 
 struct gr__hub;
 struct gr__park;
+struct gr__fiber_link;
+struct gr__sighub;
+struct gr__laters;
 
 /* The sooner of two absolute deadlines (GR_FOREVER is later than any). */
 static inline int64_t gr__deadline_min(int64_t a, int64_t b)
@@ -241,6 +244,7 @@ struct gr_fiber {
 	bool detached;
 	bool is_root;                     /* a thread's main context */
 	struct gr__park *park;            /* the call it is blocked in (and draining) */
+	struct gr__fiber_link *links;     /* gr_link callbacks to run when it ends (link.c) */
 	struct gr__waitq joiners;         /* the gr_join caller, while it waits */
 	gr_fiber *joined_by;              /* whose gr_join has claimed this fiber */
 	gr_fiber *joining;                /* the fiber this one is joining, for cycles */
@@ -282,6 +286,8 @@ struct gr__hub {
 	int64_t audit_due;                /* when the next audit runs; 0 = not planned */
 	unsigned wait_failures;           /* backend wait() failures in a row */
 	struct gr__stack_pool *stacks;
+	struct gr__sighub *signals;       /* signal.c: NULL until a fiber waits for a signal */
+	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
 };
@@ -301,6 +307,22 @@ void gr__sanitizer_root_init(gr_fiber *root);
 /* Give f's stack back (f must not be running on it). */
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f);
 uint64_t gr__next_fiber_id(void);
+/* fiber.c: 0 and *hubp if f is a live fiber handle of this thread; -EINVAL
+ * (NULL, released), -EPERM (another thread's). */
+int gr__fiber_own(const gr_fiber *f, struct gr__hub **hubp);
+/* link.c: f ended (its result and kill state are final): spawn its links'
+ * callbacks. Called by f itself, still running on its stack. */
+void gr__links_fire(struct gr__hub *hub, gr_fiber *f);
+/* link.c: f is released without having ended (thread exit): drop its links. */
+void gr__links_drop(gr_fiber *f);
+/* signal.c: the hub goes away (nothing in flight any more): close the
+ * signalfd, free the state. */
+void gr__signal_hub_free(struct gr__hub *hub);
+/* signal.c: in a fork child, drop the hub's signalfd (ours to close: the
+ * parent keeps its own reference). */
+void gr__signal_fork_child(struct gr__hub *hub);
+/* later.c: the hub goes away: free what is still pending (it never runs). */
+void gr__laters_free(struct gr__hub *hub);
 /* hub.c: a fiber ended; wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub);
 /* hub.c: lifecycle, used by hub_select.c. */
