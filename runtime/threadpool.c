@@ -24,6 +24,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -164,9 +165,18 @@ static int find_worker(void)
 		return 0; /* it waits its turn in the FIFO */
 	pthread_attr_t attr;
 	pthread_t t;
+	sigset_t all, old;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	/* A worker inherits the mask it is created with: every signal blocked,
+	 * so that a signal sent to the process is never handed to a worker
+	 * (whose default action could end the process, or whose handler would
+	 * run in the middle of a job) instead of the fiber waiting for it
+	 * (greenring/signal.h). */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	int r = pthread_create(&t, &attr, worker_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_attr_destroy(&attr);
 	if (r == 0) {
 		pool.threads++;

@@ -424,6 +424,28 @@ Test(signal, block_counts_the_threads_that_do_not_block_the_set)
 		close(fds[i]);
 }
 
+static void *job(void *arg)
+{
+	return arg;
+}
+
+Test(signal, the_runtimes_own_threads_never_take_a_signal)
+{
+	struct waiter w;
+
+	/* A worker thread made before the mask is set blocks everything. */
+	assert_ok(gr_tpool_run(job, NULL, NULL, gr_now() + 5 * GR_SEC));
+	struct gr_tpool_stats st;
+	assert_ok(gr_tpool_stats(&st));
+	cr_assert_geq(st.threads, 1);
+	block(SIGUSR1, 0);
+	gr_fiber *f = start_waiter(&w, SIGUSR1, 0, gr_now() + 10 * GR_SEC);
+	assert_ok(gr_sleep(GR_MSEC));
+	kill(getpid(), SIGUSR1);
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(w.result, SIGUSR1);
+}
+
 static void *waits_then_thread_exits(void *arg)
 {
 	struct thread_waiter *tw = arg;
