@@ -214,18 +214,22 @@ static void wait_failed(struct gr__hub *hub, int r)
 
 /* How long the next wait() may block: not at all when fibers are runnable,
  * else until something completes, but no later than the next audit of long
- * waits on fds (fd.c). */
+ * waits on fds (fd.c). The audit runs first: one that finds a closed fd
+ * completes its operations (a readiness backend at once), and their fibers
+ * are runnable before the wait, which must then not block. */
 static int64_t wait_timeout(struct gr__hub *hub)
 {
-	int64_t timeout = gr__list_empty(&hub->next) ? -1 : 0;
+	int64_t now = 0, due = GR_FOREVER;
 
-	if (hub->fds_busy == 0 && hub->audit_due == 0)
-		return timeout;
-	int64_t now = gr_now();
-	int64_t due = gr__fd_audit(hub, now);
-	if (timeout < 0 && due != GR_FOREVER)
-		timeout = due > now ? due - now : 0;
-	return timeout;
+	if (hub->fds_busy != 0 || hub->audit_due != 0) {
+		now = gr_now();
+		due = gr__fd_audit(hub, now);
+	}
+	if (!gr__list_empty(&hub->next))
+		return 0;
+	if (due == GR_FOREVER)
+		return -1;
+	return due > now ? due - now : 0;
 }
 
 static void hub_main(gr__transfer t)
