@@ -193,8 +193,10 @@ static int dispatch(struct gr__hub *hub, struct gr__sighub *sh)
 		if (!unserved_union(sh, &want))
 			return 0;
 		/* Only what a waiter wants: the kernel keeps the rest pending,
-		 * and the fd is not readable for it. */
-		if (memcmp(&want, &sh->mask, sizeof(want)) != 0) {
+		 * and the fd is not readable for it. (Compared as the kernel's
+		 * mask: glibc leaves the words of a sigset_t past the first
+		 * uninitialised, so the structs cannot be compared whole.) */
+		if (kernel_mask(&want) != kernel_mask(&sh->mask)) {
 			if (signalfd(sh->fd, &want, 0) < 0)
 				return -errno;
 			sh->mask = want;

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -473,6 +474,51 @@ Test(signal, a_thread_exiting_while_a_fiber_waits_lets_go_of_everything)
 	cr_assert_eq(grt_count_fds(), before, "the thread's hub and signalfd are gone");
 	/* The signal was never taken: still ours. */
 	sigset_t s = set_of(SIGUSR1, 0);
+	kill(getpid(), SIGUSR1);
+	cr_assert_eq(gr_signal_wait(&s, NULL, gr_now() + 5 * GR_SEC), SIGUSR1);
+}
+
+/* The number of the signalfd this process holds (-1 if none). */
+static int find_signalfd(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int fd = -1;
+
+	cr_assert_not_null(d);
+	for (struct dirent *e; fd < 0 && (e = readdir(d)) != NULL;) {
+		char path[300], target[128];
+		ssize_t len;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len > 0) {
+			target[len] = '\0';
+			if (strstr(target, "signalfd"))
+				fd = atoi(e->d_name);
+		}
+	}
+	closedir(d);
+	return fd;
+}
+
+Test(signal, a_signalfd_closed_behind_the_runtimes_back_fails_the_wait_not_hangs)
+{
+	struct waiter a;
+	sigset_t s = set_of(SIGUSR1, 0);
+
+	block(SIGUSR1, 0);
+	gr_fiber *fa = start_waiter(&a, SIGUSR1, 0, gr_now() + 10 * GR_SEC);
+	assert_ok(gr_sleep(GR_MSEC));
+	int fd = find_signalfd();
+	cr_assert_geq(fd, 0);
+	close(fd);
+	int64_t t0 = gr_now();
+	assert_ok(gr_join(fa, NULL, gr_now() + 10 * GR_SEC));
+	cr_assert_eq(a.result, -EBADF, "%d", a.result);
+	cr_assert_lt(gr_now() - t0, 5 * GR_SEC, "found within the hub's audit of long waits");
+	/* The next wait starts afresh. */
 	kill(getpid(), SIGUSR1);
 	cr_assert_eq(gr_signal_wait(&s, NULL, gr_now() + 5 * GR_SEC), SIGUSR1);
 }
