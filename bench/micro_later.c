@@ -62,37 +62,19 @@ static void cancel_fibers(void)
 		gr_join(fibers[i], NULL, GR_FOREVER);
 }
 
-/* ns per timer to arm 10k and cancel them all, the rounds repeated for the
- * budget. */
-static double arm_cancel(int64_t budget_ns, bool fiber_each)
+/* ns per timer of `round` (10k timers each), repeated for the budget. */
+static double per_timer(int64_t budget_ns, void (*round)(void))
 {
 	int64_t start = gr_now(), elapsed;
 	long n = 0;
 
 	gr_sleep(0);
 	do {
-		if (fiber_each) {
-			arm_fibers(far_deadline);
-			cancel_fibers();
-		} else {
-			arm_laters(far_deadline);
-			gr_sleep(0); /* the server parks on the earliest */
-			cancel_laters();
-		}
+		round();
 		n += PENDING;
 		elapsed = gr_now() - start;
 	} while (elapsed < budget_ns);
 	return (double)elapsed / (double)n;
-}
-
-static double later_arm_cancel(int64_t budget_ns)
-{
-	return arm_cancel(budget_ns, false);
-}
-
-static double fiber_arm_cancel(int64_t budget_ns)
-{
-	return arm_cancel(budget_ns, true);
 }
 
 static int64_t due_now(int i)
@@ -101,38 +83,54 @@ static int64_t due_now(int i)
 	return gr_now();
 }
 
-/* ns per timer from arming 10k that are due at once to all having run. */
-static double fire(int64_t budget_ns, bool fiber_each)
+/* Arm 10k due far away, then cancel them all: a server's timeouts. */
+static void later_arm_cancel_round(void)
 {
-	int64_t start = gr_now(), elapsed;
-	long n = 0;
+	arm_laters(far_deadline);
+	gr_sleep(0); /* the server parks on the earliest */
+	cancel_laters();
+}
 
-	gr_sleep(0);
-	do {
-		if (fiber_each) {
-			arm_fibers(due_now);
-			for (int i = 0; i < PENDING; i++)
-				gr_join(fibers[i], NULL, GR_FOREVER);
-		} else {
-			arm_laters(due_now);
-			gr_hub_join(GR_FOREVER);
-			for (int i = 0; i < PENDING; i++)
-				gr_later_detach(laters[i]);
-		}
-		n += PENDING;
-		elapsed = gr_now() - start;
-	} while (elapsed < budget_ns);
-	return (double)elapsed / (double)n;
+static void fiber_arm_cancel_round(void)
+{
+	arm_fibers(far_deadline);
+	cancel_fibers();
+}
+
+/* Arm 10k due at once, until all have run. */
+static void later_fire_round(void)
+{
+	arm_laters(due_now);
+	gr_hub_join(GR_FOREVER);
+	for (int i = 0; i < PENDING; i++)
+		gr_later_detach(laters[i]);
+}
+
+static void fiber_fire_round(void)
+{
+	arm_fibers(due_now);
+	for (int i = 0; i < PENDING; i++)
+		gr_join(fibers[i], NULL, GR_FOREVER);
+}
+
+static double later_arm_cancel(int64_t budget_ns)
+{
+	return per_timer(budget_ns, later_arm_cancel_round);
+}
+
+static double fiber_arm_cancel(int64_t budget_ns)
+{
+	return per_timer(budget_ns, fiber_arm_cancel_round);
 }
 
 static double later_fire(int64_t budget_ns)
 {
-	return fire(budget_ns, false);
+	return per_timer(budget_ns, later_fire_round);
 }
 
 static double fiber_fire(int64_t budget_ns)
 {
-	return fire(budget_ns, true);
+	return per_timer(budget_ns, fiber_fire_round);
 }
 
 /* KiB of RSS per pending timer, 10k pending. */

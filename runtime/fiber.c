@@ -130,20 +130,15 @@ static bool valid_fiber(const gr_fiber *f)
 
 gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), void *arg)
 {
-	int err = 0;
 	struct gr__hub *hub;
 
 	if (!fn) {
 		errno = EINVAL;
 		return NULL;
 	}
-	hub = gr__hub_get(&err);
-	if (!hub) {
+	int err = gr__hub_outside(&hub);
+	if (err) {
 		errno = -err;
-		return NULL;
-	}
-	if (hub->current == hub->loop) {
-		errno = EPERM;
 		return NULL;
 	}
 	size_t size = opts ? opts->stack_size : 0;

@@ -279,6 +279,19 @@ struct gr__hub *gr__hub_get(int *err)
 	return hub;
 }
 
+int gr__hub_outside(struct gr__hub **hubp)
+{
+	int err = 0;
+	struct gr__hub *hub = gr__hub_get(&err);
+
+	if (!hub)
+		return err;
+	if (hub->current == hub->loop)
+		return -EPERM;
+	*hubp = hub;
+	return 0;
+}
+
 int gr__hub_install(struct gr__hub *hub)
 {
 	pthread_once(&hub_key_once, make_key);

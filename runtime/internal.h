@@ -21,6 +21,7 @@
 #define GREENRING_INTERNAL_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -204,6 +205,12 @@ int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq);
 void gr__xunpark(struct gr__park *p, int status);
 /* For a thread with no hub: fill p as gr__park_begin does for a fiber. */
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline);
+/* A condition variable timed on CLOCK_MONOTONIC, gr_now()'s clock. */
+void gr__cond_init_monotonic(pthread_cond_t *cond);
+/* threadpool.c: start a detached thread of the runtime's own (a worker, the
+ * child watcher) with every signal blocked, so that a signal sent to the
+ * process is never handed to it. 0 or -errno. */
+int gr__thread_start(void *(*fn)(void *), void *arg);
 /* The hub takes what other threads woke: make those fibers runnable. */
 void gr__hub_drain_inbox(struct gr__hub *hub);
 
@@ -295,6 +302,10 @@ struct gr__hub {
 /* This thread's hub, created (and its backend chosen) on first use;
  * NULL with *err = -errno if no backend can run. */
 struct gr__hub *gr__hub_get(int *err);
+/* The same for a call that does not block but must be made outside the
+ * hub (it spawns fibers or starts work for them): 0 and *hubp; the
+ * creation error; -EPERM inside the hub. */
+int gr__hub_outside(struct gr__hub **hubp);
 /* This thread's hub if it exists, else NULL. */
 struct gr__hub *gr__hub_peek(void);
 

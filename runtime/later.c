@@ -137,20 +137,15 @@ static int own_later(gr_later *t, struct gr__laters **Lp)
 
 gr_later *gr_spawn_at(int64_t deadline, void (*fn)(void *), void *arg)
 {
-	int err = 0;
 	struct gr__hub *hub;
 
 	if (!fn || deadline < 0) {
 		errno = EINVAL;
 		return NULL;
 	}
-	hub = gr__hub_get(&err);
-	if (!hub) {
+	int err = gr__hub_outside(&hub);
+	if (err) {
 		errno = -err;
-		return NULL;
-	}
-	if (hub->current == hub->loop) {
-		errno = EPERM;
 		return NULL;
 	}
 	if (!hub->laters) {

@@ -303,16 +303,12 @@ static void discard(gr_process *p, struct stdio_plan *sp)
 static gr_process *spawn(char *const argv[], const struct gr_process_opts *opts,
 			 struct stdio_plan *sp, bool keep_reader)
 {
-	int err = 0;
-	struct gr__hub *hub = gr__hub_get(&err);
+	struct gr__hub *hub;
+	int err = gr__hub_outside(&hub);
 
 	*sp = (struct stdio_plan){ .child_end = { -1, -1, -1 }, .keep_reader = -1 };
-	if (!hub) {
+	if (err) {
 		errno = -err;
-		return NULL;
-	}
-	if (hub->current == hub->loop) {
-		errno = EPERM;
 		return NULL;
 	}
 	if (!argv || !argv[0]) {

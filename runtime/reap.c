@@ -77,16 +77,6 @@ static void fork_parent(void)
 	pthread_mutex_unlock(&watch.lock);
 }
 
-static void watch_cond_init(void)
-{
-	pthread_condattr_t attr;
-
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&watch.cond, &attr);
-	pthread_condattr_destroy(&attr);
-}
-
 /* The fork child has none of its parent's children (they are its
  * siblings), no watcher and none of the parent's waiters. */
 static void fork_child(void)
@@ -94,7 +84,7 @@ static void fork_child(void)
 	pthread_mutex_init(&registry_lock, NULL);
 	pthread_rwlock_init(&spawn_lock, NULL);
 	pthread_mutex_init(&watch.lock, NULL);
-	watch_cond_init();
+	gr__cond_init_monotonic(&watch.cond);
 	registry.first = registry.last = NULL;
 	watch.waiters.parked.first = watch.waiters.parked.last = NULL;
 	watch.attempts = 0;
@@ -103,7 +93,7 @@ static void fork_child(void)
 
 static void init_once(void)
 {
-	watch_cond_init();
+	gr__cond_init_monotonic(&watch.cond);
 	watch.waiters.lock = &watch.lock;
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
@@ -335,19 +325,9 @@ static int watcher_wanted(void)
 		pthread_cond_signal(&watch.cond);
 		return 0;
 	}
-	/* Its waitid would take no signal; none may be delivered to it. */
-	sigset_t all, old;
-	pthread_attr_t attr;
-	pthread_t t;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	int r = pthread_create(&t, &attr, watcher_main, NULL);
-	pthread_attr_destroy(&attr);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int r = gr__thread_start(watcher_main, NULL);
 	if (r)
-		return -r;
+		return r;
 	watch.running = true;
 	return 0;
 }

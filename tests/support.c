@@ -51,6 +51,36 @@ int grt_count_fds(void)
 	return n - 1; /* the directory stream's own fd */
 }
 
+int grt_fds_matching(const char *needle, int *first)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	if (!d)
+		return -1;
+	if (first)
+		*first = -1;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		char path[300], target[128];
+		ssize_t len;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len <= 0)
+			continue;
+		target[len] = '\0';
+		if (strstr(target, needle)) {
+			if (first && *first < 0)
+				*first = atoi(e->d_name);
+			n++;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
 int grt_count_zombies(void)
 {
 	DIR *d = opendir("/proc");

@@ -41,6 +41,11 @@ const char *grt_hub(void);
 /* Open fds of this process, counted from /proc/self/fd. */
 int grt_count_fds(void);
 
+/* Open fds whose /proc/self/fd link holds `needle` ("anon_inode:",
+ * "signalfd"), and the lowest-listed such fd in *first (-1: none; first may
+ * be NULL). -1 if /proc cannot be read. No assertion: fork children use it. */
+int grt_fds_matching(const char *needle, int *first);
+
 /* Children of this process that have ended and were never reaped (state Z
  * in /proc/PID/stat): the teardown fails a test that leaves one. */
 int grt_count_zombies(void);

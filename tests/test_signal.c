@@ -8,7 +8,6 @@
  * tests that send several use them: two standard signals sent before the
  * first is taken are merged into one by the kernel. */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -55,25 +54,7 @@ static void send_value(int sig, int value)
 /* signalfds this process holds. */
 static int count_signalfds(void)
 {
-	DIR *d = opendir("/proc/self/fd");
-	int n = 0;
-
-	cr_assert_not_null(d);
-	for (struct dirent *e; (e = readdir(d)) != NULL;) {
-		char path[300], target[128];
-		ssize_t len;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
-		len = readlink(path, target, sizeof(target) - 1);
-		if (len > 0) {
-			target[len] = '\0';
-			n += strstr(target, "signalfd") != NULL;
-		}
-	}
-	closedir(d);
-	return n;
+	return grt_fds_matching("signalfd", NULL);
 }
 
 struct waiter {
@@ -481,25 +462,9 @@ Test(signal, a_thread_exiting_while_a_fiber_waits_lets_go_of_everything)
 /* The number of the signalfd this process holds (-1 if none). */
 static int find_signalfd(void)
 {
-	DIR *d = opendir("/proc/self/fd");
-	int fd = -1;
+	int fd;
 
-	cr_assert_not_null(d);
-	for (struct dirent *e; fd < 0 && (e = readdir(d)) != NULL;) {
-		char path[300], target[128];
-		ssize_t len;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
-		len = readlink(path, target, sizeof(target) - 1);
-		if (len > 0) {
-			target[len] = '\0';
-			if (strstr(target, "signalfd"))
-				fd = atoi(e->d_name);
-		}
-	}
-	closedir(d);
+	grt_fds_matching("signalfd", &fd);
 	return fd;
 }
 
