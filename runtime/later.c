@@ -13,7 +13,7 @@
  * timeout, so it wakes and re-arms; the server ends when the heap is empty,
  * so a hub with nothing pending has no server, and gr_hub_join, which
  * waits for it while something is pending, returns once nothing is.
- * bench/micro's "later" cases measure both designs (docs/processes.md).
+ * bench/micro's "later" cases measure both designs (docs/later.md).
  *
  * Records live on the heap, listed on the hub (`all`) until their handle is
  * released, so that the hub's end frees the ones never released. The heap

@@ -7,7 +7,7 @@
  * is due; that fiber exists only while something is pending. A pending
  * spawn therefore costs a small record (no stack, no operation in flight of
  * its own), and the thousands of timeouts a server arms and cancels cost
- * no fiber each (docs/processes.md has the figures). When one is due its
+ * no fiber each (docs/later.md has the figures). When one is due its
  * function is spawned as a detached fiber (gr_spawn_n); spawns due at the
  * same time are spawned, and so run, in the order they were made (FIFO).
  * While a spawn is pending, gr_hub_join() waits for it, as for a fiber:
@@ -16,7 +16,7 @@
  * Handles work like joinable fibers: a handle is valid until the program
  * releases it, with gr_later_cancel() (stop it if it is still pending) or
  * gr_later_detach() (let it be). A handle that is never released keeps its
- * record (a few hundred bytes) until the thread ends. Handles belong to the
+ * record (under 200 bytes) until the thread ends. Handles belong to the
  * thread that made them (EPERM elsewhere). If the thread ends, what is
  * still pending never runs.
  *
