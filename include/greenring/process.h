@@ -115,10 +115,11 @@ GR_API int gr_process_wait(gr_process *p, int *status, int64_t deadline);
  * not switch. */
 GR_API int gr_process_kill(gr_process *p, int sig);
 
-/* Release the handle and its fds. A child that is still running is killed
- * (SIGKILL) and reaped first, so no zombie is ever left behind; that wait
- * cannot be cancelled (as gr_close). Switches. 0; -EINVAL; -EPERM; -EBUSY
- * (another fiber is inside a call on this handle). */
+/* Release the handle and its fds; p must not be used afterwards. A child
+ * that is still running is killed (SIGKILL) and reaped first, so no zombie
+ * is ever left behind; that wait cannot be cancelled (as gr_close).
+ * Switches. 0; -EINVAL; -EPERM; -EBUSY (another fiber is inside a call on
+ * this handle). */
 GR_API int gr_process_free(gr_process *p);
 
 /* Wait for any child of the process to end, reap it, and return its pid;
