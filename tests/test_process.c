@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -208,6 +209,60 @@ Test(process, a_spawn_that_fails_is_an_error_and_leaves_no_zombie)
 	o.stdio[0] = (struct gr_process_stdio){ .mode = GR_STDIO_FD, .fd = 12345 };
 	cr_assert_null(gr_process_spawn(ARGV("true"), &o));
 	cr_assert_eq(errno, EINVAL);
+}
+
+/* Fill every free fd number below a lowered RLIMIT_NOFILE; returns how many
+ * fillers were opened (in fill[]). */
+static int exhaust_fds(int *fill, int max, struct rlimit *old)
+{
+	int high = 0, n = 0;
+
+	for (int fd = 0; fd < 4096; fd++)
+		if (fcntl(fd, F_GETFD) >= 0)
+			high = fd;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, old), 0);
+	/* Room for 16 more, all taken by fillers (and any holes below). */
+	struct rlimit low = { .rlim_cur = (rlim_t)high + 17, .rlim_max = old->rlim_max };
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+	while (n < max && (fill[n] = dup(0)) >= 0)
+		n++;
+	cr_assert_eq(errno, EMFILE);
+	return n;
+}
+
+Test(process, running_out_of_fds_fails_cleanly_at_every_step)
+{
+	int fill[64];
+	struct rlimit old;
+	struct gr_process_opts o = { 0 };
+
+	for (int n = 0; n < 3; n++)
+		o.stdio[n].mode = GR_STDIO_PIPE;
+	int before = grt_count_fds();
+	int n = exhaust_fds(fill, 64, &old);
+	/* Give back one fd at a time: the spawn fails at the first pipe, at the
+	 * second, ..., at the pidfd (the child then exists and must be killed
+	 * and reaped), until it has all it needs. */
+	int ok = 0;
+	for (int k = 0; k <= 8 && k <= n; k++) {
+		if (k > 0)
+			close(fill[n - k]);
+		gr_process *p = gr_process_spawn(ARGV("true"), &o);
+		if (!p) {
+			/* A child left behind would still be a zombie at the end. */
+			cr_assert_eq(errno, EMFILE, "with %d fds free: %s", k, strerror(errno));
+			continue;
+		}
+		ok++;
+		assert_ok(gr_process_wait(p, NULL, gr_now() + 5 * GR_SEC));
+		assert_ok(gr_process_free(p));
+	}
+	cr_assert_gt(ok, 0, "it never had enough fds");
+	for (int i = 0; i < n - 8 && i < n; i++)
+		close(fill[i]);
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+	cr_assert_eq(grt_count_fds(), before);
+	cr_assert_eq(grt_count_zombies(), 0);
 }
 
 /* ------------------------------------------------------------ handles */
