@@ -31,8 +31,11 @@
  * with ECHILD: use gr_process_wait_any() instead.
  *
  * Threads: a handle belongs to the thread that made it (EPERM elsewhere);
- * gr_process_wait_any() works from any thread with a hub. After fork(),
- * the child must not use its parent's handles (they name its siblings).
+ * gr_process_wait_any() works from any thread with a hub. A handle its
+ * thread never freed outlives the thread, as an unjoined pthread does: its
+ * child runs on, and once ended stays a zombie until a
+ * gr_process_wait_any() collects it. After fork(), the child must not use
+ * its parent's handles (they name its siblings).
  *
  * Included by greenring.h.
  */
