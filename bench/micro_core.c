@@ -185,7 +185,7 @@ static double spawn_n_burst_rate(int64_t budget_ns)
 
 /* ---------------------------------------------------- memory */
 
-static long rss_kib(void)
+long micro_rss_kib(void)
 {
 	FILE *f = fopen("/proc/self/statm", "r");
 	long size = 0, resident = 0;
@@ -219,7 +219,7 @@ static double rss_per_parked_fiber(int64_t budget_ns)
 	if (pipe(p) != 0)
 		return -1;
 	gr_sleep(0); /* the hub and its loop exist before the baseline */
-	long before = rss_kib();
+	long before = micro_rss_kib();
 	int n = 0;
 	for (; n < PARKED_FIBERS; n++) {
 		fibers[n] = gr_spawn(parked_reader, &p[0]);
@@ -229,7 +229,7 @@ static double rss_per_parked_fiber(int64_t budget_ns)
 		}
 	}
 	gr_sleep(0); /* every fiber runs up to its park */
-	long after = rss_kib();
+	long after = micro_rss_kib();
 	char c = 1;
 	if (write(p[1], &c, 1) != 1)
 		return -1;

@@ -225,6 +225,18 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 /* May the caller park? Asked without creating a hub (interposers). */
 #include "greenring/caller.h"
 
+/* Fibers that wait for signals. */
+#include "greenring/signal.h"
+
+/* Child processes. */
+#include "greenring/process.h"
+
+/* Spawning later, cancellable. */
+#include "greenring/later.h"
+
+/* Callbacks run when a fiber ends. */
+#include "greenring/link.h"
+
 #ifdef __cplusplus
 }
 #endif

@@ -78,6 +78,8 @@ void gr__switch_arrived(struct gr__hub *hub, gr_fiber *self, gr__transfer t)
 
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f)
 {
+	if (f->links)
+		gr__links_drop(f); /* it never ended (thread exit): they never run */
 	if (f != hub->loop)
 		gr__list_remove(&hub->all, &f->all_link);
 #ifdef GR__TSAN
@@ -114,6 +116,10 @@ static void fiber_main(gr__transfer t)
 		 * thread's return ends a process it is the last thread of. */
 		exit(0);
 	}
+	/* Before it counts as ended: the callbacks' fibers are alive by the
+	 * time gr_hub_join callers look. */
+	if (self->links)
+		gr__links_fire(hub, self);
 	fiber_exit(hub, self);
 }
 
@@ -124,20 +130,15 @@ static bool valid_fiber(const gr_fiber *f)
 
 gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), void *arg)
 {
-	int err = 0;
 	struct gr__hub *hub;
 
 	if (!fn) {
 		errno = EINVAL;
 		return NULL;
 	}
-	hub = gr__hub_get(&err);
-	if (!hub) {
+	int err = gr__hub_outside(&hub);
+	if (err) {
 		errno = -err;
-		return NULL;
-	}
-	if (hub->current == hub->loop) {
-		errno = EPERM;
 		return NULL;
 	}
 	size_t size = opts ? opts->stack_size : 0;
@@ -208,8 +209,7 @@ int gr_spawn_n(void (*fn)(void *), void *arg)
 	return 0;
 }
 
-/* Check f is a live fiber of this thread. */
-static int own_fiber(const gr_fiber *f, struct gr__hub **hubp)
+int gr__fiber_own(const gr_fiber *f, struct gr__hub **hubp)
 {
 	if (!valid_fiber(f))
 		return -EINVAL;
@@ -223,7 +223,7 @@ static int own_fiber(const gr_fiber *f, struct gr__hub **hubp)
 int gr_join(gr_fiber *f, void **result, int64_t deadline)
 {
 	struct gr__hub *hub;
-	int err = own_fiber(f, &hub);
+	int err = gr__fiber_own(f, &hub);
 
 	if (err)
 		return err;
@@ -269,7 +269,7 @@ int gr_join(gr_fiber *f, void **result, int64_t deadline)
 int gr_detach(gr_fiber *f)
 {
 	struct gr__hub *hub;
-	int err = own_fiber(f, &hub);
+	int err = gr__fiber_own(f, &hub);
 
 	if (err)
 		return err;
@@ -294,7 +294,7 @@ int gr_kill(gr_fiber *f)
 		if (f->hub != hub)
 			return -EPERM;
 	} else {
-		int err = own_fiber(f, &hub);
+		int err = gr__fiber_own(f, &hub);
 
 		if (err)
 			return err;

@@ -83,6 +83,7 @@ static void fork_child(void)
 	gr__list_foreach(it, &hubs) {
 		struct gr__hub *hub = gr__container(it, struct gr__hub, proc_link);
 
+		gr__signal_fork_child(hub);
 		hub->ops->fini(hub->backend, 1);
 	}
 	hubs.first = hubs.last = NULL;
@@ -223,22 +224,22 @@ static void wait_failed(struct gr__hub *hub, int r)
 
 /* How long the next wait() may block: not at all when fibers are runnable,
  * else until something completes, but no later than the next audit of long
- * waits on fds (fd.c). */
+ * waits on fds (fd.c). The audit runs first: one that finds a closed fd
+ * completes its operations (a readiness backend at once), and their fibers
+ * are runnable before the wait, which must then not block. */
 static int64_t wait_timeout(struct gr__hub *hub)
 {
-	int64_t timeout = gr__list_empty(&hub->next) ? -1 : 0;
+	int64_t now = 0, due = GR_FOREVER;
 
-	if (hub->fds_busy == 0 && hub->audit_due == 0)
-		return timeout;
-	int64_t now = gr_now();
-	int64_t due = gr__fd_audit(hub, now);
-	/* The audit may have failed waiters of a closed fd: they are runnable
-	 * now, and a readiness backend completed them without a wake-up. */
+	if (hub->fds_busy != 0 || hub->audit_due != 0) {
+		now = gr_now();
+		due = gr__fd_audit(hub, now);
+	}
 	if (!gr__list_empty(&hub->next))
 		return 0;
-	if (timeout < 0 && due != GR_FOREVER)
-		timeout = due > now ? due - now : 0;
-	return timeout;
+	if (due == GR_FOREVER)
+		return -1;
+	return due > now ? due - now : 0;
 }
 
 static void hub_main(gr__transfer t)
@@ -286,6 +287,19 @@ struct gr__hub *gr__hub_get(int *err)
 		return NULL;
 	}
 	return hub;
+}
+
+int gr__hub_outside(struct gr__hub **hubp)
+{
+	int err = 0;
+	struct gr__hub *hub = gr__hub_get(&err);
+
+	if (!hub)
+		return err;
+	if (hub->current == hub->loop)
+		return -EPERM;
+	*hubp = hub;
+	return 0;
 }
 
 int gr__hub_install(struct gr__hub *hub)
@@ -362,6 +376,8 @@ static void hub_destroy(void *arg)
 		gr__fiber_release_stack(hub, gr__container(hub->all.first, gr_fiber, all_link));
 	if (hub->loop)
 		gr__fiber_release_stack(hub, hub->loop);
+	gr__laters_free(hub);
+	gr__signal_hub_free(hub);
 	hubs_remove(hub);
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);

@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -54,7 +55,25 @@ struct uring_hub {
 	int wake_fd;
 	atomic_bool wake_pending;  /* coalesces wake() calls until the hub reads */
 	bool wake_unarmed;         /* the wake poll ended and is not re-armed yet */
+	bool has_waitid;           /* the kernel has IORING_OP_WAITID (see uring_init) */
 };
+
+/* IORING_OP_WAITID (Linux 6.7) and its SQE layout, spelled out because
+ * Debian bookworm's liburing 2.3 predates both the opcode and its prep
+ * helper. The kernel reads: fd = the id, len = the idtype, file_index = the
+ * waitid options, addr2 = the siginfo_t to fill; every other field zero. */
+#ifndef IORING_OP_WAITID
+#define IORING_OP_WAITID 50
+#endif
+
+static void prep_waitid(struct io_uring_sqe *sqe, const struct gr_op *op)
+{
+	bool any = op->fd < 0;
+
+	io_uring_prep_rw(IORING_OP_WAITID, sqe, any ? 0 : op->fd, NULL, any ? P_ALL : P_PIDFD, 0);
+	sqe->file_index = (uint32_t)op->flags;
+	sqe->addr2 = (uint64_t)(uintptr_t)op->buf;
+}
 
 /* The opcodes greenring relies on; probe() refuses a kernel missing one. */
 static const struct {
@@ -227,6 +246,8 @@ static int uring_submit(void *state, struct gr_op *op)
 		       "the timespec lives in backend_data[0..1]");
 	if (op->kind >= GR_OP_KIND_COUNT)
 		return -EINVAL;
+	if (op->kind == GR_OP_WAITID && !h->has_waitid)
+		return -EOPNOTSUPP; /* the core waits on the pidfd instead */
 	r = reserve(h, linked ? 2 : 1);
 	if (r < 0)
 		return r;
@@ -281,6 +302,9 @@ static int uring_submit(void *state, struct gr_op *op)
 		break;
 	case GR_OP_CLOSE:
 		io_uring_prep_close(sqe, op->fd);
+		break;
+	case GR_OP_WAITID:
+		prep_waitid(sqe, op);
 		break;
 	}
 	io_uring_sqe_set_data64(sqe, ud);
@@ -383,6 +407,23 @@ static int setup_ring(struct io_uring *ring, unsigned entries)
 	return r;
 }
 
+/* Whether this ring takes IORING_OP_WAITID: asked of the kernel (a probe,
+ * once per hub), since seccomp and backports decide, not the version.
+ * GREENRING_URING_NO_WAITID=1 refuses it anyway: the tests run the
+ * fallback (polling the pidfd) on io_uring with it, and it is the way out
+ * should a kernel's WAITID misbehave. */
+static bool waitid_supported(struct io_uring *ring)
+{
+	if (gr__env_flag("GREENRING_URING_NO_WAITID"))
+		return false;
+	struct io_uring_probe *p = io_uring_get_probe_ring(ring);
+	if (!p)
+		return false;
+	bool yes = io_uring_opcode_supported(p, IORING_OP_WAITID);
+	io_uring_free_probe(p);
+	return yes;
+}
+
 static int uring_init(void **state, const struct gr_hub_config *cfg)
 {
 	struct uring_hub *h = calloc(1, sizeof(*h));
@@ -408,6 +449,7 @@ static int uring_init(void **state, const struct gr_hub_config *cfg)
 	}
 	/* Armed for the hub's lifetime; it names no fiber memory. */
 	arm_wake(h);
+	h->has_waitid = waitid_supported(&h->ring);
 	*state = h;
 	return 0;
 }

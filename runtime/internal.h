@@ -21,6 +21,7 @@
 #define GREENRING_INTERNAL_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -40,6 +41,9 @@
 
 struct gr__hub;
 struct gr__park;
+struct gr__fiber_link;
+struct gr__sighub;
+struct gr__laters;
 
 /* The sooner of two absolute deadlines (GR_FOREVER is later than any). */
 static inline int64_t gr__deadline_min(int64_t a, int64_t b)
@@ -201,6 +205,12 @@ int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq);
 void gr__xunpark(struct gr__park *p, int status);
 /* For a thread with no hub: fill p as gr__park_begin does for a fiber. */
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline);
+/* A condition variable timed on CLOCK_MONOTONIC, gr_now()'s clock. */
+void gr__cond_init_monotonic(pthread_cond_t *cond);
+/* threadpool.c: start a detached thread of the runtime's own (a worker, the
+ * child watcher) with every signal blocked, so that a signal sent to the
+ * process is never handed to it. 0 or -errno. */
+int gr__thread_start(void *(*fn)(void *), void *arg);
 /* The hub takes what other threads woke: make those fibers runnable. */
 void gr__hub_drain_inbox(struct gr__hub *hub);
 
@@ -241,6 +251,7 @@ struct gr_fiber {
 	bool detached;
 	bool is_root;                     /* a thread's main context */
 	struct gr__park *park;            /* the call it is blocked in (and draining) */
+	struct gr__fiber_link *links;     /* gr_link callbacks to run when it ends (link.c) */
 	struct gr__waitq joiners;         /* the gr_join caller, while it waits */
 	gr_fiber *joined_by;              /* whose gr_join has claimed this fiber */
 	gr_fiber *joining;                /* the fiber this one is joining, for cycles */
@@ -282,6 +293,8 @@ struct gr__hub {
 	int64_t audit_due;                /* when the next audit runs; 0 = not planned */
 	unsigned wait_failures;           /* backend wait() failures in a row */
 	struct gr__stack_pool *stacks;
+	struct gr__sighub *signals;       /* signal.c: NULL until a fiber waits for a signal */
+	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
 };
@@ -289,6 +302,10 @@ struct gr__hub {
 /* This thread's hub, created (and its backend chosen) on first use;
  * NULL with *err = -errno if no backend can run. */
 struct gr__hub *gr__hub_get(int *err);
+/* The same for a call that does not block but must be made outside the
+ * hub (it spawns fibers or starts work for them): 0 and *hubp; the
+ * creation error; -EPERM inside the hub. */
+int gr__hub_outside(struct gr__hub **hubp);
 /* This thread's hub if it exists, else NULL. */
 struct gr__hub *gr__hub_peek(void);
 
@@ -301,6 +318,22 @@ void gr__sanitizer_root_init(gr_fiber *root);
 /* Give f's stack back (f must not be running on it). */
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f);
 uint64_t gr__next_fiber_id(void);
+/* fiber.c: 0 and *hubp if f is a live fiber handle of this thread; -EINVAL
+ * (NULL, released), -EPERM (another thread's). */
+int gr__fiber_own(const gr_fiber *f, struct gr__hub **hubp);
+/* link.c: f ended (its result and kill state are final): spawn its links'
+ * callbacks. Called by f itself, still running on its stack. */
+void gr__links_fire(struct gr__hub *hub, gr_fiber *f);
+/* link.c: f is released without having ended (thread exit): drop its links. */
+void gr__links_drop(gr_fiber *f);
+/* signal.c: the hub goes away (nothing in flight any more): close the
+ * signalfd, free the state. */
+void gr__signal_hub_free(struct gr__hub *hub);
+/* signal.c: in a fork child, drop the hub's signalfd (ours to close: the
+ * parent keeps its own reference). */
+void gr__signal_fork_child(struct gr__hub *hub);
+/* later.c: the hub goes away: free what is still pending (it never runs). */
+void gr__laters_free(struct gr__hub *hub);
 /* hub.c: a fiber ended; wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub);
 /* hub.c: lifecycle, used by hub_select.c. */

@@ -26,6 +26,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -74,13 +75,8 @@ static void fork_parent(void)
  * still queued are dropped (their memory with them: nobody can free it). */
 static void fork_child(void)
 {
-	pthread_condattr_t attr;
-
 	pthread_mutex_init(&pool.lock, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&pool.work, &attr);
-	pthread_condattr_destroy(&attr);
+	gr__cond_init_monotonic(&pool.work);
 	pool.queue.first = pool.queue.last = NULL;
 	pool.queued = 0;
 	pool.threads = pool.idle = 0;
@@ -88,12 +84,7 @@ static void fork_child(void)
 
 static void pool_init(void)
 {
-	pthread_condattr_t attr;
-
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&pool.work, &attr);
-	pthread_condattr_destroy(&attr);
+	gr__cond_init_monotonic(&pool.work);
 	pool.max = (unsigned)gr__env_size("GREENRING_THREADS", THREADS_DEFAULT, 1, THREADS_MAX,
 					  false);
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
@@ -165,6 +156,27 @@ static void job_left(struct gr__xq *xq)
 	}
 }
 
+int gr__thread_start(void *(*fn)(void *), void *arg)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+	sigset_t all, old;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	/* A thread inherits the mask it is created with: every signal blocked,
+	 * so that a signal sent to the process is never handed to one of ours
+	 * (whose default action could end the process, or whose handler would
+	 * run in the middle of a job) instead of the fiber waiting for it
+	 * (greenring/signal.h). */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int r = pthread_create(&t, &attr, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	return -r;
+}
+
 /* A worker for a job just queued: an idle one, else a new one if the pool
  * may grow. -EAGAIN if there is none at all and none can be started. */
 static int find_worker(void)
@@ -175,12 +187,7 @@ static int find_worker(void)
 	}
 	if (pool.threads >= pool.max)
 		return 0; /* it waits its turn in the FIFO */
-	pthread_attr_t attr;
-	pthread_t t;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	int r = pthread_create(&t, &attr, worker_main, NULL);
-	pthread_attr_destroy(&attr);
+	int r = gr__thread_start(worker_main, NULL);
 	if (r == 0) {
 		pool.threads++;
 		return 0;

@@ -31,13 +31,11 @@
 
 int gr__park_hub_slow(struct gr__hub **hubp)
 {
-	int err = 0;
-	struct gr__hub *hub = gr__hub_get(&err);
+	struct gr__hub *hub;
+	int err = gr__hub_outside(&hub);
 
-	if (!hub)
+	if (err)
 		return err;
-	if (hub->current == hub->loop)
-		return -EPERM;
 	/* The first park needs the hub's fiber. Created here, before anything
 	 * is queued, so that failing to map its stack is this call's ENOMEM
 	 * rather than a scheduler with nowhere to switch to. */
@@ -351,16 +349,22 @@ void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)
 
 /* A thread with no hub waits on a condition variable of its own, bound to
  * the object's lock. */
-static int xpark_thread(struct gr__park *p, pthread_mutex_t *lock)
+void gr__cond_init_monotonic(pthread_cond_t *cond)
 {
-	pthread_cond_t cond;
 	pthread_condattr_t attr;
-	struct timespec ts;
 
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&cond, &attr);
+	pthread_cond_init(cond, &attr);
 	pthread_condattr_destroy(&attr);
+}
+
+static int xpark_thread(struct gr__park *p, pthread_mutex_t *lock)
+{
+	pthread_cond_t cond;
+	struct timespec ts;
+
+	gr__cond_init_monotonic(&cond);
 	p->cond = &cond;
 	if (p->deadline != GR_FOREVER)
 		gr__ns_to_timespec(p->deadline, &ts);

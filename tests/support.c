@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -50,6 +51,69 @@ int grt_count_fds(void)
 	return n - 1; /* the directory stream's own fd */
 }
 
+int grt_fds_matching(const char *needle, int *first)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	if (!d)
+		return -1;
+	if (first)
+		*first = -1;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		char path[300], target[128];
+		ssize_t len;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len <= 0)
+			continue;
+		target[len] = '\0';
+		if (strstr(target, needle)) {
+			if (first && *first < 0)
+				*first = atoi(e->d_name);
+			n++;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+int grt_count_zombies(void)
+{
+	DIR *d = opendir("/proc");
+	pid_t self = getpid();
+	int n = 0;
+
+	cr_assert_not_null(d, "opendir /proc: %s", strerror(errno));
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		char path[64], buf[512];
+		int pid = atoi(e->d_name);
+
+		if (pid <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+		FILE *f = fopen(path, "re");
+		if (!f)
+			continue; /* gone since */
+		size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[len] = '\0';
+		/* "pid (comm) S ppid ...": comm may hold spaces and parentheses,
+		 * so the state follows the last ')'. */
+		char *close = strrchr(buf, ')');
+		char state;
+		int ppid;
+		if (close && sscanf(close + 1, " %c %d", &state, &ppid) == 2 && ppid == self &&
+		    state == 'Z')
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
 void grt_setup(void)
 {
 	const char *hub = grt_hub();
@@ -82,6 +146,8 @@ void grt_teardown(void)
 	cr_assert_eq(st.inflight, 0, "%zu operations in flight at teardown", st.inflight);
 	cr_assert_eq(grt_count_fds(), baseline_fds, "fd leak: %d open, %d at start",
 		     grt_count_fds(), baseline_fds);
+	int zombies = grt_count_zombies();
+	cr_assert_eq(zombies, 0, "%d child processes left as zombies (ended, never reaped)", zombies);
 }
 
 static int tcp_socket(void)

@@ -6,8 +6,8 @@
  *     this machine the test is skipped with the reason, unless
  *     GREENRING_REQUIRE_HUBS names it (CI names all three): then it fails.
  *   - teardown: every fiber must have ended and been released, nothing may
- *     be in flight, and the process must hold exactly the fds it held after
- *     the hub was created.
+ *     be in flight, the process must hold exactly the fds it held after
+ *     the hub was created, and no child of it may be left a zombie.
  */
 #ifndef GREENRING_TEST_SUPPORT_H
 #define GREENRING_TEST_SUPPORT_H
@@ -40,6 +40,15 @@ const char *grt_hub(void);
 
 /* Open fds of this process, counted from /proc/self/fd. */
 int grt_count_fds(void);
+
+/* Open fds whose /proc/self/fd link holds `needle` ("anon_inode:",
+ * "signalfd"), and the lowest-listed such fd in *first (-1: none; first may
+ * be NULL). -1 if /proc cannot be read. No assertion: fork children use it. */
+int grt_fds_matching(const char *needle, int *first);
+
+/* Children of this process that have ended and were never reaped (state Z
+ * in /proc/PID/stat): the teardown fails a test that leaves one. */
+int grt_count_zombies(void);
 
 /* A connected pair of loopback TCP sockets (fds[0] client, fds[1] server side). */
 void grt_tcp_pair(int fds[2]);

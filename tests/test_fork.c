@@ -5,7 +5,6 @@
  * A child reports through a pipe ("ok" or what went wrong) and _exits:
  * it never returns into Criterion. */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
@@ -42,26 +41,7 @@ static _Noreturn void child_exit(const char *fmt, ...)
 /* The anon-inode fds (io_uring rings, epoll sets, eventfds) of this process. */
 static int count_anon_fds(void)
 {
-	DIR *d = opendir("/proc/self/fd");
-	int n = 0;
-
-	if (!d)
-		return -1;
-	for (struct dirent *e; (e = readdir(d)) != NULL;) {
-		char path[300], target[128];
-		ssize_t len;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
-		len = readlink(path, target, sizeof(target) - 1);
-		if (len > 0) {
-			target[len] = '\0';
-			n += strncmp(target, "anon_inode:", 11) == 0;
-		}
-	}
-	closedir(d);
-	return n;
+	return grt_fds_matching("anon_inode:", NULL);
 }
 
 static void *child_echo(void *arg)

@@ -12,7 +12,8 @@
  * `caps`:
  *
  *   GR_HUB_CAP_COMPLETION   the backend performs the system calls itself
- *                           (io_uring). It must accept every GR_OP_* kind.
+ *                           (io_uring). It must accept every GR_OP_* kind but
+ *                           GR_OP_WAITID, which it may refuse (see there).
  *   (no flag)               readiness backend (epoll, poll). The core tries the
  *                           non-blocking system call first and hands the backend
  *                           only GR_OP_POLL (wait until `fd` is ready for
@@ -63,6 +64,16 @@ enum gr_op_kind {
 	GR_OP_POLL,      /* fd, events, flags (GR_POLL_*); completes with the revents mask */
 	GR_OP_TIMEOUT,   /* deadline only; completes with 0 when it passes */
 	GR_OP_CLOSE,     /* fd */
+	/* fd: a pidfd, or -1 for any child of the process; flags: waitid(2)
+	 * options (the core passes WEXITED | WNOWAIT); buf: a siginfo_t to
+	 * fill. Completes with 0 once a matching child can be waited for, with
+	 * *buf filled as waitid(P_PIDFD or P_ALL) fills it, or -errno (-ECHILD:
+	 * no such child). Handed only to backends with GR_HUB_CAP_COMPLETION,
+	 * and optional even there: one may refuse it in submit() with
+	 * -EOPNOTSUPP (io_uring on a kernel without IORING_OP_WAITID, < 6.7),
+	 * and the core then polls the pidfd (or waits for any child another
+	 * way) instead, as it does on readiness backends. */
+	GR_OP_WAITID,
 	GR_OP_KIND_COUNT
 };
 
