@@ -214,6 +214,9 @@ GR_API int gr_close(int fd);
  * ECANCELED, EBADF, EINVAL, EPERM. */
 GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 
+/* Deadlines per fd (Go's SetReadDeadline/SetWriteDeadline). */
+#include "greenring/fd.h"
+
 /* TCP servers: listen, one fiber per connection (gevent's StreamServer). */
 #include "greenring/server.h"
 
