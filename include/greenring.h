@@ -98,6 +98,10 @@ struct gr_spawn_opts {
 	const char *name;       /* copied; shown in deadlock and overflow messages */
 	int detached;           /* released when it ends; gr_spawn_with returns it
 				   only as a handle valid until it runs */
+	int64_t deadline;       /* the fiber's own deadline from its start, as
+				   gr_deadline_set() as its first act would set it
+				   (it may change it); absolute; 0 (unset) or
+				   GR_FOREVER: none */
 };
 
 /* Create a joinable fiber that will run fn(arg). It is scheduled, not run:

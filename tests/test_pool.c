@@ -497,6 +497,58 @@ Test(pile, kill_ends_the_work_and_drops_the_rest_of_an_imap)
 	assert_ok(gr_event_destroy(&gate));
 }
 
+Test(pile, next_item_tells_which_imap_inputs_never_ran_after_a_kill)
+{
+	gr_pool p;
+	gr_pile pile;
+	gr_event gate;
+	struct { gr_event *gate; intptr_t v; } g[10];
+	void *args[10];
+	struct gr_pile_item it;
+
+	assert_ok(gr_event_init(&gate));
+	assert_ok(gr_pool_init(&p, 3));
+	assert_ok(gr_pile_init(&pile, &p));
+	for (int i = 0; i < 10; i++) {
+		g[i].gate = &gate;
+		g[i].v = i + 1;
+		args[i] = &g[i];
+	}
+	assert_ok(gr_pile_imap(&pile, gated_job, args, 10));
+	settle();                       /* inputs 0..2 run, waiting on the gate */
+	cr_assert_eq(gr_event_set(&gate), 3);
+	assert_ok(gr_sleep(0));         /* they end; 3..5 are spawned, not yet run */
+	cr_assert_eq(gr_pile_kill(&pile), 3);
+	bool ran[10] = { false }, seen[10] = { false };
+	int n = 0;
+	for (int r; (r = gr_pile_next_item(&pile, &it, GR_FOREVER)) == 0; n++) {
+		cr_assert_lt(it.index, 10u);
+		cr_assert_eq(it.index, (size_t)n, "items out of order");
+		cr_assert_eq(it.arg, args[it.index]);
+		seen[it.index] = true;
+		ran[it.index] = it.ran;
+		if (it.ran)
+			cr_assert_eq((intptr_t)it.result, (intptr_t)it.index + 1);
+		else
+			cr_assert_null(it.result);
+	}
+	cr_assert_eq(n, 6, "%d items read back", n);
+	for (int i = 0; i < 10; i++) {
+		cr_assert_eq(seen[i], i < 6, "input %d %s read back", i, seen[i] ? "was" : "was not");
+		cr_assert_eq(ran[i], i < 3, "input %d: ran = %d", i, ran[i]);
+	}
+	/* gr_pile_spawn work says so. */
+	assert_ok(gr_pile_spawn(&pile, gated_job, &g[0], GR_FOREVER));
+	assert_ok(gr_pile_next_item(&pile, &it, GR_FOREVER));
+	cr_assert_eq(it.index, GR_PILE_SPAWNED);
+	cr_assert_eq(it.ran, 1);
+	cr_assert_eq(it.arg, &g[0]);
+	assert_err(gr_pile_next_item(&pile, NULL, 0), EINVAL);
+	assert_ok(gr_pile_destroy(&pile));
+	assert_ok(gr_pool_destroy(&p));
+	assert_ok(gr_event_destroy(&gate));
+}
+
 Test(pile, destroy_drops_unread_results)
 {
 	gr_pile pile;
