@@ -1,5 +1,6 @@
 /* test_server.c — gr_server: echo through many connections, large messages,
- * the connection cap, stopping with live connections, bad arguments, and the
+ * the connection cap, stopping with live connections, bad arguments, fibers
+ * named after their peer, and the
  * bench/echo_server program end to end. Run once per hub.
  *
  * Fibers never call cr_assert (a failed assertion must not unwind a fiber's
@@ -683,6 +684,39 @@ Test(server, ipv6_loopback)
 	gr_close(fd);
 	assert_no_failures();
 	cr_assert_eq(last_peer_family, AF_INET6);
+	stop_and_free(s);
+}
+
+/* ------------------------------------------------------------ fiber names */
+
+static char handler_name[64];
+
+static void naming_handler(int fd, const struct sockaddr *peer, void *arg)
+{
+	(void)peer;
+	(void)arg;
+	snprintf(handler_name, sizeof(handler_name), "%s", gr_fiber_name(gr_self()));
+	(void)gr_send(fd, "n", 1, 0);
+}
+
+Test(server, connection_fibers_are_named_after_the_peer)
+{
+	gr_server *s = gr_server_create("127.0.0.1", 0, naming_handler, NULL, NULL);
+
+	cr_assert_not_null(s);
+	cr_assert_eq(gr_server_start(s), 0);
+	handler_name[0] = '\0';
+	int fd = client(gr_server_port(s));
+	cr_assert_geq(fd, 0, "%s", first_failure);
+	char ch;
+	cr_assert(recv_all(fd, &ch, 1));
+	struct sockaddr_in me;
+	socklen_t len = sizeof(me);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&me, &len), 0);
+	char want[64];
+	snprintf(want, sizeof(want), "127.0.0.1:%d", ntohs(me.sin_port));
+	cr_assert_str_eq(handler_name, want, "the handler's fiber is named \"%s\"", handler_name);
+	gr_close(fd);
 	stop_and_free(s);
 }
 
