@@ -1,7 +1,7 @@
 /* test_server.c — gr_server: echo through many connections, large messages,
  * the connection cap, stopping with live connections, bad arguments, fibers
- * named after their peer, and the
- * bench/echo_server program end to end. Run once per hub.
+ * named after their peer, and the bench/echo_server program end to end. Run
+ * once per hub.
  *
  * Fibers never call cr_assert (a failed assertion must not unwind a fiber's
  * stack): they count failures in `failures` with a first message, and the test
