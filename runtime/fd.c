@@ -29,20 +29,9 @@
 
 #include "internal.h"
 
-#define CHUNK 256
+#define CHUNK GR__FD_CHUNK
 #define AUDIT_EPOCH (100 * GR_MSEC)
 #define AUDIT_GAP_MAX 64
-
-struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd)
-{
-	if (fd < 0)
-		return NULL;
-	size_t c = (size_t)fd / CHUNK;
-
-	if (c >= hub->fd_nchunks || !hub->fd_chunks[c])
-		return NULL;
-	return &hub->fd_chunks[c][(size_t)fd % CHUNK];
-}
 
 struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
 {
@@ -200,20 +189,6 @@ void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
 		gr__fd_forget(st);
 		st->kind = (uint8_t)kind;
 	}
-}
-
-int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
-{
-	const struct gr__fdstate *st = gr__fd_peek(hub, fd);
-	int64_t d = GR_FOREVER;
-
-	if (!st)
-		return d;
-	if ((dirs & GR_FD_READ) && st->deadline[0])
-		d = st->deadline[0];
-	if ((dirs & GR_FD_WRITE) && st->deadline[1])
-		d = gr__deadline_min(d, st->deadline[1]);
-	return d;
 }
 
 /* An operation whose call is bounded by the fd's deadlines of `dirs`, not

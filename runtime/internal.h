@@ -495,8 +495,18 @@ enum gr__fd_kind {
  * negative or unopened fd), ENOMEM. The address is stable for the hub's
  * life. */
 struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd);
-/* fd's state if it was ever made, else NULL. */
-struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd);
+#define GR__FD_CHUNK 256
+
+/* fd's state if it was ever made, else NULL. Inline: every green call
+ * looks up its fd's deadlines. */
+static inline struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd)
+{
+	size_t c = (size_t)fd / GR__FD_CHUNK;
+
+	if (fd < 0 || c >= hub->fd_nchunks || !hub->fd_chunks[c])
+		return NULL;
+	return &hub->fd_chunks[c][(size_t)fd % GR__FD_CHUNK];
+}
 /* List o on its fd (before submit). 0; -EBADF (a gr_close of fd is under
  * way, or fd is not open); -ENOMEM. */
 int gr__fd_link(struct gr__hub *hub, struct gr__op *o);
@@ -524,7 +534,19 @@ void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
 void gr__fd_forget(struct gr__fdstate *st);
 /* The sooner per-fd deadline of the directions in `dirs` (GR_FD_READ,
  * GR_FD_WRITE) for calls on fd, GR_FOREVER if none is set. */
-int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs);
+static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
+{
+	const struct gr__fdstate *st = gr__fd_peek(hub, fd);
+	int64_t d = GR_FOREVER;
+
+	if (!st)
+		return d;
+	if ((dirs & GR_FD_READ) && st->deadline[0])
+		d = st->deadline[0];
+	if ((dirs & GR_FD_WRITE) && st->deadline[1])
+		d = gr__deadline_min(d, st->deadline[1]);
+	return d;
+}
 
 /* ------------------------------------------------------------ stacks */
 

@@ -64,19 +64,19 @@ static inline int64_t syscall_result(ssize_t r)
 
 /* ------------------------------------------------------ readiness path */
 
-/* The direction an operation waits for when it would block. */
+/* The direction of each kind of green call: whose per-fd deadline bounds it
+ * and what it waits for when it would block. A table, not a switch: every
+ * call reads it. */
+static const uint8_t kind_dirs[GR_OP_KIND_COUNT] = {
+	[GR_OP_READ] = GR_FD_READ,	[GR_OP_READV] = GR_FD_READ,   [GR_OP_RECV] = GR_FD_READ,
+	[GR_OP_RECVMSG] = GR_FD_READ,	[GR_OP_ACCEPT] = GR_FD_READ,  [GR_OP_WRITE] = GR_FD_WRITE,
+	[GR_OP_WRITEV] = GR_FD_WRITE,	[GR_OP_SEND] = GR_FD_WRITE,   [GR_OP_SENDMSG] = GR_FD_WRITE,
+	[GR_OP_CONNECT] = GR_FD_WRITE,
+};
+
 static short op_events(const struct gr_op *op)
 {
-	switch (op->kind) {
-	case GR_OP_WRITE:
-	case GR_OP_WRITEV:
-	case GR_OP_SEND:
-	case GR_OP_SENDMSG:
-	case GR_OP_CONNECT:
-		return POLLOUT;
-	default:
-		return POLLIN;
-	}
+	return kind_dirs[op->kind] == GR_FD_WRITE ? POLLOUT : POLLIN;
 }
 
 /* Whose per-fd deadlines bound a wait for `events` (gr_fd_set_deadline). */
@@ -407,16 +407,16 @@ static int64_t run_op(struct gr__op *o, const char *what)
 	if (fd < 0)
 		return -EBADF;
 	p.limit = o->op.deadline;
-	p.fd_dirs = events_dirs(op_events(&o->op));
+	p.fd_dirs = kind_dirs[o->op.kind];
 	err = gr__park_begin(hub, &p, gr__deadline_min(p.limit, gr__fd_deadline(hub, fd, p.fd_dirs)));
 	if (err)
 		return err;
 	struct msghdr msg;
 	bool sent = write_as_send(hub, o, &msg);
-	int64_t r = run_backend(hub, &p, o);
-	if (r == -ENOTSOCK && sent) {
+	int64_t r;
+	while ((r = run_backend(hub, &p, o)) == -ENOTSOCK && sent) {
 		send_as_write(hub, o);
-		r = run_backend(hub, &p, o);
+		sent = false;
 	}
 	if (o->op.kind == GR_OP_ACCEPT && r >= 0)
 		new_file(hub, (int)r);
