@@ -1,6 +1,17 @@
 /* fd.c — what the hub knows per fd number: the operations in flight that
  * name it (so gr_close can cancel them and wait for them), a gr_close under
- * way, and the audit of long waits on fds closed behind the runtime's back.
+ * way, the audit of long waits on fds closed behind the runtime's back, and
+ * what belongs to the file behind the number: its per-fd deadlines
+ * (gr_fd_set_deadline) and whether it is a socket (io.c writes to sockets
+ * with MSG_NOSIGNAL).
+ *
+ * Per-fd deadlines. Each call's park record says which directions bound it
+ * (fd_dirs) and its own deadline (limit); the effective deadline is the
+ * sooner of that, the fiber's and the fd's. A deadline set while calls wait
+ * cancels those whose effective deadline changes, for a retime: the gate
+ * (wait.c) submits the operation again under the new deadline if it moved
+ * no data. A retime is the weakest cancel reason: a kill, a deadline or a
+ * gr_close arriving on top of it ends the call as they always do.
  *
  * The table is indexed by fd number, in chunks allocated on first use and
  * never moved, so a pointer to an fd's state (and the wait queue inside it)

@@ -13,7 +13,9 @@
  *      gr__park_queue  a wait queue; gr__unpark() or the deadline timer
  *                      resumes it, and the timer is drained before return.
  * and the result is mapped back here (op_result): one place decides what a
- * cancelled or timed-out operation returns.
+ * cancelled or timed-out operation returns. An operation cancelled because
+ * its per-fd deadline moved (GR__RETIME, fd.c) and that moved no data is
+ * submitted again here, under the new deadline, without the caller knowing.
  *
  * The record of the call, struct gr__park, lives on the parked fiber's stack
  * and is reachable from the fiber (f->park) for as long as the call lasts,
