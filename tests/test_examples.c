@@ -4,14 +4,13 @@
  * tests/CMakeLists.txt). The programs are found in GREENRING_EXAMPLES_DIR;
  * without it (examples not built) the tests are skipped.
  *
- * Fibers never call cr_assert: they note the first failure, and the test
- * body asserts after joining them. */
+ * Fibers never call cr_assert: they note failures with grt_fail (support.h),
+ * and the test body asserts on them after joining. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,23 +25,6 @@ GRT_SUITE(examples);
 /* How late an idle timeout may fire on this shared machine; never early. */
 #define SLACK (150 * GR_MSEC)
 
-static int failures;
-static char first_failure[256];
-
-static void fail(const char *fmt, ...)
-{
-	if (failures++ == 0) {
-		va_list ap;
-
-		va_start(ap, fmt);
-		vsnprintf(first_failure, sizeof(first_failure), fmt, ap);
-		va_end(ap);
-	}
-}
-
-#define assert_no_failures() \
-	cr_assert_eq(failures, 0, "%d failures in fibers; first: %s", failures, first_failure)
-
 static void start_example(struct grt_child *c, const char *name, char *const args[])
 {
 	static char path[512];
@@ -54,7 +36,7 @@ static void start_example(struct grt_child *c, const char *name, char *const arg
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	for (int i = 0; args && args[i] && i < 6; i++)
 		argv[i + 1] = args[i];
-	failures = 0;
+	grt_failures = 0;
 	grt_child_start(c, argv);
 }
 
@@ -62,56 +44,6 @@ static void start_server_example(struct grt_child *c, const char *name, char *co
 {
 	start_example(c, name, args);
 	cr_assert_gt(c->port, 0, "%s did not say where it listens: \"%s\"", name, c->line);
-}
-
-/* A green TCP client of 127.0.0.1:port; rcvbuf > 0 sets SO_RCVBUF first. */
-static int dial(int port, int rcvbuf)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int one = 1;
-
-	if (fd < 0)
-		return -1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (rcvbuf > 0)
-		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-	if (gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		gr_close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-static bool send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t w = gr_send(fd, p, len, 0);
-
-		if (w < 0)
-			return false;
-		p += w;
-		len -= (size_t)w;
-	}
-	return true;
-}
-
-static bool recv_all(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-
-	while (len) {
-		ssize_t r = gr_recv(fd, p, len, 0);
-
-		if (r <= 0)
-			return false;
-		p += r;
-		len -= (size_t)r;
-	}
-	return true;
 }
 
 /* The example ends with the signal's default action: it serves until killed. */
@@ -136,15 +68,15 @@ static void *echo_client(void *arg)
 {
 	struct echo_client *e = arg;
 	char *msg = calloc(1, ECHO_MAX), *in = malloc(ECHO_MAX);
-	int fd = dial(e->port, 0);
+	int fd = grt_dial(e->port, 0);
 
 	if (fd < 0 || !in || !msg) {
-		fail("client %d: connect: %s", e->seed, strerror(errno));
+		grt_fail("client %d: connect: %s", e->seed, strerror(errno));
 		goto out;
 	}
 	if (e->rude) {
 		/* The server's sends to this client fail: it must not die of it. */
-		for (int i = 0; i < 50 && send_all(fd, msg, ECHO_MAX); i++)
+		for (int i = 0; i < 50 && grt_send_all(fd, msg, ECHO_MAX); i++)
 			;
 		goto out;
 	}
@@ -153,13 +85,13 @@ static void *echo_client(void *arg)
 
 		for (size_t i = 0; i < len; i++)
 			msg[i] = (char)(e->seed + r + i);
-		if (!send_all(fd, msg, len) || !recv_all(fd, in, len)) {
-			fail("client %d round %d: %s", e->seed, r, strerror(errno));
+		if (!grt_send_all(fd, msg, len) || !grt_recv_all(fd, in, len)) {
+			grt_fail("client %d round %d: %s", e->seed, r, strerror(errno));
 			break;
 		}
 		for (size_t i = 0; i < len; i++) {
 			if (in[i] != (char)(e->seed + r + i)) {
-				fail("client %d round %d: byte %zu differs", e->seed, r, i);
+				grt_fail("client %d round %d: byte %zu differs", e->seed, r, i);
 				r = 50;
 				break;
 			}
@@ -186,11 +118,11 @@ Test(examples, echo_server)
 	}
 	for (int i = 0; i < 21; i++)
 		assert_ok(gr_join(f[i], NULL, gr_now() + 30 * GR_SEC));
-	assert_no_failures();
+	grt_assert_no_failures();
 	/* Still serving after the rude client. */
 	cl[0].rude = false;
 	echo_client(&cl[0]);
-	assert_no_failures();
+	grt_assert_no_failures();
 	stop_example(&c);
 }
 
@@ -213,7 +145,7 @@ static void upstream(int fd, const struct sockaddr *peer, void *arg)
 			}
 			return;
 		}
-		if (!send_all(fd, buf, (size_t)n))
+		if (!grt_send_all(fd, buf, (size_t)n))
 			return;
 	}
 }
@@ -230,27 +162,27 @@ enum { ECHO, IDLE, TALKER, LISTENER };
 static void *proxy_client(void *arg)
 {
 	struct proxy_case *pc = arg;
-	int fd = dial(pc->port, 0);
+	int fd = grt_dial(pc->port, 0);
 	char buf[64];
 	ssize_t n;
 
 	if (fd < 0) {
-		fail("proxy client %d: connect: %s", pc->kind, strerror(errno));
+		grt_fail("proxy client %d: connect: %s", pc->kind, strerror(errno));
 		return NULL;
 	}
 	int64_t t0 = gr_now();
 	switch (pc->kind) {
 	case ECHO:
-		if (!send_all(fd, "hello", 5) || !recv_all(fd, buf, 5) || memcmp(buf, "hello", 5))
-			fail("echo through the proxy: %s", strerror(errno));
+		if (!grt_send_all(fd, "hello", 5) || !grt_recv_all(fd, buf, 5) || memcmp(buf, "hello", 5))
+			grt_fail("echo through the proxy: %s", strerror(errno));
 		break;
 	case IDLE:
 		break;
 	case TALKER:
 		/* Traffic every 60 ms for 600 ms: never idle for 200 ms. */
 		for (int i = 0; i < 10; i++) {
-			if (gr_sleep(60 * GR_MSEC) != 0 || !send_all(fd, "t", 1) || !recv_all(fd, buf, 1)) {
-				fail("talker cut off after %lld ms: %s",
+			if (gr_sleep(60 * GR_MSEC) != 0 || !grt_send_all(fd, "t", 1) || !grt_recv_all(fd, buf, 1)) {
+				grt_fail("talker cut off after %lld ms: %s",
 				     (long long)((gr_now() - t0) / GR_MSEC), strerror(errno));
 				break;
 			}
@@ -258,8 +190,8 @@ static void *proxy_client(void *arg)
 		break;
 	case LISTENER:
 		/* Silent, while the other side streams: not idle either. */
-		if (!send_all(fd, "stream\n", 7))
-			fail("listener: %s", strerror(errno));
+		if (!grt_send_all(fd, "stream\n", 7))
+			grt_fail("listener: %s", strerror(errno));
 		break;
 	}
 	while ((n = gr_recv(fd, buf, sizeof(buf), 0)) > 0)
@@ -289,7 +221,7 @@ Test(examples, proxy)
 	}
 	for (int k = 0; k < 4; k++)
 		assert_ok(gr_join(f[k], NULL, gr_now() + 10 * GR_SEC));
-	assert_no_failures();
+	grt_assert_no_failures();
 	/* Each ended when it had been idle for IDLE_MS, not sooner. */
 	cr_assert_geq(pc[IDLE].took, IDLE_MS * GR_MSEC, "an idle connection closed after %lld ms",
 		      (long long)(pc[IDLE].took / GR_MSEC));
@@ -367,13 +299,13 @@ Test(examples, chat)
 	start_server_example(&c, "chat", (char *[]){ "0", NULL });
 	/* The slow client connects first, so its handler has joined the room
 	 * once a and b can hear each other. It never reads. */
-	int slow = dial(c.port, 4096);
-	int a = dial(c.port, 0), b = dial(c.port, 0);
+	int slow = grt_dial(c.port, 4096);
+	int a = grt_dial(c.port, 0), b = grt_dial(c.port, 0);
 	cr_assert(slow >= 0 && a >= 0 && b >= 0, "connect: %s", strerror(errno));
 	struct reader rb = { .fd = b }, ra = { .fd = a };
 	bool heard = false;
 	for (int i = 0; i < 50 && !heard; i++) {
-		cr_assert(send_all(a, "sync\n", 5));
+		cr_assert(grt_send_all(a, "sync\n", 5));
 		assert_ok(gr_fd_set_deadline(b, GR_FD_READ, gr_now() + 100 * GR_MSEC));
 		heard = next_line(&rb, got, sizeof(got));
 	}
@@ -391,7 +323,7 @@ Test(examples, chat)
 	for (int i = 0; i < LINES; i += ROUND) {
 		for (int j = i; j < i + ROUND; j++) {
 			make_line(line, j);
-			cr_assert(send_all(a, line, LINE_LEN), "a: %s", strerror(errno));
+			cr_assert(grt_send_all(a, line, LINE_LEN), "a: %s", strerror(errno));
 		}
 		for (int j = i; j < i + ROUND; j++) {
 			cr_assert(next_line(&rb, got, sizeof(got)), "b lost the connection at line %d", j);
@@ -410,7 +342,7 @@ Test(examples, chat)
 	cr_assert_neq(errno, ETIMEDOUT, "the slow client was never dropped");
 	cr_assert_lt(lines, LINES, "the slow client got every line");
 	/* The room goes on without it, both ways. */
-	cr_assert(send_all(b, "still here\n", 11));
+	cr_assert(grt_send_all(b, "still here\n", 11));
 	cr_assert(next_line(&ra, got, sizeof(got)));
 	cr_assert_str_eq(body(got), "still here");
 	gr_close(slow);

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,21 +22,6 @@
 #include "support.h"
 
 GRT_SUITE(sigpipe);
-
-static int report_fd = -1;
-
-static _Noreturn void child_exit(const char *fmt, ...)
-{
-	char msg[256];
-	va_list ap;
-
-	va_start(ap, fmt);
-	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (n > 0 && write(report_fd, msg, (size_t)n) < 0)
-		_exit(3);
-	_exit(strcmp(msg, "ok") == 0 ? 0 : 1);
-}
 
 /* Run body in a child with SIGPIPE at SIG_DFL and unblocked, on this run's
  * hub; assert the child exited 0 and said "ok". */
@@ -53,15 +37,15 @@ static void in_child(void (*body)(void))
 		sigset_t set;
 
 		close(p[0]);
-		report_fd = p[1];
+		grt_report_fd = p[1];
 		signal(SIGPIPE, SIG_DFL);
 		sigemptyset(&set);
 		sigaddset(&set, SIGPIPE);
 		sigprocmask(SIG_UNBLOCK, &set, NULL);
 		if (gr_hub_use(grt_hub()) < 0)
-			child_exit("gr_hub_use(%s) failed", grt_hub());
+			grt_child_exit("gr_hub_use(%s) failed", grt_hub());
 		body();
-		child_exit("ok");
+		grt_child_exit("ok");
 	}
 	close(p[1]);
 	char msg[256] = "";
@@ -112,10 +96,10 @@ static void expect_epipe(int call, int fd, const char *what)
 		if (errno == EPIPE)
 			return;
 		if (errno != ECONNRESET)
-			child_exit("%s on %s: %s, expected EPIPE", call_names[call], what,
+			grt_child_exit("%s on %s: %s, expected EPIPE", call_names[call], what,
 				   strerror(errno));
 	}
-	child_exit("%s on %s never failed", call_names[call], what);
+	grt_child_exit("%s on %s never failed", call_names[call], what);
 }
 
 static void peer_gone_on_every_call(void)
@@ -124,7 +108,7 @@ static void peer_gone_on_every_call(void)
 		int sv[2], tcp[2];
 
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-			child_exit("socketpair: %s", strerror(errno));
+			grt_child_exit("socketpair: %s", strerror(errno));
 		close(sv[1]);
 		expect_epipe(call, sv[0], "a unix socket");
 		gr_close(sv[0]);
@@ -137,7 +121,7 @@ static void peer_gone_on_every_call(void)
 	struct sigaction sa;
 	sigaction(SIGPIPE, NULL, &sa);
 	if (sa.sa_handler != SIG_DFL)
-		child_exit("the SIGPIPE disposition was changed");
+		grt_child_exit("the SIGPIPE disposition was changed");
 }
 
 Test(sigpipe, green_sends_to_a_gone_peer_return_epipe_with_sigpipe_at_its_default)
@@ -151,11 +135,11 @@ static void plain_write_dies(void)
 	int sv[2];
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-		child_exit("socketpair: %s", strerror(errno));
+		grt_child_exit("socketpair: %s", strerror(errno));
 	close(sv[1]);
 	if (write(sv[0], "x", 1) < 0)
-		child_exit("write: %s (no SIGPIPE)", strerror(errno));
-	child_exit("write succeeded");
+		grt_child_exit("write: %s (no SIGPIPE)", strerror(errno));
+	grt_child_exit("write succeeded");
 }
 
 Test(sigpipe, a_plain_write_in_the_same_child_does_die_of_sigpipe)
@@ -168,7 +152,7 @@ Test(sigpipe, a_plain_write_in_the_same_child_does_die_of_sigpipe)
 	cr_assert_geq(pid, 0);
 	if (pid == 0) {
 		close(p[0]);
-		report_fd = p[1];
+		grt_report_fd = p[1];
 		signal(SIGPIPE, SIG_DFL);
 		plain_write_dies();
 	}
@@ -189,21 +173,21 @@ static void number_reused_by_a_pipe(void)
 	struct iovec iov = { (void *)"writev", 6 };
 
 	if (pipe2(p, O_CLOEXEC) != 0 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-		child_exit("pipe2/socketpair: %s", strerror(errno));
+		grt_child_exit("pipe2/socketpair: %s", strerror(errno));
 	/* A socket written once (so remembered as one), then its number made
 	 * the pipe's write end behind the runtime's back (dup3 closes the
 	 * socket, as a plain close() and a reuse would). */
 	if (gr_write(sv[0], "s", 1) != 1)
-		child_exit("gr_write on the socket: %s", strerror(errno));
+		grt_child_exit("gr_write on the socket: %s", strerror(errno));
 	close(sv[1]);
 	if (dup3(p[1], sv[0], O_CLOEXEC) != sv[0])
-		child_exit("dup3: %s", strerror(errno));
+		grt_child_exit("dup3: %s", strerror(errno));
 	if (gr_write(sv[0], "pipe", 4) != 4)
-		child_exit("gr_write on a pipe under a socket's number: %s", strerror(errno));
+		grt_child_exit("gr_write on a pipe under a socket's number: %s", strerror(errno));
 	if (gr_writev(sv[0], &iov, 1) != 6)
-		child_exit("gr_writev on the pipe: %s", strerror(errno));
+		grt_child_exit("gr_writev on the pipe: %s", strerror(errno));
 	if (gr_read(p[0], buf, sizeof(buf)) != 10 || memcmp(buf, "pipewritev", 10) != 0)
-		child_exit("the pipe did not get what was written");
+		grt_child_exit("the pipe did not get what was written");
 	gr_close(sv[0]);
 	gr_close(p[0]);
 	gr_close(p[1]);
