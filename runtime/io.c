@@ -418,10 +418,6 @@ static int64_t run_op(struct gr__op *o, const char *what)
 		send_as_write(hub, o);
 		sent = false;
 	}
-	if (o->op.kind == GR_OP_ACCEPT && r >= 0)
-		new_file(hub, (int)r);
-	else if (o->op.kind == GR_OP_CONNECT && r != -ENOTSOCK && r != -EBADF)
-		gr__fd_set_kind(hub, fd, GR__FD_SOCKET); /* whatever the number named before */
 	spend_budget(hub);
 	return r;
 }
@@ -587,8 +583,11 @@ int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	o.op.addr = sa;
 	o.op.addrlen = len;
 	o.op.flags = flags;
+	int64_t r = run_op(&o, "gr_accept4");
 
-	return (int)posix_result(run_op(&o, "gr_accept4"));
+	if (r >= 0)
+		new_file(gr__hub_peek(), (int)r);
+	return (int)posix_result(r);
 }
 
 int gr_accept(int fd, struct sockaddr *sa, socklen_t *len)
@@ -605,8 +604,12 @@ int gr_connect(int fd, const struct sockaddr *sa, socklen_t len)
 	struct gr__op o = gr__op_init(GR_OP_CONNECT, fd);
 	o.op.addr = (struct sockaddr *)sa;
 	o.op.addrlen_value = len;
+	int64_t r = run_op(&o, "gr_connect");
 
-	return (int)posix_result(run_op(&o, "gr_connect"));
+	/* A connected socket, whatever the number named before. */
+	if (r == 0)
+		gr__fd_set_kind(gr__hub_peek(), fd, GR__FD_SOCKET);
+	return (int)posix_result(r);
 }
 
 int gr_wait_fd(int fd, short events, int64_t deadline)
