@@ -165,6 +165,8 @@ gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), v
 	f->deadline = GR_FOREVER;
 	if (opts) {
 		f->detached = opts->detached != 0;
+		if (opts->deadline > 0)
+			f->deadline = opts->deadline;
 		if (opts->name)
 			snprintf(f->name, sizeof(f->name), "%s", opts->name);
 	}

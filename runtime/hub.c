@@ -326,6 +326,8 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 	}
 	hub->ops = ops;
 	hub->backend = backend;
+	hub->io_budget = (unsigned)gr__env_size("GREENRING_IO_BUDGET", GR__IO_BUDGET_DEFAULT, 1,
+						GR__IO_BUDGET_MAX, false);
 	gr_fiber *root = &hub->root;
 	root->hub = hub;
 	root->is_root = true;

@@ -34,6 +34,10 @@
 #define GR__NAME_MAX 32
 #define GR__DEFAULT_STACK_SIZE ((size_t)64 * 1024)
 #define GR__MIN_STACK_SIZE ((size_t)16 * 1024)
+/* Green calls a fiber may finish in a row without a switch before it yields
+ * (io.c, "Fairness"); GREENRING_IO_BUDGET. */
+#define GR__IO_BUDGET_DEFAULT 64
+#define GR__IO_BUDGET_MAX ((size_t)1 << 20)
 
 #ifndef __has_feature
 #define __has_feature(x) 0
@@ -67,9 +71,15 @@ struct gr__op {
 	void (*on_complete)(struct gr__op *o);
 	struct gr__link fd_link;          /* on its fd's list while in flight */
 	uint8_t cancel_errno;             /* why the core cancelled it: 0, ECANCELED,
-					     ETIMEDOUT, EBADF, EIO */
+					     ETIMEDOUT, EBADF, EIO, or GR__RETIME */
 	bool on_fd;                       /* linked on its fd (fd_link is live) */
 };
+
+/* A cancel reason that is no errno: the deadline of the call moved (a per-fd
+ * deadline changed while it waited, fd.c). The gate submits the operation
+ * again under the new deadline if it moved no data; any other reason
+ * cancelling it later overrides this one. */
+#define GR__RETIME 0xff
 
 static inline struct gr__op *gr__op_of(struct gr_op *op)
 {
@@ -119,8 +129,12 @@ struct gr__park {
 	void *xlock;                      /* xq's lock, kept: xq may be gone once left */
 	struct gr__link link;             /* its place on queue or xq */
 	uintptr_t data;                   /* the primitive's hand-off slot */
+	int64_t limit;                    /* fd calls: the call's own deadline, before
+					     the fiber's and the fd's are applied */
 	int status;                       /* what the waker handed over */
 	uint8_t kind;                     /* enum gr__park_kind */
+	uint8_t fd_dirs;                  /* GR_FD_READ|GR_FD_WRITE: whose per-fd
+					     deadlines bound it (0: none apply) */
 	bool uncancellable;               /* neither kill nor deadlines stop it */
 	bool xlinked;                     /* on xq (guarded by the xq's lock) */
 	bool draining;                    /* woken, waiting for its timer to finish */
@@ -297,6 +311,9 @@ struct gr__hub {
 	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
+	unsigned streak;                  /* green calls the running fiber finished
+					     without a switch (io.c's budget) */
+	unsigned io_budget;               /* GREENRING_IO_BUDGET */
 };
 
 /* This thread's hub, created (and its backend chosen) on first use;
@@ -366,6 +383,7 @@ static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *
 								gr_fiber *to, bool dying)
 {
 	hub->current = to;
+	hub->streak = 0;
 	to->state = GR__FIBER_RUNNING;
 #ifdef GR__ASAN
 	__sanitizer_start_switch_fiber(dying ? NULL : &from->san.fake_stack, to->san.stack_bottom,
@@ -489,14 +507,39 @@ struct gr__fdstate {
 	uint32_t audit_at;                /* the audit epoch of the next check; 0 = none */
 	uint8_t audit_gap;                /* epochs between checks, doubling */
 	uint8_t closing;                  /* gr_close in progress */
+	/* What belongs to the file behind the number, not to one call: both
+	 * forgotten by gr_close and set afresh when gr_accept makes a file
+	 * under the number (gr__fd_born). A number closed with plain close()
+	 * keeps them for its next file (docs/api.md says so). */
+	uint8_t kind;                     /* enum gr__fd_kind */
+	int64_t deadline[2];              /* gr_fd_set_deadline: [0] reads, [1] writes;
+					     absolute, 0 = none (a past one is kept as 1,
+					     never the 0 of a pure try) */
+};
+
+/* What the hub knows of the file behind an fd number. */
+enum gr__fd_kind {
+	GR__FD_UNKNOWN = 0,               /* not asked yet (or forgotten) */
+	GR__FD_SOCKET,                    /* a write is a send with MSG_NOSIGNAL */
+	GR__FD_OTHER,                     /* a pipe, a file, a tty: a plain write */
 };
 
 /* fd's state, made on first use for an open fd. NULL with errno: EBADF (a
  * negative or unopened fd), ENOMEM. The address is stable for the hub's
  * life. */
 struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd);
-/* fd's state if it was ever made, else NULL. */
-struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd);
+#define GR__FD_CHUNK 256
+
+/* fd's state if it was ever made, else NULL. Inline: every green call
+ * looks up its fd's deadlines. */
+static inline struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd)
+{
+	size_t c = (size_t)fd / GR__FD_CHUNK;
+
+	if (fd < 0 || c >= hub->fd_nchunks || !hub->fd_chunks[c])
+		return NULL;
+	return &hub->fd_chunks[c][(size_t)fd % GR__FD_CHUNK];
+}
 /* List o on its fd (before submit). 0; -EBADF (a gr_close of fd is under
  * way, or fd is not open); -ENOMEM. */
 int gr__fd_link(struct gr__hub *hub, struct gr__op *o);
@@ -511,6 +554,32 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
 int64_t gr__fd_audit(struct gr__hub *hub, int64_t now);
 /* Release the table (hub teardown). */
 void gr__fd_table_free(struct gr__hub *hub);
+/* Whether fd names a socket: remembered per number, asked (fstat) the
+ * first time. A number that outlived its file may answer for the old one:
+ * "socket" then shows as ENOTSOCK from the send, and the caller corrects it
+ * with gr__fd_set_kind. Without memory for the table, asks every time. */
+enum gr__fd_kind gr__fd_kind(struct gr__hub *hub, int fd);
+void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
+/* A new file was made under fd by the runtime (gr_accept's socket): forget
+ * what belonged to the number's earlier file (deadlines, kind). */
+void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
+/* gr_close is closing st's fd: the same forgetting. */
+void gr__fd_forget(struct gr__fdstate *st);
+/* The sooner per-fd deadline of the directions in `dirs` (GR_FD_READ,
+ * GR_FD_WRITE) for calls on fd, GR_FOREVER if none is set. */
+static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
+{
+	const struct gr__fdstate *st = gr__fd_peek(hub, fd);
+	int64_t d = GR_FOREVER;
+
+	if (!st)
+		return d;
+	if ((dirs & GR_FD_READ) && st->deadline[0])
+		d = st->deadline[0];
+	if ((dirs & GR_FD_WRITE) && st->deadline[1])
+		d = gr__deadline_min(d, st->deadline[1]);
+	return d;
+}
 
 /* ------------------------------------------------------------ stacks */
 

@@ -10,6 +10,24 @@
  * errno is set only as the last act before returning to the caller
  * (posix_result), because another fiber may run (and fail) between a
  * failure and the caller's read of errno.
+ *
+ * What run_op adds to every call, on every hub:
+ *   - Per-fd deadlines (gr_fd_set_deadline, fd.c): the call is bounded by
+ *     the sooner of its own deadline, the fiber's and the fd's for its
+ *     direction; the park record keeps which directions, so a deadline
+ *     moved while the call waits reaches it (wait.c, retime).
+ *   - No SIGPIPE: a write on a socket is made a send with MSG_NOSIGNAL, so a
+ *     peer that went away is EPIPE for the call, not a signal that kills the
+ *     process (io_uring's IORING_OP_WRITE raises SIGPIPE as write(2) does;
+ *     its SEND does not). Whether fd is a socket is remembered per number
+ *     (fd.c); a stale "socket" shows as ENOTSOCK, and the call is made again
+ *     as the plain write it was.
+ *   - Fairness: a call that finds its data (or room) at once returns without
+ *     switching, so a fiber reading a burst could keep the thread. After
+ *     io_budget such calls in a row (GREENRING_IO_BUDGET, 64), the call
+ *     yields once before returning, as Go's scheduler preempts and Tokio's
+ *     coop budget does. Every switch refills the budget, so a call that had
+ *     to wait never yields on top of it (every call on io_uring waits).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,19 +64,26 @@ static inline int64_t syscall_result(ssize_t r)
 
 /* ------------------------------------------------------ readiness path */
 
-/* The direction an operation waits for when it would block. */
+/* The direction of each kind of green call: whose per-fd deadline bounds it
+ * and what it waits for when it would block. A table, not a switch: every
+ * call reads it. */
+static const uint8_t kind_dirs[GR_OP_KIND_COUNT] = {
+	[GR_OP_READ] = GR_FD_READ,	[GR_OP_READV] = GR_FD_READ,   [GR_OP_RECV] = GR_FD_READ,
+	[GR_OP_RECVMSG] = GR_FD_READ,	[GR_OP_ACCEPT] = GR_FD_READ,  [GR_OP_WRITE] = GR_FD_WRITE,
+	[GR_OP_WRITEV] = GR_FD_WRITE,	[GR_OP_SEND] = GR_FD_WRITE,   [GR_OP_SENDMSG] = GR_FD_WRITE,
+	[GR_OP_CONNECT] = GR_FD_WRITE,
+};
+
 static short op_events(const struct gr_op *op)
 {
-	switch (op->kind) {
-	case GR_OP_WRITE:
-	case GR_OP_WRITEV:
-	case GR_OP_SEND:
-	case GR_OP_SENDMSG:
-	case GR_OP_CONNECT:
-		return POLLOUT;
-	default:
-		return POLLIN;
-	}
+	return kind_dirs[op->kind] == GR_FD_WRITE ? POLLOUT : POLLIN;
+}
+
+/* Whose per-fd deadlines bound a wait for `events` (gr_fd_set_deadline). */
+static uint8_t events_dirs(short events)
+{
+	return (uint8_t)(((events & (POLLIN | POLLPRI | POLLRDHUP)) ? GR_FD_READ : 0) |
+			 ((events & POLLOUT) ? GR_FD_WRITE : 0));
 }
 
 /* Kinds whose syscall has no per-call non-blocking flag: the fd itself must
@@ -197,9 +222,6 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr_
 		if (op->kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY)) {
 			connecting = true;
 		} else if (r != -EAGAIN && r != -EWOULDBLOCK) {
-			/* An accepted socket is a new file under a maybe-used number. */
-			if (op->kind == GR_OP_ACCEPT && r >= 0)
-				forget_previous_file(hub, (int)r);
 			return r;
 		}
 		r = gr__park_again(p);
@@ -284,7 +306,9 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 {
 	for (;;) {
 		int64_t r = gr__park_op(hub, p, o);
-		bool connecting = o->op.kind == GR_OP_CONNECT && r == -EINPROGRESS;
+		/* EALREADY: a connect submitted again after a retime (wait.c)
+		 * finds the first one still under way. */
+		bool connecting = o->op.kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY);
 
 		if (r != -EAGAIN && !connecting) {
 			mark_defined(&o->op, r);
@@ -311,6 +335,65 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 	}
 }
 
+static int64_t run_backend(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
+{
+	if (hub->ops->caps & GR_HUB_CAP_COMPLETION)
+		return run_completion(hub, p, o);
+	return run_readiness(hub, p, o);
+}
+
+/* A write at the current position on a socket becomes a send with
+ * MSG_NOSIGNAL (writev a sendmsg of the same iovecs, through *msg, which
+ * lives as long as the call). Returns whether o was changed. */
+static bool write_as_send(struct gr__hub *hub, struct gr__op *o, struct msghdr *msg)
+{
+	struct gr_op *op = &o->op;
+
+	if ((op->kind != GR_OP_WRITE && op->kind != GR_OP_WRITEV) || op->off >= 0 ||
+	    gr__fd_kind(hub, op->fd) != GR__FD_SOCKET)
+		return false;
+	if (op->kind == GR_OP_WRITE) {
+		op->kind = GR_OP_SEND;
+	} else {
+		memset(msg, 0, sizeof(*msg));
+		msg->msg_iov = (struct iovec *)op->iov;
+		msg->msg_iovlen = (size_t)op->iovcnt;
+		op->msg = msg;
+		op->kind = GR_OP_SENDMSG;
+	}
+	op->flags = MSG_NOSIGNAL;
+	return true;
+}
+
+/* The number named a socket once but names another file now (closed with
+ * close() and reused): remember that, and write as asked. */
+static void send_as_write(struct gr__hub *hub, struct gr__op *o)
+{
+	gr__fd_set_kind(hub, o->op.fd, GR__FD_OTHER);
+	o->op.kind = o->op.kind == GR_OP_SEND ? GR_OP_WRITE : GR_OP_WRITEV;
+	o->op.flags = 0;
+}
+
+/* A new file under fd, made by this call: what the backend and the fd
+ * table knew of the number belonged to an earlier file. */
+static void new_file(struct gr__hub *hub, int fd)
+{
+	forget_previous_file(hub, fd);
+	gr__fd_born(hub, fd, GR__FD_SOCKET);
+}
+
+/* The call found what it wanted without a switch: after a budget of such
+ * calls in a row, let the others run once (the result is kept: a kill or
+ * deadline during this yield shows at the next call). */
+static void spend_budget(struct gr__hub *hub)
+{
+	if (++hub->streak < hub->io_budget)
+		return;
+	hub->streak = 0; /* a yield with nobody else to run does not switch */
+	gr__ready(hub->current);
+	gr__switch_out(hub);
+}
+
 /* The one path: through the gate, then the backend's way of doing it. */
 static int64_t run_op(struct gr__op *o, const char *what)
 {
@@ -320,14 +403,23 @@ static int64_t run_op(struct gr__op *o, const char *what)
 
 	if (err)
 		return err;
-	if (o->op.fd < 0)
+	int fd = o->op.fd;
+	if (fd < 0)
 		return -EBADF;
-	err = gr__park_begin(hub, &p, o->op.deadline);
+	p.limit = o->op.deadline;
+	p.fd_dirs = kind_dirs[o->op.kind];
+	err = gr__park_begin(hub, &p, gr__deadline_min(p.limit, gr__fd_deadline(hub, fd, p.fd_dirs)));
 	if (err)
 		return err;
-	if (hub->ops->caps & GR_HUB_CAP_COMPLETION)
-		return run_completion(hub, &p, o);
-	return run_readiness(hub, &p, o);
+	struct msghdr msg;
+	bool sent = write_as_send(hub, o, &msg);
+	int64_t r;
+	while ((r = run_backend(hub, &p, o)) == -ENOTSOCK && sent) {
+		send_as_write(hub, o);
+		sent = false;
+	}
+	spend_budget(hub);
+	return r;
 }
 
 ssize_t gr_read(int fd, void *buf, size_t n)
@@ -491,8 +583,11 @@ int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	o.op.addr = sa;
 	o.op.addrlen = len;
 	o.op.flags = flags;
+	int64_t r = run_op(&o, "gr_accept4");
 
-	return (int)posix_result(run_op(&o, "gr_accept4"));
+	if (r >= 0)
+		new_file(gr__hub_peek(), (int)r);
+	return (int)posix_result(r);
 }
 
 int gr_accept(int fd, struct sockaddr *sa, socklen_t *len)
@@ -509,8 +604,12 @@ int gr_connect(int fd, const struct sockaddr *sa, socklen_t len)
 	struct gr__op o = gr__op_init(GR_OP_CONNECT, fd);
 	o.op.addr = (struct sockaddr *)sa;
 	o.op.addrlen_value = len;
+	int64_t r = run_op(&o, "gr_connect");
 
-	return (int)posix_result(run_op(&o, "gr_connect"));
+	/* A connected socket, whatever the number named before. */
+	if (r == 0)
+		gr__fd_set_kind(gr__hub_peek(), fd, GR__FD_SOCKET);
+	return (int)posix_result(r);
 }
 
 int gr_wait_fd(int fd, short events, int64_t deadline)
@@ -536,7 +635,9 @@ int gr_wait_fd(int fd, short events, int64_t deadline)
 			return (int)posix_result(-EBADF);
 		return r == 1 ? 0 : (int)posix_result(-ETIMEDOUT);
 	}
-	err = gr__park_begin(hub, &p, deadline);
+	p.limit = deadline;
+	p.fd_dirs = events_dirs(events);
+	err = gr__park_begin(hub, &p, gr__deadline_min(deadline, gr__fd_deadline(hub, fd, p.fd_dirs)));
 	if (err)
 		return (int)posix_result(err);
 	struct gr__op o = gr__op_init(GR_OP_POLL, fd);
@@ -586,6 +687,7 @@ int gr_close(int fd)
 		r = gr__park_queue(hub, &p, &st->closers);
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
+	gr__fd_forget(st);
 	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
 		struct gr__op o = gr__op_init(GR_OP_CLOSE, fd);
 

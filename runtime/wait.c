@@ -13,7 +13,9 @@
  *      gr__park_queue  a wait queue; gr__unpark() or the deadline timer
  *                      resumes it, and the timer is drained before return.
  * and the result is mapped back here (op_result): one place decides what a
- * cancelled or timed-out operation returns.
+ * cancelled or timed-out operation returns. An operation cancelled because
+ * its per-fd deadline moved (GR__RETIME, fd.c) and that moved no data is
+ * submitted again here, under the new deadline, without the caller knowing.
  *
  * The record of the call, struct gr__park, lives on the parked fiber's stack
  * and is reachable from the fiber (f->park) for as long as the call lasts,
@@ -128,35 +130,58 @@ static int op_submit(struct gr__hub *hub, struct gr__op *o)
 	return err;
 }
 
+/* o was cancelled because its per-fd deadline moved (gr_fd_set_deadline)
+ * and it moved no data: the call goes on under the new deadline. Sets
+ * p->deadline; 0, or -ECANCELED/-ETIMEDOUT as gr__park_begin. */
+static int retime(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
+{
+	int64_t d = gr__deadline_min(p->limit, gr__fd_deadline(hub, o->op.fd, p->fd_dirs));
+
+	/* The fd may have become ready while the call was off the backend:
+	 * the park after EAGAIN's promise no longer holds. */
+	if (o->op.kind == GR_OP_POLL)
+		o->op.flags &= ~GR_POLL_AFTER_EAGAIN;
+	return gr__park_check(p->fiber, d, p->uncancellable, &p->deadline);
+}
+
 int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
 	gr_fiber *self = p->fiber;
 
-	if (o->op.kind != GR_OP_TIMEOUT)
-		o->op.deadline = p->deadline;
-	o->res = 0;
-	o->cancel_errno = 0;
-	o->park = p;
-	o->on_complete = op_done;
-	o->on_fd = false;
-	/* Parked before submit(), so that a backend completing the operation
-	 * at once finds the books in order. */
-	self->state = GR__FIBER_PARKED;
-	self->park = p;
-	int err = op_submit(hub, o);
-	if (err < 0) {
-		self->state = GR__FIBER_RUNNING;
+	for (;;) {
+		if (o->op.kind != GR_OP_TIMEOUT)
+			o->op.deadline = p->deadline;
+		o->res = 0;
+		o->cancel_errno = 0;
+		o->park = p;
+		o->on_complete = op_done;
+		o->on_fd = false;
+		/* Parked before submit(), so that a backend completing the
+		 * operation at once finds the books in order. */
+		self->state = GR__FIBER_PARKED;
+		self->park = p;
+		int err = op_submit(hub, o);
+		if (err < 0) {
+			self->state = GR__FIBER_RUNNING;
+			self->park = NULL;
+			return err;
+		}
+		gr__switch_out(hub);
 		self->park = NULL;
-		return err;
+		bool moved_nothing = o->res == -ECANCELED || o->res == -EINTR;
+		if (o->cancel_errno != GR__RETIME || !moved_nothing)
+			return op_result(o);
+		err = retime(hub, p, o);
+		if (err)
+			return err;
 	}
-	gr__switch_out(hub);
-	self->park = NULL;
-	return op_result(o);
 }
 
 void gr__op_cancel(struct gr__hub *hub, struct gr__op *o, int why)
 {
-	if (!o->cancel_errno)
+	/* The first reason wins, but a retime only asks the call to wait
+	 * again: a reason to end it (kill, deadline, close) replaces it. */
+	if (!o->cancel_errno || o->cancel_errno == GR__RETIME)
 		o->cancel_errno = (uint8_t)why;
 	hub->ops->cancel(hub->backend, &o->op);
 }

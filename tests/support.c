@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,4 +197,85 @@ void grt_tcp_pair(int fds[2])
 	fds[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
 	cr_assert_geq(fds[1], 0, "accept: %s", strerror(errno));
 	close(l);
+}
+
+int grt_dial(int port, int rcvbuf)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int one = 1;
+
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (rcvbuf > 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	if (gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int err = errno;
+
+		gr_close(fd);
+		errno = err;
+		return -1;
+	}
+	return fd;
+}
+
+bool grt_send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t w = gr_send(fd, p, len, 0);
+
+		if (w < 0)
+			return false;
+		p += w;
+		len -= (size_t)w;
+	}
+	return true;
+}
+
+bool grt_recv_all(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t r = gr_recv(fd, p, len, 0);
+
+		if (r <= 0)
+			return false;
+		p += r;
+		len -= (size_t)r;
+	}
+	return true;
+}
+
+int grt_failures;
+char grt_first_failure[256];
+
+void grt_fail(const char *fmt, ...)
+{
+	if (grt_failures++ == 0) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		vsnprintf(grt_first_failure, sizeof(grt_first_failure), fmt, ap);
+		va_end(ap);
+	}
+}
+
+int grt_report_fd = -1;
+
+void grt_child_exit(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (n > 0 && write(grt_report_fd, msg, (size_t)n) < 0)
+		_exit(3);
+	_exit(strcmp(msg, "ok") == 0 ? 0 : 1);
 }

@@ -13,6 +13,7 @@
 #define GREENRING_TEST_SUPPORT_H
 
 #include <criterion/criterion.h>
+#include <stdbool.h>
 #include <string.h>
 #include <greenring.h>
 
@@ -58,5 +59,30 @@ int grt_listener(int *port);
 
 /* Connect a new (blocking) TCP socket to 127.0.0.1:port with plain connect(). */
 int grt_connect_plain(int port);
+
+/* A green TCP client (TCP_NODELAY) connected to 127.0.0.1:port with
+ * gr_connect; rcvbuf > 0 sets SO_RCVBUF first. The fd, or -1 with errno. */
+int grt_dial(int port, int rcvbuf);
+
+/* Green: send, or receive, exactly len bytes on fd (looping on short calls).
+ * false on an error or end of file first (errno says which). Switches. */
+bool grt_send_all(int fd, const void *buf, size_t len);
+bool grt_recv_all(int fd, void *buf, size_t len);
+
+/* Fibers never cr_assert (a failed assertion must not unwind a fiber's
+ * stack): they note failures with grt_fail(), and the test body checks with
+ * grt_assert_no_failures() after joining them. */
+extern int grt_failures;
+extern char grt_first_failure[256];
+void grt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define grt_assert_no_failures()                                                          \
+	cr_assert_eq(grt_failures, 0, "%d failures in fibers; first: %s", grt_failures,   \
+		     grt_first_failure)
+
+/* A forked child reports through grt_report_fd (the write end of a pipe the
+ * parent reads): grt_child_exit() writes the formatted report and _exits,
+ * 0 if the report is "ok", else 1. It never returns into Criterion. */
+extern int grt_report_fd;
+_Noreturn void grt_child_exit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif
