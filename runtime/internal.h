@@ -29,6 +29,7 @@
 #include "greenring.h"
 #include "context.h"
 #include "list.h"
+#include "timer.h"
 
 #define GR__NAME_MAX 32
 #define GR__DEFAULT_STACK_SIZE ((size_t)64 * 1024)
@@ -40,6 +41,19 @@
 
 struct gr__hub;
 struct gr__park;
+struct gr__offload;
+
+/* A drop-in call's return: r >= 0 as it is, -errno as -1 with errno set.
+ * The last thing such a call does (another fiber may run, and fail,
+ * between a failure and the caller's read of errno). */
+static inline ssize_t gr__posix_result(int64_t r)
+{
+	if (r < 0) {
+		errno = (int)-r;
+		return -1;
+	}
+	return (ssize_t)r;
+}
 
 /* The sooner of two absolute deadlines (GR_FOREVER is later than any). */
 static inline int64_t gr__deadline_min(int64_t a, int64_t b)
@@ -62,6 +76,8 @@ struct gr__op {
 	struct gr__park *park;            /* the wait it serves */
 	void (*on_complete)(struct gr__op *o);
 	struct gr__link fd_link;          /* on its fd's list while in flight */
+	struct gr__offload *offload;      /* not NULL: the thread pool performs it,
+					     not the backend (offload.c) */
 	uint8_t cancel_errno;             /* why the core cancelled it: 0, ECANCELED,
 					     ETIMEDOUT, EBADF, EIO */
 	bool on_fd;                       /* linked on its fd (fd_link is live) */
@@ -256,6 +272,104 @@ static inline gr_fiber *gr__fiber_of_run(struct gr__link *l)
 	return l ? gr__container(l, gr_fiber, run_link) : NULL;
 }
 
+/* ------------------------------------------------------------ thread pool */
+
+/* Work for the process-wide pool (threadpool.c), in memory of its owner's.
+ * gr_tpool_run's jobs are one kind; operations the hub cannot perform
+ * (offload.c) another. Every field but `state` is the owner's; `state` is
+ * the pool's, under its lock. */
+enum gr__work_state {
+	GR__WORK_QUEUED,      /* in the FIFO: the owner may withdraw it */
+	GR__WORK_RUNNING,     /* a worker runs it */
+	GR__WORK_DONE,        /* finish() handed the outcome over */
+	GR__WORK_ABANDONED,   /* its owner left while it ran: release() follows */
+};
+
+struct gr__work {
+	struct gr__link link;
+	/* On a worker, without the pool's lock: the work itself. */
+	void (*run)(struct gr__work *w);
+	/* Then, on the worker with the lock held (unless abandoned): hand the
+	 * outcome to the owner. The work is the owner's again from here on:
+	 * the worker never touches it afterwards. */
+	void (*finish)(struct gr__work *w);
+	/* For work the owner may abandon (gr__tpool_leave): let go of what it
+	 * holds, on a worker without the lock, once it has run (or at once if
+	 * it never started). NULL: nothing to release. */
+	void (*release)(struct gr__work *w);
+	uint8_t state;                    /* enum gr__work_state, the pool's lock */
+};
+
+/* Queue w (its state is set here). 0; -EAGAIN (no worker exists and none
+ * could be started: w is not queued). */
+int gr__tpool_submit(struct gr__work *w);
+/* Take w out of the queue if no worker has taken it yet: true, and it will
+ * never run; false if it runs or ran (finish() comes or came). */
+bool gr__tpool_withdraw(struct gr__work *w);
+/* Return once every finish() that had begun when called has returned: a
+ * hub about to be freed waits out a worker still waking it. */
+void gr__tpool_barrier(void);
+
+/* ------------------------------------------------------------ offloaded ops */
+
+/* An operation the thread pool performs instead of the backend (offload.c):
+ * on a readiness hub, a read or write of a regular file that would block,
+ * or a file-to-socket copy (gr_sendfile). The caller puts this record in
+ * its own frame beside the operation and sets gr__op.offload; the gate
+ * (op_submit, gr__op_cancel) then routes the operation here. It is an
+ * operation in flight like any other: listed on its fd (gr_close waits for
+ * it), counted in hub->inflight, resumed only by its completion. A cancel
+ * (kill, deadline, gr_close) withdraws it if no worker has taken it yet
+ * (it completes at once, -ECANCELED, mapped as usual); one already running
+ * in the kernel is waited for and returns its real result, as io_uring's
+ * workers do for a file read they cannot interrupt: the worker writes into
+ * the caller's buffers, so the caller must not resume before it is done. */
+struct gr__offload {
+	struct gr__work work;
+	/* The blocking system call for op, run on a worker. */
+	int64_t (*perform)(const struct gr_op *op);
+	struct gr__op *o;
+	struct gr__hub *hub;
+	int64_t res;
+	struct gr__offload *done_next;    /* on the hub's list of completed ones */
+};
+
+/* A hub's offloaded operations. */
+struct gr__offloads {
+	_Atomic(struct gr__offload *) done;  /* completed by workers, LIFO */
+	struct gr__timers deadlines;         /* those with a deadline (the backend
+						never sees them, so cannot time them) */
+	bool used;                           /* ever: hub_destroy waits out workers */
+};
+
+int gr__offload_submit(struct gr__hub *hub, struct gr__op *o);
+void gr__offload_cancel(struct gr__hub *hub, struct gr__op *o);
+/* The hub loop: complete what workers finished, and cancel (ETIMEDOUT)
+ * those whose deadline has passed. */
+void gr__offload_reap(struct gr__hub *hub);
+/* When the next offloaded deadline passes (GR_FOREVER: none). */
+int64_t gr__offload_next_deadline(const struct gr__hub *hub);
+/* Hub teardown: nothing is in flight any more; wait out workers still in
+ * finish() for this hub, release the timer heap. */
+void gr__offload_fini(struct gr__hub *hub);
+
+/* io.c: the one path of every green call: the gate, then the backend's way
+ * (or the pool's). Returns the result or -errno; errno untouched. */
+int64_t gr__run_op(struct gr__op *o, const char *what);
+/* io.c: a readiness hub's way for a stream: try, park on POLL on EAGAIN,
+ * try again. p has passed the gate. */
+int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
+/* io.c: park p until fd is ready for `events` (GR_OP_POLL; flags
+ * GR_POLL_*), after the caller saw EAGAIN. 0; -EBADF (the fd was closed
+ * with gr_close meanwhile: its number may name a new file), the gate's
+ * errors. */
+int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags);
+/* io.c: make fd O_NONBLOCK if it is not (asked every time: a number reused
+ * by plain close() and open() may name a new, blocking file). 0 or -errno. */
+int gr__fd_nonblocking(int fd);
+/* file.c: a readiness hub's way for a read or write of a regular file. */
+int64_t gr__file_rw(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
+
 /* ------------------------------------------------------------ the hub */
 
 struct gr__fdstate;
@@ -274,6 +388,7 @@ struct gr__hub {
 	size_t inflight;                  /* operations submitted and not completed */
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
 	_Atomic(struct gr__park *) inbox; /* woken by other threads (gr__xunpark) */
+	struct gr__offloads offload;      /* operations the thread pool performs */
 	size_t remote_waiting;            /* fibers parked on cross-thread queues */
 	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */
 	size_t fd_nchunks;
@@ -456,7 +571,39 @@ struct gr__fdstate {
 	uint32_t audit_at;                /* the audit epoch of the next check; 0 = none */
 	uint8_t audit_gap;                /* epochs between checks, doubling */
 	uint8_t closing;                  /* gr_close in progress */
+	uint8_t kind;                     /* enum gr__fd_kind: a hint, see below */
+	uint8_t nowait_refused;           /* GR__NOWAIT_*: this file refused RWF_NOWAIT */
 };
+
+/* What an fd number names, as the readiness hubs need to know it for
+ * gr_read and friends: a stream (socket, pipe, tty: poll(2) says when it is
+ * ready) or a file (a regular file or block device: always "ready", and its
+ * reads and writes may wait for a disk, so they go to the thread pool when
+ * they would block). The kind is a hint cached per number: learned with
+ * fstat the first time, set at birth by gr_accept, gr_connect (streams) and
+ * gr_open (files), forgotten by gr_close. A number closed with plain close()
+ * and reused keeps a stale hint, so the hint is only trusted where a wrong
+ * guess costs time, never a wrong result: before a worker is handed an fd
+ * (it would block on a stream), gr__fd_kind_check() asks fstat again. */
+enum gr__fd_kind {
+	GR__FD_UNKNOWN = 0,
+	GR__FD_STREAM,
+	GR__FD_FILE,
+};
+#define GR__NOWAIT_READ 0x1
+#define GR__NOWAIT_WRITE 0x2
+
+/* What a file of this st_mode is. */
+enum gr__fd_kind gr__fd_kind_of_mode(unsigned mode);
+/* The kind of fd from the hint, or fstat when there is none (then cached).
+ * GR__FD_*, or -EBADF, -ENOMEM. */
+int gr__fd_kind(struct gr__hub *hub, int fd);
+/* The kind of fd asked of the kernel now, the hint updated. GR__FD_*, or
+ * -errno from fstat. */
+int gr__fd_kind_check(struct gr__hub *hub, int fd);
+/* A new file was made under fd (kind: what it is, or GR__FD_UNKNOWN when
+ * it was closed): whatever the hub knew of the number is stale. */
+void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
 
 /* fd's state, made on first use for an open fd. NULL with errno: EBADF (a
  * negative or unopened fd), ENOMEM. The address is stable for the hub's
