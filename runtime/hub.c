@@ -213,15 +213,17 @@ static void wait_failed(struct gr__hub *hub, int r)
 
 /* How long the next wait() may block: not at all when fibers are runnable,
  * else until something completes, but no later than the next audit of long
- * waits on fds (fd.c). */
+ * waits on fds (fd.c) or the next deadline of an operation on the thread
+ * pool (offload.c: no backend times those). */
 static int64_t wait_timeout(struct gr__hub *hub)
 {
 	int64_t timeout = gr__list_empty(&hub->next) ? -1 : 0;
+	int64_t offloaded = gr__offload_next_deadline(hub);
 
-	if (hub->fds_busy == 0 && hub->audit_due == 0)
+	if (hub->fds_busy == 0 && hub->audit_due == 0 && offloaded == GR_FOREVER)
 		return timeout;
 	int64_t now = gr_now();
-	int64_t due = gr__fd_audit(hub, now);
+	int64_t due = gr__deadline_min(gr__fd_audit(hub, now), offloaded);
 	if (timeout < 0 && due != GR_FOREVER)
 		timeout = due > now ? due - now : 0;
 	return timeout;
@@ -234,6 +236,7 @@ static void hub_main(gr__transfer t)
 	gr__switch_arrived(hub, hub->loop, t);
 	for (;;) {
 		gr__hub_drain_inbox(hub);
+		gr__offload_reap(hub);
 		bool idle = gr__list_empty(&hub->next);
 		if (idle && hub->inflight == 0 && hub->remote_waiting == 0)
 			detect_deadlock(hub);
@@ -248,6 +251,7 @@ static void hub_main(gr__transfer t)
 			else
 				hub->wait_failures = 0;
 			gr__hub_drain_inbox(hub);
+			gr__offload_reap(hub);
 		}
 		if (gr__list_empty(&hub->next))
 			continue;
@@ -333,9 +337,13 @@ static void hub_destroy(void *arg)
 	}
 	for_each_fiber(hub, interrupt_forced, ECANCELED);
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
+	gr__offload_reap(hub);    /* file operations the pool finished */
 	while (hub->inflight > 0) {
 		int r = hub->ops->wait(hub->backend, -1);
 
+		/* A file operation a worker still runs cannot be interrupted:
+		 * its buffers are in a stack we are about to unmap. */
+		gr__offload_reap(hub);
 		if (r < 0 && !transient_wait_error(r)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
@@ -349,6 +357,7 @@ static void hub_destroy(void *arg)
 	if (hub->loop)
 		gr__fiber_release_stack(hub, hub->loop);
 	hubs_remove(hub);
+	gr__offload_fini(hub); /* no worker is still waking this hub */
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	gr__fd_table_free(hub);

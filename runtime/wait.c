@@ -109,7 +109,8 @@ static int op_submit(struct gr__hub *hub, struct gr__op *o)
 	}
 	hub->inflight++;
 	o->park->op = o;
-	int err = hub->ops->submit(hub->backend, &o->op);
+	/* The thread pool performs what the backend cannot (offload.c). */
+	int err = o->offload ? gr__offload_submit(hub, o) : hub->ops->submit(hub->backend, &o->op);
 	if (err < 0) {
 		hub->inflight--;
 		o->park->op = NULL;
@@ -149,7 +150,10 @@ void gr__op_cancel(struct gr__hub *hub, struct gr__op *o, int why)
 {
 	if (!o->cancel_errno)
 		o->cancel_errno = (uint8_t)why;
-	hub->ops->cancel(hub->backend, &o->op);
+	if (o->offload)
+		gr__offload_cancel(hub, o);
+	else
+		hub->ops->cancel(hub->backend, &o->op);
 }
 
 /* ------------------------------------------------------------ wait queues */
