@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "internal.h"
 
@@ -141,6 +142,55 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why)
 		if (!todo)
 			return;
 		gr__op_cancel(hub, todo, why);
+	}
+}
+
+/* ------------------------------------------------------------ kinds */
+
+enum gr__fd_kind gr__fd_kind_of_mode(unsigned mode)
+{
+	/* What poll(2) calls always ready but whose reads and writes may wait
+	 * for a disk; everything else (sockets, pipes, ttys, eventfds...)
+	 * says when it is ready. */
+	return S_ISREG(mode) || S_ISBLK(mode) ? GR__FD_FILE : GR__FD_STREAM;
+}
+
+int gr__fd_kind_check(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+	struct stat sb;
+
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	if (fstat(fd, &sb) < 0)
+		return -errno;
+	enum gr__fd_kind kind = gr__fd_kind_of_mode(sb.st_mode);
+	if (st->kind != kind) {
+		st->kind = (uint8_t)kind;
+		st->nowait_refused = 0;
+	}
+	return kind;
+}
+
+int gr__fd_kind(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	if (st->kind != GR__FD_UNKNOWN)
+		return st->kind;
+	return gr__fd_kind_check(hub, fd);
+}
+
+void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
+{
+	/* Forgetting needs no state: without one, the first use learns. */
+	struct gr__fdstate *st = kind == GR__FD_UNKNOWN ? gr__fd_peek(hub, fd) : gr__fd_state(hub, fd);
+
+	if (st) {
+		st->kind = (uint8_t)kind;
+		st->nowait_refused = 0;
 	}
 }
 

@@ -1,11 +1,14 @@
 /* io.c — the drop-in green calls: POSIX arguments, -1 and errno.
  *
  * Every call builds one operation on the caller's stack and goes through
- * run_op(), which parks through the gate (wait.c): on a completion backend
- * (io_uring) the backend performs the system call; on a readiness backend
- * (epoll, poll) run_op tries the non-blocking system call first and parks on
- * GR_OP_POLL only on EAGAIN, then tries again. One path for every operation,
- * not one per syscall.
+ * gr__run_op(), which parks through the gate (wait.c): on a completion
+ * backend (io_uring) the backend performs the system call; on a readiness
+ * backend (epoll, poll) it tries the non-blocking system call first and
+ * parks on GR_OP_POLL only on EAGAIN, then tries again (gr__run_stream). One
+ * path for every operation, not one per syscall. A read or write of a
+ * regular file on a readiness hub cannot wait for readiness (a file is
+ * always "ready", and blocks on the disk instead): file.c serves it, from
+ * the page cache when it can, else on the thread pool.
  *
  * errno is set only as the last act before returning to the caller
  * (posix_result), because another fiber may run (and fail) between a
@@ -19,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -30,14 +34,6 @@
 #define GR__HAVE_MEMCHECK 0
 #endif
 
-static inline ssize_t posix_result(int64_t r)
-{
-	if (r < 0) {
-		errno = (int)-r;
-		return -1;
-	}
-	return (ssize_t)r;
-}
 
 static inline int64_t syscall_result(ssize_t r)
 {
@@ -161,14 +157,41 @@ static bool trusts_registration(const struct gr_op *op)
 }
 
 /* fd was just created (accepted, or a socket being connected): whatever the
- * backend remembers of an earlier file under this number is stale. */
+ * backend and the core remember of an earlier file under this number is
+ * stale. */
 static void forget_previous_file(struct gr__hub *hub, int fd)
 {
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
+	gr__fd_born(hub, fd, GR__FD_STREAM);
+}
+
+/* read, write, readv, writev: the calls that serve regular files too. */
+static bool reads_or_writes(const struct gr_op *op)
+{
+	return op->kind == GR_OP_READ || op->kind == GR_OP_WRITE || op->kind == GR_OP_READV ||
+	       op->kind == GR_OP_WRITEV;
 }
 
 static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
+{
+	struct gr_op *op = &o->op;
+
+	if (reads_or_writes(op)) {
+		/* A regular file is never "not ready": its calls would block
+		 * the thread on the disk instead of returning EAGAIN. file.c
+		 * serves it (page-cache hits here, the rest on the pool). */
+		int kind = gr__fd_kind(hub, op->fd);
+
+		if (kind < 0)
+			return kind;
+		if (kind == GR__FD_FILE)
+			return gr__file_rw(hub, p, o);
+	}
+	return gr__run_stream(hub, p, o);
+}
+
+int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
 	struct gr_op *op = &o->op;
 
@@ -202,24 +225,39 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr_
 				forget_previous_file(hub, (int)r);
 			return r;
 		}
-		r = gr__park_again(p);
+		r = gr__park_ready(hub, p, op->fd, op_events(op),
+				   trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0);
 		if (r < 0)
 			return r;
-		struct gr__op wait = gr__op_init(GR_OP_POLL, op->fd);
-		wait.op.events = op_events(op);
-		wait.op.flags = trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0;
-		struct gr__fdstate *st = gr__fd_state(hub, op->fd);
-		if (!st)
-			return errno == EBADF ? -EBADF : -ENOMEM;
-		uint32_t closes = st->closes;
-		r = gr__park_op(hub, p, &wait);
-		if (r < 0)
-			return r;
-		/* The wait ended, but other fibers ran before this one: if one of
-		 * them gr_closed the fd, the number may already name a new file. */
-		if (st->closes != closes || st->closing)
-			return -EBADF;
 	}
+}
+
+int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags)
+{
+	int64_t r = gr__park_again(p);
+
+	if (r < 0)
+		return r;
+	struct gr__op wait = gr__op_init(GR_OP_POLL, fd);
+	wait.op.events = events;
+	wait.op.flags = flags;
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	uint32_t closes = st->closes;
+	r = gr__park_op(hub, p, &wait);
+	if (r < 0)
+		return r;
+	/* The wait ended, but other fibers ran before this one: if one of them
+	 * gr_closed the fd, the number may already name a new file. */
+	if (st->closes != closes || st->closing)
+		return -EBADF;
+	return 0;
+}
+
+int gr__fd_nonblocking(int fd)
+{
+	return ensure_nonblocking(fd);
 }
 
 /* ------------------------------------------------------ the one path */
@@ -259,6 +297,9 @@ static void mark_defined(const struct gr_op *op, int64_t res)
 			VALGRIND_MAKE_MEM_DEFINED(op->addrlen, sizeof(*op->addrlen));
 			VALGRIND_MAKE_MEM_DEFINED(op->addr, *op->addrlen);
 		}
+		return;
+	case GR_OP_STATX:
+		VALGRIND_MAKE_MEM_DEFINED(op->buf, sizeof(struct statx));
 		return;
 	default:
 		return;
@@ -311,8 +352,14 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 	}
 }
 
+/* An open or stat relative to the working directory names no fd. */
+static bool names_a_path(const struct gr_op *op)
+{
+	return (op->kind == GR_OP_OPENAT || op->kind == GR_OP_STATX) && op->fd == AT_FDCWD;
+}
+
 /* The one path: through the gate, then the backend's way of doing it. */
-static int64_t run_op(struct gr__op *o, const char *what)
+int64_t gr__run_op(struct gr__op *o, const char *what)
 {
 	struct gr__hub *hub = NULL;
 	struct gr__park p = { .what = what };
@@ -320,7 +367,7 @@ static int64_t run_op(struct gr__op *o, const char *what)
 
 	if (err)
 		return err;
-	if (o->op.fd < 0)
+	if (o->op.fd < 0 && !names_a_path(&o->op))
 		return -EBADF;
 	err = gr__park_begin(hub, &p, o->op.deadline);
 	if (err)
@@ -336,7 +383,7 @@ ssize_t gr_read(int fd, void *buf, size_t n)
 	o.op.buf = buf;
 	o.op.len = n;
 
-	return posix_result(run_op(&o, "gr_read"));
+	return gr__posix_result(gr__run_op(&o, "gr_read"));
 }
 
 ssize_t gr_write(int fd, const void *buf, size_t n)
@@ -345,7 +392,7 @@ ssize_t gr_write(int fd, const void *buf, size_t n)
 	o.op.buf = (void *)buf;
 	o.op.len = n;
 
-	return posix_result(run_op(&o, "gr_write"));
+	return gr__posix_result(gr__run_op(&o, "gr_write"));
 }
 
 /* pread/pwrite on a pipe or socket is ESPIPE. io_uring does not say so: it
@@ -376,7 +423,7 @@ ssize_t gr_pread(int fd, void *buf, size_t n, off_t off)
 	o.op.len = n;
 	o.op.off = off;
 
-	return posix_result(run_op(&o, "gr_pread"));
+	return gr__posix_result(gr__run_op(&o, "gr_pread"));
 }
 
 ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -394,7 +441,7 @@ ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
 	o.op.len = n;
 	o.op.off = off;
 
-	return posix_result(run_op(&o, "gr_pwrite"));
+	return gr__posix_result(gr__run_op(&o, "gr_pwrite"));
 }
 
 static bool valid_iov(const struct iovec *iov, int iovcnt)
@@ -412,7 +459,7 @@ ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt)
 	o.op.iov = iov;
 	o.op.iovcnt = iovcnt;
 
-	return posix_result(run_op(&o, "gr_readv"));
+	return gr__posix_result(gr__run_op(&o, "gr_readv"));
 }
 
 ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
@@ -425,7 +472,7 @@ ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
 	o.op.iov = iov;
 	o.op.iovcnt = iovcnt;
 
-	return posix_result(run_op(&o, "gr_writev"));
+	return gr__posix_result(gr__run_op(&o, "gr_writev"));
 }
 
 ssize_t gr_recv(int fd, void *buf, size_t n, int flags)
@@ -435,7 +482,7 @@ ssize_t gr_recv(int fd, void *buf, size_t n, int flags)
 	o.op.len = n;
 	o.op.flags = flags;
 
-	return posix_result(run_op(&o, "gr_recv"));
+	return gr__posix_result(gr__run_op(&o, "gr_recv"));
 }
 
 ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
@@ -447,7 +494,7 @@ ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
 	o.op.len = n;
 	o.op.flags = flags | MSG_NOSIGNAL;
 
-	return posix_result(run_op(&o, "gr_send"));
+	return gr__posix_result(gr__run_op(&o, "gr_send"));
 }
 
 ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
@@ -460,7 +507,7 @@ ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
 	o.op.msg = msg;
 	o.op.flags = flags;
 
-	return posix_result(run_op(&o, "gr_recvmsg"));
+	return gr__posix_result(gr__run_op(&o, "gr_recvmsg"));
 }
 
 ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
@@ -473,7 +520,7 @@ ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
 	o.op.msg = (struct msghdr *)msg;
 	o.op.flags = flags | MSG_NOSIGNAL;
 
-	return posix_result(run_op(&o, "gr_sendmsg"));
+	return gr__posix_result(gr__run_op(&o, "gr_sendmsg"));
 }
 
 int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
@@ -492,7 +539,7 @@ int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	o.op.addrlen = len;
 	o.op.flags = flags;
 
-	return (int)posix_result(run_op(&o, "gr_accept4"));
+	return (int)gr__posix_result(gr__run_op(&o, "gr_accept4"));
 }
 
 int gr_accept(int fd, struct sockaddr *sa, socklen_t *len)
@@ -510,7 +557,7 @@ int gr_connect(int fd, const struct sockaddr *sa, socklen_t len)
 	o.op.addr = (struct sockaddr *)sa;
 	o.op.addrlen_value = len;
 
-	return (int)posix_result(run_op(&o, "gr_connect"));
+	return (int)gr__posix_result(gr__run_op(&o, "gr_connect"));
 }
 
 int gr_wait_fd(int fd, short events, int64_t deadline)
@@ -520,31 +567,31 @@ int gr_wait_fd(int fd, short events, int64_t deadline)
 	int err = gr__park_hub(&hub);
 
 	if (err)
-		return (int)posix_result(err);
+		return (int)gr__posix_result(err);
 	if (fd < 0)
-		return (int)posix_result(-EBADF);
+		return (int)gr__posix_result(-EBADF);
 	if (!(events & (POLLIN | POLLOUT | POLLPRI | POLLRDHUP)))
-		return (int)posix_result(-EINVAL);
+		return (int)gr__posix_result(-EINVAL);
 	if (deadline == 0) {
 		/* Try once: ask the kernel now, without parking. */
 		struct pollfd pfd = { .fd = fd, .events = events };
 		int r = poll(&pfd, 1, 0);
 
 		if (r < 0)
-			return (int)posix_result(-errno);
+			return (int)gr__posix_result(-errno);
 		if (r == 1 && (pfd.revents & POLLNVAL))
-			return (int)posix_result(-EBADF);
-		return r == 1 ? 0 : (int)posix_result(-ETIMEDOUT);
+			return (int)gr__posix_result(-EBADF);
+		return r == 1 ? 0 : (int)gr__posix_result(-ETIMEDOUT);
 	}
 	err = gr__park_begin(hub, &p, deadline);
 	if (err)
-		return (int)posix_result(err);
+		return (int)gr__posix_result(err);
 	struct gr__op o = gr__op_init(GR_OP_POLL, fd);
 	o.op.events = events;
 	int64_t r = gr__park_op(hub, &p, &o);
 	if (r >= 0 && (r & POLLNVAL))
 		r = -EBADF;
-	return (int)posix_result(r < 0 ? r : 0);
+	return (int)gr__posix_result(r < 0 ? r : 0);
 }
 
 /* Close: cancel what is in flight on fd, let those fibers see EBADF, wait
@@ -559,22 +606,22 @@ int gr_close(int fd)
 	struct gr__hub *hub = gr__hub_peek();
 
 	if (fd < 0)
-		return (int)posix_result(-EBADF);
+		return (int)gr__posix_result(-EBADF);
 	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
 	if (!st)
 		return close(fd);
 	if (!hub->loop && !gr__hub_loop_fiber(hub))
-		return (int)posix_result(-ENOMEM); /* the close below may park */
+		return (int)gr__posix_result(-ENOMEM); /* the close below may park */
 	if (hub->current == hub->loop) {
 		/* Inside the hub nothing can wait for the cancelled operations to
 		 * drain, and closing under them would let the number be reused
 		 * while an operation still names it. */
 		if (!gr__list_empty(&st->ops))
-			return (int)posix_result(-EPERM);
+			return (int)gr__posix_result(-EPERM);
 		return close(fd);
 	}
 	if (st->closing)
-		return (int)posix_result(-EBADF); /* another fiber is closing it */
+		return (int)gr__posix_result(-EBADF); /* another fiber is closing it */
 	st->closing = 1;
 	st->closes++;
 	gr__fd_cancel_all(hub, st, EBADF);
@@ -586,6 +633,7 @@ int gr_close(int fd)
 		r = gr__park_queue(hub, &p, &st->closers);
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
+	gr__fd_born(hub, fd, GR__FD_UNKNOWN); /* what comes next is learnt afresh */
 	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
 		struct gr__op o = gr__op_init(GR_OP_CLOSE, fd);
 
@@ -594,5 +642,5 @@ int gr_close(int fd)
 		r = close(fd) < 0 ? -errno : 0;
 		st->closing = 0;
 	}
-	return (int)posix_result(r);
+	return (int)gr__posix_result(r);
 }
