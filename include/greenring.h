@@ -225,6 +225,9 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 /* Files: open, stat, sync, sendfile. */
 #include "greenring/file.h"
 
+/* Names: DNS lookups, and connecting to a host by name. */
+#include "greenring/resolve.h"
+
 #ifdef __cplusplus
 }
 #endif
