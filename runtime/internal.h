@@ -139,7 +139,7 @@ struct gr__park {
 	struct gr__op *op;                /* in flight for this call, or NULL: the
 					     operation, or a queue wait's deadline
 					     timer (in the waiting frame) */
-	struct gr__park *inbox_next;      /* on its hub's inbox, woken from afar */
+	struct gr__slink inbox_link;      /* on its hub's inbox, woken from afar */
 	void *cond;                       /* pthread_cond_t of a thread with no hub */
 };
 
@@ -331,12 +331,12 @@ struct gr__offload {
 	struct gr__op *o;
 	struct gr__hub *hub;
 	int64_t res;
-	struct gr__offload *done_next;    /* on the hub's list of completed ones */
+	struct gr__slink done_link;       /* on the hub's inbox of completed ones */
 };
 
 /* A hub's offloaded operations. */
 struct gr__offloads {
-	_Atomic(struct gr__offload *) done;  /* completed by workers, LIFO */
+	_Atomic(struct gr__slink *) done;    /* completed by workers (an inbox) */
 	struct gr__timers deadlines;         /* those with a deadline (the backend
 						never sees them, so cannot time them) */
 	bool used;                           /* ever: hub_destroy waits out workers */
@@ -387,7 +387,7 @@ struct gr__hub {
 	size_t nfibers;                   /* live spawned fibers (not root) */
 	size_t inflight;                  /* operations submitted and not completed */
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
-	_Atomic(struct gr__park *) inbox; /* woken by other threads (gr__xunpark) */
+	_Atomic(struct gr__slink *) inbox; /* parks woken by other threads (gr__xunpark) */
 	struct gr__offloads offload;      /* operations the thread pool performs */
 	size_t remote_waiting;            /* fibers parked on cross-thread queues */
 	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */

@@ -9,10 +9,10 @@
  * completion. See struct gr__offload in internal.h.
  *
  * A completion travels back like a cross-thread wake-up (wait.c,
- * gr__xunpark): the worker pushes the record on the hub's `done` list and
- * wakes the hub only if the list was empty (one wake-up for many
- * completions); the hub loop takes the list and calls gr_hub_complete() for
- * each, on its own thread. The push and the wake happen in the work's
+ * gr__xunpark): the worker pushes the record on the hub's `done` inbox
+ * (list.h) and wakes the hub only if it was empty (one wake-up for many
+ * completions); the hub loop takes the inbox and calls gr_hub_complete()
+ * for each, on its own thread. The push and the wake happen in the work's
  * finish(), under the pool's lock, so a hub being torn down waits them out
  * with gr__tpool_barrier() before it frees what wake() touches.
  *
@@ -46,15 +46,10 @@ static void offload_finish(struct gr__work *w)
 {
 	struct gr__offload *off = offload_of(w);
 	struct gr__hub *hub = off->hub;
-	/* Release: the result, and what perform() wrote into the caller's
-	 * buffers, are visible to the hub that takes the record. */
-	struct gr__offload *old = atomic_load_explicit(&hub->offload.done, memory_order_relaxed);
 
-	do
-		off->done_next = old;
-	while (!atomic_compare_exchange_weak_explicit(&hub->offload.done, &old, off,
-						      memory_order_release, memory_order_relaxed));
-	if (!old)
+	/* The result, and what perform() wrote into the caller's buffers, are
+	 * visible to the hub that takes the record. */
+	if (gr__inbox_push(&hub->offload.done, &off->done_link))
 		(void)hub->ops->wake(hub->backend);
 }
 
@@ -93,24 +88,15 @@ void gr__offload_cancel(struct gr__hub *hub, struct gr__op *o)
 
 void gr__offload_reap(struct gr__hub *hub)
 {
-	struct gr__offload *off = atomic_exchange_explicit(&hub->offload.done, NULL,
-							     memory_order_acquire);
-	struct gr__offload *fifo = NULL;
+	/* In finish order. The record may be gone once its operation is
+	 * complete: next is read first. */
+	for (struct gr__slink *l = gr__inbox_take(&hub->offload.done), *next; l; l = next) {
+		struct gr__offload *off = gr__container(l, struct gr__offload, done_link);
+		struct gr_op *op = &off->o->op;
 
-	while (off) { /* a stack: reverse it, completions in finish order */
-		struct gr__offload *next = off->done_next;
-
-		off->done_next = fifo;
-		fifo = off;
-		off = next;
-	}
-	while (fifo) {
-		struct gr__offload *next = fifo->done_next;
-		struct gr_op *op = &fifo->o->op;
-
+		next = l->next;
 		gr__timers_remove(&hub->offload.deadlines, op);
-		gr_hub_complete(op, fifo->res); /* the record may be gone after this */
-		fifo = next;
+		gr_hub_complete(op, off->res);
 	}
 	if (hub->offload.deadlines.n == 0)
 		return; /* no clock read on the common path */
