@@ -463,10 +463,17 @@ Test(file, errors_are_those_of_the_system_calls)
 
 /* ------------------------------------------------------------ blocked opens */
 
-static void fifo_make(struct tmp *t, char *path, size_t len)
+/* A FIFO in a new temporary directory, and a fiber opening it with
+ * `flags` under the fiber deadline `deadline`: the open waits for the other
+ * end. */
+static gr_fiber *open_a_fifo(struct tmp *t, char *path, size_t len, struct call *c, int flags,
+			     int64_t deadline)
 {
+	tmp_make(t);
 	snprintf(path, len, "%s/fifo", t->dir);
 	cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo: %s", strerror(errno));
+	*c = (struct call){ .path = path, .flags = flags | O_CLOEXEC, .deadline = deadline };
+	return gr_spawn(open_fn, c);
 }
 
 /* A reader's open of a FIFO waits for a writer: end it from outside. */
@@ -484,12 +491,9 @@ Test(file, the_hub_runs_other_fibers_while_an_open_of_a_fifo_waits)
 {
 	struct tmp t;
 	char fifo[128];
-	struct call c = { .flags = O_RDONLY | O_CLOEXEC, .deadline = GR_FOREVER };
+	struct call c;
+	gr_fiber *f = open_a_fifo(&t, fifo, sizeof(fifo), &c, O_RDONLY, GR_FOREVER);
 
-	tmp_make(&t);
-	fifo_make(&t, fifo, sizeof(fifo));
-	c.path = fifo;
-	gr_fiber *f = gr_spawn(open_fn, &c);
 	/* 20 turns of 1 ms sleeps: the hub is free while the open waits. */
 	int64_t t0 = gr_now();
 	for (int i = 0; i < 20; i++)
@@ -515,12 +519,9 @@ Test(file, a_kill_during_a_blocked_open_returns_at_once)
 {
 	struct tmp t;
 	char fifo[128];
-	struct call c = { .flags = O_RDONLY | O_CLOEXEC, .deadline = GR_FOREVER };
+	struct call c;
+	gr_fiber *f = open_a_fifo(&t, fifo, sizeof(fifo), &c, O_RDONLY, GR_FOREVER);
 
-	tmp_make(&t);
-	fifo_make(&t, fifo, sizeof(fifo));
-	c.path = fifo;
-	gr_fiber *f = gr_spawn(open_fn, &c);
 	assert_ok(gr_sleep(20 * GR_MSEC));
 	cr_assert(!atomic_load(&c.done));
 	int64_t t0 = gr_now();
@@ -540,13 +541,9 @@ Test(file, a_deadline_during_a_blocked_open_is_etimedout)
 {
 	struct tmp t;
 	char fifo[128];
-	struct call c = { .flags = O_WRONLY | O_CLOEXEC };
+	struct call c;
+	gr_fiber *f = open_a_fifo(&t, fifo, sizeof(fifo), &c, O_WRONLY, gr_now() + 50 * GR_MSEC);
 
-	tmp_make(&t);
-	fifo_make(&t, fifo, sizeof(fifo));
-	c.path = fifo;
-	c.deadline = gr_now() + 50 * GR_MSEC;
-	gr_fiber *f = gr_spawn(open_fn, &c);
 	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
 	cr_assert_eq(c.rc, -1);
 	cr_assert_eq(c.err, ETIMEDOUT, "%s", strerror(c.err));
@@ -562,31 +559,56 @@ Test(file, a_deadline_during_a_blocked_open_is_etimedout)
 
 /* ------------------------------------------------------------ reads on the pool */
 
+/* A file out of the page cache, and every worker of the pool busy: a read
+ * of it waits in the pool's queue. (On io_uring, skipped: its reads are the
+ * kernel's, nothing is queued on the pool.) */
+static int queued_reads_ahead(struct tmp *t, struct gate *g)
+{
+	if (!readiness_hub())
+		cr_skip_test("io_uring reads files itself: nothing is queued on the pool");
+	tmp_make(t);
+	int fd = pattern_file(t->path, 64 * 1024);
+	evict(fd);
+	/* No readahead: a read's no-wait attempt fetches its own pages only,
+	 * so the next read (of other pages) finds nothing in the cache. */
+	cr_assert_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM), 0);
+	pool_block(g);
+	return fd;
+}
+
+/* Wait until n operations wait in the pool's queue. */
+static void await_queued(size_t n)
+{
+	struct gr_tpool_stats st;
+	int64_t until = gr_now() + 5 * GR_SEC;
+
+	for (;;) {
+		assert_ok(gr_tpool_stats(&st));
+		if (st.queued == n)
+			return;
+		cr_assert_lt(gr_now(), until, "%zu operations queued, not %zu", st.queued, n);
+		assert_ok(gr_sleep(GR_MSEC));
+	}
+}
+
 /* On the readiness hubs a read from the disk is an operation on the pool:
  * queued behind busy workers, a kill or a deadline drops it at once, and it
- * never touches the buffer. (io_uring's reads are the kernel's.) */
+ * never touches the buffer. */
 Test(file, a_queued_read_on_the_pool_is_dropped_by_a_kill_or_a_deadline)
 {
 	struct tmp t;
 	struct gate g;
 	unsigned char buf[4096];
+	int fd = queued_reads_ahead(&t, &g);
 
-	if (!readiness_hub())
-		cr_skip_test("io_uring reads files itself: nothing is queued on the pool");
-	tmp_make(&t);
-	int fd = pattern_file(t.path, 64 * 1024);
-	evict(fd);
-	pool_block(&g);
 	memset(buf, 0xee, sizeof(buf));
 	struct call killed = { .fd = fd, .buf = buf, .len = sizeof(buf), .deadline = GR_FOREVER };
-	struct call timed = { .fd = fd, .buf = buf, .len = sizeof(buf), .off = 8192,
-			      .deadline = gr_now() + 50 * GR_MSEC };
+	struct call timed = { .fd = fd, .buf = buf, .len = sizeof(buf), .off = 32768,
+			      .deadline = gr_now() + 500 * GR_MSEC };
 	gr_fiber *fk = gr_spawn(pread_fn, &killed);
 	gr_fiber *ft = gr_spawn(pread_fn, &timed);
-	assert_ok(gr_sleep(10 * GR_MSEC));
+	await_queued(2);
 	struct gr_tpool_stats st;
-	assert_ok(gr_tpool_stats(&st));
-	cr_assert_eq(st.queued, 2, "%zu operations queued", st.queued);
 	int64_t t0 = gr_now();
 	assert_ok(gr_kill(fk));
 	assert_ok(gr_join(fk, NULL, gr_now() + 5 * GR_SEC));
@@ -624,16 +646,10 @@ Test(file, gr_close_under_a_queued_read_wakes_it_with_ebadf)
 	struct tmp t;
 	struct gate g;
 	unsigned char buf[4096];
-
-	if (!readiness_hub())
-		cr_skip_test("io_uring reads files itself: nothing is queued on the pool");
-	tmp_make(&t);
-	int fd = pattern_file(t.path, 64 * 1024);
-	evict(fd);
-	pool_block(&g);
+	int fd = queued_reads_ahead(&t, &g);
 	struct call r = { .fd = fd, .buf = buf, .len = sizeof(buf), .deadline = GR_FOREVER };
 	gr_fiber *fr = gr_spawn(pread_fn, &r);
-	assert_ok(gr_sleep(5 * GR_MSEC));
+	await_queued(1);
 	struct closer c = { .fd = fd };
 	gr_fiber *fc = gr_spawn(close_fn, &c);
 	assert_ok(gr_join(fr, NULL, gr_now() + 5 * GR_SEC));

@@ -470,44 +470,6 @@ Test(resolve, names_from_the_hosts_file_the_name_server_and_numbers)
 	in_namespaces(names_and_numbers, NULL);
 }
 
-static void kill_and_deadline_in_a_hung_lookup(void *unused)
-{
-	struct dns d;
-	(void)unused;
-
-	CHECK(dns_start(&d, true), "no name server");
-	struct lookup killed = { .name = "hang.test", .deadline = GR_FOREVER };
-	struct lookup timed = { .name = "hang2.test", .deadline = gr_now() + 200 * GR_MSEC };
-	gr_fiber *fk = gr_spawn(lookup_fn, &killed);
-	gr_fiber *ft = gr_spawn(lookup_fn, &timed);
-	/* Both lookups are inside the resolver, on workers: their queries
-	 * reached the server, which does not answer. */
-	CHECK(dns_await(&d, 2), "the lookups never asked the name server");
-	int64_t t0 = gr_now();
-	CHECK(gr_kill(fk) == 0, "kill");
-	CHECK(gr_join(fk, NULL, gr_now() + 5 * GR_SEC) == 0, "join");
-	CHECK(killed.rc == EAI_SYSTEM && killed.err == ECANCELED, "killed: %s, %s",
-	      gai_strerror(killed.rc), strerror(killed.err));
-	CHECK(killed.returned_at - t0 < GR_SEC / 2, "the killed lookup did not return at once");
-	CHECK(killed.res == NULL, "a result for a caller that left");
-	CHECK(gr_join(ft, NULL, gr_now() + 5 * GR_SEC) == 0, "join");
-	CHECK(timed.rc == EAI_SYSTEM && timed.err == ETIMEDOUT, "timed: %s, %s",
-	      gai_strerror(timed.rc), strerror(timed.err));
-	CHECK(timed.returned_at >= timed.deadline, "returned before its deadline");
-	CHECK(timed.returned_at - timed.deadline < GR_SEC / 2, "returned late");
-	/* The workers' lookups now get their answers and make addrinfo
-	 * lists nobody waits for: their cleanup frees them (the child's leak
-	 * check says so). */
-	dns_speak(&d);
-	pool_settle_child();
-	dns_stop(&d);
-}
-
-Test(resolve, a_kill_or_a_deadline_during_a_hung_lookup_returns_at_once_and_its_result_is_freed)
-{
-	in_namespaces(kill_and_deadline_in_a_hung_lookup, NULL);
-}
-
 /* Every worker of the pool blocked until released. */
 static int gate[2];
 
@@ -708,49 +670,81 @@ Test(resolve, dial_tries_each_address_in_order_and_reports_the_last_error)
 	in_namespaces(dial_in_order, NULL);
 }
 
-struct dialer {
-	const char *host;
-	int64_t deadline;
-	int fd;
+/* A lookup or a dial of a name the server does not answer, in a fiber of
+ * its own; its outcome as -errno (a lookup's EAI_SYSTEM is -errno). */
+struct hung {
+	bool dial;
+	const char *name;
+	int64_t deadline;           /* the fiber's; GR_FOREVER: it is killed */
+	int outcome;
 	int64_t returned_at;
+	gr_fiber *f;
 };
 
-static void *dial_fn(void *arg)
+static void *hung_fn(void *arg)
 {
-	struct dialer *d = arg;
+	struct hung *h = arg;
+	struct addrinfo *res = NULL;
 
-	d->fd = gr_dial(d->host, "80", d->deadline);
-	d->returned_at = gr_now();
+	gr_deadline_set(h->deadline);
+	if (h->dial) {
+		h->outcome = gr_dial(h->name, "80", GR_FOREVER);
+	} else {
+		int rc = gr_getaddrinfo(h->name, "80", &inet_stream, &res, GR_FOREVER);
+
+		h->outcome = rc == EAI_SYSTEM ? -errno : rc == 0 ? 0 : 1000 + rc;
+		if (rc == 0)
+			freeaddrinfo(res);
+	}
+	h->returned_at = gr_now();
 	return NULL;
 }
 
-static void kill_and_deadline_in_dial(void *unused)
+static void kill_and_deadline_in_hung_lookups(void *unused)
 {
 	struct dns d;
+	int64_t deadline = gr_now() + 300 * GR_MSEC;
+	struct hung h[4] = {
+		{ .dial = false, .name = "hang1.test", .deadline = GR_FOREVER },
+		{ .dial = false, .name = "hang2.test", .deadline = deadline },
+		{ .dial = true, .name = "hang3.test", .deadline = GR_FOREVER },
+		{ .dial = true, .name = "hang4.test", .deadline = deadline },
+	};
 	(void)unused;
 
 	CHECK(dns_start(&d, true), "no name server");
-	struct dialer killed = { .host = "hang.test", .deadline = GR_FOREVER };
-	struct dialer timed = { .host = "hang2.test", .deadline = gr_now() + 200 * GR_MSEC };
-	gr_fiber *fk = gr_spawn(dial_fn, &killed);
-	gr_fiber *ft = gr_spawn(dial_fn, &timed);
-	/* AF_UNSPEC: an A and an AAAA query each. */
-	CHECK(dns_await(&d, 2), "the lookups never asked the name server");
+	for (int i = 0; i < 4; i++)
+		h[i].f = gr_spawn(hung_fn, &h[i]);
+	/* Every lookup is inside the resolver, on a worker: its queries (one
+	 * for a lookup of IPv4 addresses, two for a dial: A and AAAA)
+	 * reached the server, which does not answer. */
+	CHECK(dns_await(&d, 6), "the lookups never asked the name server");
 	int64_t t0 = gr_now();
-	CHECK(gr_kill(fk) == 0, "kill");
-	CHECK(gr_join(fk, NULL, gr_now() + 5 * GR_SEC) == 0, "join");
-	CHECK(killed.fd == -ECANCELED, "killed: %d", killed.fd);
-	CHECK(killed.returned_at - t0 < GR_SEC / 2, "the killed dial did not return at once");
-	CHECK(gr_join(ft, NULL, gr_now() + 5 * GR_SEC) == 0, "join");
-	CHECK(timed.fd == -ETIMEDOUT, "timed: %d", timed.fd);
-	CHECK(timed.returned_at >= timed.deadline && timed.returned_at - timed.deadline < GR_SEC / 2,
-	      "the deadline was not kept");
+	for (int i = 0; i < 4; i += 2)
+		CHECK(gr_kill(h[i].f) == 0, "kill");
+	for (int i = 0; i < 4; i++) {
+		const char *what = h[i].dial ? "gr_dial" : "gr_getaddrinfo";
+
+		CHECK(gr_join(h[i].f, NULL, gr_now() + 5 * GR_SEC) == 0, "join");
+		if (h[i].deadline == GR_FOREVER) {
+			CHECK(h[i].outcome == -ECANCELED, "killed %s: %d", what, h[i].outcome);
+			CHECK(h[i].returned_at - t0 < GR_SEC / 2, "the killed %s did not return at once",
+			      what);
+		} else {
+			CHECK(h[i].outcome == -ETIMEDOUT, "timed %s: %d", what, h[i].outcome);
+			CHECK(h[i].returned_at >= deadline, "%s returned before its deadline", what);
+			CHECK(h[i].returned_at - deadline < GR_SEC / 2, "%s returned late", what);
+		}
+	}
+	/* The workers' lookups now get their answers and make addrinfo lists
+	 * nobody waits for: their cleanups free them (the child's leak check
+	 * says so). */
 	dns_speak(&d);
 	pool_settle_child();
 	dns_stop(&d);
 }
 
-Test(resolve, a_kill_or_a_deadline_during_a_dial_returns_at_once)
+Test(resolve, a_kill_or_a_deadline_during_a_hung_lookup_or_dial_returns_at_once_and_frees_its_result)
 {
-	in_namespaces(kill_and_deadline_in_dial, NULL);
+	in_namespaces(kill_and_deadline_in_hung_lookups, NULL);
 }
