@@ -20,5 +20,6 @@ struct micro_case {
 extern const struct micro_case micro_core_cases[];
 extern const struct micro_case micro_sync_cases[];
 extern const struct micro_case micro_threads_cases[];
+extern const struct micro_case micro_files_cases[];
 
 #endif
