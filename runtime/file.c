@@ -520,7 +520,9 @@ static int64_t sendfile_by_chunks(struct gr__hub *hub, int out, int in, off_t of
 
 	if (r < 0)
 		return r;
-	int kind = gr__fd_kind(hub, out);
+	/* Asked of the kernel, not the hint: a stale "file" would have a
+	 * worker block on a socket (and io_uring keeps no hints up to date). */
+	int kind = gr__fd_kind_check(hub, out);
 	if (kind < 0)
 		return kind;
 	if (kind == GR__FD_STREAM && (r = gr__fd_nonblocking(out)) < 0)

@@ -662,6 +662,55 @@ Test(file, gr_close_under_a_queued_read_wakes_it_with_ebadf)
 	tmp_remove(&t);
 }
 
+struct exiting {
+	int fd;
+	unsigned char buf[4096];
+	struct call r;
+	bool ok;
+};
+
+static void *exit_mid_read(void *arg)
+{
+	struct exiting *e = arg;
+
+	if (gr_hub_use(grt_hub()) != 0)
+		return NULL;
+	e->r = (struct call){ .fd = e->fd, .buf = e->buf, .len = sizeof(e->buf),
+			      .deadline = GR_FOREVER };
+	gr_spawn(pread_fn, &e->r);
+	/* Wait until the read is queued on the pool, then leave. */
+	int64_t until = gr_now() + 5 * GR_SEC;
+	struct gr_tpool_stats st;
+	while (gr_tpool_stats(&st) == 0 && st.queued == 0 && gr_now() < until)
+		gr_sleep(GR_MSEC);
+	e->ok = st.queued == 1;
+	return NULL; /* the fiber is still waiting for its read */
+}
+
+/* A thread that exits while a fiber of its waits for a read on the pool:
+ * the read is withdrawn and the thread's end does not wait for the pool. */
+Test(file, a_thread_exits_while_its_fiber_waits_for_a_read_on_the_pool)
+{
+	struct tmp t;
+	struct gate g;
+	struct exiting e;
+	pthread_t th;
+
+	e.fd = queued_reads_ahead(&t, &g);
+	int64_t t0 = gr_now();
+	cr_assert_eq(pthread_create(&th, NULL, exit_mid_read, &e), 0);
+	cr_assert_eq(pthread_join(th, NULL), 0);
+	cr_assert(e.ok, "the read was never queued");
+	cr_assert_lt(gr_now() - t0, 2 * GR_SEC, "the thread's exit waited for the pool");
+	struct gr_tpool_stats st;
+	assert_ok(gr_tpool_stats(&st));
+	cr_assert_eq(st.queued, 0, "the read of a gone thread is still queued");
+	pool_unblock(&g);
+	pool_settle();
+	cr_assert_eq(gr_close(e.fd), 0);
+	tmp_remove(&t);
+}
+
 /* A worker blocked in the middle of a read: the buffer is registered with
  * userfaultfd, so copying the file's bytes into it waits until the fault
  * handler (a plain thread here) supplies the page. A fault taken by the
