@@ -186,8 +186,9 @@ GR_API int64_t gr_deadline_get(void);
  * POSIX arguments and results: -1 with errno on failure. They switch while
  * the operation waits. Extra errno values: ECANCELED (killed), ETIMEDOUT (the
  * fiber deadline passed), EBADF (gr_close() of the fd while waiting), EPERM
- * (called inside the hub). On the epoll and poll hubs the fd is made
- * O_NONBLOCK on first use (docs/hubs.md). */
+ * (called inside the hub). On the epoll and poll hubs a socket, pipe or
+ * other stream is made O_NONBLOCK on first use (docs/hubs.md); a regular
+ * file is left alone and never stalls the hub (greenring/file.h). */
 GR_API ssize_t gr_read(int fd, void *buf, size_t n);
 GR_API ssize_t gr_write(int fd, const void *buf, size_t n);
 GR_API ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt);
