@@ -194,7 +194,9 @@ GR_API int64_t gr_deadline_get(void);
  * gr_fd_set_deadline, passed), EBADF (gr_close() of the fd while waiting),
  * EPERM (called inside the hub). A send or write on a socket whose peer went
  * away fails with EPIPE and never raises SIGPIPE. On the epoll and poll hubs
- * the fd is made O_NONBLOCK on first use (docs/hubs.md). */
+ * a socket, pipe or other stream is made O_NONBLOCK on first use
+ * (docs/hubs.md); a regular file is left alone and never stalls the hub
+ * (greenring/file.h). */
 GR_API ssize_t gr_read(int fd, void *buf, size_t n);
 GR_API ssize_t gr_write(int fd, const void *buf, size_t n);
 GR_API ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt);
@@ -246,6 +248,12 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 
 /* Callbacks run when a fiber ends. */
 #include "greenring/link.h"
+
+/* Files: open, stat, sync, sendfile. */
+#include "greenring/file.h"
+
+/* Names: DNS lookups, and connecting to a host by name. */
+#include "greenring/resolve.h"
 
 #ifdef __cplusplus
 }

@@ -162,20 +162,47 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why)
 
 /* ------------------------------------------------------------ per file */
 
-enum gr__fd_kind gr__fd_kind(struct gr__hub *hub, int fd)
+enum gr__fd_kind gr__fd_kind_of_mode(unsigned mode)
+{
+	if (S_ISSOCK(mode))
+		return GR__FD_SOCKET;
+	/* What poll(2) calls always ready but whose reads and writes may wait
+	 * for a disk; everything else (pipes, ttys, eventfds...) says when it
+	 * is ready. */
+	return S_ISREG(mode) || S_ISBLK(mode) ? GR__FD_FILE : GR__FD_STREAM;
+}
+
+static void set_kind(struct gr__fdstate *st, enum gr__fd_kind kind)
+{
+	if (st->kind != kind) {
+		st->kind = (uint8_t)kind;
+		st->nowait_refused = 0;
+	}
+}
+
+int gr__fd_kind_check(struct gr__hub *hub, int fd)
 {
 	struct gr__fdstate *st = gr__fd_state(hub, fd);
 	struct stat sb;
 
-	if (st && st->kind != GR__FD_UNKNOWN)
-		return st->kind;
-	/* Not a socket if it cannot be asked: the call itself then reports
-	 * what is wrong with fd. */
-	enum gr__fd_kind kind = fstat(fd, &sb) == 0 && S_ISSOCK(sb.st_mode) ? GR__FD_SOCKET
-									   : GR__FD_OTHER;
-	if (st)
-		st->kind = (uint8_t)kind;
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	if (fstat(fd, &sb) < 0)
+		return -errno;
+	enum gr__fd_kind kind = gr__fd_kind_of_mode(sb.st_mode);
+	set_kind(st, kind);
 	return kind;
+}
+
+int gr__fd_kind(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	if (st->kind != GR__FD_UNKNOWN)
+		return st->kind;
+	return gr__fd_kind_check(hub, fd);
 }
 
 void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
@@ -183,12 +210,13 @@ void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
 	struct gr__fdstate *st = gr__fd_state(hub, fd);
 
 	if (st)
-		st->kind = (uint8_t)kind;
+		set_kind(st, kind);
 }
 
 void gr__fd_forget(struct gr__fdstate *st)
 {
 	st->kind = GR__FD_UNKNOWN;
+	st->nowait_refused = 0;
 	st->deadline[0] = st->deadline[1] = 0;
 }
 

@@ -224,16 +224,17 @@ static void wait_failed(struct gr__hub *hub, int r)
 
 /* How long the next wait() may block: not at all when fibers are runnable,
  * else until something completes, but no later than the next audit of long
- * waits on fds (fd.c). The audit runs first: one that finds a closed fd
- * completes its operations (a readiness backend at once), and their fibers
- * are runnable before the wait, which must then not block. */
+ * waits on fds (fd.c) or the next deadline of an operation on the thread
+ * pool (offload.c: no backend times those). The audit runs first: one that
+ * finds a closed fd completes its operations (a readiness backend at once),
+ * and their fibers are runnable before the wait, which must then not block. */
 static int64_t wait_timeout(struct gr__hub *hub)
 {
-	int64_t now = 0, due = GR_FOREVER;
+	int64_t now = 0, due = gr__offload_next_deadline(hub);
 
-	if (hub->fds_busy != 0 || hub->audit_due != 0) {
+	if (hub->fds_busy != 0 || hub->audit_due != 0 || due != GR_FOREVER) {
 		now = gr_now();
-		due = gr__fd_audit(hub, now);
+		due = gr__deadline_min(gr__fd_audit(hub, now), due);
 	}
 	if (!gr__list_empty(&hub->next))
 		return 0;
@@ -249,6 +250,7 @@ static void hub_main(gr__transfer t)
 	gr__switch_arrived(hub, hub->loop, t);
 	for (;;) {
 		gr__hub_drain_inbox(hub);
+		gr__offload_reap(hub);
 		bool idle = gr__list_empty(&hub->next);
 		if (idle && hub->inflight == 0 && hub->remote_waiting == 0)
 			detect_deadlock(hub);
@@ -263,6 +265,7 @@ static void hub_main(gr__transfer t)
 			else
 				hub->wait_failures = 0;
 			gr__hub_drain_inbox(hub);
+			gr__offload_reap(hub);
 		}
 		if (gr__list_empty(&hub->next))
 			continue;
@@ -363,9 +366,13 @@ static void hub_destroy(void *arg)
 	}
 	for_each_fiber(hub, interrupt_forced, ECANCELED);
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
+	gr__offload_reap(hub);    /* file operations the pool finished */
 	while (hub->inflight > 0) {
 		int r = hub->ops->wait(hub->backend, -1);
 
+		/* A file operation a worker still runs cannot be interrupted:
+		 * its buffers are in a stack we are about to unmap. */
+		gr__offload_reap(hub);
 		if (r < 0 && !transient_wait_error(r)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
@@ -381,6 +388,7 @@ static void hub_destroy(void *arg)
 	gr__laters_free(hub);
 	gr__signal_hub_free(hub);
 	hubs_remove(hub);
+	gr__offload_fini(hub); /* no worker is still waking this hub */
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	gr__fd_table_free(hub);

@@ -1,11 +1,14 @@
 /* io.c — the drop-in green calls: POSIX arguments, -1 and errno.
  *
  * Every call builds one operation on the caller's stack and goes through
- * run_op(), which parks through the gate (wait.c): on a completion backend
- * (io_uring) the backend performs the system call; on a readiness backend
- * (epoll, poll) run_op tries the non-blocking system call first and parks on
- * GR_OP_POLL only on EAGAIN, then tries again. One path for every operation,
- * not one per syscall.
+ * gr__run_op(), which parks through the gate (wait.c): on a completion
+ * backend (io_uring) the backend performs the system call; on a readiness
+ * backend (epoll, poll) it tries the non-blocking system call first and
+ * parks on GR_OP_POLL only on EAGAIN, then tries again (gr__run_stream). One
+ * path for every operation, not one per syscall. A read or write of a
+ * regular file on a readiness hub cannot wait for readiness (a file is
+ * always "ready", and blocks on the disk instead): file.c serves it, from
+ * the page cache when it can, else on the thread pool.
  *
  * errno is set only as the last act before returning to the caller
  * (posix_result), because another fiber may run (and fail) between a
@@ -37,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -48,14 +52,6 @@
 #define GR__HAVE_MEMCHECK 0
 #endif
 
-static inline ssize_t posix_result(int64_t r)
-{
-	if (r < 0) {
-		errno = (int)-r;
-		return -1;
-	}
-	return (ssize_t)r;
-}
 
 static inline int64_t syscall_result(ssize_t r)
 {
@@ -186,14 +182,40 @@ static bool trusts_registration(const struct gr_op *op)
 }
 
 /* fd was just created (accepted, or a socket being connected): whatever the
- * backend remembers of an earlier file under this number is stale. */
+ * backend remembers of an earlier file under this number is stale. (The
+ * core's own record is renewed by the caller: gr_accept4 and gr_connect.) */
 static void forget_previous_file(struct gr__hub *hub, int fd)
 {
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
 }
 
+/* read, write, readv, writev: the calls that serve regular files too. */
+static bool reads_or_writes(const struct gr_op *op)
+{
+	return op->kind == GR_OP_READ || op->kind == GR_OP_WRITE || op->kind == GR_OP_READV ||
+	       op->kind == GR_OP_WRITEV;
+}
+
 static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
+{
+	struct gr_op *op = &o->op;
+
+	if (reads_or_writes(op)) {
+		/* A regular file is never "not ready": its calls would block
+		 * the thread on the disk instead of returning EAGAIN. file.c
+		 * serves it (page-cache hits here, the rest on the pool). */
+		int kind = gr__fd_kind(hub, op->fd);
+
+		if (kind < 0)
+			return kind;
+		if (kind == GR__FD_FILE)
+			return gr__file_rw(hub, p, o);
+	}
+	return gr__run_stream(hub, p, o);
+}
+
+int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
 	struct gr_op *op = &o->op;
 
@@ -224,24 +246,39 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr_
 		} else if (r != -EAGAIN && r != -EWOULDBLOCK) {
 			return r;
 		}
-		r = gr__park_again(p);
+		r = gr__park_ready(hub, p, op->fd, op_events(op),
+				   trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0);
 		if (r < 0)
 			return r;
-		struct gr__op wait = gr__op_init(GR_OP_POLL, op->fd);
-		wait.op.events = op_events(op);
-		wait.op.flags = trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0;
-		struct gr__fdstate *st = gr__fd_state(hub, op->fd);
-		if (!st)
-			return errno == EBADF ? -EBADF : -ENOMEM;
-		uint32_t closes = st->closes;
-		r = gr__park_op(hub, p, &wait);
-		if (r < 0)
-			return r;
-		/* The wait ended, but other fibers ran before this one: if one of
-		 * them gr_closed the fd, the number may already name a new file. */
-		if (st->closes != closes || st->closing)
-			return -EBADF;
 	}
+}
+
+int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags)
+{
+	int64_t r = gr__park_again(p);
+
+	if (r < 0)
+		return r;
+	struct gr__op wait = gr__op_init(GR_OP_POLL, fd);
+	wait.op.events = events;
+	wait.op.flags = flags;
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	uint32_t closes = st->closes;
+	r = gr__park_op(hub, p, &wait);
+	if (r < 0)
+		return r;
+	/* The wait ended, but other fibers ran before this one: if one of them
+	 * gr_closed the fd, the number may already name a new file. */
+	if (st->closes != closes || st->closing)
+		return -EBADF;
+	return 0;
+}
+
+int gr__fd_nonblocking(int fd)
+{
+	return ensure_nonblocking(fd);
 }
 
 /* ------------------------------------------------------ the one path */
@@ -281,6 +318,9 @@ static void mark_defined(const struct gr_op *op, int64_t res)
 			VALGRIND_MAKE_MEM_DEFINED(op->addrlen, sizeof(*op->addrlen));
 			VALGRIND_MAKE_MEM_DEFINED(op->addr, *op->addrlen);
 		}
+		return;
+	case GR_OP_STATX:
+		VALGRIND_MAKE_MEM_DEFINED(op->buf, sizeof(struct statx));
 		return;
 	default:
 		return;
@@ -366,10 +406,10 @@ static bool write_as_send(struct gr__hub *hub, struct gr__op *o, struct msghdr *
 }
 
 /* The number named a socket once but names another file now (closed with
- * close() and reused): remember that, and write as asked. */
+ * close() and reused): learn what it is, and write as asked. */
 static void send_as_write(struct gr__hub *hub, struct gr__op *o)
 {
-	gr__fd_set_kind(hub, o->op.fd, GR__FD_OTHER);
+	(void)gr__fd_kind_check(hub, o->op.fd);
 	o->op.kind = o->op.kind == GR_OP_SEND ? GR_OP_WRITE : GR_OP_WRITEV;
 	o->op.flags = 0;
 }
@@ -394,8 +434,14 @@ static void spend_budget(struct gr__hub *hub)
 	gr__switch_out(hub);
 }
 
+/* An open or stat relative to the working directory names no fd. */
+static bool names_a_path(const struct gr_op *op)
+{
+	return (op->kind == GR_OP_OPENAT || op->kind == GR_OP_STATX) && op->fd == AT_FDCWD;
+}
+
 /* The one path: through the gate, then the backend's way of doing it. */
-static int64_t run_op(struct gr__op *o, const char *what)
+int64_t gr__run_op(struct gr__op *o, const char *what)
 {
 	struct gr__hub *hub = NULL;
 	struct gr__park p = { .what = what };
@@ -404,7 +450,7 @@ static int64_t run_op(struct gr__op *o, const char *what)
 	if (err)
 		return err;
 	int fd = o->op.fd;
-	if (fd < 0)
+	if (fd < 0 && !names_a_path(&o->op))
 		return -EBADF;
 	p.limit = o->op.deadline;
 	p.fd_dirs = kind_dirs[o->op.kind];
@@ -428,7 +474,7 @@ ssize_t gr_read(int fd, void *buf, size_t n)
 	o.op.buf = buf;
 	o.op.len = n;
 
-	return posix_result(run_op(&o, "gr_read"));
+	return gr__posix_result(gr__run_op(&o, "gr_read"));
 }
 
 ssize_t gr_write(int fd, const void *buf, size_t n)
@@ -437,7 +483,7 @@ ssize_t gr_write(int fd, const void *buf, size_t n)
 	o.op.buf = (void *)buf;
 	o.op.len = n;
 
-	return posix_result(run_op(&o, "gr_write"));
+	return gr__posix_result(gr__run_op(&o, "gr_write"));
 }
 
 /* pread/pwrite on a pipe or socket is ESPIPE. io_uring does not say so: it
@@ -468,7 +514,7 @@ ssize_t gr_pread(int fd, void *buf, size_t n, off_t off)
 	o.op.len = n;
 	o.op.off = off;
 
-	return posix_result(run_op(&o, "gr_pread"));
+	return gr__posix_result(gr__run_op(&o, "gr_pread"));
 }
 
 ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -486,7 +532,7 @@ ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
 	o.op.len = n;
 	o.op.off = off;
 
-	return posix_result(run_op(&o, "gr_pwrite"));
+	return gr__posix_result(gr__run_op(&o, "gr_pwrite"));
 }
 
 static bool valid_iov(const struct iovec *iov, int iovcnt)
@@ -504,7 +550,7 @@ ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt)
 	o.op.iov = iov;
 	o.op.iovcnt = iovcnt;
 
-	return posix_result(run_op(&o, "gr_readv"));
+	return gr__posix_result(gr__run_op(&o, "gr_readv"));
 }
 
 ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
@@ -517,7 +563,7 @@ ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
 	o.op.iov = iov;
 	o.op.iovcnt = iovcnt;
 
-	return posix_result(run_op(&o, "gr_writev"));
+	return gr__posix_result(gr__run_op(&o, "gr_writev"));
 }
 
 ssize_t gr_recv(int fd, void *buf, size_t n, int flags)
@@ -527,7 +573,7 @@ ssize_t gr_recv(int fd, void *buf, size_t n, int flags)
 	o.op.len = n;
 	o.op.flags = flags;
 
-	return posix_result(run_op(&o, "gr_recv"));
+	return gr__posix_result(gr__run_op(&o, "gr_recv"));
 }
 
 ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
@@ -539,7 +585,7 @@ ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
 	o.op.len = n;
 	o.op.flags = flags | MSG_NOSIGNAL;
 
-	return posix_result(run_op(&o, "gr_send"));
+	return gr__posix_result(gr__run_op(&o, "gr_send"));
 }
 
 ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
@@ -552,7 +598,7 @@ ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
 	o.op.msg = msg;
 	o.op.flags = flags;
 
-	return posix_result(run_op(&o, "gr_recvmsg"));
+	return gr__posix_result(gr__run_op(&o, "gr_recvmsg"));
 }
 
 ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
@@ -565,7 +611,7 @@ ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
 	o.op.msg = (struct msghdr *)msg;
 	o.op.flags = flags | MSG_NOSIGNAL;
 
-	return posix_result(run_op(&o, "gr_sendmsg"));
+	return gr__posix_result(gr__run_op(&o, "gr_sendmsg"));
 }
 
 int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
@@ -583,11 +629,11 @@ int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	o.op.addr = sa;
 	o.op.addrlen = len;
 	o.op.flags = flags;
-	int64_t r = run_op(&o, "gr_accept4");
+	int64_t r = gr__run_op(&o, "gr_accept4");
 
 	if (r >= 0)
 		new_file(gr__hub_peek(), (int)r);
-	return (int)posix_result(r);
+	return (int)gr__posix_result(r);
 }
 
 int gr_accept(int fd, struct sockaddr *sa, socklen_t *len)
@@ -604,12 +650,12 @@ int gr_connect(int fd, const struct sockaddr *sa, socklen_t len)
 	struct gr__op o = gr__op_init(GR_OP_CONNECT, fd);
 	o.op.addr = (struct sockaddr *)sa;
 	o.op.addrlen_value = len;
-	int64_t r = run_op(&o, "gr_connect");
+	int64_t r = gr__run_op(&o, "gr_connect");
 
 	/* A connected socket, whatever the number named before. */
 	if (r == 0)
 		gr__fd_set_kind(gr__hub_peek(), fd, GR__FD_SOCKET);
-	return (int)posix_result(r);
+	return (int)gr__posix_result(r);
 }
 
 int gr_wait_fd(int fd, short events, int64_t deadline)
@@ -619,33 +665,33 @@ int gr_wait_fd(int fd, short events, int64_t deadline)
 	int err = gr__park_hub(&hub);
 
 	if (err)
-		return (int)posix_result(err);
+		return (int)gr__posix_result(err);
 	if (fd < 0)
-		return (int)posix_result(-EBADF);
+		return (int)gr__posix_result(-EBADF);
 	if (!(events & (POLLIN | POLLOUT | POLLPRI | POLLRDHUP)))
-		return (int)posix_result(-EINVAL);
+		return (int)gr__posix_result(-EINVAL);
 	if (deadline == 0) {
 		/* Try once: ask the kernel now, without parking. */
 		struct pollfd pfd = { .fd = fd, .events = events };
 		int r = poll(&pfd, 1, 0);
 
 		if (r < 0)
-			return (int)posix_result(-errno);
+			return (int)gr__posix_result(-errno);
 		if (r == 1 && (pfd.revents & POLLNVAL))
-			return (int)posix_result(-EBADF);
-		return r == 1 ? 0 : (int)posix_result(-ETIMEDOUT);
+			return (int)gr__posix_result(-EBADF);
+		return r == 1 ? 0 : (int)gr__posix_result(-ETIMEDOUT);
 	}
 	p.limit = deadline;
 	p.fd_dirs = events_dirs(events);
 	err = gr__park_begin(hub, &p, gr__deadline_min(deadline, gr__fd_deadline(hub, fd, p.fd_dirs)));
 	if (err)
-		return (int)posix_result(err);
+		return (int)gr__posix_result(err);
 	struct gr__op o = gr__op_init(GR_OP_POLL, fd);
 	o.op.events = events;
 	int64_t r = gr__park_op(hub, &p, &o);
 	if (r >= 0 && (r & POLLNVAL))
 		r = -EBADF;
-	return (int)posix_result(r < 0 ? r : 0);
+	return (int)gr__posix_result(r < 0 ? r : 0);
 }
 
 /* Close: cancel what is in flight on fd, let those fibers see EBADF, wait
@@ -660,22 +706,22 @@ int gr_close(int fd)
 	struct gr__hub *hub = gr__hub_peek();
 
 	if (fd < 0)
-		return (int)posix_result(-EBADF);
+		return (int)gr__posix_result(-EBADF);
 	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
 	if (!st)
 		return close(fd);
 	if (!hub->loop && !gr__hub_loop_fiber(hub))
-		return (int)posix_result(-ENOMEM); /* the close below may park */
+		return (int)gr__posix_result(-ENOMEM); /* the close below may park */
 	if (hub->current == hub->loop) {
 		/* Inside the hub nothing can wait for the cancelled operations to
 		 * drain, and closing under them would let the number be reused
 		 * while an operation still names it. */
 		if (!gr__list_empty(&st->ops))
-			return (int)posix_result(-EPERM);
+			return (int)gr__posix_result(-EPERM);
 		return close(fd);
 	}
 	if (st->closing)
-		return (int)posix_result(-EBADF); /* another fiber is closing it */
+		return (int)gr__posix_result(-EBADF); /* another fiber is closing it */
 	st->closing = 1;
 	st->closes++;
 	gr__fd_cancel_all(hub, st, EBADF);
@@ -687,7 +733,7 @@ int gr_close(int fd)
 		r = gr__park_queue(hub, &p, &st->closers);
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
-	gr__fd_forget(st);
+	gr__fd_forget(st); /* what comes next under the number is learnt afresh */
 	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
 		struct gr__op o = gr__op_init(GR_OP_CLOSE, fd);
 
@@ -696,5 +742,5 @@ int gr_close(int fd)
 		r = close(fd) < 0 ? -errno : 0;
 		st->closing = 0;
 	}
-	return (int)posix_result(r);
+	return (int)gr__posix_result(r);
 }

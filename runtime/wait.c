@@ -120,7 +120,8 @@ static int op_submit(struct gr__hub *hub, struct gr__op *o)
 	}
 	hub->inflight++;
 	o->park->op = o;
-	int err = hub->ops->submit(hub->backend, &o->op);
+	/* The thread pool performs what the backend cannot (offload.c). */
+	int err = o->offload ? gr__offload_submit(hub, o) : hub->ops->submit(hub->backend, &o->op);
 	if (err < 0) {
 		hub->inflight--;
 		o->park->op = NULL;
@@ -183,7 +184,10 @@ void gr__op_cancel(struct gr__hub *hub, struct gr__op *o, int why)
 	 * again: a reason to end it (kill, deadline, close) replaces it. */
 	if (!o->cancel_errno || o->cancel_errno == GR__RETIME)
 		o->cancel_errno = (uint8_t)why;
-	hub->ops->cancel(hub->backend, &o->op);
+	if (o->offload)
+		gr__offload_cancel(hub, o);
+	else
+		hub->ops->cancel(hub->backend, &o->op);
 }
 
 /* ------------------------------------------------------------ wait queues */
@@ -311,36 +315,20 @@ void gr__xunpark(struct gr__park *p, int status)
 		gr__ready(p->fiber);
 		return;
 	}
-	/* Release: the status (and whatever the waker handed over in the
-	 * object) is visible to the hub that takes p from its inbox. The lock
-	 * is still held, so the hub cannot be torn down under the wake. */
-	struct gr__park *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
-	do
-		p->inbox_next = old;
-	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, p, memory_order_release,
-						      memory_order_relaxed));
-	if (!old)
+	/* The status (and whatever the waker handed over in the object) is
+	 * visible to the hub that takes p from its inbox. The lock is still
+	 * held, so the hub cannot be torn down under the wake. */
+	if (gr__inbox_push(&hub->inbox, &p->inbox_link))
 		(void)hub->ops->wake(hub->backend);
 }
 
 void gr__hub_drain_inbox(struct gr__hub *hub)
 {
-	struct gr__park *p = atomic_exchange_explicit(&hub->inbox, NULL, memory_order_acquire);
-	struct gr__park *fifo = NULL;
-
-	/* The inbox is a stack: reverse it, so fibers run in wake order. */
-	while (p) {
-		struct gr__park *next = p->inbox_next;
-
-		p->inbox_next = fifo;
-		fifo = p;
-		p = next;
-	}
-	while (fifo) {
-		struct gr__park *next = fifo->inbox_next;
-
-		gr__ready(fifo->fiber); /* it may run and be gone: next is read first */
-		fifo = next;
+	/* In wake order. A fiber made ready may run and be gone: next is read
+	 * first. */
+	for (struct gr__slink *l = gr__inbox_take(&hub->inbox), *next; l; l = next) {
+		next = l->next;
+		gr__ready(gr__container(l, struct gr__park, inbox_link)->fiber);
 	}
 }
 

@@ -36,17 +36,21 @@ extern "C" {
  * deadline passed): the call returns at once; a job that had not started is
  * never run, one that had runs to its end and its result is dropped (see
  * gr_tpool_run_cleanup), and nothing is written into the caller's memory
- * afterwards; -EINVAL (fn NULL); -ENOMEM; -EAGAIN (no worker thread exists
- * and none could be started); -EPERM (called inside the hub). */
+ * afterwards; -ETIMEDOUT also for deadline 0, which work on another thread
+ * can never meet (nothing is queued); -EINVAL (fn NULL); -ENOMEM; -EAGAIN
+ * (no worker thread exists and none could be started); -EPERM (called
+ * inside the hub). */
 GR_API int gr_tpool_run(void *(*fn)(void *), void *arg, void **result, int64_t deadline);
 
-/* As gr_tpool_run, and when the caller stops waiting (kill, deadline, its
- * thread's exit), cleanup(result, arg) runs exactly once, on a worker: after
- * fn returns, with its result, if fn had started; else instead of fn, with
- * result NULL (fn never runs then). So whatever arg owns, and whatever fn
- * made (an fd, a buffer, a connection), is released whatever happens: arg
- * must stay valid until cleanup has run, and belongs to cleanup from the
- * moment the call fails with ECANCELED or ETIMEDOUT. cleanup may be NULL. */
+/* As gr_tpool_run, and when the caller stops waiting (the call returns
+ * -ECANCELED or -ETIMEDOUT, or its thread exits while it waits), cleanup runs
+ * exactly once: if fn had started, as cleanup(fn's result, arg) on the
+ * worker when fn returns, so that what fn made (an fd, a buffer, a
+ * connection) is not lost; if not, as cleanup(NULL, arg), fn never running,
+ * so that arg itself can be freed there (on a worker, or in the call itself
+ * when it failed before queueing). arg must stay valid until cleanup has
+ * run. With any other return (0, -EINVAL, -ENOMEM, -EAGAIN, -EPERM) cleanup
+ * never runs and arg is the caller's again. cleanup may be NULL. */
 GR_API int gr_tpool_run_cleanup(void *(*fn)(void *), void *arg,
 				void (*cleanup)(void *result, void *arg), void **result,
 				int64_t deadline);
@@ -56,8 +60,9 @@ struct gr_tpool_stats {
 	unsigned threads;       /* workers alive */
 	unsigned idle;          /* of which waiting for a job */
 	unsigned max;           /* GREENRING_THREADS */
-	size_t queued;          /* jobs waiting for a worker */
-	uint64_t completed;     /* jobs run to their end so far */
+	size_t queued;          /* jobs (and file operations) waiting for a worker */
+	uint64_t completed;     /* jobs (and file operations the pool made for
+				   the readiness hubs) run to their end so far */
 };
 
 /* Fill *out. 0; -EINVAL (NULL). Does not switch. */
