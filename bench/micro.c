@@ -125,7 +125,8 @@ int main(int argc, char **argv)
 		hubs[nhubs++] = tok;
 
 	const struct micro_case *tables[] = { micro_core_cases, micro_sync_cases,
-					       micro_threads_cases };
+					       micro_threads_cases, micro_patch_cases, micro_later_cases,
+					       micro_files_cases };
 	int64_t budget_ns = budget_ms * GR_MSEC;
 
 	printf("greenring micro-benchmarks: median of %d runs, ~%ld ms each\n\n", runs, budget_ms);

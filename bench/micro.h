@@ -20,5 +20,11 @@ struct micro_case {
 extern const struct micro_case micro_core_cases[];
 extern const struct micro_case micro_sync_cases[];
 extern const struct micro_case micro_threads_cases[];
+extern const struct micro_case micro_patch_cases[];
+extern const struct micro_case micro_later_cases[];
+extern const struct micro_case micro_files_cases[];
+
+/* The process's resident set now, in KiB (-1 if unknown). */
+long micro_rss_kib(void);
 
 #endif

@@ -1,11 +1,12 @@
 /* micro_core.c — micro-benchmark cases of the core: switches, spawns,
- * memory per parked fiber, and one I/O round trip. */
+ * memory per parked fiber, an I/O round trip and a burst of ready reads. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <greenring.h>
@@ -185,7 +186,7 @@ static double spawn_n_burst_rate(int64_t budget_ns)
 
 /* ---------------------------------------------------- memory */
 
-static long rss_kib(void)
+long micro_rss_kib(void)
 {
 	FILE *f = fopen("/proc/self/statm", "r");
 	long size = 0, resident = 0;
@@ -219,7 +220,7 @@ static double rss_per_parked_fiber(int64_t budget_ns)
 	if (pipe(p) != 0)
 		return -1;
 	gr_sleep(0); /* the hub and its loop exist before the baseline */
-	long before = rss_kib();
+	long before = micro_rss_kib();
 	int n = 0;
 	for (; n < PARKED_FIBERS; n++) {
 		fibers[n] = gr_spawn(parked_reader, &p[0]);
@@ -229,7 +230,7 @@ static double rss_per_parked_fiber(int64_t budget_ns)
 		}
 	}
 	gr_sleep(0); /* every fiber runs up to its park */
-	long after = rss_kib();
+	long after = micro_rss_kib();
 	char c = 1;
 	if (write(p[1], &c, 1) != 1)
 		return -1;
@@ -295,6 +296,50 @@ static double pipe_round_trip(int64_t budget_ns)
 	return -1;
 }
 
+/* gr_recv that finds its data every time (a burst already in the socket):
+ * the cost of a green call that does not wait, per call, with the fairness
+ * budget's yield every GREENRING_IO_BUDGET calls included (another fiber
+ * exists, so the yield is a real switch). */
+static void *idle_fiber(void *p)
+{
+	volatile int *stop = p;
+
+	while (!*stop)
+		gr_sleep(0);
+	return NULL;
+}
+
+static double ready_recv(int64_t budget_ns)
+{
+	int sv[2];
+	char buf[4096];
+	long calls = 0;
+	volatile int stop = 0;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+		return -1;
+	gr_fiber *other = gr_spawn(idle_fiber, (void *)&stop);
+	int64_t start = gr_now(), elapsed = 0;
+	do {
+		/* Refill outside the timed part: 4 KiB, read 16 bytes a call. */
+		int64_t t = gr_now();
+		if (send(sv[1], buf, sizeof(buf), 0) != (ssize_t)sizeof(buf))
+			return -1;
+		start += gr_now() - t;
+		for (int i = 0; i < 256; i++) {
+			if (gr_recv(sv[0], buf, 16, 0) != 16)
+				return -1;
+		}
+		calls += 256;
+		elapsed = gr_now() - start;
+	} while (elapsed < budget_ns);
+	stop = 1;
+	gr_join(other, NULL, GR_FOREVER);
+	gr_close(sv[0]);
+	gr_close(sv[1]);
+	return (double)elapsed / (double)calls;
+}
+
 const struct micro_case micro_core_cases[] = {
 	{ "raw jump_fcontext round trip", "ns", false, true, raw_fcontext_round_trip },
 	{ "raw switch-in-a-function round trip", "ns", false, true, raw_switch_function_round_trip },
@@ -303,5 +348,6 @@ const struct micro_case micro_core_cases[] = {
 	{ "spawn_n burst of 10k + hub_join", "M/s", true, false, spawn_n_burst_rate },
 	{ "RSS per parked fiber (100k)", "KiB", false, false, rss_per_parked_fiber },
 	{ "pipe round trip between 2 fibers", "ns", false, false, pipe_round_trip },
+	{ "gr_recv finding data (a burst), per call", "ns", false, false, ready_recv },
 	{ 0 },
 };

@@ -8,7 +8,7 @@
  *     gr_spawn_n(handle, arg);    // scheduled, not yet running
  *     gr_sleep(0);                // runs it (and everything else runnable)
  *
- * Conventions:
+ * Conventions (docs/api.md has them all, with the rule for kills):
  *   - Drop-in green calls (gr_read, gr_send, gr_accept, ...) take the POSIX
  *     arguments and return like POSIX: -1 with errno set.
  *   - Every other function returns 0 (or a count) on success and -errno on
@@ -98,6 +98,10 @@ struct gr_spawn_opts {
 	const char *name;       /* copied; shown in deadlock and overflow messages */
 	int detached;           /* released when it ends; gr_spawn_with returns it
 				   only as a handle valid until it runs */
+	int64_t deadline;       /* the fiber's own deadline from its start, as
+				   gr_deadline_set() as its first act would set it
+				   (it may change it); absolute; 0 (unset) or
+				   GR_FOREVER: none */
 };
 
 /* Create a joinable fiber that will run fn(arg). It is scheduled, not run:
@@ -130,7 +134,7 @@ GR_API int gr_join(gr_fiber *f, void **result, int64_t deadline);
  * (another thread's fiber). */
 GR_API int gr_detach(gr_fiber *f);
 
-/* Kill f (the one rule for kills, docs/architecture.md "Kills"): f's current
+/* Kill f (the one rule for kills, docs/api.md "Kills"): f's current
  * blocking call and every later one fail with ECANCELED until f
  * acknowledges the kill with gr_kill_ack(), so code that does not expect a
  * kill unwinds by returning. A fiber that has not started never runs its
@@ -184,10 +188,15 @@ GR_API int64_t gr_deadline_get(void);
 
 /* ------------------------------------------------- drop-in green calls
  * POSIX arguments and results: -1 with errno on failure. They switch while
- * the operation waits. Extra errno values: ECANCELED (killed), ETIMEDOUT (the
- * fiber deadline passed), EBADF (gr_close() of the fd while waiting), EPERM
- * (called inside the hub). On the epoll and poll hubs the fd is made
- * O_NONBLOCK on first use (docs/hubs.md). */
+ * the operation waits (and once after 64 calls in a row that did not: see
+ * docs/api.md, "Fairness"). Extra errno values: ECANCELED (killed),
+ * ETIMEDOUT (the fiber's deadline, or the fd's for the call's direction,
+ * gr_fd_set_deadline, passed), EBADF (gr_close() of the fd while waiting),
+ * EPERM (called inside the hub). A send or write on a socket whose peer went
+ * away fails with EPIPE and never raises SIGPIPE. On the epoll and poll hubs
+ * a socket, pipe or other stream is made O_NONBLOCK on first use
+ * (docs/hubs.md); a regular file is left alone and never stalls the hub
+ * (greenring/file.h). */
 GR_API ssize_t gr_read(int fd, void *buf, size_t n);
 GR_API ssize_t gr_write(int fd, const void *buf, size_t n);
 GR_API ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt);
@@ -214,6 +223,9 @@ GR_API int gr_close(int fd);
  * ECANCELED, EBADF, EINVAL, EPERM. */
 GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 
+/* Deadlines per fd (Go's SetReadDeadline/SetWriteDeadline). */
+#include "greenring/fd.h"
+
 /* TCP servers: listen, one fiber per connection (gevent's StreamServer). */
 #include "greenring/server.h"
 
@@ -221,6 +233,27 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 
 /* Blocking work on worker threads. */
 #include "greenring/tpool.h"
+
+/* May the caller park? Asked without creating a hub (interposers). */
+#include "greenring/caller.h"
+
+/* Fibers that wait for signals. */
+#include "greenring/signal.h"
+
+/* Child processes. */
+#include "greenring/process.h"
+
+/* Spawning later, cancellable. */
+#include "greenring/later.h"
+
+/* Callbacks run when a fiber ends. */
+#include "greenring/link.h"
+
+/* Files: open, stat, sync, sendfile. */
+#include "greenring/file.h"
+
+/* Names: DNS lookups, and connecting to a host by name. */
+#include "greenring/resolve.h"
 
 /* Counters, the run-info dump, the blocking monitor. */
 #include "greenring/observe.h"

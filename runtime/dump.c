@@ -111,8 +111,12 @@ const char *const gr__op_kind_names[GR_OP_KIND_COUNT] = {
 	[GR_OP_READV] = "readv",     [GR_OP_WRITEV] = "writev",   [GR_OP_RECV] = "recv",
 	[GR_OP_SEND] = "send",       [GR_OP_RECVMSG] = "recvmsg", [GR_OP_SENDMSG] = "sendmsg",
 	[GR_OP_ACCEPT] = "accept",   [GR_OP_CONNECT] = "connect", [GR_OP_POLL] = "poll",
-	[GR_OP_TIMEOUT] = "timeout", [GR_OP_CLOSE] = "close",
+	[GR_OP_TIMEOUT] = "timeout", [GR_OP_CLOSE] = "close",     [GR_OP_WAITID] = "waitid",
+	[GR_OP_OPENAT] = "openat",   [GR_OP_STATX] = "statx",     [GR_OP_FSYNC] = "fsync",
+	[GR_OP_SPLICE] = "splice",
 };
+/* A kind added without its name here would print "?". */
+_Static_assert(GR_OP_SPLICE == GR_OP_KIND_COUNT - 1, "gr__op_kind_names: name the new kind");
 
 const char *gr_op_kind_name(unsigned kind)
 {

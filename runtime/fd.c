@@ -1,6 +1,17 @@
 /* fd.c — what the hub knows per fd number: the operations in flight that
  * name it (so gr_close can cancel them and wait for them), a gr_close under
- * way, and the audit of long waits on fds closed behind the runtime's back.
+ * way, the audit of long waits on fds closed behind the runtime's back, and
+ * what belongs to the file behind the number: its per-fd deadlines
+ * (gr_fd_set_deadline) and whether it is a socket (io.c writes to sockets
+ * with MSG_NOSIGNAL).
+ *
+ * Per-fd deadlines. Each call's park record says which directions bound it
+ * (fd_dirs) and its own deadline (limit); the effective deadline is the
+ * sooner of that, the fiber's and the fd's. A deadline set while calls wait
+ * cancels those whose effective deadline changes, for a retime: the gate
+ * (wait.c) submits the operation again under the new deadline if it moved
+ * no data. A retime is the weakest cancel reason: a kill, a deadline or a
+ * gr_close arriving on top of it ends the call as they always do.
  *
  * The table is indexed by fd number, in chunks allocated on first use and
  * never moved, so a pointer to an fd's state (and the wait queue inside it)
@@ -25,23 +36,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "internal.h"
 
-#define CHUNK 256
+#define CHUNK GR__FD_CHUNK
 #define AUDIT_EPOCH (100 * GR_MSEC)
 #define AUDIT_GAP_MAX 64
-
-struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd)
-{
-	if (fd < 0)
-		return NULL;
-	size_t c = (size_t)fd / CHUNK;
-
-	if (c >= hub->fd_nchunks || !hub->fd_chunks[c])
-		return NULL;
-	return &hub->fd_chunks[c][(size_t)fd % CHUNK];
-}
 
 struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
 {
@@ -120,20 +121,22 @@ void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o)
 		gr__unpark(gr__waitq_first(&st->closers), 0);
 }
 
-void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why)
+/* Cancel with `why` every operation on st that `wanted` picks. A cancel may
+ * complete, and so unlink, any operation of the fd (a readiness backend
+ * completes the one cancelled; io_uring may reap others to make room for
+ * the cancel), so no link saved across it can be trusted: start again from
+ * the head each time. `wanted` must refuse what it has had cancelled. */
+static void cancel_each(struct gr__hub *hub, struct gr__fdstate *st, int why,
+			bool (*wanted)(struct gr__hub *hub, const struct gr__op *o, unsigned arg),
+			unsigned arg)
 {
-	/* A cancel may complete, and so unlink, any operation of the fd (a
-	 * readiness backend completes the one cancelled; io_uring may reap
-	 * others to make room for the cancel), so no link saved across it can
-	 * be trusted: start again from the head each time, skipping what is
-	 * cancelled already. */
 	for (;;) {
 		struct gr__op *todo = NULL;
 
 		gr__list_foreach(it, &st->ops) {
 			struct gr__op *o = gr__container(it, struct gr__op, fd_link);
 
-			if (!o->cancel_errno) {
+			if (wanted(hub, o, arg)) {
 				todo = o;
 				break;
 			}
@@ -142,6 +145,132 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why)
 			return;
 		gr__op_cancel(hub, todo, why);
 	}
+}
+
+/* Not cancelled yet for a reason that ends the call (a retime does not). */
+static bool not_ending(struct gr__hub *hub, const struct gr__op *o, unsigned arg)
+{
+	(void)hub;
+	(void)arg;
+	return !o->cancel_errno || o->cancel_errno == GR__RETIME;
+}
+
+void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why)
+{
+	cancel_each(hub, st, why, not_ending, 0);
+}
+
+/* ------------------------------------------------------------ per file */
+
+enum gr__fd_kind gr__fd_kind_of_mode(unsigned mode)
+{
+	if (S_ISSOCK(mode))
+		return GR__FD_SOCKET;
+	/* What poll(2) calls always ready but whose reads and writes may wait
+	 * for a disk; everything else (pipes, ttys, eventfds...) says when it
+	 * is ready. */
+	return S_ISREG(mode) || S_ISBLK(mode) ? GR__FD_FILE : GR__FD_STREAM;
+}
+
+static void set_kind(struct gr__fdstate *st, enum gr__fd_kind kind)
+{
+	if (st->kind != kind) {
+		st->kind = (uint8_t)kind;
+		st->nowait_refused = 0;
+	}
+}
+
+int gr__fd_kind_check(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+	struct stat sb;
+
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	if (fstat(fd, &sb) < 0)
+		return -errno;
+	enum gr__fd_kind kind = gr__fd_kind_of_mode(sb.st_mode);
+	set_kind(st, kind);
+	return kind;
+}
+
+int gr__fd_kind(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	if (st->kind != GR__FD_UNKNOWN)
+		return st->kind;
+	return gr__fd_kind_check(hub, fd);
+}
+
+void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+
+	if (st)
+		set_kind(st, kind);
+}
+
+void gr__fd_forget(struct gr__fdstate *st)
+{
+	st->kind = GR__FD_UNKNOWN;
+	st->nowait_refused = 0;
+	st->deadline[0] = st->deadline[1] = 0;
+}
+
+void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
+{
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+
+	if (st) {
+		gr__fd_forget(st);
+		st->kind = (uint8_t)kind;
+	}
+}
+
+/* An operation whose call is bounded by the fd's deadlines of `dirs`, not
+ * being ended already, and whose deadline the new ones change. */
+static bool needs_retime(struct gr__hub *hub, const struct gr__op *o, unsigned dirs)
+{
+	const struct gr__park *p = o->park;
+
+	if (o->cancel_errno || !(p->fd_dirs & dirs) || o->op.kind == GR_OP_CLOSE)
+		return false;
+	int64_t want = gr__deadline_min(gr__deadline_min(p->limit, p->fiber->deadline),
+					gr__fd_deadline(hub, o->op.fd, p->fd_dirs));
+	return want != o->op.deadline;
+}
+
+int gr_fd_set_deadline(int fd, int dirs, int64_t deadline)
+{
+	int err = 0;
+	struct gr__hub *hub = gr__hub_get(&err);
+
+	if (!hub)
+		return err;
+	if (fd < 0)
+		return -EBADF;
+	if (dirs == 0 || (dirs & ~(GR_FD_READ | GR_FD_WRITE)))
+		return -EINVAL;
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	/* A first deadline for a number the table knew already: make sure it
+	 * names an open file (later sets, before every read, cost nothing). */
+	if (deadline >= 0 && !st->deadline[0] && !st->deadline[1] && fcntl(fd, F_GETFD) < 0)
+		return -EBADF;
+	/* 0 is a pure try's deadline everywhere else: a past one is kept as 1. */
+	int64_t kept = deadline < 0 ? 0 : deadline == 0 ? 1 : deadline;
+	if (dirs & GR_FD_READ)
+		st->deadline[0] = kept;
+	if (dirs & GR_FD_WRITE)
+		st->deadline[1] = kept;
+	/* Calls waiting now: cancelled for a retime, they wait again under the
+	 * new deadline (or fail with ETIMEDOUT if it has passed), wait.c. */
+	cancel_each(hub, st, GR__RETIME, needs_retime, (unsigned)dirs);
+	return 0;
 }
 
 /* ------------------------------------------------------------ audits */

@@ -78,6 +78,8 @@ void gr__switch_arrived(struct gr__hub *hub, gr_fiber *self, gr__transfer t)
 
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f)
 {
+	if (f->links)
+		gr__links_drop(f); /* it never ended (thread exit): they never run */
 	if (f != hub->loop)
 		gr__list_remove(&hub->all, &f->all_link);
 #ifdef GR__TSAN
@@ -115,6 +117,10 @@ static void fiber_main(gr__transfer t)
 		 * thread's return ends a process it is the last thread of. */
 		exit(0);
 	}
+	/* Before it counts as ended: the callbacks' fibers are alive by the
+	 * time gr_hub_join callers look. */
+	if (self->links)
+		gr__links_fire(hub, self);
 	fiber_exit(hub, self);
 }
 
@@ -125,20 +131,15 @@ static bool valid_fiber(const gr_fiber *f)
 
 gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), void *arg)
 {
-	int err = 0;
 	struct gr__hub *hub;
 
 	if (!fn) {
 		errno = EINVAL;
 		return NULL;
 	}
-	hub = gr__hub_get(&err);
-	if (!hub) {
+	int err = gr__hub_outside(&hub);
+	if (err) {
 		errno = -err;
-		return NULL;
-	}
-	if (hub->current == hub->loop) {
-		errno = EPERM;
 		return NULL;
 	}
 	size_t size = opts ? opts->stack_size : 0;
@@ -166,6 +167,8 @@ gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), v
 	f->spawned = hub->clock;
 	if (opts) {
 		f->detached = opts->detached != 0;
+		if (opts->deadline > 0)
+			f->deadline = opts->deadline;
 		if (opts->name)
 			snprintf(f->name, sizeof(f->name), "%s", opts->name);
 	}
@@ -213,8 +216,7 @@ int gr_spawn_n(void (*fn)(void *), void *arg)
 	return 0;
 }
 
-/* Check f is a live fiber of this thread. */
-static int own_fiber(const gr_fiber *f, struct gr__hub **hubp)
+int gr__fiber_own(const gr_fiber *f, struct gr__hub **hubp)
 {
 	if (!valid_fiber(f))
 		return -EINVAL;
@@ -228,7 +230,7 @@ static int own_fiber(const gr_fiber *f, struct gr__hub **hubp)
 int gr_join(gr_fiber *f, void **result, int64_t deadline)
 {
 	struct gr__hub *hub;
-	int err = own_fiber(f, &hub);
+	int err = gr__fiber_own(f, &hub);
 
 	if (err)
 		return err;
@@ -274,7 +276,7 @@ int gr_join(gr_fiber *f, void **result, int64_t deadline)
 int gr_detach(gr_fiber *f)
 {
 	struct gr__hub *hub;
-	int err = own_fiber(f, &hub);
+	int err = gr__fiber_own(f, &hub);
 
 	if (err)
 		return err;
@@ -299,7 +301,7 @@ int gr_kill(gr_fiber *f)
 		if (f->hub != hub)
 			return -EPERM;
 	} else {
-		int err = own_fiber(f, &hub);
+		int err = gr__fiber_own(f, &hub);
 
 		if (err)
 			return err;

@@ -111,6 +111,7 @@ static void fork_child(void)
 	gr__list_foreach(it, &gr__hubs) {
 		struct gr__hub *hub = gr__container(it, struct gr__hub, proc_link);
 
+		gr__signal_fork_child(hub);
 		hub->ops->fini(hub->backend, 1);
 	}
 	gr__hubs.first = gr__hubs.last = NULL;
@@ -212,6 +213,16 @@ static void interrupt_forced(struct gr__hub *hub, gr_fiber *f, int why)
 	gr__park_interrupt(hub, f, why, true);
 }
 
+/* Cancel f's operation in flight, if any, with `why`: an operation fails
+ * with it, a queue wait's deadline timer ends the wait with it (the deadline
+ * could not be kept). A wait on a queue with no timer needs no backend and
+ * is left alone. */
+static void cancel_inflight(struct gr__hub *hub, gr_fiber *f, int why)
+{
+	if (f->park && f->park->op)
+		gr__op_cancel(hub, f->park->op, why);
+}
+
 /* The backend's wait(). One that may block marks the hub idle for the
  * monitor (an odd progress count): a hub asleep in its backend is waiting
  * for work, not stuck behind a fiber. */
@@ -254,7 +265,7 @@ static void wait_failed(struct gr__hub *hub, int r)
 			"greenring: %s hub: wait failed %u times in a row (%s): failing the %zu "
 			"operations in flight with EIO\n",
 			hub->ops->name, n, strerror(-r), hub->inflight);
-		for_each_fiber(hub, interrupt_forced, EIO);
+		for_each_fiber(hub, cancel_inflight, EIO);
 	}
 	if (!gr__list_empty(&hub->next))
 		return; /* fibers can run meanwhile */
@@ -266,18 +277,23 @@ static void wait_failed(struct gr__hub *hub, int r)
 
 /* How long the next wait() may block: not at all when fibers are runnable,
  * else until something completes, but no later than the next audit of long
- * waits on fds (fd.c). */
+ * waits on fds (fd.c) or the next deadline of an operation on the thread
+ * pool (offload.c: no backend times those). The audit runs first: one that
+ * finds a closed fd completes its operations (a readiness backend at once),
+ * and their fibers are runnable before the wait, which must then not block. */
 static int64_t wait_timeout(struct gr__hub *hub)
 {
-	int64_t timeout = gr__list_empty(&hub->next) ? -1 : 0;
+	int64_t now = 0, due = gr__offload_next_deadline(hub);
 
-	if (hub->fds_busy == 0 && hub->audit_due == 0)
-		return timeout;
-	int64_t now = gr_now();
-	int64_t due = gr__fd_audit(hub, now);
-	if (timeout < 0 && due != GR_FOREVER)
-		timeout = due > now ? due - now : 0;
-	return timeout;
+	if (hub->fds_busy != 0 || hub->audit_due != 0 || due != GR_FOREVER) {
+		now = gr_now();
+		due = gr__deadline_min(gr__fd_audit(hub, now), due);
+	}
+	if (!gr__list_empty(&hub->next))
+		return 0;
+	if (due == GR_FOREVER)
+		return -1;
+	return due > now ? due - now : 0;
 }
 
 static void hub_main(gr__transfer t)
@@ -287,6 +303,7 @@ static void hub_main(gr__transfer t)
 	gr__switch_arrived(hub, hub->loop, t);
 	for (;;) {
 		gr__hub_drain_inbox(hub);
+		gr__offload_reap(hub);
 		bool idle = gr__list_empty(&hub->next);
 		if (idle && hub->inflight == 0 && hub->remote_waiting == 0)
 			detect_deadlock(hub);
@@ -301,6 +318,7 @@ static void hub_main(gr__transfer t)
 			else
 				hub->wait_failures = 0;
 			gr__hub_drain_inbox(hub);
+			gr__offload_reap(hub);
 		}
 		if (gr__list_empty(&hub->next))
 			continue;
@@ -338,6 +356,19 @@ struct gr__hub *gr__hub_get(int *err)
 	return hub;
 }
 
+int gr__hub_outside(struct gr__hub **hubp)
+{
+	int err = 0;
+	struct gr__hub *hub = gr__hub_get(&err);
+
+	if (!hub)
+		return err;
+	if (hub->current == hub->loop)
+		return -EPERM;
+	*hubp = hub;
+	return 0;
+}
+
 int gr__hub_install(struct gr__hub *hub)
 {
 	pthread_once(&hub_key_once, make_key);
@@ -364,6 +395,8 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 	}
 	hub->ops = ops;
 	hub->backend = backend;
+	hub->io_budget = (unsigned)gr__env_size("GREENRING_IO_BUDGET", GR__IO_BUDGET_DEFAULT, 1,
+						GR__IO_BUDGET_MAX, false);
 	gr_fiber *root = &hub->root;
 	root->hub = hub;
 	root->is_root = true;
@@ -402,9 +435,13 @@ static void hub_destroy(void *arg)
 	}
 	for_each_fiber(hub, interrupt_forced, ECANCELED);
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
+	gr__offload_reap(hub);    /* file operations the pool finished */
 	while (hub->inflight > 0) {
 		int r = backend_wait(hub, -1);
 
+		/* A file operation a worker still runs cannot be interrupted:
+		 * its buffers are in a stack we are about to unmap. */
+		gr__offload_reap(hub);
 		if (r < 0 && !transient_wait_error(r)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
@@ -418,11 +455,14 @@ static void hub_destroy(void *arg)
 		gr__fiber_release_stack(hub, gr__container(hub->all.first, gr_fiber, all_link));
 	if (hub->loop)
 		gr__fiber_release_stack(hub, hub->loop);
+	gr__laters_free(hub);
+	gr__signal_hub_free(hub);
 	hubs_remove(hub);
 	/* Requests sent before it left the list (a dump) get their answer. */
 	gr__hub_drain_inbox(hub);
 	if (gr__env_flag("GREENRING_DEBUG"))
 		gr__dump_exit_line(hub);
+	gr__offload_fini(hub); /* no worker is still waking this hub */
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	gr__fd_table_free(hub);

@@ -11,8 +11,9 @@
  * slot is reused, so a CQE that arrives for an operation already completed
  * (which the kernel must not produce, but a bug or a cancel race could) is
  * dropped instead of waking whichever fiber owns the slot now. The tag tells
- * operation CQEs from those of linked timeouts and cancel requests, which are
- * consumed and never wake anyone: the operation's own CQE always follows.
+ * operation CQEs from those of timeouts (linked, or a file kind's own) and
+ * cancel requests, which never wake anyone: the operation's own CQE always
+ * follows.
  *
  * Ring setup tries, best first: SINGLE_ISSUER|DEFER_TASKRUN (completions are
  * processed only when we enter the kernel to reap: no interrupts while fibers
@@ -20,9 +21,26 @@
  * holding back the rest of a batch. The CQ is four times the SQ; if it still
  * overflows, the kernel keeps the overflow (IORING_FEAT_NODROP) and wait()
  * flushes it, so no completion is lost.
+ *
+ * Files. OPENAT, STATX, FSYNC and SPLICE are SQEs too, but not in the probe's
+ * list: a kernel without one of them still runs this hub, which refuses that
+ * kind with -EOPNOTSUPP and the core makes the call on its thread pool
+ * (hub_ops.h). Only SPLICE (Linux 5.7) can be missing where CLOSE (5.6), which
+ * the probe requires, exists.
+ *
+ * Deadlines of the file kinds. A linked timeout never fires for a request
+ * that an io-wq worker is blocked in (an open of a FIFO waiting for its
+ * writer, a splice into a full socket: no CQE at all, measured on Linux
+ * 6.18), while an explicit ASYNC_CANCEL does interrupt it. So a file kind
+ * with a deadline gets a timeout of its own, not linked; when it expires
+ * (its CQE carries the operation's user_data with TAG_LINK_TIMEOUT) the
+ * operation, if still in flight, is cancelled like a kill would; when the
+ * operation ends first, the timeout is removed. The other kinds keep the
+ * linked timeout, which costs no extra CQE handling.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <limits.h>
 #include <poll.h>
@@ -31,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -54,7 +73,36 @@ struct uring_hub {
 	int wake_fd;
 	atomic_bool wake_pending;  /* coalesces wake() calls until the hub reads */
 	bool wake_unarmed;         /* the wake poll ended and is not re-armed yet */
+	uint32_t refused;          /* 1 << GR_OP_* of the optional kinds this kernel lacks */
+	uint64_t *late_cancels;    /* user_data to cancel once the SQ has room */
+	uint32_t nlate, late_cap;
 };
+
+/* backend_data[3] of a file kind: its own deadline timer is pending. */
+#define OWN_TIMER ((uintptr_t)1)
+
+static bool file_kind(const struct gr_op *op)
+{
+	return op->kind == GR_OP_OPENAT || op->kind == GR_OP_STATX || op->kind == GR_OP_FSYNC ||
+	       op->kind == GR_OP_SPLICE;
+}
+
+/* IORING_OP_WAITID (Linux 6.7) and its SQE layout, spelled out because
+ * Debian bookworm's liburing 2.3 predates both the opcode and its prep
+ * helper. The kernel reads: fd = the id, len = the idtype, file_index = the
+ * waitid options, addr2 = the siginfo_t to fill; every other field zero. */
+#ifndef IORING_OP_WAITID
+#define IORING_OP_WAITID 50
+#endif
+
+static void prep_waitid(struct io_uring_sqe *sqe, const struct gr_op *op)
+{
+	bool any = op->fd < 0;
+
+	io_uring_prep_rw(IORING_OP_WAITID, sqe, any ? 0 : op->fd, NULL, any ? P_ALL : P_PIDFD, 0);
+	sqe->file_index = (uint32_t)op->flags;
+	sqe->addr2 = (uint64_t)(uintptr_t)op->buf;
+}
 
 /* The opcodes greenring relies on; probe() refuses a kernel missing one. */
 static const struct {
@@ -69,6 +117,19 @@ static const struct {
 	{ IORING_OP_CONNECT, "CONNECT" },	{ IORING_OP_POLL_ADD, "POLL_ADD" },
 	{ IORING_OP_TIMEOUT, "TIMEOUT" },	{ IORING_OP_LINK_TIMEOUT, "LINK_TIMEOUT" },
 	{ IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL" }, { IORING_OP_CLOSE, "CLOSE" },
+};
+
+_Static_assert(GR_OP_KIND_COUNT <= 32, "refused kinds are a 32-bit mask");
+
+/* The file kinds and their opcodes: used when the kernel has them. */
+static const struct {
+	uint8_t kind;
+	uint8_t opcode;
+} file_opcodes[] = {
+	{ GR_OP_OPENAT, IORING_OP_OPENAT },
+	{ GR_OP_STATX, IORING_OP_STATX },
+	{ GR_OP_FSYNC, IORING_OP_FSYNC },
+	{ GR_OP_SPLICE, IORING_OP_SPLICE },
 };
 
 static inline uint64_t encode(uint32_t idx, uint32_t gen, enum tag tag)
@@ -118,6 +179,33 @@ static void slot_free(struct uring_hub *h, uint32_t idx)
 
 /* ------------------------------------------------------------ reaping */
 
+/* Ask the kernel to cancel the request `target` (a user_data). Called while
+ * reaping, where a full SQ cannot be flushed: the cancel then waits in
+ * late_cancels for the next wait(). */
+static void cancel_soon(struct uring_hub *h, uint64_t target)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&h->ring);
+
+	if (sqe) {
+		io_uring_prep_cancel64(sqe, target, 0);
+		io_uring_sqe_set_data64(sqe, (target & ~(uint64_t)3) | TAG_CANCEL);
+		return;
+	}
+	if (h->nlate == h->late_cap) {
+		uint32_t cap = h->late_cap ? h->late_cap * 2 : 16;
+		uint64_t *late = realloc(h->late_cancels, cap * sizeof(*late));
+
+		if (!late) {
+			fprintf(stderr, "greenring: io_uring hub: no memory to cancel an operation "
+					"whose deadline passed; it ends when it completes\n");
+			return;
+		}
+		h->late_cancels = late;
+		h->late_cap = cap;
+	}
+	h->late_cancels[h->nlate++] = target;
+}
+
 static void handle_cqe(struct uring_hub *h, const struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
@@ -134,19 +222,43 @@ static void handle_cqe(struct uring_hub *h, const struct io_uring_cqe *cqe)
 			h->wake_unarmed = true;
 		return;
 	}
-	if (tag != TAG_OP)
-		return; /* a linked timeout or a cancel request: the op's CQE follows */
-
 	uint32_t idx = (uint32_t)(ud >> 2) & ((1u << 30) - 1);
 	uint32_t gen = (uint32_t)(ud >> 32);
-	if (idx >= h->nslots || h->slots[idx].gen != gen || !h->slots[idx].op)
-		return; /* for a slot reused since: dropped */
-	struct gr_op *op = h->slots[idx].op;
+	struct gr_op *op = NULL;
+	if (idx < h->nslots && h->slots[idx].gen == gen)
+		op = h->slots[idx].op; /* NULL: its slot was reused since */
+	uint64_t op_ud = (ud & ~(uint64_t)3) | TAG_OP;
+
+	if (tag == TAG_LINK_TIMEOUT && cqe->res == -ETIME && op &&
+	    (op->backend_data[3] & OWN_TIMER)) {
+		/* A file kind's own deadline passed (see the top of this file). */
+		op->backend_data[3] = 0;
+		cancel_soon(h, op_ud);
+		return;
+	}
+	if (tag != TAG_OP || !op)
+		return; /* a linked timeout or a cancel request: the op's CQE follows */
 	int64_t res = cqe->res;
 
+	if (op->backend_data[3] & OWN_TIMER) {
+		/* Done before its deadline: remove the timer. If the SQ is full
+		 * it stays, and its CQE finds the slot reused. */
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&h->ring);
+
+		if (sqe) {
+			io_uring_prep_timeout_remove(sqe, (ud & ~(uint64_t)3) | TAG_LINK_TIMEOUT, 0);
+			io_uring_sqe_set_data64(sqe, (ud & ~(uint64_t)3) | TAG_CANCEL);
+		}
+	}
 	slot_free(h, idx);
 	if (op->kind == GR_OP_TIMEOUT && res == -ETIME)
 		res = 0; /* a timeout succeeds by expiring */
+	/* The kernel's internal restart codes (ERESTARTSYS 512 to
+	 * ERESTART_RESTARTBLOCK 516) leak into CQEs when a cancel interrupts a
+	 * request blocked in an io-wq worker (seen on Linux 6.18 with an open of
+	 * a FIFO that waits for its writer). They mean EINTR. */
+	if (res <= -512 && res >= -516)
+		res = -EINTR;
 	gr_hub_complete(op, res);
 }
 
@@ -213,9 +325,12 @@ static void deadline_timespec(const struct gr_op *op, struct __kernel_timespec *
 static int uring_submit(void *state, struct gr_op *op)
 {
 	struct uring_hub *h = state;
-	/* A plain timeout is its own deadline; anything else with one gets a
+	/* A plain timeout is its own deadline; a file kind with one gets a
+	 * timeout of its own (see the top of this file); anything else a
 	 * linked timeout. */
-	bool linked = op->deadline != GR_FOREVER && op->kind != GR_OP_TIMEOUT;
+	bool timed = op->deadline != GR_FOREVER && op->kind != GR_OP_TIMEOUT;
+	bool own_timer = timed && file_kind(op);
+	bool linked = timed && !own_timer;
 	struct __kernel_timespec *ts = (struct __kernel_timespec *)&op->backend_data[0];
 	/* The kernel takes at most INT_MAX bytes per call anyway. */
 	unsigned len = op->len > (size_t)INT_MAX ? (unsigned)INT_MAX : (unsigned)op->len;
@@ -227,13 +342,16 @@ static int uring_submit(void *state, struct gr_op *op)
 		       "the timespec lives in backend_data[0..1]");
 	if (op->kind >= GR_OP_KIND_COUNT)
 		return -EINVAL;
-	r = reserve(h, linked ? 2 : 1);
+	if (h->refused & (1u << op->kind))
+		return -EOPNOTSUPP; /* the core makes the call on its pool */
+	r = reserve(h, timed ? 2 : 1);
 	if (r < 0)
 		return r;
 	r = slot_alloc(h, op, &ud);
 	if (r < 0)
 		return r;
 	op->backend_data[2] = (uintptr_t)ud;
+	op->backend_data[3] = 0;
 
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&h->ring);
 	switch (op->kind) {
@@ -282,8 +400,42 @@ static int uring_submit(void *state, struct gr_op *op)
 	case GR_OP_CLOSE:
 		io_uring_prep_close(sqe, op->fd);
 		break;
+	case GR_OP_WAITID:
+		prep_waitid(sqe, op);
+		break;
+	case GR_OP_OPENAT:
+		io_uring_prep_openat(sqe, op->fd, op->path, op->flags, (mode_t)op->mode);
+		/* The kernel first tries an open inline with O_NONBLOCK forced
+		 * on, which changes what opening a FIFO or a device does: a
+		 * reader of a FIFO gets it at once instead of waiting for a
+		 * writer (its reads then see end of file), a writer gets ENXIO
+		 * (measured on Linux 6.18). From an io-wq worker (IOSQE_ASYNC)
+		 * the open is open(2)'s, waits included, and a cancel still
+		 * interrupts the wait. Only opens that cannot wait skip it:
+		 * they are about 3 us cheaper (docs/files.md). */
+		if (!(op->flags & (O_NONBLOCK | O_PATH | O_DIRECTORY)))
+			sqe->flags |= IOSQE_ASYNC;
+		break;
+	case GR_OP_STATX:
+		io_uring_prep_statx(sqe, op->fd, op->path, op->flags, op->mode, op->buf);
+		break;
+	case GR_OP_FSYNC:
+		io_uring_prep_fsync(sqe, op->fd,
+				    (op->flags & GR_FSYNC_DATASYNC) ? IORING_FSYNC_DATASYNC : 0);
+		break;
+	case GR_OP_SPLICE:
+		io_uring_prep_splice(sqe, op->fd_in, op->off_in, op->fd, -1, len,
+				     (unsigned)op->flags);
+		break;
 	}
 	io_uring_sqe_set_data64(sqe, ud);
+	if (own_timer) {
+		deadline_timespec(op, ts); /* copied by the kernel at submission */
+		struct io_uring_sqe *tsqe = io_uring_get_sqe(&h->ring);
+		io_uring_prep_timeout(tsqe, ts, 0, IORING_TIMEOUT_ABS);
+		io_uring_sqe_set_data64(tsqe, (ud & ~(uint64_t)3) | TAG_LINK_TIMEOUT);
+		op->backend_data[3] = OWN_TIMER;
+	}
 	if (linked) {
 		sqe->flags |= IOSQE_IO_LINK;
 		deadline_timespec(op, ts);
@@ -330,6 +482,16 @@ static int uring_wait(void *state, int64_t timeout_ns)
 
 	if (h->wake_unarmed)
 		arm_wake(h);
+	/* Cancels that found the SQ full while reaping (cancel_soon). */
+	for (uint32_t i = 0; i < h->nlate; i++) {
+		r = reserve(h, 1);
+		if (r < 0)
+			return r;
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&h->ring);
+		io_uring_prep_cancel64(sqe, h->late_cancels[i], 0);
+		io_uring_sqe_set_data64(sqe, (h->late_cancels[i] & ~(uint64_t)3) | TAG_CANCEL);
+	}
+	h->nlate = 0;
 	if (timeout_ns == 0) {
 		r = io_uring_submit_and_get_events(&h->ring);
 	} else if (timeout_ns < 0) {
@@ -383,6 +545,30 @@ static int setup_ring(struct io_uring *ring, unsigned entries)
 	return r;
 }
 
+/* The optional kinds whose opcode this kernel lacks, asked of the kernel (a
+ * probe, once per hub), since seccomp and backports decide, not the
+ * version; all of them if it cannot say. The core makes a refused file kind
+ * on its pool, and waits for a child by polling its pidfd: slower, never
+ * wrong. GREENRING_URING_NO_WAITID=1 refuses IORING_OP_WAITID anyway: the
+ * tests run the fallback on io_uring with it, and it is the way out should
+ * a kernel's WAITID misbehave. */
+static uint32_t refused_kinds(struct io_uring *ring)
+{
+	struct io_uring_probe *p = io_uring_get_probe_ring(ring);
+	uint32_t refused = 0;
+
+	for (size_t i = 0; i < sizeof(file_opcodes) / sizeof(file_opcodes[0]); i++) {
+		if (!p || !io_uring_opcode_supported(p, file_opcodes[i].opcode))
+			refused |= 1u << file_opcodes[i].kind;
+	}
+	if (!p || !io_uring_opcode_supported(p, IORING_OP_WAITID) ||
+	    gr__env_flag("GREENRING_URING_NO_WAITID"))
+		refused |= 1u << GR_OP_WAITID;
+	if (p)
+		io_uring_free_probe(p);
+	return refused;
+}
+
 static int uring_init(void **state, const struct gr_hub_config *cfg)
 {
 	struct uring_hub *h = calloc(1, sizeof(*h));
@@ -398,6 +584,7 @@ static int uring_init(void **state, const struct gr_hub_config *cfg)
 	/* A registered ring fd spares io_uring_enter an fd lookup on every
 	 * loop turn (Linux 5.18+); without it everything works the same. */
 	(void)io_uring_register_ring_fd(&h->ring);
+	h->refused = refused_kinds(&h->ring);
 	h->free_head = NO_SLOT;
 	h->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (h->wake_fd < 0) {
@@ -422,6 +609,7 @@ static void uring_fini(void *state, int after_fork)
 	close(h->wake_fd);
 	(void)after_fork;
 	free(h->slots);
+	free(h->late_cancels);
 	free(h);
 }
 

@@ -21,6 +21,7 @@
 #define GREENRING_INTERNAL_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -30,10 +31,15 @@
 #include "greenring.h"
 #include "context.h"
 #include "list.h"
+#include "timer.h"
 
 #define GR__NAME_MAX 32
 #define GR__DEFAULT_STACK_SIZE ((size_t)64 * 1024)
 #define GR__MIN_STACK_SIZE ((size_t)16 * 1024)
+/* Green calls a fiber may finish in a row without a switch before it yields
+ * (io.c, "Fairness"); GREENRING_IO_BUDGET. */
+#define GR__IO_BUDGET_DEFAULT 64
+#define GR__IO_BUDGET_MAX ((size_t)1 << 20)
 
 #ifndef __has_feature
 #define __has_feature(x) 0
@@ -41,6 +47,22 @@
 
 struct gr__hub;
 struct gr__park;
+struct gr__fiber_link;
+struct gr__sighub;
+struct gr__laters;
+struct gr__offload;
+
+/* A drop-in call's return: r >= 0 as it is, -errno as -1 with errno set.
+ * The last thing such a call does (another fiber may run, and fail,
+ * between a failure and the caller's read of errno). */
+static inline ssize_t gr__posix_result(int64_t r)
+{
+	if (r < 0) {
+		errno = (int)-r;
+		return -1;
+	}
+	return (ssize_t)r;
+}
 
 /* The sooner of two absolute deadlines (GR_FOREVER is later than any). */
 static inline int64_t gr__deadline_min(int64_t a, int64_t b)
@@ -63,10 +85,18 @@ struct gr__op {
 	struct gr__park *park;            /* the wait it serves */
 	void (*on_complete)(struct gr__op *o);
 	struct gr__link fd_link;          /* on its fd's list while in flight */
+	struct gr__offload *offload;      /* not NULL: the thread pool performs it,
+					     not the backend (offload.c) */
 	uint8_t cancel_errno;             /* why the core cancelled it: 0, ECANCELED,
-					     ETIMEDOUT, EBADF, EIO */
+					     ETIMEDOUT, EBADF, EIO, or GR__RETIME */
 	bool on_fd;                       /* linked on its fd (fd_link is live) */
 };
+
+/* A cancel reason that is no errno: the deadline of the call moved (a per-fd
+ * deadline changed while it waited, fd.c). The gate submits the operation
+ * again under the new deadline if it moved no data; any other reason
+ * cancelling it later overrides this one. */
+#define GR__RETIME 0xff
 
 static inline struct gr__op *gr__op_of(struct gr_op *op)
 {
@@ -120,15 +150,19 @@ struct gr__park {
 	void *xlock;                      /* xq's lock, kept: xq may be gone once left */
 	struct gr__link link;             /* its place on queue or xq */
 	uintptr_t data;                   /* the primitive's hand-off slot */
+	int64_t limit;                    /* fd calls: the call's own deadline, before
+					     the fiber's and the fd's are applied */
 	int status;                       /* what the waker handed over */
 	uint8_t kind;                     /* enum gr__park_kind */
+	uint8_t fd_dirs;                  /* GR_FD_READ|GR_FD_WRITE: whose per-fd
+					     deadlines bound it (0: none apply) */
 	bool uncancellable;               /* neither kill nor deadlines stop it */
 	bool xlinked;                     /* on xq (guarded by the xq's lock) */
 	bool draining;                    /* woken, waiting for its timer to finish */
 	struct gr__op *op;                /* in flight for this call, or NULL: the
 					     operation, or a queue wait's deadline
 					     timer (in the waiting frame) */
-	struct gr__park *inbox_next;      /* on its hub's inbox, woken from afar */
+	struct gr__slink inbox_link;      /* on its hub's inbox, woken from afar */
 	void *cond;                       /* pthread_cond_t of a thread with no hub */
 };
 
@@ -206,7 +240,14 @@ int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq);
 void gr__xunpark(struct gr__park *p, int status);
 /* For a thread with no hub: fill p as gr__park_begin does for a fiber. */
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline);
-/* The hub takes what other threads woke: make those fibers runnable. */
+/* A condition variable timed on CLOCK_MONOTONIC, gr_now()'s clock. */
+void gr__cond_init_monotonic(pthread_cond_t *cond);
+/* threadpool.c: start a detached thread of the runtime's own (a worker, the
+ * child watcher, the monitor) with every signal blocked, so that a signal sent to the
+ * process is never handed to it. 0 or -errno. */
+int gr__thread_start(void *(*fn)(void *), void *arg);
+/* The hub takes what other threads woke: make those fibers runnable, and
+ * run the requests other threads made of it (gr__hub_request). */
 void gr__hub_drain_inbox(struct gr__hub *hub);
 
 /* End f's current wait early because of `why` (ECANCELED for a kill, EIO
@@ -247,6 +288,7 @@ struct gr_fiber {
 	bool detached;
 	bool is_root;                     /* a thread's main context */
 	struct gr__park *park;            /* the call it is blocked in (and draining) */
+	struct gr__fiber_link *links;     /* gr_link callbacks to run when it ends (link.c) */
 	struct gr__waitq joiners;         /* the gr_join caller, while it waits */
 	gr_fiber *joined_by;              /* whose gr_join has claimed this fiber */
 	gr_fiber *joining;                /* the fiber this one is joining, for cycles */
@@ -261,6 +303,104 @@ static inline gr_fiber *gr__fiber_of_run(struct gr__link *l)
 {
 	return l ? gr__container(l, gr_fiber, run_link) : NULL;
 }
+
+/* ------------------------------------------------------------ thread pool */
+
+/* Work for the process-wide pool (threadpool.c), in memory of its owner's.
+ * gr_tpool_run's jobs are one kind; operations the hub cannot perform
+ * (offload.c) another. Every field but `state` is the owner's; `state` is
+ * the pool's, under its lock. */
+enum gr__work_state {
+	GR__WORK_QUEUED,      /* in the FIFO: the owner may withdraw it */
+	GR__WORK_RUNNING,     /* a worker runs it */
+	GR__WORK_DONE,        /* finish() handed the outcome over */
+	GR__WORK_ABANDONED,   /* its owner left while it ran: release() follows */
+};
+
+struct gr__work {
+	struct gr__link link;
+	/* On a worker, without the pool's lock: the work itself. */
+	void (*run)(struct gr__work *w);
+	/* Then, on the worker with the lock held (unless abandoned): hand the
+	 * outcome to the owner. The work is the owner's again from here on:
+	 * the worker never touches it afterwards. */
+	void (*finish)(struct gr__work *w);
+	/* For work the owner may abandon (gr__tpool_leave): let go of what it
+	 * holds, on a worker without the lock, once it has run (or at once if
+	 * it never started). NULL: nothing to release. */
+	void (*release)(struct gr__work *w);
+	uint8_t state;                    /* enum gr__work_state, the pool's lock */
+};
+
+/* Queue w (its state is set here). 0; -EAGAIN (no worker exists and none
+ * could be started: w is not queued). */
+int gr__tpool_submit(struct gr__work *w);
+/* Take w out of the queue if no worker has taken it yet: true, and it will
+ * never run; false if it runs or ran (finish() comes or came). */
+bool gr__tpool_withdraw(struct gr__work *w);
+/* Return once every finish() that had begun when called has returned: a
+ * hub about to be freed waits out a worker still waking it. */
+void gr__tpool_barrier(void);
+
+/* ------------------------------------------------------------ offloaded ops */
+
+/* An operation the thread pool performs instead of the backend (offload.c):
+ * on a readiness hub, a read or write of a regular file that would block,
+ * or a file-to-socket copy (gr_sendfile). The caller puts this record in
+ * its own frame beside the operation and sets gr__op.offload; the gate
+ * (op_submit, gr__op_cancel) then routes the operation here. It is an
+ * operation in flight like any other: listed on its fd (gr_close waits for
+ * it), counted in hub->inflight, resumed only by its completion. A cancel
+ * (kill, deadline, gr_close) withdraws it if no worker has taken it yet
+ * (it completes at once, -ECANCELED, mapped as usual); one already running
+ * in the kernel is waited for and returns its real result, as io_uring's
+ * workers do for a file read they cannot interrupt: the worker writes into
+ * the caller's buffers, so the caller must not resume before it is done. */
+struct gr__offload {
+	struct gr__work work;
+	/* The blocking system call for op, run on a worker. */
+	int64_t (*perform)(const struct gr_op *op);
+	struct gr__op *o;
+	struct gr__hub *hub;
+	int64_t res;
+	struct gr__slink done_link;       /* on the hub's inbox of completed ones */
+};
+
+/* A hub's offloaded operations. */
+struct gr__offloads {
+	_Atomic(struct gr__slink *) done;    /* completed by workers (an inbox) */
+	struct gr__timers deadlines;         /* those with a deadline (the backend
+						never sees them, so cannot time them) */
+	bool used;                           /* ever: hub_destroy waits out workers */
+};
+
+int gr__offload_submit(struct gr__hub *hub, struct gr__op *o);
+void gr__offload_cancel(struct gr__hub *hub, struct gr__op *o);
+/* The hub loop: complete what workers finished, and cancel (ETIMEDOUT)
+ * those whose deadline has passed. */
+void gr__offload_reap(struct gr__hub *hub);
+/* When the next offloaded deadline passes (GR_FOREVER: none). */
+int64_t gr__offload_next_deadline(const struct gr__hub *hub);
+/* Hub teardown: nothing is in flight any more; wait out workers still in
+ * finish() for this hub, release the timer heap. */
+void gr__offload_fini(struct gr__hub *hub);
+
+/* io.c: the one path of every green call: the gate, then the backend's way
+ * (or the pool's). Returns the result or -errno; errno untouched. */
+int64_t gr__run_op(struct gr__op *o, const char *what);
+/* io.c: a readiness hub's way for a stream: try, park on POLL on EAGAIN,
+ * try again. p has passed the gate. */
+int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
+/* io.c: park p until fd is ready for `events` (GR_OP_POLL; flags
+ * GR_POLL_*), after the caller saw EAGAIN. 0; -EBADF (the fd was closed
+ * with gr_close meanwhile: its number may name a new file), the gate's
+ * errors. */
+int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags);
+/* io.c: make fd O_NONBLOCK if it is not (asked every time: a number reused
+ * by plain close() and open() may name a new, blocking file). 0 or -errno. */
+int gr__fd_nonblocking(int fd);
+/* file.c: a readiness hub's way for a read or write of a regular file. */
+int64_t gr__file_rw(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
 
 /* ------------------------------------------------------------ the hub */
 
@@ -312,7 +452,8 @@ struct gr__hub {
 	size_t nfibers;                   /* live spawned fibers (not root) */
 	size_t inflight;                  /* operations submitted and not completed */
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
-	_Atomic(struct gr__park *) inbox; /* woken by other threads (gr__xunpark) */
+	_Atomic(struct gr__slink *) inbox; /* parks woken by other threads (gr__xunpark) */
+	struct gr__offloads offload;      /* operations the thread pool performs */
 	size_t remote_waiting;            /* fibers parked on cross-thread queues */
 	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */
 	size_t fd_nchunks;
@@ -321,6 +462,8 @@ struct gr__hub {
 	int64_t audit_due;                /* when the next audit runs; 0 = not planned */
 	unsigned wait_failures;           /* backend wait() failures in a row */
 	struct gr__stack_pool *stacks;
+	struct gr__sighub *signals;       /* signal.c: NULL until a fiber waits for a signal */
+	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
 	int64_t clock;                    /* gr_now() when the loop last started a turn:
@@ -329,6 +472,9 @@ struct gr__hub {
 	struct gr__hub_counters counters;
 	pid_t tid;                        /* its thread, for the monitor and the dump */
 	struct gr__hub_watch watch;
+	unsigned streak;                  /* green calls the running fiber finished
+					     without a switch (io.c's budget) */
+	unsigned io_budget;               /* GREENRING_IO_BUDGET */
 };
 
 /* The hub moved along (see gr__hub.progress). */
@@ -367,6 +513,10 @@ void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq);
 /* This thread's hub, created (and its backend chosen) on first use;
  * NULL with *err = -errno if no backend can run. */
 struct gr__hub *gr__hub_get(int *err);
+/* The same for a call that does not block but must be made outside the
+ * hub (it spawns fibers or starts work for them): 0 and *hubp; the
+ * creation error; -EPERM inside the hub. */
+int gr__hub_outside(struct gr__hub **hubp);
 /* This thread's hub if it exists, else NULL. */
 struct gr__hub *gr__hub_peek(void);
 
@@ -379,6 +529,22 @@ void gr__sanitizer_root_init(gr_fiber *root);
 /* Give f's stack back (f must not be running on it). */
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f);
 uint64_t gr__next_fiber_id(void);
+/* fiber.c: 0 and *hubp if f is a live fiber handle of this thread; -EINVAL
+ * (NULL, released), -EPERM (another thread's). */
+int gr__fiber_own(const gr_fiber *f, struct gr__hub **hubp);
+/* link.c: f ended (its result and kill state are final): spawn its links'
+ * callbacks. Called by f itself, still running on its stack. */
+void gr__links_fire(struct gr__hub *hub, gr_fiber *f);
+/* link.c: f is released without having ended (thread exit): drop its links. */
+void gr__links_drop(gr_fiber *f);
+/* signal.c: the hub goes away (nothing in flight any more): close the
+ * signalfd, free the state. */
+void gr__signal_hub_free(struct gr__hub *hub);
+/* signal.c: in a fork child, drop the hub's signalfd (ours to close: the
+ * parent keeps its own reference). */
+void gr__signal_fork_child(struct gr__hub *hub);
+/* later.c: the hub goes away: free what is still pending (it never runs). */
+void gr__laters_free(struct gr__hub *hub);
 /* hub.c: a fiber ended; wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub);
 /* hub.c: lifecycle, used by hub_select.c. */
@@ -416,6 +582,7 @@ static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *
 	gr__hub_progress(hub, 2);
 	atomic_signal_fence(memory_order_seq_cst);
 	hub->current = to;
+	hub->streak = 0;
 	to->state = GR__FIBER_RUNNING;
 #ifdef GR__ASAN
 	__sanitizer_start_switch_fiber(dying ? NULL : &from->san.fake_stack, to->san.stack_bottom,
@@ -547,14 +714,76 @@ struct gr__fdstate {
 	uint32_t audit_at;                /* the audit epoch of the next check; 0 = none */
 	uint8_t audit_gap;                /* epochs between checks, doubling */
 	uint8_t closing;                  /* gr_close in progress */
+	/* What belongs to the file behind the number, not to one call: all
+	 * forgotten by gr_close and set afresh when the runtime makes a file
+	 * under the number (gr__fd_born). A number closed with plain close()
+	 * keeps them for its next file (docs/api.md says so). */
+	uint8_t kind;                     /* enum gr__fd_kind: a hint, see below */
+	uint8_t nowait_refused;           /* GR__NOWAIT_*: this file refused RWF_NOWAIT */
+	int64_t deadline[2];              /* gr_fd_set_deadline: [0] reads, [1] writes;
+					     absolute, 0 = none (a past one is kept as 1,
+					     never the 0 of a pure try) */
 };
+
+/* What an fd number names, as far as the core cares:
+ *   a socket   a write is a send with MSG_NOSIGNAL (never SIGPIPE);
+ *   a stream   (pipe, tty, eventfd...) poll(2) says when it is ready;
+ *   a file     (a regular file or block device) always "ready", its reads
+ *              and writes may wait for a disk: on a readiness hub they go
+ *              to the thread pool when they would block.
+ * A hint cached per number: learned with fstat the first time, set at birth
+ * by gr_accept and gr_connect (sockets) and gr_open (files), forgotten by
+ * gr_close. A number closed with plain close() and reused keeps a stale
+ * hint, so it is trusted only where a wrong guess costs time, never a wrong
+ * result: before a worker is handed an fd (it would block on a stream),
+ * gr__fd_kind_check() asks fstat again, and a send to a "socket" that is
+ * not one fails with ENOTSOCK and is redone as a write. */
+enum gr__fd_kind {
+	GR__FD_UNKNOWN = 0,
+	GR__FD_SOCKET,
+	GR__FD_STREAM,
+	GR__FD_FILE,
+};
+#define GR__NOWAIT_READ 0x1
+#define GR__NOWAIT_WRITE 0x2
+
+/* What a file of this st_mode is. */
+enum gr__fd_kind gr__fd_kind_of_mode(unsigned mode);
+/* Sockets and streams say when they are ready; files do not. */
+static inline bool gr__fd_kind_polls(int kind)
+{
+	return kind == GR__FD_SOCKET || kind == GR__FD_STREAM;
+}
+/* The kind of fd from the hint, or fstat when there is none (then cached).
+ * GR__FD_*, or -EBADF, -ENOMEM. */
+int gr__fd_kind(struct gr__hub *hub, int fd);
+/* The kind of fd asked of the kernel now, the hint updated. GR__FD_*, or
+ * -errno from fstat. */
+int gr__fd_kind_check(struct gr__hub *hub, int fd);
+/* Set the hint (a call just learnt what fd is). */
+void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
+/* A new file was made under fd by the runtime (kind: what it is): forget
+ * what belonged to the number's earlier file (deadlines, kind). */
+void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
+/* gr_close is closing st's fd: the same forgetting. */
+void gr__fd_forget(struct gr__fdstate *st);
 
 /* fd's state, made on first use for an open fd. NULL with errno: EBADF (a
  * negative or unopened fd), ENOMEM. The address is stable for the hub's
  * life. */
 struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd);
-/* fd's state if it was ever made, else NULL. */
-struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd);
+#define GR__FD_CHUNK 256
+
+/* fd's state if it was ever made, else NULL. Inline: every green call
+ * looks up its fd's deadlines. */
+static inline struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd)
+{
+	size_t c = (size_t)fd / GR__FD_CHUNK;
+
+	if (fd < 0 || c >= hub->fd_nchunks || !hub->fd_chunks[c])
+		return NULL;
+	return &hub->fd_chunks[c][(size_t)fd % GR__FD_CHUNK];
+}
 /* List o on its fd (before submit). 0; -EBADF (a gr_close of fd is under
  * way, or fd is not open); -ENOMEM. */
 int gr__fd_link(struct gr__hub *hub, struct gr__op *o);
@@ -569,6 +798,22 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
 int64_t gr__fd_audit(struct gr__hub *hub, int64_t now);
 /* Release the table (hub teardown). */
 void gr__fd_table_free(struct gr__hub *hub);
+
+/* The sooner per-fd deadline of the directions in `dirs` (GR_FD_READ,
+ * GR_FD_WRITE) for calls on fd, GR_FOREVER if none is set. */
+static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
+{
+	const struct gr__fdstate *st = gr__fd_peek(hub, fd);
+	int64_t d = GR_FOREVER;
+
+	if (!st)
+		return d;
+	if ((dirs & GR_FD_READ) && st->deadline[0])
+		d = st->deadline[0];
+	if ((dirs & GR_FD_WRITE) && st->deadline[1])
+		d = gr__deadline_min(d, st->deadline[1]);
+	return d;
+}
 
 /* ------------------------------------------------------------ stacks */
 
@@ -597,10 +842,6 @@ size_t gr__stack_default_size(void);
 /* Install the overflow reporter (sigaltstack per thread, handler once). */
 void gr__stack_overflow_guard_thread_init(void);
 void gr__stack_overflow_guard_thread_fini(void);
-
-/* threadpool.c: start a detached thread of the runtime's own (a pool
- * worker, the monitor). 0 or -errno (pthread_create's). */
-int gr__thread_start(void *(*fn)(void *), void *arg);
 
 /* ------------------------------------------------------------ observing */
 

@@ -1,15 +1,36 @@
 /* io.c — the drop-in green calls: POSIX arguments, -1 and errno.
  *
  * Every call builds one operation on the caller's stack and goes through
- * run_op(), which parks through the gate (wait.c): on a completion backend
- * (io_uring) the backend performs the system call; on a readiness backend
- * (epoll, poll) run_op tries the non-blocking system call first and parks on
- * GR_OP_POLL only on EAGAIN, then tries again. One path for every operation,
- * not one per syscall.
+ * gr__run_op(), which parks through the gate (wait.c): on a completion
+ * backend (io_uring) the backend performs the system call; on a readiness
+ * backend (epoll, poll) it tries the non-blocking system call first and
+ * parks on GR_OP_POLL only on EAGAIN, then tries again (gr__run_stream). One
+ * path for every operation, not one per syscall. A read or write of a
+ * regular file on a readiness hub cannot wait for readiness (a file is
+ * always "ready", and blocks on the disk instead): file.c serves it, from
+ * the page cache when it can, else on the thread pool.
  *
  * errno is set only as the last act before returning to the caller
  * (posix_result), because another fiber may run (and fail) between a
  * failure and the caller's read of errno.
+ *
+ * What run_op adds to every call, on every hub:
+ *   - Per-fd deadlines (gr_fd_set_deadline, fd.c): the call is bounded by
+ *     the sooner of its own deadline, the fiber's and the fd's for its
+ *     direction; the park record keeps which directions, so a deadline
+ *     moved while the call waits reaches it (wait.c, retime).
+ *   - No SIGPIPE: a write on a socket is made a send with MSG_NOSIGNAL, so a
+ *     peer that went away is EPIPE for the call, not a signal that kills the
+ *     process (io_uring's IORING_OP_WRITE raises SIGPIPE as write(2) does;
+ *     its SEND does not). Whether fd is a socket is remembered per number
+ *     (fd.c); a stale "socket" shows as ENOTSOCK, and the call is made again
+ *     as the plain write it was.
+ *   - Fairness: a call that finds its data (or room) at once returns without
+ *     switching, so a fiber reading a burst could keep the thread. After
+ *     io_budget such calls in a row (GREENRING_IO_BUDGET, 64), the call
+ *     yields once before returning, as Go's scheduler preempts and Tokio's
+ *     coop budget does. Every switch refills the budget, so a call that had
+ *     to wait never yields on top of it (every call on io_uring waits).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -30,14 +52,6 @@
 #define GR__HAVE_MEMCHECK 0
 #endif
 
-static inline ssize_t posix_result(int64_t r)
-{
-	if (r < 0) {
-		errno = (int)-r;
-		return -1;
-	}
-	return (ssize_t)r;
-}
 
 static inline int64_t syscall_result(ssize_t r)
 {
@@ -46,19 +60,26 @@ static inline int64_t syscall_result(ssize_t r)
 
 /* ------------------------------------------------------ readiness path */
 
-/* The direction an operation waits for when it would block. */
+/* The direction of each kind of green call: whose per-fd deadline bounds it
+ * and what it waits for when it would block. A table, not a switch: every
+ * call reads it. */
+static const uint8_t kind_dirs[GR_OP_KIND_COUNT] = {
+	[GR_OP_READ] = GR_FD_READ,	[GR_OP_READV] = GR_FD_READ,   [GR_OP_RECV] = GR_FD_READ,
+	[GR_OP_RECVMSG] = GR_FD_READ,	[GR_OP_ACCEPT] = GR_FD_READ,  [GR_OP_WRITE] = GR_FD_WRITE,
+	[GR_OP_WRITEV] = GR_FD_WRITE,	[GR_OP_SEND] = GR_FD_WRITE,   [GR_OP_SENDMSG] = GR_FD_WRITE,
+	[GR_OP_CONNECT] = GR_FD_WRITE,
+};
+
 static short op_events(const struct gr_op *op)
 {
-	switch (op->kind) {
-	case GR_OP_WRITE:
-	case GR_OP_WRITEV:
-	case GR_OP_SEND:
-	case GR_OP_SENDMSG:
-	case GR_OP_CONNECT:
-		return POLLOUT;
-	default:
-		return POLLIN;
-	}
+	return kind_dirs[op->kind] == GR_FD_WRITE ? POLLOUT : POLLIN;
+}
+
+/* Whose per-fd deadlines bound a wait for `events` (gr_fd_set_deadline). */
+static uint8_t events_dirs(short events)
+{
+	return (uint8_t)(((events & (POLLIN | POLLPRI | POLLRDHUP)) ? GR_FD_READ : 0) |
+			 ((events & POLLOUT) ? GR_FD_WRITE : 0));
 }
 
 /* Kinds whose syscall has no per-call non-blocking flag: the fd itself must
@@ -161,14 +182,40 @@ static bool trusts_registration(const struct gr_op *op)
 }
 
 /* fd was just created (accepted, or a socket being connected): whatever the
- * backend remembers of an earlier file under this number is stale. */
+ * backend remembers of an earlier file under this number is stale. (The
+ * core's own record is renewed by the caller: gr_accept4 and gr_connect.) */
 static void forget_previous_file(struct gr__hub *hub, int fd)
 {
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
 }
 
+/* read, write, readv, writev: the calls that serve regular files too. */
+static bool reads_or_writes(const struct gr_op *op)
+{
+	return op->kind == GR_OP_READ || op->kind == GR_OP_WRITE || op->kind == GR_OP_READV ||
+	       op->kind == GR_OP_WRITEV;
+}
+
 static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
+{
+	struct gr_op *op = &o->op;
+
+	if (reads_or_writes(op)) {
+		/* A regular file is never "not ready": its calls would block
+		 * the thread on the disk instead of returning EAGAIN. file.c
+		 * serves it (page-cache hits here, the rest on the pool). */
+		int kind = gr__fd_kind(hub, op->fd);
+
+		if (kind < 0)
+			return kind;
+		if (kind == GR__FD_FILE)
+			return gr__file_rw(hub, p, o);
+	}
+	return gr__run_stream(hub, p, o);
+}
+
+int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
 	struct gr_op *op = &o->op;
 
@@ -197,29 +244,41 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr_
 		if (op->kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY)) {
 			connecting = true;
 		} else if (r != -EAGAIN && r != -EWOULDBLOCK) {
-			/* An accepted socket is a new file under a maybe-used number. */
-			if (op->kind == GR_OP_ACCEPT && r >= 0)
-				forget_previous_file(hub, (int)r);
 			return r;
 		}
-		r = gr__park_again(p);
+		r = gr__park_ready(hub, p, op->fd, op_events(op),
+				   trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0);
 		if (r < 0)
 			return r;
-		struct gr__op wait = gr__op_init(GR_OP_POLL, op->fd);
-		wait.op.events = op_events(op);
-		wait.op.flags = trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0;
-		struct gr__fdstate *st = gr__fd_state(hub, op->fd);
-		if (!st)
-			return errno == EBADF ? -EBADF : -ENOMEM;
-		uint32_t closes = st->closes;
-		r = gr__park_op(hub, p, &wait);
-		if (r < 0)
-			return r;
-		/* The wait ended, but other fibers ran before this one: if one of
-		 * them gr_closed the fd, the number may already name a new file. */
-		if (st->closes != closes || st->closing)
-			return -EBADF;
 	}
+}
+
+int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags)
+{
+	int64_t r = gr__park_again(p);
+
+	if (r < 0)
+		return r;
+	struct gr__op wait = gr__op_init(GR_OP_POLL, fd);
+	wait.op.events = events;
+	wait.op.flags = flags;
+	struct gr__fdstate *st = gr__fd_state(hub, fd);
+	if (!st)
+		return errno == EBADF ? -EBADF : -ENOMEM;
+	uint32_t closes = st->closes;
+	r = gr__park_op(hub, p, &wait);
+	if (r < 0)
+		return r;
+	/* The wait ended, but other fibers ran before this one: if one of them
+	 * gr_closed the fd, the number may already name a new file. */
+	if (st->closes != closes || st->closing)
+		return -EBADF;
+	return 0;
+}
+
+int gr__fd_nonblocking(int fd)
+{
+	return ensure_nonblocking(fd);
 }
 
 /* ------------------------------------------------------ the one path */
@@ -260,6 +319,9 @@ static void mark_defined(const struct gr_op *op, int64_t res)
 			VALGRIND_MAKE_MEM_DEFINED(op->addr, *op->addrlen);
 		}
 		return;
+	case GR_OP_STATX:
+		VALGRIND_MAKE_MEM_DEFINED(op->buf, sizeof(struct statx));
+		return;
 	default:
 		return;
 	}
@@ -284,7 +346,9 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 {
 	for (;;) {
 		int64_t r = gr__park_op(hub, p, o);
-		bool connecting = o->op.kind == GR_OP_CONNECT && r == -EINPROGRESS;
+		/* EALREADY: a connect submitted again after a retime (wait.c)
+		 * finds the first one still under way. */
+		bool connecting = o->op.kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY);
 
 		if (r != -EAGAIN && !connecting) {
 			mark_defined(&o->op, r);
@@ -311,8 +375,73 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 	}
 }
 
+static int64_t run_backend(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
+{
+	if (hub->ops->caps & GR_HUB_CAP_COMPLETION)
+		return run_completion(hub, p, o);
+	return run_readiness(hub, p, o);
+}
+
+/* A write at the current position on a socket becomes a send with
+ * MSG_NOSIGNAL (writev a sendmsg of the same iovecs, through *msg, which
+ * lives as long as the call). Returns whether o was changed. */
+static bool write_as_send(struct gr__hub *hub, struct gr__op *o, struct msghdr *msg)
+{
+	struct gr_op *op = &o->op;
+
+	if ((op->kind != GR_OP_WRITE && op->kind != GR_OP_WRITEV) || op->off >= 0 ||
+	    gr__fd_kind(hub, op->fd) != GR__FD_SOCKET)
+		return false;
+	if (op->kind == GR_OP_WRITE) {
+		op->kind = GR_OP_SEND;
+	} else {
+		memset(msg, 0, sizeof(*msg));
+		msg->msg_iov = (struct iovec *)op->iov;
+		msg->msg_iovlen = (size_t)op->iovcnt;
+		op->msg = msg;
+		op->kind = GR_OP_SENDMSG;
+	}
+	op->flags = MSG_NOSIGNAL;
+	return true;
+}
+
+/* The number named a socket once but names another file now (closed with
+ * close() and reused): learn what it is, and write as asked. */
+static void send_as_write(struct gr__hub *hub, struct gr__op *o)
+{
+	(void)gr__fd_kind_check(hub, o->op.fd);
+	o->op.kind = o->op.kind == GR_OP_SEND ? GR_OP_WRITE : GR_OP_WRITEV;
+	o->op.flags = 0;
+}
+
+/* A new file under fd, made by this call: what the backend and the fd
+ * table knew of the number belonged to an earlier file. */
+static void new_file(struct gr__hub *hub, int fd)
+{
+	forget_previous_file(hub, fd);
+	gr__fd_born(hub, fd, GR__FD_SOCKET);
+}
+
+/* The call found what it wanted without a switch: after a budget of such
+ * calls in a row, let the others run once (the result is kept: a kill or
+ * deadline during this yield shows at the next call). */
+static void spend_budget(struct gr__hub *hub)
+{
+	if (++hub->streak < hub->io_budget)
+		return;
+	hub->streak = 0; /* a yield with nobody else to run does not switch */
+	gr__ready(hub->current);
+	gr__switch_out(hub);
+}
+
+/* An open or stat relative to the working directory names no fd. */
+static bool names_a_path(const struct gr_op *op)
+{
+	return (op->kind == GR_OP_OPENAT || op->kind == GR_OP_STATX) && op->fd == AT_FDCWD;
+}
+
 /* The one path: through the gate, then the backend's way of doing it. */
-static int64_t run_op(struct gr__op *o, const char *what)
+int64_t gr__run_op(struct gr__op *o, const char *what)
 {
 	struct gr__hub *hub = NULL;
 	struct gr__park p = { .what = what };
@@ -320,14 +449,23 @@ static int64_t run_op(struct gr__op *o, const char *what)
 
 	if (err)
 		return err;
-	if (o->op.fd < 0)
+	int fd = o->op.fd;
+	if (fd < 0 && !names_a_path(&o->op))
 		return -EBADF;
-	err = gr__park_begin(hub, &p, o->op.deadline);
+	p.limit = o->op.deadline;
+	p.fd_dirs = kind_dirs[o->op.kind];
+	err = gr__park_begin(hub, &p, gr__deadline_min(p.limit, gr__fd_deadline(hub, fd, p.fd_dirs)));
 	if (err)
 		return err;
-	if (hub->ops->caps & GR_HUB_CAP_COMPLETION)
-		return run_completion(hub, &p, o);
-	return run_readiness(hub, &p, o);
+	struct msghdr msg;
+	bool sent = write_as_send(hub, o, &msg);
+	int64_t r;
+	while ((r = run_backend(hub, &p, o)) == -ENOTSOCK && sent) {
+		send_as_write(hub, o);
+		sent = false;
+	}
+	spend_budget(hub);
+	return r;
 }
 
 ssize_t gr_read(int fd, void *buf, size_t n)
@@ -336,7 +474,7 @@ ssize_t gr_read(int fd, void *buf, size_t n)
 	o.op.buf = buf;
 	o.op.len = n;
 
-	return posix_result(run_op(&o, "gr_read"));
+	return gr__posix_result(gr__run_op(&o, "gr_read"));
 }
 
 ssize_t gr_write(int fd, const void *buf, size_t n)
@@ -345,7 +483,7 @@ ssize_t gr_write(int fd, const void *buf, size_t n)
 	o.op.buf = (void *)buf;
 	o.op.len = n;
 
-	return posix_result(run_op(&o, "gr_write"));
+	return gr__posix_result(gr__run_op(&o, "gr_write"));
 }
 
 /* pread/pwrite on a pipe or socket is ESPIPE. io_uring does not say so: it
@@ -376,7 +514,7 @@ ssize_t gr_pread(int fd, void *buf, size_t n, off_t off)
 	o.op.len = n;
 	o.op.off = off;
 
-	return posix_result(run_op(&o, "gr_pread"));
+	return gr__posix_result(gr__run_op(&o, "gr_pread"));
 }
 
 ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -394,7 +532,7 @@ ssize_t gr_pwrite(int fd, const void *buf, size_t n, off_t off)
 	o.op.len = n;
 	o.op.off = off;
 
-	return posix_result(run_op(&o, "gr_pwrite"));
+	return gr__posix_result(gr__run_op(&o, "gr_pwrite"));
 }
 
 static bool valid_iov(const struct iovec *iov, int iovcnt)
@@ -412,7 +550,7 @@ ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt)
 	o.op.iov = iov;
 	o.op.iovcnt = iovcnt;
 
-	return posix_result(run_op(&o, "gr_readv"));
+	return gr__posix_result(gr__run_op(&o, "gr_readv"));
 }
 
 ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
@@ -425,7 +563,7 @@ ssize_t gr_writev(int fd, const struct iovec *iov, int iovcnt)
 	o.op.iov = iov;
 	o.op.iovcnt = iovcnt;
 
-	return posix_result(run_op(&o, "gr_writev"));
+	return gr__posix_result(gr__run_op(&o, "gr_writev"));
 }
 
 ssize_t gr_recv(int fd, void *buf, size_t n, int flags)
@@ -435,7 +573,7 @@ ssize_t gr_recv(int fd, void *buf, size_t n, int flags)
 	o.op.len = n;
 	o.op.flags = flags;
 
-	return posix_result(run_op(&o, "gr_recv"));
+	return gr__posix_result(gr__run_op(&o, "gr_recv"));
 }
 
 ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
@@ -447,7 +585,7 @@ ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
 	o.op.len = n;
 	o.op.flags = flags | MSG_NOSIGNAL;
 
-	return posix_result(run_op(&o, "gr_send"));
+	return gr__posix_result(gr__run_op(&o, "gr_send"));
 }
 
 ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
@@ -460,7 +598,7 @@ ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
 	o.op.msg = msg;
 	o.op.flags = flags;
 
-	return posix_result(run_op(&o, "gr_recvmsg"));
+	return gr__posix_result(gr__run_op(&o, "gr_recvmsg"));
 }
 
 ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
@@ -473,7 +611,7 @@ ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags)
 	o.op.msg = (struct msghdr *)msg;
 	o.op.flags = flags | MSG_NOSIGNAL;
 
-	return posix_result(run_op(&o, "gr_sendmsg"));
+	return gr__posix_result(gr__run_op(&o, "gr_sendmsg"));
 }
 
 int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
@@ -491,8 +629,11 @@ int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 	o.op.addr = sa;
 	o.op.addrlen = len;
 	o.op.flags = flags;
+	int64_t r = gr__run_op(&o, "gr_accept4");
 
-	return (int)posix_result(run_op(&o, "gr_accept4"));
+	if (r >= 0)
+		new_file(gr__hub_peek(), (int)r);
+	return (int)gr__posix_result(r);
 }
 
 int gr_accept(int fd, struct sockaddr *sa, socklen_t *len)
@@ -509,8 +650,12 @@ int gr_connect(int fd, const struct sockaddr *sa, socklen_t len)
 	struct gr__op o = gr__op_init(GR_OP_CONNECT, fd);
 	o.op.addr = (struct sockaddr *)sa;
 	o.op.addrlen_value = len;
+	int64_t r = gr__run_op(&o, "gr_connect");
 
-	return (int)posix_result(run_op(&o, "gr_connect"));
+	/* A connected socket, whatever the number named before. */
+	if (r == 0)
+		gr__fd_set_kind(gr__hub_peek(), fd, GR__FD_SOCKET);
+	return (int)gr__posix_result(r);
 }
 
 int gr_wait_fd(int fd, short events, int64_t deadline)
@@ -520,31 +665,33 @@ int gr_wait_fd(int fd, short events, int64_t deadline)
 	int err = gr__park_hub(&hub);
 
 	if (err)
-		return (int)posix_result(err);
+		return (int)gr__posix_result(err);
 	if (fd < 0)
-		return (int)posix_result(-EBADF);
+		return (int)gr__posix_result(-EBADF);
 	if (!(events & (POLLIN | POLLOUT | POLLPRI | POLLRDHUP)))
-		return (int)posix_result(-EINVAL);
+		return (int)gr__posix_result(-EINVAL);
 	if (deadline == 0) {
 		/* Try once: ask the kernel now, without parking. */
 		struct pollfd pfd = { .fd = fd, .events = events };
 		int r = poll(&pfd, 1, 0);
 
 		if (r < 0)
-			return (int)posix_result(-errno);
+			return (int)gr__posix_result(-errno);
 		if (r == 1 && (pfd.revents & POLLNVAL))
-			return (int)posix_result(-EBADF);
-		return r == 1 ? 0 : (int)posix_result(-ETIMEDOUT);
+			return (int)gr__posix_result(-EBADF);
+		return r == 1 ? 0 : (int)gr__posix_result(-ETIMEDOUT);
 	}
-	err = gr__park_begin(hub, &p, deadline);
+	p.limit = deadline;
+	p.fd_dirs = events_dirs(events);
+	err = gr__park_begin(hub, &p, gr__deadline_min(deadline, gr__fd_deadline(hub, fd, p.fd_dirs)));
 	if (err)
-		return (int)posix_result(err);
+		return (int)gr__posix_result(err);
 	struct gr__op o = gr__op_init(GR_OP_POLL, fd);
 	o.op.events = events;
 	int64_t r = gr__park_op(hub, &p, &o);
 	if (r >= 0 && (r & POLLNVAL))
 		r = -EBADF;
-	return (int)posix_result(r < 0 ? r : 0);
+	return (int)gr__posix_result(r < 0 ? r : 0);
 }
 
 /* Close: cancel what is in flight on fd, let those fibers see EBADF, wait
@@ -559,22 +706,22 @@ int gr_close(int fd)
 	struct gr__hub *hub = gr__hub_peek();
 
 	if (fd < 0)
-		return (int)posix_result(-EBADF);
+		return (int)gr__posix_result(-EBADF);
 	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
 	if (!st)
 		return close(fd);
 	if (!hub->loop && !gr__hub_loop_fiber(hub))
-		return (int)posix_result(-ENOMEM); /* the close below may park */
+		return (int)gr__posix_result(-ENOMEM); /* the close below may park */
 	if (hub->current == hub->loop) {
 		/* Inside the hub nothing can wait for the cancelled operations to
 		 * drain, and closing under them would let the number be reused
 		 * while an operation still names it. */
 		if (!gr__list_empty(&st->ops))
-			return (int)posix_result(-EPERM);
+			return (int)gr__posix_result(-EPERM);
 		return close(fd);
 	}
 	if (st->closing)
-		return (int)posix_result(-EBADF); /* another fiber is closing it */
+		return (int)gr__posix_result(-EBADF); /* another fiber is closing it */
 	st->closing = 1;
 	st->closes++;
 	gr__fd_cancel_all(hub, st, EBADF);
@@ -586,6 +733,7 @@ int gr_close(int fd)
 		r = gr__park_queue(hub, &p, &st->closers);
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
+	gr__fd_forget(st); /* what comes next under the number is learnt afresh */
 	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
 		struct gr__op o = gr__op_init(GR_OP_CLOSE, fd);
 
@@ -594,5 +742,5 @@ int gr_close(int fd)
 		r = close(fd) < 0 ? -errno : 0;
 		st->closing = 0;
 	}
-	return (int)posix_result(r);
+	return (int)gr__posix_result(r);
 }

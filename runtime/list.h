@@ -18,6 +18,7 @@
 #ifndef GREENRING_LIST_H
 #define GREENRING_LIST_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -112,5 +113,50 @@ static inline void gr__list_splice_back(struct gr__list *to, struct gr__list *fr
 #define gr__list_foreach_safe(it, l)                                                      \
 	for (struct gr__link *it = (l)->first, *it##_next_ = it ? it->next : NULL; it;    \
 	     it = it##_next_, it##_next_ = it ? it->next : NULL)
+
+/* ------------------------------------------------------------ inboxes */
+
+/* A stack that any thread may push onto and one thread takes whole: how
+ * other threads hand a hub what they finished (fibers they woke, wait.c;
+ * operations the thread pool made, offload.c). Lock-free; a push says when
+ * it found the inbox empty, so that of many completions arriving before the
+ * hub looks, only the first wakes it. Zero-initialised is empty. */
+struct gr__slink {
+	struct gr__slink *next;
+};
+
+/* Push l; true if the inbox was empty. Release: what the pusher wrote
+ * before the push is visible to the thread that takes l. */
+static inline bool gr__inbox_push(_Atomic(struct gr__slink *) *inbox, struct gr__slink *l)
+{
+	struct gr__slink *old = atomic_load_explicit(inbox, memory_order_relaxed);
+
+	do
+		l->next = old;
+	while (!atomic_compare_exchange_weak_explicit(inbox, &old, l, memory_order_release,
+						      memory_order_relaxed));
+	return old == NULL;
+}
+
+/* Take everything, in the order it was pushed (the stack reversed). */
+static inline struct gr__slink *gr__inbox_take(_Atomic(struct gr__slink *) *inbox)
+{
+	/* Asked every loop turn: an empty inbox costs no locked instruction.
+	 * A push that lands just after this look found the inbox empty, so it
+	 * wakes the hub, which looks again. */
+	if (!atomic_load_explicit(inbox, memory_order_relaxed))
+		return NULL;
+	struct gr__slink *l = atomic_exchange_explicit(inbox, NULL, memory_order_acquire);
+	struct gr__slink *fifo = NULL;
+
+	while (l) {
+		struct gr__slink *next = l->next;
+
+		l->next = fifo;
+		fifo = l;
+		l = next;
+	}
+	return fifo;
+}
 
 #endif

@@ -58,7 +58,9 @@
 static struct {
 	pthread_mutex_t lock;           /* guards the fields below */
 	sem_t wake;                     /* the thread's sleep: posted to wake it */
+	pthread_cond_t up;              /* signalled once a new thread has started */
 	bool running;                   /* the thread exists */
+	bool started;                   /* it has started (mon_update waits for that) */
 	bool stopping;                  /* it should end (nothing needs it) */
 	int64_t threshold;              /* 0: not watching */
 	void (*fn)(const struct gr_monitor_report *report, void *arg);
@@ -66,7 +68,7 @@ static struct {
 	int dump_sig;                   /* 0: no dump on a signal */
 	int dump_fd;
 	struct sigaction dump_prev;     /* what dump_sig did before us */
-} mon = { .lock = PTHREAD_MUTEX_INITIALIZER };
+} mon = { .lock = PTHREAD_MUTEX_INITIALIZER, .up = PTHREAD_COND_INITIALIZER };
 
 static atomic_bool dump_wanted;
 /* A fork() child must start the thread again (read at every hub's birth). */
@@ -426,15 +428,16 @@ static void scan(int64_t threshold)
 
 /* ------------------------------------------------------------ the thread */
 
+/* Started by gr__thread_start: every signal blocked, so those meant for
+ * the program go to its own threads. */
 static void *monitor_main(void *unused)
 {
-	sigset_t all;
-
 	(void)unused;
-	/* Signals meant for the program go to its own threads. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	pthread_setname_np(pthread_self(), "gr-monitor");
+	pthread_mutex_lock(&mon.lock);
+	mon.started = true;
+	pthread_cond_broadcast(&mon.up);
+	pthread_mutex_unlock(&mon.lock);
 	for (;;) {
 		pthread_mutex_lock(&mon.lock);
 		if (mon.stopping) {
@@ -463,7 +466,11 @@ static void *monitor_main(void *unused)
 	}
 }
 
-/* mon.lock held: run the thread if something needs it, else let it end. */
+/* mon.lock held: run the thread if something needs it, else let it end.
+ * A new thread has started when this returns (the lock is let go while it
+ * starts): the caller may fork() or start spinning at once, and neither a
+ * thread still being set up by the C library (or a sanitizer) at the fork
+ * nor a first sample taken late leaves the stall unwatched. */
 static int mon_update(void)
 {
 	bool needed = mon.threshold > 0 || mon.dump_sig > 0;
@@ -480,9 +487,12 @@ static int mon_update(void)
 		sem_post(&mon.wake); /* re-read the settings now */
 		return 0;
 	}
+	mon.started = false;
 	if (gr__thread_start(monitor_main, NULL) != 0)
 		return -EAGAIN;
 	mon.running = true;
+	while (!mon.started)
+		pthread_cond_wait(&mon.up, &mon.lock);
 	return 0;
 }
 
@@ -502,6 +512,7 @@ static void fork_parent(void)
 static void fork_child(void)
 {
 	pthread_mutex_init(&mon.lock, NULL);
+	pthread_cond_init(&mon.up, NULL);
 	sem_destroy(&mon.wake);
 	sem_init(&mon.wake, 0, 0);
 	sem_destroy(&cap.done);

@@ -17,7 +17,9 @@
  * (the caller's, or the pile's own unlimited one). Readers wait for the
  * oldest unread item; the fiber that finishes an item hands the finished
  * items at the head of the list to waiting readers in order (the item is the
- * hand-off: a reader woken with 0 owns it). imap is a pile fed lazily from an
+ * hand-off: a reader woken with 0 owns it). An item remembers where it came
+ * from (its imap index) and whether fn ran, for gr_pile_next_item: after a
+ * kill, that is how a caller learns which inputs never ran. imap is a pile fed lazily from an
  * array: items start whenever the pool has a free slot — when gr_pile_imap
  * and gr_pile_next run, and when a pile fiber ends and frees its slot.
  */
@@ -322,9 +324,11 @@ struct pile_item {
 	void *(*fn)(void *);
 	void *arg;
 	void *value;
+	size_t index;               /* in the imap's args, or GR_PILE_SPAWNED */
 	struct pool_slot *slot;     /* while its fiber runs */
 	struct pile_item *next;     /* spawn order; the spare list */
 	bool done;
+	bool ran;                   /* fn was called (killed before it started: not) */
 };
 
 struct pile {
@@ -368,6 +372,7 @@ static void pile_run(void *arg)
 {
 	struct pile_item *it = arg;
 
+	it->ran = true;
 	it->value = it->fn(it->arg);
 }
 
@@ -418,9 +423,10 @@ static void pile_done(void *arg)
 	(void)pile_feed(pi);
 }
 
-/* Start fn(arg) as the newest item, the caller having acquired a pool slot
- * count. On failure the caller still owns the count. */
-static int pile_launch(struct pile *pi, void *(*fn)(void *), void *arg)
+/* Start fn(arg) as the newest item (`index`: its place in the imap's args,
+ * or GR_PILE_SPAWNED), the caller having acquired a pool slot count. On
+ * failure the caller still owns the count. */
+static int pile_launch(struct pile *pi, void *(*fn)(void *), void *arg, size_t index)
 {
 	struct pile_item *it = item_get(pi);
 	struct pool_slot *s = it ? slot_get(pi->pool) : NULL;
@@ -434,6 +440,8 @@ static int pile_launch(struct pile *pi, void *(*fn)(void *), void *arg)
 	it->fn = fn;
 	it->arg = arg;
 	it->value = NULL; /* stays NULL if killed before it starts */
+	it->index = index;
+	it->ran = false;
 	it->done = false;
 	it->next = NULL;
 	int err = pool_launch(pi->pool, s, pile_run, it, pile_done);
@@ -457,7 +465,7 @@ static int pile_launch(struct pile *pi, void *(*fn)(void *), void *arg)
 static int pile_feed(struct pile *pi)
 {
 	while (pi->feed_next < pi->feed_n && pool_try_acquire(pi->pool)) {
-		int err = pile_launch(pi, pi->feed_fn, pi->feed_args[pi->feed_next]);
+		int err = pile_launch(pi, pi->feed_fn, pi->feed_args[pi->feed_next], pi->feed_next);
 
 		if (err) {
 			pool_unacquire(pi->pool);
@@ -543,7 +551,7 @@ int gr_pile_spawn(gr_pile *pile, void *(*fn)(void *), void *arg, int64_t deadlin
 	pi->h.users--;
 	if (err)
 		return err;
-	err = pile_launch(pi, fn, arg);
+	err = pile_launch(pi, fn, arg, GR_PILE_SPAWNED);
 	if (err)
 		pool_unacquire(pi->pool);
 	return err;
@@ -572,7 +580,17 @@ int gr_pile_imap(gr_pile *pile, void *(*fn)(void *), void *const *args, size_t n
 	return 0;
 }
 
-int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
+/* Hand a read item to the reader, and keep its record for reuse. */
+static void item_read(struct pile *pi, struct pile_item *it, struct gr_pile_item *out)
+{
+	out->result = it->value;
+	out->arg = it->arg;
+	out->index = it->index;
+	out->ran = it->ran;
+	item_put(pi, it);
+}
+
+int gr_pile_next_item(gr_pile *pile, struct gr_pile_item *out, int64_t deadline)
 {
 	struct pile *pi = PI(pile);
 	struct gr__hub *hub = NULL;
@@ -581,6 +599,8 @@ int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
 
 	if (err)
 		return err;
+	if (!out)
+		return -EINVAL;
 	err = pile_pool_check(pi);
 	if (err)
 		return err;
@@ -596,9 +616,7 @@ int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
 			if (!pi->head)
 				pi->tail = NULL;
 			pi->unread--;
-			if (result)
-				*result = it->value;
-			item_put(pi, it);
+			item_read(pi, it, out);
 			pi->h.users--;
 			return 0;
 		}
@@ -617,7 +635,8 @@ int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
 			return err;
 		}
 		if (pi->feed_next < pi->feed_n) {
-			err = pile_launch(pi, pi->feed_fn, pi->feed_args[pi->feed_next]);
+			err = pile_launch(pi, pi->feed_fn, pi->feed_args[pi->feed_next],
+					  pi->feed_next);
 			if (err) {
 				pool_unacquire(pi->pool);
 				pi->h.users--;
@@ -632,11 +651,18 @@ int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
 	pi->h.users--;
 	if (err)
 		return err; /* not served: deadline, kill, deadlock */
-	struct pile_item *it = (struct pile_item *)p.data;
-	if (result)
-		*result = it->value;
-	item_put(pi, it);
+	item_read(pi, (struct pile_item *)p.data, out);
 	return 0;
+}
+
+int gr_pile_next(gr_pile *pile, void **result, int64_t deadline)
+{
+	struct gr_pile_item item;
+	int err = gr_pile_next_item(pile, &item, deadline);
+
+	if (!err && result)
+		*result = item.result;
+	return err;
 }
 
 ssize_t gr_pile_len(gr_pile *pile)

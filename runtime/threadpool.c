@@ -1,20 +1,25 @@
-/* threadpool.c — the process-wide pool of worker threads (gr_tpool_run).
+/* threadpool.c — the process-wide pool of worker threads: gr_tpool_run, and
+ * the operations a hub cannot perform itself (offload.c).
  *
- * One mutex guards everything: the FIFO of queued jobs, the worker counts and
- * every job's state. A caller queues a job and waits on it through the
- * gate's cross-thread queue (wait.c, gr__xpark): a fiber parks and its hub
- * goes on; a thread with no hub blocks. The worker that finishes the job
- * hands it back with gr__xunpark, which puts the fiber on its hub's inbox
- * and wakes the hub once for any number of completions that arrive before
- * it runs.
+ * One mutex guards everything: the FIFO of queued work, the worker counts and
+ * every work item's state. What a worker runs is a struct gr__work in its
+ * owner's memory (internal.h): run() without the lock, then finish() with it
+ * to hand the outcome over. A gr_tpool_run job is one kind: its caller
+ * queues it and waits on it through the gate's cross-thread queue (wait.c,
+ * gr__xpark): a fiber parks and its hub goes on; a thread with no hub blocks.
+ * The job's finish() hands it back with gr__xunpark, which puts the fiber on
+ * its hub's inbox and wakes the hub once for any number of completions that
+ * arrive before it runs.
  *
  * A job's life, every change under the lock:
- *   QUEUED   in the FIFO. If its caller stops waiting (kill, deadline, its
- *            thread's exit), the job is taken out and freed: it never runs.
- *   RUNNING  a worker runs fn. If the caller stops waiting now, the job is
- *            ABANDONED: the worker runs the cleanup when fn returns and
- *            frees the job.
- *   DONE     the caller is woken with the result and frees the job.
+ *   QUEUED     in the FIFO. If its caller stops waiting (kill, deadline, its
+ *              thread's exit), the job is taken out: it never runs. If it
+ *              has a cleanup, that still runs, with a NULL result, on a worker
+ *              (the release list): the caller may have handed the job memory
+ *              that only the cleanup knows how to free.
+ *   RUNNING    a worker runs fn. If the caller stops waiting now, the job is
+ *   ABANDONED  and the worker runs the cleanup when fn returns, then frees it.
+ *   DONE       the caller is woken with the result and frees the job.
  * A caller that stops waiting settles its job in job_left(), called by the
  * gate under the lock at the moment it leaves: the caller itself may never
  * run again (its thread may be exiting), and after leaving it never touches
@@ -24,6 +29,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,22 +40,20 @@
 #define THREADS_MAX 1024
 #define IDLE_EXIT (10 * GR_SEC)
 
-enum job_state { QUEUED, RUNNING, DONE, ABANDONED };
-
 struct job {
-	struct gr__link link;           /* in the FIFO while QUEUED */
+	struct gr__work work;
 	void *(*fn)(void *);
 	void *arg;
 	void (*cleanup)(void *result, void *arg);
 	void *result;
-	enum job_state state;
 	struct gr__xq waiter;           /* the caller, while it waits */
 };
 
 static struct {
 	pthread_mutex_t lock;
-	pthread_cond_t work;            /* a job was queued (CLOCK_MONOTONIC) */
-	struct gr__list queue;
+	pthread_cond_t work;            /* work was queued (CLOCK_MONOTONIC) */
+	struct gr__list queue;          /* struct gr__work.link, QUEUED, FIFO */
+	struct gr__list releases;       /* withdrawn before they ran: release() due */
 	size_t queued;
 	unsigned threads, idle, max;
 	uint64_t completed;
@@ -68,33 +72,29 @@ static void fork_parent(void)
 }
 
 /* The child has none of the workers, and none of the callers: the fibers
- * that queued jobs do not exist in it (hub.c). Start afresh; the jobs
- * still queued are dropped (their memory with them: nobody can free it). */
+ * that queued work do not exist in it (hub.c). Start afresh; what was still
+ * queued is dropped (its memory with it: nobody can free it). */
 static void fork_child(void)
 {
-	pthread_condattr_t attr;
-
 	pthread_mutex_init(&pool.lock, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&pool.work, &attr);
-	pthread_condattr_destroy(&attr);
+	gr__cond_init_monotonic(&pool.work);
 	pool.queue.first = pool.queue.last = NULL;
+	pool.releases.first = pool.releases.last = NULL;
 	pool.queued = 0;
 	pool.threads = pool.idle = 0;
 }
 
 static void pool_init(void)
 {
-	pthread_condattr_t attr;
-
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&pool.work, &attr);
-	pthread_condattr_destroy(&attr);
+	gr__cond_init_monotonic(&pool.work);
 	pool.max = (unsigned)gr__env_size("GREENRING_THREADS", THREADS_DEFAULT, 1, THREADS_MAX,
 					  false);
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static bool nothing_to_do(void)
+{
+	return gr__list_empty(&pool.queue) && gr__list_empty(&pool.releases);
 }
 
 static void *worker_main(void *unused)
@@ -104,37 +104,45 @@ static void *worker_main(void *unused)
 	(void)unused;
 	pthread_mutex_lock(&pool.lock);
 	for (;;) {
-		while (gr__list_empty(&pool.queue)) {
+		while (nothing_to_do()) {
 			pool.idle++;
 			gr__ns_to_timespec(gr_now() + IDLE_EXIT, &ts);
 			int r = pthread_cond_timedwait(&pool.work, &pool.lock, &ts);
 			pool.idle--;
-			if (r == ETIMEDOUT && gr__list_empty(&pool.queue)) {
+			if (r == ETIMEDOUT && nothing_to_do()) {
 				pool.threads--;
 				pthread_mutex_unlock(&pool.lock);
 				return NULL;
 			}
 		}
-		struct job *j = gr__container(gr__list_pop_front(&pool.queue), struct job, link);
-		pool.queued--;
-		j->state = RUNNING;
-		pthread_mutex_unlock(&pool.lock);
+		struct gr__link *l = gr__list_pop_front(&pool.releases);
+		if (l) {
+			/* Withdrawn before it ran: only its release is left. */
+			struct gr__work *w = gr__container(l, struct gr__work, link);
 
-		void *result = j->fn(j->arg);
-
-		pthread_mutex_lock(&pool.lock);
-		pool.completed++;
-		if (j->state == ABANDONED) {
 			pthread_mutex_unlock(&pool.lock);
-			if (j->cleanup)
-				j->cleanup(result, j->arg);
-			free(j);
+			w->release(w);
 			pthread_mutex_lock(&pool.lock);
 			continue;
 		}
-		j->result = result;
-		j->state = DONE;
-		gr__xunpark(gr__container(j->waiter.parked.first, struct gr__park, link), 0);
+		struct gr__work *w = gr__container(gr__list_pop_front(&pool.queue), struct gr__work, link);
+		pool.queued--;
+		w->state = GR__WORK_RUNNING;
+		pthread_mutex_unlock(&pool.lock);
+
+		w->run(w);
+
+		pthread_mutex_lock(&pool.lock);
+		pool.completed++;
+		if (w->state == GR__WORK_ABANDONED) {
+			pthread_mutex_unlock(&pool.lock);
+			if (w->release)
+				w->release(w);
+			pthread_mutex_lock(&pool.lock);
+			continue;
+		}
+		w->state = GR__WORK_DONE;
+		w->finish(w);
 	}
 }
 
@@ -142,29 +150,24 @@ int gr__thread_start(void *(*fn)(void *), void *arg)
 {
 	pthread_attr_t attr;
 	pthread_t t;
+	sigset_t all, old;
 
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	/* A thread inherits the mask it is created with: every signal blocked,
+	 * so that a signal sent to the process is never handed to one of ours
+	 * (whose default action could end the process, or whose handler would
+	 * run in the middle of a job) instead of the fiber waiting for it
+	 * (greenring/signal.h). */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	int r = pthread_create(&t, &attr, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_attr_destroy(&attr);
 	return -r;
 }
 
-/* The caller of a job stopped waiting (the gate's on_leave, lock held). */
-static void job_left(struct gr__xq *xq)
-{
-	struct job *j = gr__container(xq, struct job, waiter);
-
-	if (j->state == QUEUED) {
-		gr__list_remove(&pool.queue, &j->link);
-		pool.queued--;
-		free(j);
-	} else {
-		j->state = ABANDONED; /* the worker runs the cleanup and frees it */
-	}
-}
-
-/* A worker for a job just queued: an idle one, else a new one if the pool
+/* A worker for work just queued: an idle one, else a new one if the pool
  * may grow. -EAGAIN if there is none at all and none can be started. */
 static int find_worker(void)
 {
@@ -184,6 +187,102 @@ static int find_worker(void)
 	return pool.threads > 0 ? 0 : -EAGAIN;
 }
 
+/* Lock held: queue w and find it a worker. 0 or -EAGAIN (not queued). */
+static int queue_locked(struct gr__work *w)
+{
+	w->state = GR__WORK_QUEUED;
+	gr__list_push_back(&pool.queue, &w->link);
+	pool.queued++;
+	int err = find_worker();
+	if (err < 0) {
+		gr__list_remove(&pool.queue, &w->link);
+		pool.queued--;
+	}
+	return err;
+}
+
+int gr__tpool_submit(struct gr__work *w)
+{
+	pthread_once(&pool_once, pool_init);
+	pthread_mutex_lock(&pool.lock);
+	int err = queue_locked(w);
+	pthread_mutex_unlock(&pool.lock);
+	return err;
+}
+
+bool gr__tpool_withdraw(struct gr__work *w)
+{
+	pthread_mutex_lock(&pool.lock);
+	bool queued = w->state == GR__WORK_QUEUED;
+	if (queued) {
+		gr__list_remove(&pool.queue, &w->link);
+		pool.queued--;
+		w->state = GR__WORK_DONE;
+	}
+	pthread_mutex_unlock(&pool.lock);
+	return queued;
+}
+
+void gr__tpool_barrier(void)
+{
+	/* finish() runs with the lock held: once we hold it, every finish()
+	 * begun before has returned. */
+	pthread_mutex_lock(&pool.lock);
+	pthread_mutex_unlock(&pool.lock);
+}
+
+/* ------------------------------------------------------------ jobs */
+
+static void job_run(struct gr__work *w)
+{
+	struct job *j = gr__container(w, struct job, work);
+
+	j->result = j->fn(j->arg);
+}
+
+/* Lock held: wake the caller, who takes the result and frees the job. */
+static void job_finish(struct gr__work *w)
+{
+	struct job *j = gr__container(w, struct job, work);
+
+	gr__xunpark(gr__container(j->waiter.parked.first, struct gr__park, link), 0);
+}
+
+/* The caller left: the cleanup gets fn's result (NULL if fn never ran). */
+static void job_release(struct gr__work *w)
+{
+	struct job *j = gr__container(w, struct job, work);
+
+	if (j->cleanup)
+		j->cleanup(j->result, j->arg);
+	free(j);
+}
+
+/* The caller of a job stopped waiting (the gate's on_leave, lock held). */
+static void job_left(struct gr__xq *xq)
+{
+	struct job *j = gr__container(xq, struct job, waiter);
+
+	if (j->work.state != GR__WORK_QUEUED) {
+		j->work.state = GR__WORK_ABANDONED; /* released by the worker after fn */
+		return;
+	}
+	gr__list_remove(&pool.queue, &j->work.link);
+	pool.queued--;
+	if (!j->cleanup) {
+		free(j);
+		return;
+	}
+	/* The cleanup is the caller's code: it runs on a worker, never here
+	 * under the pool's lock. A worker exists (this job was queued, and
+	 * workers leave only when there is nothing to do); an idle one is
+	 * told, a busy one finds it when it is done. */
+	j->work.state = GR__WORK_ABANDONED;
+	gr__list_push_back(&pool.releases, &j->work.link);
+	if (pool.idle > 0)
+		pthread_cond_signal(&pool.work);
+}
+
 int gr_tpool_run_cleanup(void *(*fn)(void *), void *arg, void (*cleanup)(void *result, void *arg),
 			 void **result, int64_t deadline)
 {
@@ -194,32 +293,40 @@ int gr_tpool_run_cleanup(void *(*fn)(void *), void *arg, void (*cleanup)(void *r
 	if (!fn)
 		return -EINVAL;
 	/* A thread with a hub parks a fiber; one without blocks (no hub is
-	 * made for it: a plain thread asking for this wants to wait). */
-	if (hub) {
+	 * made for it: a plain thread asking for this wants to wait). A pure
+	 * try (deadline 0) cannot be met by work on another thread: it fails
+	 * here, before anything is queued (the gate would not park it, and the
+	 * job would be left in the FIFO with nobody to hand it to). */
+	err = 0;
+	if (hub)
 		err = gr__park_prepare(&hub, &p, deadline);
-		if (err)
-			return err;
-	} else {
+	else
 		gr__xpark_thread_begin(&p, deadline);
+	if (err == 0 && deadline == 0)
+		err = -ETIMEDOUT;
+	if (err) {
+		/* A caller that stops waiting gets its cleanup, also when it
+		 * stopped before queueing (tpool.h). */
+		if ((err == -ECANCELED || err == -ETIMEDOUT) && cleanup)
+			cleanup(NULL, arg);
+		return err;
 	}
 	struct job *j = calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOMEM;
+	j->work.run = job_run;
+	j->work.finish = job_finish;
+	j->work.release = job_release;
 	j->fn = fn;
 	j->arg = arg;
 	j->cleanup = cleanup;
-	j->state = QUEUED;
 	j->waiter.lock = &pool.lock;
 	j->waiter.on_leave = job_left;
 
 	pthread_once(&pool_once, pool_init);
 	pthread_mutex_lock(&pool.lock);
-	gr__list_push_back(&pool.queue, &j->link);
-	pool.queued++;
-	err = find_worker();
+	err = queue_locked(&j->work);
 	if (err < 0) {
-		gr__list_remove(&pool.queue, &j->link);
-		pool.queued--;
 		pthread_mutex_unlock(&pool.lock);
 		free(j);
 		return err;

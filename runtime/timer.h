@@ -1,7 +1,9 @@
-/* timer.h — deadlines for the readiness backends (epoll, poll).
+/* timer.h — deadlines for the readiness backends (epoll, poll), and the
+ * pending spawns of later.c.
  *
  * A completion backend hands deadlines to the kernel (io_uring timeouts); a
- * readiness backend must keep them itself. This is a binary min-heap of
+ * readiness backend must keep them itself. later.c keeps each hub's pending
+ * gr_spawn_at records here too, keyed by a struct gr_op of their own. This is a binary min-heap of
  * operations keyed by (deadline, arrival order), so two operations with the
  * same deadline expire in the order they were added (FIFO, as libuv does):
  * fibers sleeping until the same instant wake in the order they slept.

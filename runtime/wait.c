@@ -13,7 +13,9 @@
  *      gr__park_queue  a wait queue; gr__unpark() or the deadline timer
  *                      resumes it, and the timer is drained before return.
  * and the result is mapped back here (op_result): one place decides what a
- * cancelled or timed-out operation returns.
+ * cancelled or timed-out operation returns. An operation cancelled because
+ * its per-fd deadline moved (GR__RETIME, fd.c) and that moved no data is
+ * submitted again here, under the new deadline, without the caller knowing.
  *
  * The record of the call, struct gr__park, lives on the parked fiber's stack
  * and is reachable from the fiber (f->park) for as long as the call lasts,
@@ -31,13 +33,11 @@
 
 int gr__park_hub_slow(struct gr__hub **hubp)
 {
-	int err = 0;
-	struct gr__hub *hub = gr__hub_get(&err);
+	struct gr__hub *hub;
+	int err = gr__hub_outside(&hub);
 
-	if (!hub)
+	if (err)
 		return err;
-	if (hub->current == hub->loop)
-		return -EPERM;
 	/* The first park needs the hub's fiber. Created here, before anything
 	 * is queued, so that failing to map its stack is this call's ENOMEM
 	 * rather than a scheduler with nowhere to switch to. */
@@ -45,6 +45,17 @@ int gr__park_hub_slow(struct gr__hub **hubp)
 		return -ENOMEM;
 	*hubp = hub;
 	return 0;
+}
+
+/* The gate's first question asked from outside, without its side effect
+ * (gr__park_hub makes the hub and its loop fiber): a thread with no hub
+ * answers no rather than getting one. Before the loop fiber exists the
+ * caller is the main context (current == root, loop NULL), which may park. */
+int gr_can_park(void)
+{
+	struct gr__hub *hub = gr__tls_hub;
+
+	return hub && hub->current != hub->loop;
 }
 
 int gr__park_again(const struct gr__park *p)
@@ -116,7 +127,8 @@ static int op_submit(struct gr__hub *hub, struct gr__op *o)
 	}
 	hub->inflight++;
 	o->park->op = o;
-	int err = hub->ops->submit(hub->backend, &o->op);
+	/* The thread pool performs what the backend cannot (offload.c). */
+	int err = o->offload ? gr__offload_submit(hub, o) : hub->ops->submit(hub->backend, &o->op);
 	if (err < 0) {
 		hub->inflight--;
 		o->park->op = NULL;
@@ -128,43 +140,72 @@ static int op_submit(struct gr__hub *hub, struct gr__op *o)
 	return 0;
 }
 
+/* o was cancelled because its per-fd deadline moved (gr_fd_set_deadline)
+ * and it moved no data: the call goes on under the new deadline. Sets
+ * p->deadline; 0, or -ECANCELED/-ETIMEDOUT as gr__park_begin. */
+static int retime(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
+{
+	int64_t d = gr__deadline_min(p->limit, gr__fd_deadline(hub, o->op.fd, p->fd_dirs));
+
+	/* The fd may have become ready while the call was off the backend:
+	 * the park after EAGAIN's promise no longer holds. */
+	if (o->op.kind == GR_OP_POLL)
+		o->op.flags &= ~GR_POLL_AFTER_EAGAIN;
+	return gr__park_check(p->fiber, d, p->uncancellable, &p->deadline);
+}
+
 int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
 	gr_fiber *self = p->fiber;
 
-	if (o->op.kind != GR_OP_TIMEOUT)
-		o->op.deadline = p->deadline;
-	o->res = 0;
-	o->cancel_errno = 0;
-	o->park = p;
-	o->on_complete = op_done;
-	o->on_fd = false;
-	/* Parked before submit(), so that a backend completing the operation
-	 * at once finds the books in order. Stamped here, not at the gate:
-	 * a call that does not park pays nothing for the dump. */
-	self->state = GR__FIBER_PARKED;
-	self->park = p;
+	/* Stamped here, where the call parks, not at the gate: a call that
+	 * need not wait pays nothing for the dump. A retime goes on waiting. */
 	p->since = hub->clock;
-	int err = op_submit(hub, o);
-	if (err < 0) {
-		self->state = GR__FIBER_RUNNING;
+	for (;;) {
+		if (o->op.kind != GR_OP_TIMEOUT)
+			o->op.deadline = p->deadline;
+		o->res = 0;
+		o->cancel_errno = 0;
+		o->park = p;
+		o->on_complete = op_done;
+		o->on_fd = false;
+		/* Parked before submit(), so that a backend completing the
+		 * operation at once finds the books in order. */
+		self->state = GR__FIBER_PARKED;
+		self->park = p;
+		int err = op_submit(hub, o);
+		if (err < 0) {
+			self->state = GR__FIBER_RUNNING;
+			self->park = NULL;
+			return err;
+		}
+		gr__switch_out(hub);
 		self->park = NULL;
-		return err;
+		bool moved_nothing = o->res == -ECANCELED || o->res == -EINTR;
+		if (o->cancel_errno != GR__RETIME || !moved_nothing) {
+			int64_t r = op_result(o);
+
+			if (r == -ETIMEDOUT)
+				hub->counters.deadlines++;
+			return r;
+		}
+		err = retime(hub, p, o); /* a deadline passed meanwhile is counted there */
+		if (err)
+			return err;
 	}
-	gr__switch_out(hub);
-	self->park = NULL;
-	int64_t r = op_result(o);
-	if (r == -ETIMEDOUT)
-		hub->counters.deadlines++;
-	return r;
 }
 
 void gr__op_cancel(struct gr__hub *hub, struct gr__op *o, int why)
 {
-	if (!o->cancel_errno)
+	/* The first reason wins, but a retime only asks the call to wait
+	 * again: a reason to end it (kill, deadline, close) replaces it. */
+	if (!o->cancel_errno || o->cancel_errno == GR__RETIME)
 		o->cancel_errno = (uint8_t)why;
 	hub->counters.cancels++;
-	hub->ops->cancel(hub->backend, &o->op);
+	if (o->offload)
+		gr__offload_cancel(hub, o);
+	else
+		hub->ops->cancel(hub->backend, &o->op);
 }
 
 /* ------------------------------------------------------------ wait queues */
@@ -284,18 +325,12 @@ static void xq_leave(struct gr__park *p, int status)
 		xq->on_leave(xq);
 }
 
-/* Hand p to hub from another thread. Release: the status (and whatever
- * the waker handed over in the object) is visible to the hub that takes p
- * from its inbox. Only the first push onto an empty inbox wakes the hub. */
-static void inbox_push(struct gr__hub *hub, struct gr__park *p)
+/* Hand p to hub from another thread: the status (and whatever the waker
+ * handed over in the object) is visible to the hub that takes p from its
+ * inbox. Only the first push onto an empty inbox wakes the hub. */
+static void inbox_send(struct gr__hub *hub, struct gr__park *p)
 {
-	struct gr__park *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
-
-	do
-		p->inbox_next = old;
-	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, p, memory_order_release,
-						      memory_order_relaxed));
-	if (!old)
+	if (gr__inbox_push(&hub->inbox, &p->inbox_link))
 		(void)hub->ops->wake(hub->backend);
 }
 
@@ -314,43 +349,32 @@ void gr__xunpark(struct gr__park *p, int status)
 	}
 	/* The lock is still held, so the hub cannot be torn down under the
 	 * wake. */
-	inbox_push(hub, p);
+	inbox_send(hub, p);
 }
 
 void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq)
 {
 	rq->park.kind = GR__PARK_REQUEST;
 	rq->park.fiber = NULL;
-	inbox_push(hub, &rq->park);
+	inbox_send(hub, &rq->park);
 }
 
 void gr__hub_drain_inbox(struct gr__hub *hub)
 {
-	struct gr__park *p = atomic_exchange_explicit(&hub->inbox, NULL, memory_order_acquire);
-	struct gr__park *fifo = NULL;
+	/* In wake order. Either may be gone once handled (a fiber made
+	 * ready may run and end, a request answered): next is read first. */
+	for (struct gr__slink *l = gr__inbox_take(&hub->inbox), *next; l; l = next) {
+		struct gr__park *p = gr__container(l, struct gr__park, inbox_link);
 
-	/* The inbox is a stack: reverse it, so fibers run in wake order. */
-	while (p) {
-		struct gr__park *next = p->inbox_next;
-
-		p->inbox_next = fifo;
-		fifo = p;
-		p = next;
-	}
-	while (fifo) {
-		struct gr__park *next = fifo->inbox_next;
-
-		/* Either may be gone once handled (the fiber run, the request
-		 * answered): next is read first. */
-		if (fifo->kind == GR__PARK_REQUEST) {
-			struct gr__hub_request *rq = gr__container(fifo, struct gr__hub_request, park);
+		next = l->next;
+		if (p->kind == GR__PARK_REQUEST) {
+			struct gr__hub_request *rq = gr__container(p, struct gr__hub_request, park);
 
 			rq->run(hub, rq);
 		} else {
 			hub->counters.remote_wakeups++;
-			gr__ready(fifo->fiber);
+			gr__ready(p->fiber);
 		}
-		fifo = next;
 	}
 }
 
@@ -386,16 +410,22 @@ void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)
 
 /* A thread with no hub waits on a condition variable of its own, bound to
  * the object's lock. */
-static int xpark_thread(struct gr__park *p, pthread_mutex_t *lock)
+void gr__cond_init_monotonic(pthread_cond_t *cond)
 {
-	pthread_cond_t cond;
 	pthread_condattr_t attr;
-	struct timespec ts;
 
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&cond, &attr);
+	pthread_cond_init(cond, &attr);
 	pthread_condattr_destroy(&attr);
+}
+
+static int xpark_thread(struct gr__park *p, pthread_mutex_t *lock)
+{
+	pthread_cond_t cond;
+	struct timespec ts;
+
+	gr__cond_init_monotonic(&cond);
 	p->cond = &cond;
 	if (p->deadline != GR_FOREVER)
 		gr__ns_to_timespec(p->deadline, &ts);

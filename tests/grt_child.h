@@ -1,7 +1,8 @@
-/* grt_child.h — run a server program (bench/echo_server, bench/http_server)
- * as a child process in a test: start it, wait for its "listening on
- * HOST:PORT" line (never a sleep), stop it with a signal and collect its exit
- * status. Header-only: the test files that run programs include it.
+/* grt_child.h — run a program (bench/echo_server, bench/http_server, the
+ * examples of docs/examples) as a child process in a test: start it, wait
+ * for its "listening on HOST:PORT" line (never a sleep), stop it with a
+ * signal and collect its exit status. Header-only: the test files that run
+ * programs include it.
  *
  * The child dies with the test process (PR_SET_PDEATHSIG), so a failing test
  * never leaves a server holding a port. Waiting is done through the runtime
@@ -58,6 +59,9 @@ static inline void grt_child_start(struct grt_child *c, char *const argv[])
 			_exit(127);
 		if (dup2(pfd[1], STDOUT_FILENO) < 0)
 			_exit(127);
+		/* As from a shell: a program that would die of SIGPIPE must be
+		 * seen to, whatever the test runner ignores. */
+		signal(SIGPIPE, SIG_DFL);
 		execv(argv[0], argv);
 		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
 		_exit(127);

@@ -3,12 +3,13 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <stdio.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -53,6 +54,69 @@ int grt_count_fds(void)
 	return n - 1; /* the directory stream's own fd */
 }
 
+int grt_fds_matching(const char *needle, int *first)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	if (!d)
+		return -1;
+	if (first)
+		*first = -1;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		char path[300], target[128];
+		ssize_t len;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len <= 0)
+			continue;
+		target[len] = '\0';
+		if (strstr(target, needle)) {
+			if (first && *first < 0)
+				*first = atoi(e->d_name);
+			n++;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+int grt_count_zombies(void)
+{
+	DIR *d = opendir("/proc");
+	pid_t self = getpid();
+	int n = 0;
+
+	cr_assert_not_null(d, "opendir /proc: %s", strerror(errno));
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		char path[64], buf[512];
+		int pid = atoi(e->d_name);
+
+		if (pid <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+		FILE *f = fopen(path, "re");
+		if (!f)
+			continue; /* gone since */
+		size_t len = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[len] = '\0';
+		/* "pid (comm) S ppid ...": comm may hold spaces and parentheses,
+		 * so the state follows the last ')'. */
+		char *close = strrchr(buf, ')');
+		char state;
+		int ppid;
+		if (close && sscanf(close + 1, " %c %d", &state, &ppid) == 2 && ppid == self &&
+		    state == 'Z')
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
 void grt_setup(void)
 {
 	const char *hub = grt_hub();
@@ -85,6 +149,8 @@ void grt_teardown(void)
 	cr_assert_eq(st.inflight, 0, "%zu operations in flight at teardown", st.inflight);
 	cr_assert_eq(grt_count_fds(), baseline_fds, "fd leak: %d open, %d at start",
 		     grt_count_fds(), baseline_fds);
+	int zombies = grt_count_zombies();
+	cr_assert_eq(zombies, 0, "%d child processes left as zombies (ended, never reaped)", zombies);
 }
 
 static int tcp_socket(void)
@@ -161,4 +227,85 @@ int grt_run(const char *const argv[], const char *const env[], char *out, size_t
 	close(p[0]);
 	cr_assert_eq(waitpid(pid, &status, 0), pid, "waitpid: %s", strerror(errno));
 	return status;
+}
+
+int grt_dial(int port, int rcvbuf)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int one = 1;
+
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (rcvbuf > 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	if (gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int err = errno;
+
+		gr_close(fd);
+		errno = err;
+		return -1;
+	}
+	return fd;
+}
+
+bool grt_send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t w = gr_send(fd, p, len, 0);
+
+		if (w < 0)
+			return false;
+		p += w;
+		len -= (size_t)w;
+	}
+	return true;
+}
+
+bool grt_recv_all(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t r = gr_recv(fd, p, len, 0);
+
+		if (r <= 0)
+			return false;
+		p += r;
+		len -= (size_t)r;
+	}
+	return true;
+}
+
+int grt_failures;
+char grt_first_failure[256];
+
+void grt_fail(const char *fmt, ...)
+{
+	if (grt_failures++ == 0) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		vsnprintf(grt_first_failure, sizeof(grt_first_failure), fmt, ap);
+		va_end(ap);
+	}
+}
+
+int grt_report_fd = -1;
+
+void grt_child_exit(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (n > 0 && write(grt_report_fd, msg, (size_t)n) < 0)
+		_exit(3);
+	_exit(strcmp(msg, "ok") == 0 ? 0 : 1);
 }

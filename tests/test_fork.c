@@ -5,12 +5,10 @@
  * A child reports through a pipe ("ok" or what went wrong) and _exits:
  * it never returns into Criterion. */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,44 +22,10 @@ GRT_SUITE(fork);
 
 /* ------------------------------------------------------------ child side */
 
-static int report_fd = -1;
-
-static _Noreturn void child_exit(const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (n > 0 && write(report_fd, msg, (size_t)n) < 0)
-		_exit(3);
-	_exit(strcmp(msg, "ok") == 0 ? 0 : 1);
-}
-
 /* The anon-inode fds (io_uring rings, epoll sets, eventfds) of this process. */
 static int count_anon_fds(void)
 {
-	DIR *d = opendir("/proc/self/fd");
-	int n = 0;
-
-	if (!d)
-		return -1;
-	for (struct dirent *e; (e = readdir(d)) != NULL;) {
-		char path[300], target[128];
-		ssize_t len;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
-		len = readlink(path, target, sizeof(target) - 1);
-		if (len > 0) {
-			target[len] = '\0';
-			n += strncmp(target, "anon_inode:", 11) == 0;
-		}
-	}
-	closedir(d);
-	return n;
+	return grt_fds_matching("anon_inode:", NULL);
 }
 
 static void *child_echo(void *arg)
@@ -84,36 +48,36 @@ static void child_work(const char *hub, int parent_anon_fds)
 	struct gr_hub_stats st;
 
 	if (gr_hub_stats(&st) != -ESRCH)
-		child_exit("the child has a hub before using greenring (%zu fibers, %zu in flight)",
+		grt_child_exit("the child has a hub before using greenring (%zu fibers, %zu in flight)",
 			   st.fibers, st.inflight);
 	const char *name = gr_hub_name();
 	if (!name || strcmp(name, hub) != 0)
-		child_exit("child hub: %s (%s)", name ? name : "none", gr_hub_why());
+		grt_child_exit("child hub: %s (%s)", name ? name : "none", gr_hub_why());
 	if (gr_hub_stats(&st) != 0 || st.fibers != 0 || st.inflight != 0)
-		child_exit("the child's hub is not fresh: %zu fibers, %zu in flight", st.fibers,
+		grt_child_exit("the child's hub is not fresh: %zu fibers, %zu in flight", st.fibers,
 			   st.inflight);
 	int anon = count_anon_fds();
 	if (parent_anon_fds >= 0 && anon != parent_anon_fds)
-		child_exit("the child holds %d anon-inode fds, the parent %d: the parent's hub fds "
+		grt_child_exit("the child holds %d anon-inode fds, the parent %d: the parent's hub fds "
 			   "were kept (or new ones leaked)",
 			   anon, parent_anon_fds);
 	int p[4][2];
 	gr_fiber *f[4];
 	for (int i = 0; i < 4; i++) {
 		if (pipe2(p[i], O_CLOEXEC) != 0)
-			child_exit("pipe: %s", strerror(errno));
+			grt_child_exit("pipe: %s", strerror(errno));
 		f[i] = gr_spawn(child_echo, p[i]);
 	}
 	for (int i = 0; i < 4; i++) {
 		void *why = NULL;
 
 		if (!f[i] || gr_join(f[i], &why, gr_now() + 10 * GR_SEC) != 0)
-			child_exit("child fiber %d did not finish", i);
+			grt_child_exit("child fiber %d did not finish", i);
 		if (why)
-			child_exit("child fiber %d: %s failed", i, (const char *)why);
+			grt_child_exit("child fiber %d: %s failed", i, (const char *)why);
 	}
 	if (gr_hub_join(gr_now() + 10 * GR_SEC) != 0)
-		child_exit("the child's gr_hub_join failed: the parent's fibers came along?");
+		grt_child_exit("the child's gr_hub_join failed: the parent's fibers came along?");
 	for (int i = 0; i < 4; i++) {
 		gr_close(p[i][0]);
 		gr_close(p[i][1]);
@@ -187,14 +151,14 @@ Test(fork, the_child_gets_a_fresh_hub_and_the_parent_keeps_its_own)
 	c.pid = fork();
 	cr_assert_geq(c.pid, 0);
 	if (c.pid == 0) {
-		report_fd = rep[1];
+		grt_report_fd = rep[1];
 		child_work(grt_hub(), parent_anon);
 		char m;
 		if (read(marks[0], &m, 1) == 1)
-			child_exit("the child ran a fiber the parent had spawned");
+			grt_child_exit("the child ran a fiber the parent had spawned");
 		/* The parent's socket is shared: the child's hub must not have
 		 * taken the parent's recv along (it would eat the data). */
-		child_exit("ok");
+		grt_child_exit("ok");
 	}
 	close(rep[1]);
 	c.rd = rep[0];
@@ -265,9 +229,9 @@ static void *fork_in_fiber(void *arg)
 	fk->c.pid = fork();
 	if (fk->c.pid == 0) {
 		/* The child runs on what was a fiber's stack of the parent. */
-		report_fd = rep[1];
+		grt_report_fd = rep[1];
 		child_work(fk->hub, fk->anon);
-		child_exit("ok");
+		grt_child_exit("ok");
 	}
 	close(rep[1]);
 	fk->c.rd = rep[0];
@@ -300,17 +264,17 @@ Test(fork, a_grandchild_gets_its_own_hub_too)
 	c.pid = fork();
 	cr_assert_geq(c.pid, 0);
 	if (c.pid == 0) {
-		report_fd = rep[1];
+		grt_report_fd = rep[1];
 		child_work(grt_hub(), anon);
 		/* Fork again from a child whose hub is in use. */
 		int rep2[2];
 		if (pipe2(rep2, O_CLOEXEC) != 0)
-			child_exit("pipe");
+			grt_child_exit("pipe");
 		pid_t g = fork();
 		if (g == 0) {
-			report_fd = rep2[1];
+			grt_report_fd = rep2[1];
 			child_work(grt_hub(), anon);
-			child_exit("ok");
+			grt_child_exit("ok");
 		}
 		close(rep2[1]);
 		char msg[256];
@@ -319,8 +283,8 @@ Test(fork, a_grandchild_gets_its_own_hub_too)
 		waitpid(g, &status, 0);
 		msg[n > 0 ? n : 0] = '\0';
 		if (strcmp(msg, "ok") != 0)
-			child_exit("grandchild: %s", msg);
-		child_exit("ok");
+			grt_child_exit("grandchild: %s", msg);
+		grt_child_exit("ok");
 	}
 	close(rep[1]);
 	c.rd = rep[0];

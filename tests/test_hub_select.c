@@ -23,7 +23,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -209,21 +208,6 @@ struct child_result {
 	char err[4096];      /* its stderr */
 };
 
-static int report_fd = -1;
-
-static _Noreturn void child_exit(const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (n > 0 && write(report_fd, msg, (size_t)n) < 0)
-		_exit(3);
-	_exit(strcmp(msg, "ok") == 0 ? 0 : 1);
-}
-
 static void read_all(int fd, char *buf, size_t len)
 {
 	size_t used = 0;
@@ -237,7 +221,7 @@ static void read_all(int fd, char *buf, size_t len)
 }
 
 /* Fork; the child sets `env` ("NAME=value" pairs, NULL-terminated), then
- * runs fn, which ends with child_exit(). */
+ * runs fn, which ends with grt_child_exit(). */
 static void run_child(void (*fn)(void *), void *arg, const char *const env[], struct child_result *res)
 {
 	int rep[2], err[2];
@@ -250,15 +234,15 @@ static void run_child(void (*fn)(void *), void *arg, const char *const env[], st
 	if (pid == 0) {
 		close(rep[0]);
 		close(err[0]);
-		report_fd = rep[1];
+		grt_report_fd = rep[1];
 		if (dup2(err[1], STDERR_FILENO) < 0)
-			child_exit("dup2: %s", strerror(errno));
+			grt_child_exit("dup2: %s", strerror(errno));
 		for (size_t i = 0; env && env[i]; i++) {
 			if (putenv((char *)env[i]) != 0)
-				child_exit("putenv: %s", strerror(errno));
+				grt_child_exit("putenv: %s", strerror(errno));
 		}
 		fn(arg);
-		child_exit("the child function returned");
+		grt_child_exit("the child function returned");
 	}
 	close(rep[1]);
 	close(err[1]);
@@ -343,22 +327,22 @@ static void child_under_policy(void *arg)
 	const char *e = install_policy(&x->policy);
 
 	if (e)
-		child_exit("%s: %s", e, strerror(errno));
+		grt_child_exit("%s: %s", e, strerror(errno));
 	const char *name = gr_hub_name();
 	if (!x->hub) {
 		if (name)
-			child_exit("expected no hub, got %s", name);
+			grt_child_exit("expected no hub, got %s", name);
 	} else if (!name || strcmp(name, x->hub) != 0) {
-		child_exit("expected hub %s, got %s (%s); why: %s", x->hub, name ? name : "none",
+		grt_child_exit("expected hub %s, got %s (%s); why: %s", x->hub, name ? name : "none",
 			   name ? "" : strerror(errno), gr_hub_why());
 	}
 	for (int i = 0; i < 3 && x->why[i]; i++) {
 		if (!strstr(gr_hub_why(), x->why[i]))
-			child_exit("gr_hub_why() lacks \"%s\": \"%s\"", x->why[i], gr_hub_why());
+			grt_child_exit("gr_hub_why() lacks \"%s\": \"%s\"", x->why[i], gr_hub_why());
 	}
 	if (x->hub && (e = workload()) != NULL)
-		child_exit("on %s: %s", x->hub, e);
-	child_exit("ok");
+		grt_child_exit("on %s: %s", x->hub, e);
+	grt_child_exit("ok");
 }
 
 static void run_policy(const struct expect *x, struct child_result *res)
@@ -459,19 +443,19 @@ static void child_env_hub(void *arg)
 	const char *name = gr_hub_name();
 
 	if (!name || strcmp(name, want) != 0)
-		child_exit("GREENRING_HUB=%s gave %s", want, name ? name : strerror(errno));
+		grt_child_exit("GREENRING_HUB=%s gave %s", want, name ? name : strerror(errno));
 	const char *e = workload();
 	if (e)
-		child_exit("on %s: %s", want, e);
+		grt_child_exit("on %s: %s", want, e);
 	/* gr_hub_use(NULL) overrides the environment: the default order. */
 	const char *best = first_usable();
 	if (gr_hub_use(NULL) != 0)
-		child_exit("gr_hub_use(NULL) failed");
+		grt_child_exit("gr_hub_use(NULL) failed");
 	name = gr_hub_name();
 	if (!name || !best || strcmp(name, best) != 0)
-		child_exit("gr_hub_use(NULL) under GREENRING_HUB=%s gave %s, not %s", want,
+		grt_child_exit("gr_hub_use(NULL) under GREENRING_HUB=%s gave %s, not %s", want,
 			   name ? name : "none", best ? best : "none");
-	child_exit("ok");
+	grt_child_exit("ok");
 }
 
 Test(hub_select, the_environment_names_the_hub)
@@ -490,20 +474,20 @@ static void child_unknown_env(void *arg)
 {
 	(void)arg;
 	if (gr_hub_name() != NULL)
-		child_exit("GREENRING_HUB=nope gave a hub: %s", gr_hub_name());
+		grt_child_exit("GREENRING_HUB=nope gave a hub: %s", gr_hub_name());
 	if (errno != ENOENT)
-		child_exit("errno %s, not ENOENT", strerror(errno));
+		grt_child_exit("errno %s, not ENOENT", strerror(errno));
 	if (!strstr(gr_hub_why(), "GREENRING_HUB=nope: no such hub (have: io_uring, epoll, poll)"))
-		child_exit("gr_hub_why(): %s", gr_hub_why());
+		grt_child_exit("gr_hub_why(): %s", gr_hub_why());
 	/* Everything that needs the hub fails the same way, nothing falls back. */
 	if (gr_sleep(GR_MSEC) != -ENOENT)
-		child_exit("gr_sleep did not fail with ENOENT");
+		grt_child_exit("gr_sleep did not fail with ENOENT");
 	if (gr_spawn(sleeper, NULL) != NULL || errno != ENOENT)
-		child_exit("gr_spawn did not fail with ENOENT");
+		grt_child_exit("gr_spawn did not fail with ENOENT");
 	/* An explicit choice on the thread still works. */
 	if (gr_hub_use("poll") != 0 || !gr_hub_name() || strcmp(gr_hub_name(), "poll") != 0)
-		child_exit("gr_hub_use(poll) after a bad GREENRING_HUB failed");
-	child_exit("ok");
+		grt_child_exit("gr_hub_use(poll) after a bad GREENRING_HUB failed");
+	grt_child_exit("ok");
 }
 
 Test(hub_select, an_unknown_name_in_the_environment_is_an_error_at_first_use)
@@ -524,19 +508,19 @@ static void child_unusable_env(void *arg)
 
 	(void)arg;
 	if (e)
-		child_exit("%s: %s", e, strerror(errno));
+		grt_child_exit("%s: %s", e, strerror(errno));
 	if (gr_hub_name() != NULL)
-		child_exit("GREENRING_HUB=io_uring under seccomp fell back to %s", gr_hub_name());
+		grt_child_exit("GREENRING_HUB=io_uring under seccomp fell back to %s", gr_hub_name());
 	if (errno != EPERM)
-		child_exit("errno %s, not EPERM", strerror(errno));
+		grt_child_exit("errno %s, not EPERM", strerror(errno));
 	if (!strstr(gr_hub_why(), "io_uring: io_uring_setup: Operation not permitted"))
-		child_exit("gr_hub_why(): %s", gr_hub_why());
+		grt_child_exit("gr_hub_why(): %s", gr_hub_why());
 	/* gr_hub_use says the same: it cannot run here. */
 	if (gr_hub_use("io_uring") != -ENOTSUP)
-		child_exit("gr_hub_use(io_uring) under seccomp did not fail with ENOTSUP");
+		grt_child_exit("gr_hub_use(io_uring) under seccomp did not fail with ENOTSUP");
 	if (!strstr(gr_hub_why(), "io_uring_setup: Operation not permitted"))
-		child_exit("gr_hub_why() after gr_hub_use: %s", gr_hub_why());
-	child_exit("ok");
+		grt_child_exit("gr_hub_why() after gr_hub_use: %s", gr_hub_why());
+	grt_child_exit("ok");
 }
 
 Test(hub_select, an_unusable_name_in_the_environment_is_an_error_not_a_fallback)

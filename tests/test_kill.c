@@ -1,6 +1,8 @@
 /* test_kill.c — gr_kill: before start, during a sleep, during blocked I/O,
  * during a join; every later blocking call fails with ECANCELED; a kill
- * racing a completed read keeps the bytes; no write into a freed stack.
+ * racing a completed read keeps the bytes; no write into a freed stack; and
+ * cleanup after a kill (gr_kill_ack): a handler's last message, a parent
+ * reaping its children, a kill during cleanup, the cleanup deadline.
  * Runs once per hub. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -517,4 +519,312 @@ Test(kill, kill_during_a_blocked_connect)
 	for (int i = 0; i < nq; i++)
 		close(queued[i]);
 	cr_assert_eq(gr_close(lfd), 0);
+}
+
+/* ------------------------------------------------------------ cleanup after a kill
+ *
+ * The user stories of the kill rule (docs/api.md, "Kills"): a killed fiber
+ * acknowledges the kill with gr_kill_ack(cleanup_deadline), then its calls
+ * work again, bounded by that deadline, so it can say goodbye, reap its
+ * children and release what it holds. Fibers record; the test body asserts. */
+
+struct goodbye {
+	ssize_t first;            /* the recv the kill interrupts */
+	int first_err;
+	int killed_seen;          /* gr_killed() right after */
+	ssize_t before_ack;       /* a send before acknowledging */
+	int before_ack_err;
+	int ack;
+	int killed_after;         /* gr_killed() after the ack */
+	ssize_t last;             /* the goodbye */
+	int last_err;
+	int handlers;
+};
+
+static struct goodbye bye;
+
+static void goodbye_handler(int fd, const struct sockaddr *peer, void *arg)
+{
+	char buf[16];
+
+	(void)peer;
+	(void)arg;
+	bye.handlers++;
+	bye.first = gr_recv(fd, buf, sizeof(buf), 0);
+	bye.first_err = errno;
+	bye.killed_seen = gr_killed();
+	bye.before_ack = gr_send(fd, "no", 2, 0);
+	bye.before_ack_err = errno;
+	bye.ack = gr_kill_ack(gr_now() + GR_SEC);
+	bye.killed_after = gr_killed();
+	bye.last = gr_send(fd, "bye\n", 4, 0);
+	bye.last_err = errno;
+}
+
+Test(kill, a_killed_handler_sends_a_last_message_after_acknowledging)
+{
+	memset(&bye, 0, sizeof(bye));
+	gr_server *s = gr_server_create("127.0.0.1", 0, goodbye_handler, NULL, NULL);
+	cr_assert_not_null(s);
+	assert_ok(gr_server_start(s));
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)gr_server_port(s)),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(gr_connect(c, (struct sockaddr *)&sa, sizeof(sa)), 0, "%s", strerror(errno));
+	while (bye.handlers == 0)
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0); /* the handler waits in recv */
+	assert_ok(gr_server_stop(s, GR_SERVER_KILL));
+	char got[16];
+	ssize_t n = 0, r;
+	while ((r = gr_recv(c, got + n, sizeof(got) - (size_t)n, 0)) > 0)
+		n += r;
+	cr_assert_eq(r, 0, "the connection did not end cleanly: %s", strerror(errno));
+	assert_ok(gr_server_wait(s, gr_now() + 5 * GR_SEC));
+	assert_ok(gr_server_free(s));
+	gr_close(c);
+	cr_assert_eq(bye.first, -1);
+	cr_assert_eq(bye.first_err, ECANCELED);
+	cr_assert_eq(bye.killed_seen, 1);
+	cr_assert_eq(bye.before_ack, -1, "a send before the ack went through");
+	cr_assert_eq(bye.before_ack_err, ECANCELED);
+	cr_assert_eq(bye.ack, 0);
+	cr_assert_eq(bye.killed_after, 0);
+	cr_assert_eq(bye.last, 4, "the goodbye: %s", strerror(bye.last_err));
+	cr_assert_eq(n, 4, "the client got %zd bytes", n);
+	cr_assert_eq(memcmp(got, "bye\n", 4), 0);
+}
+
+/* A parent with children: two have ended, one is still working. */
+struct parent {
+	gr_fiber *done[2], *busy;
+	int wait_rc;              /* the wait the kill interrupts */
+	int reap_done[2];         /* gr_join(ended, 0) while still killed */
+	void *done_result[2];
+	int try_busy;             /* gr_join(busy, 0): a try, still killed */
+	int join_busy_killed;     /* gr_join(busy, FOREVER) before the ack */
+	int ack;
+	int join_busy;            /* and after */
+	void *busy_result;
+	int64_t busy_waited;
+};
+
+static void *child_value(void *arg)
+{
+	return arg;
+}
+
+static void *child_busy(void *arg)
+{
+	gr_sleep(30 * GR_MSEC);
+	return arg;
+}
+
+static void *reaping_parent(void *arg)
+{
+	struct parent *p = arg;
+	gr_event never;
+
+	p->done[0] = gr_spawn(child_value, (void *)11);
+	p->done[1] = gr_spawn(child_value, (void *)12);
+	p->busy = gr_spawn(child_busy, (void *)13);
+	gr_event_init(&never);
+	p->wait_rc = gr_event_wait(&never, GR_FOREVER);
+	gr_event_destroy(&never);
+	for (int i = 0; i < 2; i++)
+		p->reap_done[i] = gr_join(p->done[i], &p->done_result[i], 0);
+	p->try_busy = gr_join(p->busy, NULL, 0);
+	p->join_busy_killed = gr_join(p->busy, NULL, GR_FOREVER);
+	p->ack = gr_kill_ack(gr_now() + GR_SEC);
+	int64_t t0 = gr_now();
+	p->join_busy = gr_join(p->busy, &p->busy_result, GR_FOREVER);
+	p->busy_waited = gr_now() - t0;
+	return NULL;
+}
+
+Test(kill, a_killed_parent_reaps_ended_children_and_waits_for_live_ones_after_the_ack)
+{
+	struct parent p = { 0 };
+	gr_fiber *f = gr_spawn(reaping_parent, &p);
+
+	cr_assert_eq(gr_sleep(GR_MSEC), 0); /* the children ended but one; the parent waits */
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(p.wait_rc, -ECANCELED);
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(p.reap_done[i], 0, "reaping ended child %d: %s", i, strerror(-p.reap_done[i]));
+		cr_assert_eq((intptr_t)p.done_result[i], 11 + i);
+	}
+	cr_assert_eq(p.try_busy, -ETIMEDOUT, "a try on a live child: %d", p.try_busy);
+	cr_assert_eq(p.join_busy_killed, -ECANCELED);
+	cr_assert_eq(p.ack, 0);
+	cr_assert_eq(p.join_busy, 0, "waiting for the live child after the ack: %s",
+		     strerror(-p.join_busy));
+	cr_assert_eq((intptr_t)p.busy_result, 13);
+	cr_assert_gt(p.busy_waited, 0);
+	/* Everything is reaped: the teardown finds no unreleased fiber. */
+}
+
+/* A kill during the cleanup cancels the cleanup in turn. */
+struct cleanup {
+	gr_fiber *child;
+	int first, ack1, in_cleanup, killed_in_cleanup, ack2, kill_child, reap;
+};
+
+static void *cleanup_killed_again(void *arg)
+{
+	struct cleanup *c = arg;
+
+	c->child = gr_spawn(sleep_long, NULL);
+	c->first = gr_sleep(10 * GR_SEC);
+	c->ack1 = gr_kill_ack(GR_FOREVER);
+	/* Cleanup: wait for the child, which will not end by itself. */
+	c->in_cleanup = gr_join(c->child, NULL, GR_FOREVER);
+	c->killed_in_cleanup = gr_killed();
+	c->ack2 = gr_kill_ack(gr_now() + GR_SEC);
+	c->kill_child = gr_kill(c->child);
+	c->reap = gr_join(c->child, NULL, GR_FOREVER);
+	return NULL;
+}
+
+Test(kill, a_kill_during_cleanup_cancels_the_cleanup_call)
+{
+	struct cleanup c = { 0 };
+	gr_fiber *f = gr_spawn(cleanup_killed_again, &c);
+
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	assert_ok(gr_kill(f));
+	cr_assert_eq(gr_sleep(GR_MSEC), 0); /* it acknowledged and waits for its child */
+	cr_assert_eq(c.ack1, 0);
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(c.first, -ECANCELED);
+	cr_assert_eq(c.in_cleanup, -ECANCELED, "the cleanup's join: %d", c.in_cleanup);
+	cr_assert_eq(c.killed_in_cleanup, 1);
+	cr_assert_eq(c.ack2, 0);
+	cr_assert_eq(c.kill_child, 0);
+	cr_assert_eq(c.reap, 0);
+}
+
+/* The cleanup deadline bounds every call of the cleanup, and never
+ * lengthens an earlier deadline of the fiber. */
+struct bounded {
+	int fd;
+	int64_t own;              /* the fiber's deadline before the kill, relative; 0: none */
+	int64_t cleanup;          /* the ack's, relative; GR_FOREVER: none */
+	int first;
+	ssize_t n;
+	int err;
+	int64_t took;
+	int64_t deadline_after;   /* gr_deadline_get() after the ack */
+	int64_t ack_at;
+};
+
+static void *bounded_cleanup(void *arg)
+{
+	struct bounded *b = arg;
+	char c;
+
+	if (b->own)
+		gr_deadline_set(gr_now() + b->own);
+	b->first = gr_sleep(10 * GR_SEC);
+	b->ack_at = gr_now();
+	gr_kill_ack(b->cleanup == GR_FOREVER ? GR_FOREVER : b->ack_at + b->cleanup);
+	b->deadline_after = gr_deadline_get();
+	b->n = gr_recv(b->fd, &c, 1, 0);
+	b->err = errno;
+	b->took = gr_now() - b->ack_at;
+	return NULL;
+}
+
+Test(kill, the_cleanup_deadline_bounds_the_cleanups_calls_and_the_sooner_deadline_wins)
+{
+	int sv[2];
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	/* The ack's deadline applies; the fiber's own later one does not. */
+	struct bounded cases[] = {
+		{ .fd = sv[0], .own = 0, .cleanup = 40 * GR_MSEC },
+		{ .fd = sv[0], .own = 10 * GR_SEC, .cleanup = 40 * GR_MSEC },
+	};
+	for (size_t i = 0; i < 2; i++) {
+		gr_fiber *f = gr_spawn(bounded_cleanup, &cases[i]);
+
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+		assert_ok(gr_kill(f));
+		assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+		cr_assert_eq(cases[i].first, -ECANCELED);
+		cr_assert_eq(cases[i].deadline_after, cases[i].ack_at + 40 * GR_MSEC);
+		cr_assert_eq(cases[i].n, -1);
+		cr_assert_eq(cases[i].err, ETIMEDOUT, "case %zu: %s", i, strerror(cases[i].err));
+		cr_assert_geq(cases[i].took, 40 * GR_MSEC);
+		cr_assert_lt(cases[i].took, 40 * GR_MSEC + 100 * GR_MSEC);
+	}
+	/* An earlier deadline of the fiber stays: the ack never lengthens it. */
+	struct bounded sooner = { .fd = sv[0], .own = 60 * GR_MSEC, .cleanup = 10 * GR_SEC };
+	int64_t t0 = gr_now();
+	gr_fiber *f = gr_spawn(bounded_cleanup, &sooner);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(sooner.err, ETIMEDOUT);
+	cr_assert_lt(sooner.deadline_after, t0 + 60 * GR_MSEC + 50 * GR_MSEC,
+		     "the cleanup deadline replaced a sooner one");
+	cr_assert_lt(sooner.ack_at + sooner.took - t0, 60 * GR_MSEC + 100 * GR_MSEC);
+	/* GR_FOREVER adds no bound: the recv waits until data comes. */
+	struct bounded open = { .fd = sv[0], .own = 0, .cleanup = GR_FOREVER };
+	f = gr_spawn(bounded_cleanup, &open);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	assert_ok(gr_kill(f));
+	cr_assert_eq(gr_sleep(50 * GR_MSEC), 0);
+	cr_assert_eq(open.took, 0, "a cleanup without a bound ended: %s", strerror(open.err));
+	cr_assert_eq(send(sv[1], "!", 1, 0), 1);
+	assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(open.n, 1);
+	cr_assert_eq(open.deadline_after, GR_FOREVER);
+	close(sv[0]);
+	close(sv[1]);
+}
+
+static void *ack_edges(void *arg)
+{
+	int *rc = arg;
+
+	rc[0] = gr_kill_ack(GR_FOREVER);     /* not killed */
+	rc[1] = gr_killed();
+	gr_kill(gr_self());
+	gr_kill(gr_self());                  /* twice: still one kill to acknowledge */
+	rc[2] = gr_killed();
+	rc[3] = gr_sleep(0);
+	rc[4] = gr_kill_ack(GR_FOREVER);
+	rc[5] = gr_kill_ack(GR_FOREVER);     /* acknowledged already */
+	rc[6] = gr_sleep(0);
+	rc[7] = gr_killed();
+	return NULL;
+}
+
+Test(kill, ack_without_a_kill_and_twice_is_esrch_and_two_kills_need_one_ack)
+{
+	int rc[8];
+	gr_fiber *f = gr_spawn(ack_edges, rc);
+
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	cr_assert_eq(rc[0], -ESRCH);
+	cr_assert_eq(rc[1], 0);
+	cr_assert_eq(rc[2], 1);
+	cr_assert_eq(rc[3], -ECANCELED);
+	cr_assert_eq(rc[4], 0);
+	cr_assert_eq(rc[5], -ESRCH);
+	cr_assert_eq(rc[6], 0);
+	cr_assert_eq(rc[7], 0);
+}
+
+Test(kill, main_can_be_killed_and_acknowledge_too)
+{
+	assert_ok(gr_kill(gr_self()));
+	cr_assert_eq(gr_killed(), 1);
+	assert_err(gr_sleep(0), ECANCELED);
+	assert_ok(gr_kill_ack(GR_FOREVER));
+	assert_ok(gr_sleep(0));
+	cr_assert_eq(gr_deadline_get(), GR_FOREVER);
 }

@@ -453,48 +453,103 @@ Test(pile, a_reader_that_gives_up_leaves_the_result_for_the_next)
 	assert_ok(gr_event_destroy(&gate));
 }
 
-Test(pile, kill_ends_the_work_and_drops_the_rest_of_an_imap)
-{
+/* An imap of ten gated_job inputs (values 1..10) on a pool of 3. */
+struct gated_imap {
 	gr_pool p;
 	gr_pile pile;
 	gr_event gate;
 	struct { gr_event *gate; intptr_t v; } g[10];
 	void *args[10];
+};
+
+static void gated_imap_start(struct gated_imap *x)
+{
+	assert_ok(gr_event_init(&x->gate));
+	assert_ok(gr_pool_init(&x->p, 3));
+	assert_ok(gr_pile_init(&x->pile, &x->p));
+	for (int i = 0; i < 10; i++) {
+		x->g[i].gate = &x->gate;
+		x->g[i].v = i + 1;
+		x->args[i] = &x->g[i];
+	}
+	assert_ok(gr_pile_imap(&x->pile, gated_job, x->args, 10));
+}
+
+static void gated_imap_end(struct gated_imap *x)
+{
+	assert_ok(gr_pile_destroy(&x->pile));
+	assert_ok(gr_pool_destroy(&x->p));
+	assert_ok(gr_event_destroy(&x->gate));
+}
+
+Test(pile, kill_ends_the_work_and_drops_the_rest_of_an_imap)
+{
+	struct gated_imap x;
+	gr_pool *const p = &x.p;
+	gr_pile *const pile = &x.pile;
 	void *v;
 
-	assert_ok(gr_event_init(&gate));
-	assert_ok(gr_pool_init(&p, 3));
-	assert_ok(gr_pile_init(&pile, &p));
-	for (int i = 0; i < 10; i++) {
-		g[i].gate = &gate;
-		g[i].v = i + 1;
-		args[i] = &g[i];
-	}
-	assert_ok(gr_pile_imap(&pile, gated_job, args, 10));
-	cr_assert_eq(gr_pile_len(&pile), 10);
+	gated_imap_start(&x);
+	cr_assert_eq(gr_pile_len(pile), 10);
 	settle();
-	cr_assert_eq(gr_pile_kill(&pile), 3);
-	cr_assert_eq(gr_pile_len(&pile), 3, "the unstarted imap items were not dropped");
+	cr_assert_eq(gr_pile_kill(pile), 3);
+	cr_assert_eq(gr_pile_len(pile), 3, "the unstarted imap items were not dropped");
 	for (int i = 0; i < 3; i++) {
 		v = NULL;
-		assert_ok(gr_pile_next(&pile, &v, GR_FOREVER));
+		assert_ok(gr_pile_next(pile, &v, GR_FOREVER));
 		/* gated_job returns its value even when its wait was cancelled. */
 		cr_assert_eq((intptr_t)v, i + 1);
 	}
-	assert_err(gr_pile_next(&pile, &v, GR_FOREVER), ENOENT);
+	assert_err(gr_pile_next(pile, &v, GR_FOREVER), ENOENT);
 
 	/* Killed before they started: they leave a NULL result. */
-	assert_ok(gr_pile_spawn(&pile, gated_job, &g[0], GR_FOREVER));
-	assert_ok(gr_pile_spawn(&pile, gated_job, &g[1], GR_FOREVER));
-	cr_assert_eq(gr_pool_kill(&p), 2);
+	assert_ok(gr_pile_spawn(pile, gated_job, &x.g[0], GR_FOREVER));
+	assert_ok(gr_pile_spawn(pile, gated_job, &x.g[1], GR_FOREVER));
+	cr_assert_eq(gr_pool_kill(p), 2);
 	for (int i = 0; i < 2; i++) {
-		v = &g;
-		assert_ok(gr_pile_next(&pile, &v, GR_FOREVER));
+		v = &x.g;
+		assert_ok(gr_pile_next(pile, &v, GR_FOREVER));
 		cr_assert_null(v);
 	}
-	assert_ok(gr_pile_destroy(&pile));
-	assert_ok(gr_pool_destroy(&p));
-	assert_ok(gr_event_destroy(&gate));
+	gated_imap_end(&x);
+}
+
+Test(pile, next_item_tells_which_imap_inputs_never_ran_after_a_kill)
+{
+	struct gated_imap x;
+	struct gr_pile_item it;
+
+	gated_imap_start(&x);
+	settle();                       /* inputs 0..2 run, waiting on the gate */
+	cr_assert_eq(gr_event_set(&x.gate), 3);
+	assert_ok(gr_sleep(0));         /* they end; 3..5 are spawned, not yet run */
+	cr_assert_eq(gr_pile_kill(&x.pile), 3);
+	bool ran[10] = { false }, seen[10] = { false };
+	int n = 0;
+	for (int r; (r = gr_pile_next_item(&x.pile, &it, GR_FOREVER)) == 0; n++) {
+		cr_assert_lt(it.index, 10u);
+		cr_assert_eq(it.index, (size_t)n, "items out of order");
+		cr_assert_eq(it.arg, x.args[it.index]);
+		seen[it.index] = true;
+		ran[it.index] = it.ran;
+		if (it.ran)
+			cr_assert_eq((intptr_t)it.result, (intptr_t)it.index + 1);
+		else
+			cr_assert_null(it.result);
+	}
+	cr_assert_eq(n, 6, "%d items read back", n);
+	for (int i = 0; i < 10; i++) {
+		cr_assert_eq(seen[i], i < 6, "input %d %s read back", i, seen[i] ? "was" : "was not");
+		cr_assert_eq(ran[i], i < 3, "input %d: ran = %d", i, ran[i]);
+	}
+	/* gr_pile_spawn work says so. */
+	assert_ok(gr_pile_spawn(&x.pile, gated_job, &x.g[0], GR_FOREVER));
+	assert_ok(gr_pile_next_item(&x.pile, &it, GR_FOREVER));
+	cr_assert_eq(it.index, GR_PILE_SPAWNED);
+	cr_assert_eq(it.ran, 1);
+	cr_assert_eq(it.arg, &x.g[0]);
+	assert_err(gr_pile_next_item(&x.pile, NULL, 0), EINVAL);
+	gated_imap_end(&x);
 }
 
 Test(pile, destroy_drops_unread_results)

@@ -495,6 +495,58 @@ Test(sleep, fiber_deadline_bounds_a_join)
 	cr_assert_eq(gr_join(slow, NULL, GR_FOREVER), 0, "the timed-out join left it joinable");
 }
 
+struct spawn_deadline {
+	int64_t seen;       /* gr_deadline_get() as the body starts */
+	int rc;             /* a long sleep's result */
+	int64_t ended;
+	int later;          /* a sleep after lifting the deadline */
+};
+
+static void *deadline_seen(void *arg)
+{
+	((struct spawn_deadline *)arg)->seen = gr_deadline_get();
+	return NULL;
+}
+
+static void *sleep_under_spawn_deadline(void *arg)
+{
+	struct spawn_deadline *d = arg;
+
+	d->seen = gr_deadline_get();
+	d->rc = gr_sleep(10 * GR_SEC);
+	d->ended = gr_now();
+	gr_deadline_set(GR_FOREVER); /* it is the fiber's own: it may lift it */
+	d->later = gr_sleep(GR_MSEC);
+	return NULL;
+}
+
+Test(sleep, a_deadline_given_at_spawn_bounds_the_whole_fiber_from_its_start)
+{
+	int64_t t0 = gr_now();
+	struct gr_spawn_opts o = { .deadline = t0 + 40 * GR_MSEC };
+	struct spawn_deadline d = { 0 };
+	gr_fiber *f = gr_spawn_with(&o, sleep_under_spawn_deadline, &d);
+
+	cr_assert_not_null(f);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(d.seen, o.deadline, "the body did not start with the deadline");
+	cr_assert_eq(d.rc, -ETIMEDOUT, "sleep under the spawn deadline: %d", d.rc);
+	cr_assert_geq(d.ended - t0, 40 * GR_MSEC);
+	cr_assert_lt(d.ended - t0, 40 * GR_MSEC + SLACK);
+	cr_assert_eq(d.later, 0, "the fiber could not lift its own deadline");
+	cr_assert_eq(gr_deadline_get(), GR_FOREVER, "the spawner's deadline changed");
+
+	/* Zero-initialised options mean no deadline, as GR_FOREVER does. */
+	struct gr_spawn_opts none[2] = { { 0 }, { .deadline = GR_FOREVER } };
+	for (int i = 0; i < 2; i++) {
+		struct spawn_deadline z = { 0 };
+
+		f = gr_spawn_with(&none[i], deadline_seen, &z);
+		cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+		cr_assert_eq(z.seen, GR_FOREVER, "options %d gave a deadline", i);
+	}
+}
+
 Test(sleep, main_has_a_deadline_too)
 {
 	int64_t t0 = gr_now();

@@ -12,11 +12,20 @@
  * `caps`:
  *
  *   GR_HUB_CAP_COMPLETION   the backend performs the system calls itself
- *                           (io_uring). It must accept every GR_OP_* kind.
+ *                           (io_uring). It must accept every GR_OP_* kind,
+ *                           except that it may refuse GR_OP_WAITID and the
+ *                           file kinds (GR_OP_OPENAT, GR_OP_STATX,
+ *                           GR_OP_FSYNC, GR_OP_SPLICE) with -EOPNOTSUPP
+ *                           from submit(), for instance on a kernel without
+ *                           the opcode: the core then polls the pidfd, or
+ *                           makes the file call on its thread pool.
  *   (no flag)               readiness backend (epoll, poll). The core tries the
  *                           non-blocking system call first and hands the backend
  *                           only GR_OP_POLL (wait until `fd` is ready for
  *                           `events`) and GR_OP_TIMEOUT (wait until `deadline`).
+ *                           It never receives the file kinds: the core makes
+ *                           those calls on its thread pool, and so reads and
+ *                           writes of regular files that would block.
  *
  * Every operation carries an absolute deadline (`deadline`, CLOCK_MONOTONIC ns,
  * GR_FOREVER for none). When it passes first, the backend completes the
@@ -63,6 +72,27 @@ enum gr_op_kind {
 	GR_OP_POLL,      /* fd, events, flags (GR_POLL_*); completes with the revents mask */
 	GR_OP_TIMEOUT,   /* deadline only; completes with 0 when it passes */
 	GR_OP_CLOSE,     /* fd */
+	/* fd: a pidfd, or -1 for any child of the process; flags: waitid(2)
+	 * options (the core passes WEXITED | WNOWAIT); buf: a siginfo_t to
+	 * fill. Completes with 0 once a matching child can be waited for, with
+	 * *buf filled as waitid(P_PIDFD or P_ALL) fills it, or -errno (-ECHILD:
+	 * no such child). Handed only to backends with GR_HUB_CAP_COMPLETION,
+	 * and optional even there: one may refuse it in submit() with
+	 * -EOPNOTSUPP (io_uring on a kernel without IORING_OP_WAITID, < 6.7),
+	 * and the core then polls the pidfd (or waits for any child another
+	 * way) instead, as it does on readiness backends. */
+	GR_OP_WAITID,
+	/* The file kinds (completion backends only; see GR_HUB_CAP_COMPLETION).
+	 * Each has the semantics of its system call, FIFOs and devices
+	 * included: an open of a FIFO waits for the other end, as open(2). */
+	GR_OP_OPENAT,    /* fd (directory fd or AT_FDCWD), path, flags (open flags),
+			    mode; completes with the new fd */
+	GR_OP_STATX,     /* fd (directory fd), path, flags (AT_* flags), mode (the
+			    STATX_* mask), buf (struct statx *, written) */
+	GR_OP_FSYNC,     /* fd, flags (GR_FSYNC_DATASYNC: fdatasync) */
+	GR_OP_SPLICE,    /* fd_in, off_in (-1: current position) -> fd, len,
+			    flags (SPLICE_F_*); one of the two is a pipe;
+			    completes with the bytes moved */
 	GR_OP_KIND_COUNT
 };
 
@@ -87,6 +117,10 @@ struct gr_op {
 	struct sockaddr *addr;
 	socklen_t *addrlen;           /* ACCEPT: in/out */
 	socklen_t addrlen_value;      /* CONNECT */
+	const char *path;             /* OPENAT, STATX */
+	unsigned mode;                /* OPENAT: the new file's mode; STATX: the mask */
+	int fd_in;                    /* SPLICE: the fd read from */
+	off_t off_in;                 /* SPLICE: where in fd_in, -1: its current position */
 	int64_t deadline;             /* absolute CLOCK_MONOTONIC ns, or -1 */
 
 	/* The backend's scratch space, untouched by the core while in flight. */
@@ -100,6 +134,9 @@ struct gr_op {
  * these events may park without asking the kernel again. Without the flag
  * (gr_wait_fd), the fd may be ready already and must be checked. */
 #define GR_POLL_AFTER_EAGAIN 0x1
+
+/* gr_op.flags of a GR_OP_FSYNC: flush the data only (fdatasync(2)). */
+#define GR_FSYNC_DATASYNC 0x1
 
 /* Capability flags in gr_hub_ops.caps. */
 #define GR_HUB_CAP_COMPLETION 0x1u

@@ -21,8 +21,9 @@ extern "C" {
 
 /* ------------------------------------------------------------- counters */
 
-/* Room for every enum gr_op_kind in the per-kind counters. */
-#define GR_HUB_COUNTERS_KINDS 16
+/* Room for every enum gr_op_kind in the per-kind counters, with room to
+ * spare: the struct's layout does not change when a kind is added. */
+#define GR_HUB_COUNTERS_KINDS 32
 
 /* What a hub has done since it was created. Every counter is a plain
  * increment on the hub's own thread: they are always on. */

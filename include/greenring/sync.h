@@ -259,7 +259,10 @@ GR_API int gr_pool_destroy(gr_pool *p);
 
 /* Run fn(arg) in a new detached fiber of the pool, first waiting for a free
  * slot (first come, first served). The fiber is scheduled, not run (as
- * gr_spawn_n). 0; -ETIMEDOUT (no slot in time); -ENOMEM; -ECANCELED, -EDEADLK,
+ * gr_spawn_n). `deadline` bounds the wait for a slot only, never the job:
+ * once fn runs, it runs with no deadline until it sets one itself
+ * (gr_deadline_set as its first act bounds the whole job).
+ * 0; -ETIMEDOUT (no slot in time); -ENOMEM; -ECANCELED, -EDEADLK,
  * -EPERM, -EINVAL. Switches (only to wait for a slot). */
 GR_API int gr_pool_spawn(gr_pool *p, void (*fn)(void *), void *arg, int64_t deadline);
 
@@ -300,9 +303,12 @@ GR_API int gr_pile_init(gr_pile *pile, gr_pool *pool);
 GR_API int gr_pile_destroy(gr_pile *pile);
 
 /* Run fn(arg) in a fiber of the pool (waiting for a slot, as gr_pool_spawn);
- * its return value is read back with gr_pile_next. 0; -EBUSY (a
- * gr_pile_imap is still being fed); -ETIMEDOUT, -ENOMEM, -ECANCELED, -EDEADLK,
- * -EPERM, -EINVAL. Switches (only to wait for a slot). */
+ * its return value is read back with gr_pile_next. As for gr_pool_spawn,
+ * `deadline` bounds the wait for a slot, not the job: bound the job with
+ * gr_deadline_set in fn, or all the work with gr_pile_next's deadline and
+ * gr_pile_kill. 0; -EBUSY (a gr_pile_imap is still being fed); -ETIMEDOUT,
+ * -ENOMEM, -ECANCELED, -EDEADLK, -EPERM, -EINVAL. Switches (only to wait
+ * for a slot). */
 GR_API int gr_pile_spawn(gr_pile *pile, void *(*fn)(void *), void *arg, int64_t deadline);
 
 /* imap: run fn(args[0]) ... fn(args[n-1]), their results read back in that
@@ -323,13 +329,34 @@ GR_API int gr_pile_imap(gr_pile *pile, void *(*fn)(void *), void *const *args, s
  * -ECANCELED, -EDEADLK, -EPERM, -EINVAL. Switches. */
 GR_API int gr_pile_next(gr_pile *pile, void **result, int64_t deadline);
 
+/* One result of a pile, with where it came from (gr_pile_next_item). */
+struct gr_pile_item {
+	void *result;           /* what fn returned; NULL if it never ran */
+	void *arg;              /* the argument fn was (or would have been) given */
+	size_t index;           /* imap work: its index in args (arg == args[index]);
+				   gr_pile_spawn work: GR_PILE_SPAWNED */
+	int ran;                /* 1: fn ran (it may have been killed while it ran:
+				   result is what it returned); 0: the work was
+				   killed before it started and fn never ran */
+};
+#define GR_PILE_SPAWNED ((size_t)-1)
+
+/* As gr_pile_next, with the item's origin: which input it was and whether
+ * fn ran at all. After gr_pile_kill, the imap inputs that never ran are
+ * those read back with ran == 0, and those never read back at all (the
+ * ones not yet started, which gr_pile_kill dropped: with one reader, every
+ * index after the last one read). Same returns as gr_pile_next; -EINVAL
+ * also for a NULL item. Switches. */
+GR_API int gr_pile_next_item(gr_pile *pile, struct gr_pile_item *item, int64_t deadline);
+
 /* Results still to read: spawned and unread, plus imap items not spawned yet.
  * -EINVAL; -EPERM. Does not switch. */
 GR_API ssize_t gr_pile_len(gr_pile *pile);
 
 /* Kill the pile's running work (as gr_pool_kill), and drop imap items not yet
- * spawned. Killed work still leaves a result to read. Returns how many
- * fibers were killed; -EINVAL; -EPERM. Does not switch. */
+ * spawned (they never run, and leave no result: gr_pile_next_item tells
+ * which inputs never ran). Killed work still leaves a result to read.
+ * Returns how many fibers were killed; -EINVAL; -EPERM. Does not switch. */
 GR_API ssize_t gr_pile_kill(gr_pile *pile);
 
 #ifdef __cplusplus

@@ -9,7 +9,9 @@
  * The pool is started lazily and grows on demand, one worker per job waiting
  * while no worker is idle, up to GREENRING_THREADS workers (default 10, as
  * gevent's; 1 to 1024). Jobs run first come, first served. A worker idle for
- * 10 s exits. A fork() child starts with an empty pool of its own.
+ * 10 s exits. A fork() child starts with an empty pool of its own. Workers
+ * run with every signal blocked: a signal sent to the process never lands
+ * on one (see greenring/signal.h).
  *
  * Included by greenring.h.
  */
@@ -34,14 +36,21 @@ extern "C" {
  * deadline passed): the call returns at once; a job that had not started is
  * never run, one that had runs to its end and its result is dropped (see
  * gr_tpool_run_cleanup), and nothing is written into the caller's memory
- * afterwards; -EINVAL (fn NULL); -ENOMEM; -EAGAIN (no worker thread exists
- * and none could be started); -EPERM (called inside the hub). */
+ * afterwards; -ETIMEDOUT also for deadline 0, which work on another thread
+ * can never meet (nothing is queued); -EINVAL (fn NULL); -ENOMEM; -EAGAIN
+ * (no worker thread exists and none could be started); -EPERM (called
+ * inside the hub). */
 GR_API int gr_tpool_run(void *(*fn)(void *), void *arg, void **result, int64_t deadline);
 
-/* As gr_tpool_run, and when the caller stops waiting (kill, deadline) after
- * fn has started, cleanup(fn's result, arg) runs on the worker when fn
- * returns, so that what fn made (an fd, a buffer, a connection) is not lost.
- * arg must then stay valid until cleanup has run. cleanup may be NULL. */
+/* As gr_tpool_run, and when the caller stops waiting (the call returns
+ * -ECANCELED or -ETIMEDOUT, or its thread exits while it waits), cleanup runs
+ * exactly once: if fn had started, as cleanup(fn's result, arg) on the
+ * worker when fn returns, so that what fn made (an fd, a buffer, a
+ * connection) is not lost; if not, as cleanup(NULL, arg), fn never running,
+ * so that arg itself can be freed there (on a worker, or in the call itself
+ * when it failed before queueing). arg must stay valid until cleanup has
+ * run. With any other return (0, -EINVAL, -ENOMEM, -EAGAIN, -EPERM) cleanup
+ * never runs and arg is the caller's again. cleanup may be NULL. */
 GR_API int gr_tpool_run_cleanup(void *(*fn)(void *), void *arg,
 				void (*cleanup)(void *result, void *arg), void **result,
 				int64_t deadline);
@@ -51,8 +60,9 @@ struct gr_tpool_stats {
 	unsigned threads;       /* workers alive */
 	unsigned idle;          /* of which waiting for a job */
 	unsigned max;           /* GREENRING_THREADS */
-	size_t queued;          /* jobs waiting for a worker */
-	uint64_t completed;     /* jobs run to their end so far */
+	size_t queued;          /* jobs (and file operations) waiting for a worker */
+	uint64_t completed;     /* jobs (and file operations the pool made for
+				   the readiness hubs) run to their end so far */
 };
 
 /* Fill *out. 0; -EINVAL (NULL). Does not switch. */
