@@ -47,6 +47,7 @@ static void hubs_add(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
 	gr__list_push_back(&hubs, &hub->proc_link);
+	gr__fd_slot_take(hub);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -54,6 +55,15 @@ static void hubs_remove(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
 	gr__list_remove(&hubs, &hub->proc_link);
+	gr__fd_slot_give(hub);
+	pthread_mutex_unlock(&hubs_lock);
+}
+
+void gr__hubs_visit(void (*fn)(struct gr__hub *hub, void *arg), void *arg)
+{
+	pthread_mutex_lock(&hubs_lock);
+	gr__list_foreach(it, &hubs)
+		fn(gr__container(it, struct gr__hub, proc_link), arg);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -86,6 +96,7 @@ static void fork_child(void)
 		hub->ops->fini(hub->backend, 1);
 	}
 	hubs.first = hubs.last = NULL;
+	gr__fd_slots_after_fork();
 	pthread_mutex_unlock(&hubs_lock);
 	tls_hub = NULL;
 	pthread_setspecific(hub_key, NULL);
@@ -171,6 +182,15 @@ static void for_each_fiber(struct gr__hub *hub, void (*f)(struct gr__hub *, gr_f
 
 static void interrupt_forced(struct gr__hub *hub, gr_fiber *f, int why)
 {
+	gr__park_interrupt(hub, f, why, true);
+}
+
+/* Thread exit: f will never run again. A cross-thread wait is abandoned
+ * first (its object settles for it), then whatever is in flight for it is
+ * cancelled. */
+static void interrupt_exit(struct gr__hub *hub, gr_fiber *f, int why)
+{
+	gr__xpark_abandon(f);
 	gr__park_interrupt(hub, f, why, true);
 }
 
@@ -331,7 +351,7 @@ static void hub_destroy(void *arg)
 		tls_hub = NULL;
 		return;
 	}
-	for_each_fiber(hub, interrupt_forced, ECANCELED);
+	for_each_fiber(hub, interrupt_exit, ECANCELED);
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	while (hub->inflight > 0) {
 		int r = hub->ops->wait(hub->backend, -1);
@@ -349,6 +369,10 @@ static void hub_destroy(void *arg)
 	if (hub->loop)
 		gr__fiber_release_stack(hub, hub->loop);
 	hubs_remove(hub);
+	/* Off the list, nothing more can be posted here; serve what other
+	 * threads' gr_close posted meanwhile (nothing of ours is in flight:
+	 * their fds are simply closed). */
+	gr__hub_drain_inbox(hub);
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	gr__fd_table_free(hub);

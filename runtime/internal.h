@@ -96,6 +96,17 @@ struct gr__waitq {
 
 struct gr__xq;
 
+/* A letter in a hub's inbox (struct gr__hub.inbox): what another thread
+ * hands the hub. Embedded in what it carries. */
+enum gr__mail_kind {
+	GR__MAIL_WAKE,        /* a parked fiber, woken from afar (struct gr__park) */
+	GR__MAIL_FD,          /* an fd request from another thread (fd_remote.c) */
+};
+struct gr__mail {
+	struct gr__mail *next;
+	uint8_t kind;                     /* enum gr__mail_kind */
+};
+
 /* What a park waits on (struct gr__park.kind). */
 enum gr__park_kind {
 	GR__PARK_OP,          /* an operation: op */
@@ -120,10 +131,11 @@ struct gr__park {
 	bool uncancellable;               /* neither kill nor deadlines stop it */
 	bool xlinked;                     /* on xq (guarded by the xq's lock) */
 	bool draining;                    /* woken, waiting for its timer to finish */
+	bool abandoned;                   /* its thread exits: it will never return */
 	struct gr__op *op;                /* in flight for this call, or NULL: the
 					     operation, or a queue wait's deadline
 					     timer (in the waiting frame) */
-	struct gr__park *inbox_next;      /* on its hub's inbox, woken from afar */
+	struct gr__mail mail;             /* on its hub's inbox, woken from afar */
 	void *cond;                       /* pthread_cond_t of a thread with no hub */
 };
 
@@ -192,16 +204,32 @@ void gr__unpark(struct gr__park *p, int status);
 struct gr__xq {
 	void *lock;                       /* the object's pthread_mutex_t */
 	struct gr__list parked;           /* struct gr__park.link */
-	/* Optional: a waiter left without being handed anything (deadline,
-	 * kill, its thread's exit), lock held. The waiter's caller may never
-	 * run again (thread exit): what it would settle is settled here. */
-	void (*on_leave)(struct gr__xq *xq);
+	/* Optional, called with the lock held:
+	 *  - gone false: p stopped waiting without being handed anything
+	 *    (deadline, kill, a timer that could not be armed). Its caller
+	 *    resumes, takes the lock again and returns: the object must stay.
+	 *  - gone true: p's caller will never return, because its thread is
+	 *    exiting; p may still have been on the queue, or been handed
+	 *    something and not have run yet. What the caller would settle on
+	 *    return (a count of users, a hand-off it owns) is settled here,
+	 *    and the object may go once it is. */
+	void (*on_leave)(struct gr__xq *xq, struct gr__park *p, bool gone);
 };
 int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq);
 void gr__xunpark(struct gr__park *p, int status);
 /* For a thread with no hub: fill p as gr__park_begin does for a fiber. */
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline);
-/* The hub takes what other threads woke: make those fibers runnable. */
+/* Thread exit (hub.c): f's cross-thread wait, if any, will never return;
+ * tell its object (on_leave, gone). Nothing of the object is touched after. */
+void gr__xpark_abandon(gr_fiber *f);
+
+/* Post m to hub's inbox, from any thread, and wake the hub if the inbox was
+ * empty: one wake-up for any number of letters before the hub drains. The
+ * caller keeps hub alive meanwhile (it holds a lock the hub's teardown
+ * takes). */
+void gr__hub_post(struct gr__hub *hub, struct gr__mail *m);
+/* The hub takes what other threads sent, in the order they sent it: woken
+ * fibers become runnable, requests are served. */
 void gr__hub_drain_inbox(struct gr__hub *hub);
 
 /* End f's current wait early because of `why` (ECANCELED for a kill, EIO
@@ -273,8 +301,10 @@ struct gr__hub {
 	size_t nfibers;                   /* live spawned fibers (not root) */
 	size_t inflight;                  /* operations submitted and not completed */
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
-	_Atomic(struct gr__park *) inbox; /* woken by other threads (gr__xunpark) */
+	_Atomic(struct gr__mail *) inbox; /* sent by other threads (gr__hub_post) */
 	size_t remote_waiting;            /* fibers parked on cross-thread queues */
+	struct gr__list fd_requests;      /* other threads' gr_close, draining here */
+	unsigned fd_slot;                 /* its bit in the fd claims (fd_remote.c) */
 	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */
 	size_t fd_nchunks;
 	size_t fds_busy;                  /* fds with operations in flight */
@@ -303,6 +333,12 @@ void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f);
 uint64_t gr__next_fiber_id(void);
 /* hub.c: a fiber ended; wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub);
+/* hub.c: call fn(hub, arg) for every hub of the process, under the lock
+ * that a hub's teardown takes to leave the list (so each is alive, and may
+ * be posted to, for the duration of the call). fn must not block. */
+void gr__hubs_visit(void (*fn)(struct gr__hub *hub, void *arg), void *arg);
+/* io.c: gr_close's own work on this hub (cancel, drain, close): 0 or -errno. */
+int gr__close_here(struct gr__hub *hub, int fd);
 /* hub.c: lifecycle, used by hub_select.c. */
 struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend);
 int gr__hub_install(struct gr__hub *hub);
@@ -454,9 +490,18 @@ struct gr__fdstate {
 					     that waited across one must not touch
 					     the number again (it may be a new file) */
 	uint32_t audit_at;                /* the audit epoch of the next check; 0 = none */
+	uint32_t held_at;                 /* GR__FD_HELD: the fd's close count then */
 	uint8_t audit_gap;                /* epochs between checks, doubling */
-	uint8_t closing;                  /* gr_close in progress */
+	uint8_t closing;                  /* 0, GR__FD_CLOSING, GR__FD_HELD */
+	bool claimed;                     /* this hub's claim on the fd is recorded */
+	bool remote;                      /* drained for another thread's gr_close */
 };
+
+/* gr__fdstate.closing: a gr_close of this hub is under way; or another
+ * thread's gr_close is, and holds the fd here until it has closed it
+ * (fd_remote.c). Either way, new operations on the fd fail with EBADF. */
+#define GR__FD_CLOSING 1
+#define GR__FD_HELD 2
 
 /* fd's state, made on first use for an open fd. NULL with errno: EBADF (a
  * negative or unopened fd), ENOMEM. The address is stable for the hub's
@@ -478,6 +523,34 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
 int64_t gr__fd_audit(struct gr__hub *hub, int64_t now);
 /* Release the table (hub teardown). */
 void gr__fd_table_free(struct gr__hub *hub);
+
+/* fds across threads (fd_remote.c). A process-wide record says, per fd,
+ * which hubs may have operations on it (a bit per hub slot), so that a
+ * gr_close from another thread reaches their fibers.
+ *
+ * gr__fd_claim: record this hub on fd (st->claimed was false); called when
+ * an operation is first listed on the fd since this hub last closed it.
+ * gr__fd_unclaim: drop it again (this hub closed the fd).
+ * gr__fd_close_elsewhere: gr_close's first step. If hubs other than `hub`
+ * (NULL: a thread without one) may have operations on fd, do the whole
+ * close with them and return 1 with *result (0 or -errno); else 0, and the
+ * caller closes fd as usual.
+ * gr__fd_mail: serve a request from another thread's gr_close (the inbox).
+ * gr__fd_drained: the last operation on fd, drained for such a request, is
+ * gone (fd.c, st->remote).
+ * gr__fd_still_held: GR__FD_HELD ends once the closer has closed the fd
+ * (this clears it then); true while it lasts. */
+void gr__fd_claim(struct gr__hub *hub, int fd, struct gr__fdstate *st);
+void gr__fd_unclaim(struct gr__hub *hub, int fd, struct gr__fdstate *st);
+int gr__fd_close_elsewhere(struct gr__hub *hub, int fd, int *result);
+void gr__fd_mail(struct gr__hub *hub, struct gr__mail *m);
+void gr__fd_drained(struct gr__hub *hub, int fd, struct gr__fdstate *st);
+bool gr__fd_still_held(int fd, struct gr__fdstate *st);
+/* A hub's slot in the record, taken when it is installed, given back when
+ * it goes; every slot is free again in a fork() child. */
+void gr__fd_slot_take(struct gr__hub *hub);
+void gr__fd_slot_give(struct gr__hub *hub);
+void gr__fd_slots_after_fork(void);
 
 /* ------------------------------------------------------------ stacks */
 

@@ -15,6 +15,9 @@
  *            ABANDONED: the worker runs the cleanup when fn returns and
  *            frees the job.
  *   DONE     the caller is woken with the result and frees the job.
+ *   ORPHANED the caller's thread exited after the job was DONE but before
+ *            the caller ran: the job goes back to the front of the FIFO and
+ *            a worker runs the cleanup on the result and frees it.
  * A caller that stops waiting settles its job in job_left(), called by the
  * gate under the lock at the moment it leaves: the caller itself may never
  * run again (its thread may be exiting), and after leaving it never touches
@@ -34,7 +37,7 @@
 #define THREADS_MAX 1024
 #define IDLE_EXIT (10 * GR_SEC)
 
-enum job_state { QUEUED, RUNNING, DONE, ABANDONED };
+enum job_state { QUEUED, RUNNING, DONE, ABANDONED, ORPHANED };
 
 struct job {
 	struct gr__link link;           /* in the FIFO while QUEUED */
@@ -117,6 +120,14 @@ static void *worker_main(void *unused)
 		}
 		struct job *j = gr__container(gr__list_pop_front(&pool.queue), struct job, link);
 		pool.queued--;
+		if (j->state == ORPHANED) {
+			pthread_mutex_unlock(&pool.lock);
+			if (j->cleanup)
+				j->cleanup(j->result, j->arg);
+			free(j);
+			pthread_mutex_lock(&pool.lock);
+			continue;
+		}
 		j->state = RUNNING;
 		pthread_mutex_unlock(&pool.lock);
 
@@ -138,12 +149,28 @@ static void *worker_main(void *unused)
 	}
 }
 
-/* The caller of a job stopped waiting (the gate's on_leave, lock held). */
-static void job_left(struct gr__xq *xq)
+static int find_worker(void);
+
+/* The caller of a job stopped waiting (the gate's on_leave, lock held):
+ * it left, or its thread is exiting (gone), maybe after the job was done
+ * and before it could take the result. */
+static void job_left(struct gr__xq *xq, struct gr__park *p, bool gone)
 {
 	struct job *j = gr__container(xq, struct job, waiter);
 
-	if (j->state == QUEUED) {
+	(void)p;
+	if (j->state == DONE) {
+		/* Only when gone: the caller would have taken the result and
+		 * freed the job on return. The cleanup is user code, which must
+		 * not run under the pool's lock (nor on an exiting thread): a
+		 * worker runs it, first in line. */
+		if (gone) {
+			j->state = ORPHANED;
+			gr__list_push_front(&pool.queue, &j->link);
+			pool.queued++;
+			(void)find_worker();
+		}
+	} else if (j->state == QUEUED) {
 		gr__list_remove(&pool.queue, &j->link);
 		pool.queued--;
 		free(j);

@@ -253,15 +253,28 @@ static void xq_remove(struct gr__park *p, int status)
 	p->status = status;
 }
 
-/* p leaves its queue on its own side, handed nothing (lock held). After
- * on_leave the object may be gone: only p->xlock is touched from now on. */
+/* p leaves its queue on its own side, handed nothing (lock held). Its
+ * caller resumes and takes the lock again, so the object stays. */
 static void xq_leave(struct gr__park *p, int status)
 {
 	struct gr__xq *xq = p->xq;
 
 	xq_remove(p, status);
 	if (xq->on_leave)
-		xq->on_leave(xq);
+		xq->on_leave(xq, p, false);
+}
+
+void gr__hub_post(struct gr__hub *hub, struct gr__mail *m)
+{
+	/* Release: what the sender wrote before posting (a status, an item
+	 * handed over) is visible to the hub that takes m from its inbox. */
+	struct gr__mail *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
+	do
+		m->next = old;
+	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, m, memory_order_release,
+						      memory_order_relaxed));
+	if (!old)
+		(void)hub->ops->wake(hub->backend);
 }
 
 void gr__xunpark(struct gr__park *p, int status)
@@ -277,35 +290,33 @@ void gr__xunpark(struct gr__park *p, int status)
 		gr__ready(p->fiber);
 		return;
 	}
-	/* Release: the status (and whatever the waker handed over in the
-	 * object) is visible to the hub that takes p from its inbox. The lock
-	 * is still held, so the hub cannot be torn down under the wake. */
-	struct gr__park *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
-	do
-		p->inbox_next = old;
-	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, p, memory_order_release,
-						      memory_order_relaxed));
-	if (!old)
-		(void)hub->ops->wake(hub->backend);
+	/* The lock is still held, so the hub cannot be torn down under the
+	 * post: its teardown takes the lock to abandon p (gr__xpark_abandon). */
+	p->mail.kind = GR__MAIL_WAKE;
+	gr__hub_post(hub, &p->mail);
 }
 
 void gr__hub_drain_inbox(struct gr__hub *hub)
 {
-	struct gr__park *p = atomic_exchange_explicit(&hub->inbox, NULL, memory_order_acquire);
-	struct gr__park *fifo = NULL;
+	struct gr__mail *m = atomic_exchange_explicit(&hub->inbox, NULL, memory_order_acquire);
+	struct gr__mail *fifo = NULL;
 
-	/* The inbox is a stack: reverse it, so fibers run in wake order. */
-	while (p) {
-		struct gr__park *next = p->inbox_next;
+	/* The inbox is a stack: reverse it, so letters are served in the
+	 * order they were sent. */
+	while (m) {
+		struct gr__mail *next = m->next;
 
-		p->inbox_next = fifo;
-		fifo = p;
-		p = next;
+		m->next = fifo;
+		fifo = m;
+		m = next;
 	}
 	while (fifo) {
-		struct gr__park *next = fifo->inbox_next;
+		struct gr__mail *next = fifo->next; /* the letter may be gone once served */
 
-		gr__ready(fifo->fiber); /* it may run and be gone: next is read first */
+		if (fifo->kind == GR__MAIL_WAKE)
+			gr__ready(gr__container(fifo, struct gr__park, mail)->fiber);
+		else
+			gr__fd_mail(hub, fifo);
 		fifo = next;
 	}
 }
@@ -318,6 +329,8 @@ static void xpark_end_early(struct gr__park *p, int status)
 	pthread_mutex_t *lock = p->xlock;
 	bool mine;
 
+	if (p->abandoned)
+		return; /* its object may be gone: see gr__xpark_abandon */
 	pthread_mutex_lock(lock);
 	mine = p->xlinked;
 	if (mine)
@@ -325,6 +338,27 @@ static void xpark_end_early(struct gr__park *p, int status)
 	pthread_mutex_unlock(lock);
 	if (mine)
 		gr__ready(p->fiber);
+}
+
+void gr__xpark_abandon(gr_fiber *f)
+{
+	struct gr__park *p = f->park;
+
+	if (!p || p->kind != GR__PARK_XQUEUE || p->abandoned)
+		return;
+	/* Whether still queued or handed something it will never take, its
+	 * caller will not return: the object settles for it, under its lock,
+	 * and from then on this wait touches neither (a timer completing later
+	 * finds it abandoned). */
+	pthread_mutex_t *lock = p->xlock;
+	pthread_mutex_lock(lock);
+	struct gr__xq *xq = p->xq;
+	if (p->xlinked)
+		xq_remove(p, -ECANCELED);
+	p->abandoned = true;
+	if (xq->on_leave)
+		xq->on_leave(xq, p, true);
+	pthread_mutex_unlock(lock);
 }
 
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)
@@ -376,6 +410,7 @@ int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq)
 	p->xlinked = true;
 	p->kind = GR__PARK_XQUEUE;
 	p->draining = false;
+	p->abandoned = false;
 	gr__list_push_back(&xq->parked, &p->link);
 	if (!p->fiber)
 		return xpark_thread(p, lock);

@@ -1,0 +1,455 @@
+/* fd_remote.c — gr_close across threads.
+ *
+ * A hub knows the operations its own fibers have in flight on an fd (fd.c),
+ * and gr_close cancels those. Fibers of another thread waiting on the same
+ * fd are in another hub's books, out of reach: closed from here, they would
+ * wait on (io_uring: still hold) a file that is gone, or on whatever file
+ * gets the number next. So:
+ *
+ * The record. One process-wide entry per fd number holds a bit per hub
+ * slot: "this hub may have operations on the fd". A hub sets its bit when
+ * it first lists an operation on the fd (fd.c, gr__fd_link) and clears it
+ * when it closes the fd. The bit outlives the operations (it is cleared by
+ * a close, not when the last operation ends), so recording costs one atomic
+ * operation per fd and hub, not one per operation, and a plain close()
+ * behind the runtime's back leaves a stale bit that costs a useless round
+ * trip at worst. Each hub has a slot (bit) of its own while at most 64
+ * hubs exist; beyond that, slots are shared, and a request for a shared
+ * slot goes to every hub on it.
+ *
+ * The close. gr_close(fd) reads the entry. No bit but its own hub's: the
+ * usual close (io.c), which adds that one load to it. Other bits: the close
+ * is done with those hubs, each serving the request in its loop
+ * (gr__fd_mail, through its inbox), while the closer waits uncancellably:
+ *   1. one hub performs the close: the closer's own, if its fibers have
+ *      operations on the fd, else the first other hub. It cancels its
+ *      operations with EBADF, waits for them to drain, closes, and only then
+ *      lets its fibers see the number again: exactly what a gr_close of its
+ *      own does, so a woken fiber's gr_close of the same fd gets EBADF
+ *      instead of closing a file that took the number meanwhile;
+ *   2. before that, every other hub on the fd is asked to HOLD it: cancel
+ *      and drain its operations with EBADF and fail new ones with EBADF
+ *      until the close is done. The closer counts closes per fd in the
+ *      record; a held fd is released by the next count, read lazily when
+ *      the holder next touches the fd, so no third message is needed.
+ * Requests are posted under the hub list's lock (hub.c), which a hub's
+ * teardown takes to leave the list before it serves its inbox one last
+ * time: a request never lands on a hub that is gone.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------ the record */
+
+#define SLOTS 64
+#define CHUNK_SHIFT 12
+#define CHUNK ((size_t)1 << CHUNK_SHIFT)
+/* fds below 2^26 are recorded (the kernel's default fs.nr_open is 2^20);
+ * a number above is closed as if no other thread used it. */
+#define MAX_CHUNKS ((size_t)1 << (26 - CHUNK_SHIFT))
+
+struct claim {
+	_Atomic uint64_t hubs;          /* bit s: a hub of slot s may use the fd */
+	_Atomic uint32_t closes;        /* closes done while other hubs held it */
+};
+
+static _Atomic(struct claim *) chunks[MAX_CHUNKS];
+
+static struct claim *claim_of(int fd, bool create)
+{
+	size_t c = (size_t)fd >> CHUNK_SHIFT;
+
+	if (fd < 0 || c >= MAX_CHUNKS)
+		return NULL;
+	struct claim *chunk = atomic_load_explicit(&chunks[c], memory_order_acquire);
+	if (!chunk && create) {
+		struct claim *fresh = calloc(CHUNK, sizeof(*fresh));
+		if (!fresh)
+			return NULL;
+		if (atomic_compare_exchange_strong_explicit(&chunks[c], &chunk, fresh,
+							    memory_order_acq_rel, memory_order_acquire))
+			chunk = fresh;
+		else
+			free(fresh); /* another thread made it first: chunk is theirs */
+	}
+	return chunk ? &chunk[(size_t)fd & (CHUNK - 1)] : NULL;
+}
+
+/* Slots: guarded by the hub list's lock (hub.c calls take/give under it). */
+static unsigned slot_users[SLOTS];
+static unsigned next_shared;
+static atomic_bool slots_shared;        /* some slot has ever had two hubs */
+
+void gr__fd_slot_take(struct gr__hub *hub)
+{
+	for (unsigned s = 0; s < SLOTS; s++) {
+		if (slot_users[s] == 0) {
+			slot_users[s] = 1;
+			hub->fd_slot = s;
+			return;
+		}
+	}
+	/* More than 64 hubs: share. A hub can then no longer tell its own bit
+	 * from another's, so every close asks (see gr__fd_close_elsewhere). */
+	hub->fd_slot = next_shared++ % SLOTS;
+	slot_users[hub->fd_slot]++;
+	atomic_store(&slots_shared, true);
+}
+
+void gr__fd_slot_give(struct gr__hub *hub)
+{
+	slot_users[hub->fd_slot]--;
+}
+
+void gr__fd_slots_after_fork(void)
+{
+	/* The child's hubs are all new; bits left in the record by the
+	 * parent's cost a round trip at most (a request nobody needs). */
+	for (unsigned s = 0; s < SLOTS; s++)
+		slot_users[s] = 0;
+}
+
+static uint64_t bit_of(const struct gr__hub *hub)
+{
+	return (uint64_t)1 << hub->fd_slot;
+}
+
+void gr__fd_claim(struct gr__hub *hub, int fd, struct gr__fdstate *st)
+{
+	struct claim *c = claim_of(fd, true);
+
+	/* Not recorded (no memory, or a number beyond the record): marked
+	 * claimed all the same, so that it is not tried per operation. */
+	st->claimed = true;
+	if (c)
+		atomic_fetch_or_explicit(&c->hubs, bit_of(hub), memory_order_seq_cst);
+}
+
+void gr__fd_unclaim(struct gr__hub *hub, int fd, struct gr__fdstate *st)
+{
+	if (!st->claimed)
+		return;
+	st->claimed = false;
+	struct claim *c = claim_of(fd, false);
+	if (c && !atomic_load_explicit(&slots_shared, memory_order_relaxed))
+		atomic_fetch_and_explicit(&c->hubs, ~bit_of(hub), memory_order_release);
+	/* A shared slot's bit stays: another hub on it may still use fd. */
+}
+
+static uint32_t closes_of(int fd)
+{
+	struct claim *c = claim_of(fd, false);
+
+	return c ? atomic_load_explicit(&c->closes, memory_order_acquire) : 0;
+}
+
+bool gr__fd_still_held(int fd, struct gr__fdstate *st)
+{
+	if (st->closing != GR__FD_HELD)
+		return st->closing != 0;
+	if (closes_of(fd) == st->held_at)
+		return true;
+	st->closing = 0; /* the closer has closed it: the number is free */
+	return false;
+}
+
+/* ------------------------------------------------------------ requests */
+
+enum { HOLD, CLOSE };
+
+/* What one hub is asked to do for one cross-thread close. */
+struct request {
+	struct gr__mail mail;           /* in the hub's inbox */
+	struct gr__link link;           /* on hub->fd_requests while it drains */
+	struct call *call;
+	struct gr__hub *hub;            /* the hub asked, valid while listed */
+	uint64_t hub_id;                /* its main context's id: never reused */
+	int fd;
+	uint8_t what;                   /* HOLD or CLOSE */
+};
+
+/* One gr_close that needs other hubs. On the heap: if the closer's thread
+ * exits while it waits, the answers still arrive (the last frees it). */
+struct call {
+	struct gr__xq done;             /* the closer waits here */
+	int fd;
+	unsigned pending;               /* requests posted and not answered */
+	int result;                     /* the CLOSE's answer */
+	bool held;                      /* HOLD requests were sent */
+	bool gone;                      /* the closer will never take the answers */
+	size_t nreq;
+	struct request req[];
+};
+
+/* Guards every call's counts and its waiter. */
+static pthread_mutex_t calls_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Release the holders of the call's fd: the close is done (or, for a
+ * closer that is gone, will not be). */
+static void release_holds(struct call *call)
+{
+	struct claim *c = claim_of(call->fd, false);
+
+	if (call->held && c)
+		atomic_fetch_add_explicit(&c->closes, 1, memory_order_release);
+}
+
+/* The closer stopped waiting; only its thread's exit can make it (the wait
+ * is uncancellable and has no deadline). */
+static void call_left(struct gr__xq *xq, struct gr__park *p, bool gone)
+{
+	struct call *call = gr__container(xq, struct call, done);
+
+	(void)p;
+	if (!gone)
+		return;
+	call->gone = true;
+	if (call->pending == 0) {
+		release_holds(call);
+		free(call);
+	}
+	/* Else the last answer releases and frees it. */
+}
+
+static void answer(struct request *r, int result)
+{
+	struct call *call = r->call;
+
+	pthread_mutex_lock(&calls_lock);
+	if (r->what == CLOSE)
+		call->result = result;
+	if (--call->pending == 0) {
+		if (call->gone) {
+			release_holds(call);
+			pthread_mutex_unlock(&calls_lock);
+			free(call);
+			return;
+		}
+		if (!gr__list_empty(&call->done.parked))
+			gr__xunpark(gr__container(call->done.parked.first, struct gr__park, link), 0);
+	}
+	pthread_mutex_unlock(&calls_lock);
+}
+
+/* The hub's operations on the fd are gone: finish the request. */
+static void finish(struct gr__hub *hub, struct request *r, struct gr__fdstate *st)
+{
+	if (hub->ops->fd_forget)
+		hub->ops->fd_forget(hub->backend, r->fd);
+	if (r->what == HOLD) {
+		answer(r, 0);
+		return;
+	}
+	/* Performed here, while this hub's fibers still see the fd closing:
+	 * none of them can close it twice, or close a successor. */
+	int res = close(r->fd) < 0 ? -errno : 0;
+	if (st)
+		st->closing = 0;
+	answer(r, res);
+}
+
+void gr__fd_mail(struct gr__hub *hub, struct gr__mail *m)
+{
+	struct request *r = gr__container(m, struct request, mail);
+	int fd = r->fd;
+	struct gr__fdstate *st = gr__fd_peek(hub, fd);
+
+	if (st && gr__fd_still_held(fd, st)) {
+		/* A close is under way here already (this hub's own, or another
+		 * thread's holding it): two closes of one fd, as with close(2),
+		 * and the other one closes it. */
+		answer(r, r->what == CLOSE ? -EBADF : 0);
+		return;
+	}
+	if (st) {
+		gr__fd_unclaim(hub, fd, st);
+		st->closes++; /* a readiness retry across this must not touch fd */
+		if (r->what == HOLD) {
+			st->closing = GR__FD_HELD;
+			st->held_at = closes_of(fd);
+		} else {
+			st->closing = GR__FD_CLOSING;
+		}
+		if (!gr__list_empty(&st->ops)) {
+			st->remote = true;
+			gr__list_push_back(&hub->fd_requests, &r->link);
+			/* A cancel may complete operations at once, down to the
+			 * last: then gr__fd_drained has finished r already. */
+			gr__fd_cancel_all(hub, st, EBADF);
+			return;
+		}
+	}
+	finish(hub, r, st);
+}
+
+void gr__fd_drained(struct gr__hub *hub, int fd, struct gr__fdstate *st)
+{
+	st->remote = false;
+	gr__list_foreach(it, &hub->fd_requests) {
+		struct request *r = gr__container(it, struct request, link);
+
+		if (r->fd == fd) {
+			gr__list_remove(&hub->fd_requests, it);
+			finish(hub, r, st);
+			return;
+		}
+	}
+}
+
+/* ------------------------------------------------------------ the closer */
+
+struct targets {
+	struct gr__hub *self;
+	uint64_t bits;
+	struct call *call;              /* NULL: only count */
+	size_t n;
+};
+
+static void count_target(struct gr__hub *hub, void *arg)
+{
+	struct targets *t = arg;
+
+	if (hub != t->self && (bit_of(hub) & t->bits))
+		t->n++;
+}
+
+static void note_target(struct gr__hub *hub, void *arg)
+{
+	struct targets *t = arg;
+
+	if (hub == t->self || !(bit_of(hub) & t->bits) || t->n == t->call->nreq)
+		return;
+	struct request *r = &t->call->req[t->n++];
+	r->call = t->call;
+	r->hub = hub;
+	r->hub_id = hub->root.id;
+	r->fd = t->call->fd;
+	r->mail.kind = GR__MAIL_FD;
+}
+
+struct posting {
+	struct call *call;
+	size_t first, count;            /* the requests to post */
+};
+
+/* Post the requests whose hubs are still alive (a hub is recognised by
+ * its id: another may have been made at the same address). Those whose
+ * hub has gone need nothing: its fibers' operations went with it. */
+static void post_alive(struct gr__hub *hub, void *arg)
+{
+	struct posting *ps = arg;
+
+	for (size_t i = ps->first; i < ps->first + ps->count; i++) {
+		struct request *r = &ps->call->req[i];
+
+		if (r->hub == hub && r->hub_id == hub->root.id) {
+			pthread_mutex_lock(&calls_lock);
+			ps->call->pending++;
+			pthread_mutex_unlock(&calls_lock);
+			gr__hub_post(hub, &r->mail);
+		}
+	}
+}
+
+/* Post requests [first, first+count) and wait for their answers. */
+static int ask(struct gr__hub *hub, struct gr__park *p, struct call *call, size_t first,
+	       size_t count, uint8_t what)
+{
+	struct posting ps = { .call = call, .first = first, .count = count };
+
+	for (size_t i = first; i < first + count; i++)
+		call->req[i].what = what;
+	gr__hubs_visit(post_alive, &ps);
+	int err = 0;
+	pthread_mutex_lock(&calls_lock);
+	while (call->pending && !err)
+		err = gr__xpark(hub, p, &call->done);
+	pthread_mutex_unlock(&calls_lock);
+	return err;
+}
+
+static int close_with_others(struct gr__hub *hub, int fd, uint64_t bits, int *result)
+{
+	struct gr__park p = { .what = "gr_close (fd used by another thread)", .uncancellable = true };
+	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
+	bool self_performs = st && !gr__list_empty(&st->ops);
+
+	if (hub) {
+		/* Waiting is needed: inside the hub nothing can (EPERM, as a
+		 * gr_close there of an fd with operations in flight). */
+		int err = gr__park_prepare(&hub, &p, GR_FOREVER);
+		if (err) {
+			*result = err;
+			return 1;
+		}
+	} else {
+		gr__xpark_thread_begin(&p, GR_FOREVER);
+	}
+
+	struct targets t = { .self = hub, .bits = bits };
+	gr__hubs_visit(count_target, &t);
+	if (t.n == 0)
+		return 0; /* stale bits only: the usual close */
+	struct call *call = calloc(1, sizeof(*call) + t.n * sizeof(struct request));
+	if (!call) {
+		*result = -ENOMEM;
+		return 1;
+	}
+	call->fd = fd;
+	call->nreq = t.n;
+	call->done.lock = &calls_lock;
+	call->done.on_leave = call_left;
+	t.call = call;
+	t.n = 0;
+	gr__hubs_visit(note_target, &t); /* hubs made since the count are new to fd */
+	call->nreq = t.n;
+
+	size_t nhold = self_performs ? call->nreq : call->nreq - 1;
+	int err = 0;
+	if (nhold) {
+		call->held = true;
+		err = ask(hub, &p, call, self_performs ? 0 : 1, nhold, HOLD);
+	}
+	if (!err && self_performs) {
+		*result = gr__close_here(hub, fd);
+	} else if (!err && call->nreq) {
+		call->result = 1; /* unanswered: its hub went away meanwhile */
+		err = ask(hub, &p, call, 0, 1, CLOSE);
+		if (!err && call->result == 1) {
+			/* Nothing of that hub waits on fd any more: close it here. */
+			*result = close(fd) < 0 ? -errno : 0;
+		} else {
+			*result = call->result;
+		}
+	} else if (!err) {
+		*result = close(fd) < 0 ? -errno : 0;
+	}
+	if (err)
+		*result = err;
+	release_holds(call);
+	free(call);
+	if (st)
+		gr__fd_unclaim(hub, fd, st);
+	return 1;
+}
+
+int gr__fd_close_elsewhere(struct gr__hub *hub, int fd, int *result)
+{
+	struct claim *c = claim_of(fd, false);
+
+	if (!c)
+		return 0;
+	/* A hub's own bit never needs a request (unless slots are shared, and
+	 * the bit may be another hub's too). seq_cst pairs with the claim's:
+	 * an operation listed before this close began is seen. */
+	uint64_t mine = hub && !atomic_load_explicit(&slots_shared, memory_order_relaxed) ? bit_of(hub) : 0;
+	uint64_t others = atomic_load_explicit(&c->hubs, memory_order_seq_cst) & ~mine;
+	if (!others)
+		return 0;
+	return close_with_others(hub, fd, others, result);
+}
