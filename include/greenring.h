@@ -222,6 +222,9 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 /* Blocking work on worker threads. */
 #include "greenring/tpool.h"
 
+/* Channels and notifiers between threads. */
+#include "greenring/chan.h"
+
 #ifdef __cplusplus
 }
 #endif
