@@ -99,7 +99,7 @@ int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
 		hub->fds_busy++;
 		/* Once per fd and hub (until it closes the fd), not per
 		 * operation: the record other threads' gr_close reads. */
-		if (!st->claimed)
+		if (!st->claimed && o->op.kind != GR_OP_CLOSE)
 			gr__fd_claim(hub, o->op.fd, st);
 	}
 	gr__list_push_back(&st->ops, &o->fd_link);
@@ -121,10 +121,6 @@ void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o)
 		return;
 	hub->fds_busy--;
 	st->audit_at = 0;
-	if (st->remote) {
-		gr__fd_drained(hub, o->op.fd, st);
-		return;
-	}
 	if (st->closing && !gr__waitq_empty(&st->closers))
 		gr__unpark(gr__waitq_first(&st->closers), 0);
 }

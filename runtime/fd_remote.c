@@ -19,22 +19,25 @@
  *
  * The close. gr_close(fd) reads the entry. No bit but its own hub's: the
  * usual close (io.c), which adds that one load to it. Other bits: the close
- * is done with those hubs, each serving the request in its loop
- * (gr__fd_mail, through its inbox), while the closer waits uncancellably:
- *   1. one hub performs the close: the closer's own, if its fibers have
- *      operations on the fd, else the first other hub. It cancels its
- *      operations with EBADF, waits for them to drain, closes, and only then
- *      lets its fibers see the number again: exactly what a gr_close of its
- *      own does, so a woken fiber's gr_close of the same fd gets EBADF
- *      instead of closing a file that took the number meanwhile;
- *   2. before that, every other hub on the fd is asked to HOLD it: cancel
- *      and drain its operations with EBADF and fail new ones with EBADF
- *      until the close is done. The closer counts closes per fd in the
- *      record; a held fd is released by the next count, read lazily when
- *      the holder next touches the fd, so no third message is needed.
+ * is done with those hubs, while the closer waits uncancellably (a fiber
+ * parks, a plain thread blocks). Each hub gets a request in its inbox
+ * (gr__fd_mail); if its fibers have operations on the fd, a fiber it
+ * starts serves it with the hub's own gr_close code (gr__close_here), else
+ * the hub's loop serves it at once.
+ *   1. Every hub on the fd but one is asked to HOLD it: cancel its
+ *      operations with EBADF, wait until they drain, and fail new ones
+ *      with EBADF until the close is done. The closer counts its closes
+ *      per fd in the record, and a held fd is let go at the next count,
+ *      read lazily when the holder next touches the fd: no third message.
+ *   2. Then one hub performs the close: the closer's own if its fibers have
+ *      operations on the fd, else the first other hub. Exactly a gr_close
+ *      of its own: its woken fibers run before the close is done, so one
+ *      that reacts to EBADF by closing the fd gets EBADF again, instead of
+ *      closing a file that took the number meanwhile.
  * Requests are posted under the hub list's lock (hub.c), which a hub's
  * teardown takes to leave the list before it serves its inbox one last
- * time: a request never lands on a hub that is gone.
+ * time: a request never lands on a hub that is gone, and one a discarded
+ * fiber was serving is served by the teardown.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -236,68 +239,88 @@ static void answer(struct request *r, int result)
 	pthread_mutex_unlock(&calls_lock);
 }
 
-/* The hub's operations on the fd are gone: finish the request. */
-static void finish(struct gr__hub *hub, struct request *r, struct gr__fdstate *st)
+void gr__fd_hold(int fd, struct gr__fdstate *st)
 {
+	st->closing = GR__FD_HELD;
+	st->held_at = closes_of(fd);
+}
+
+/* Serve r in the hub's loop (or its teardown), without waiting: when none
+ * of its fibers has an operation on the fd, or none ever will again. */
+static void serve_now(struct gr__hub *hub, struct request *r)
+{
+	struct gr__fdstate *st = gr__fd_peek(hub, r->fd);
+
+	if (st && gr__fd_still_held(r->fd, st)) {
+		/* A close is under way here already (this hub's own, or another
+		 * thread's holding it): two closes of one fd, as with close(2);
+		 * the other one closes it. */
+		answer(r, r->what == CLOSE ? -EBADF : 0);
+		return;
+	}
+	if (st) {
+		gr__fd_unclaim(hub, r->fd, st);
+		st->closes++; /* a readiness retry across this must not touch fd */
+	}
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, r->fd);
 	if (r->what == HOLD) {
+		if (st)
+			gr__fd_hold(r->fd, st);
 		answer(r, 0);
 		return;
 	}
-	/* Performed here, while this hub's fibers still see the fd closing:
-	 * none of them can close it twice, or close a successor. */
-	int res = close(r->fd) < 0 ? -errno : 0;
-	if (st)
-		st->closing = 0;
+	answer(r, close(r->fd) < 0 ? -errno : 0);
+}
+
+/* A fiber of the hub serves a request for an fd its fibers wait on: the
+ * hub's own gr_close (or, to hold, all of it but the close). Its one wait is
+ * for the drain; the close and the answer follow without one, so a thread
+ * exiting meanwhile leaves the request either not begun (its teardown
+ * serves it: gr__fd_requests_at_exit) or answered. */
+static void *serve_fiber(void *arg)
+{
+	struct request *r = arg;
+	struct gr__hub *hub = gr__hub_peek();
+
+	int res = gr__close_here(hub, r->fd, r->what == HOLD ? GR__CLOSE_HOLD : GR__CLOSE_NOW);
+	gr__list_remove(&hub->fd_requests, &r->link);
 	answer(r, res);
+	return NULL;
 }
 
 void gr__fd_mail(struct gr__hub *hub, struct gr__mail *m)
 {
 	struct request *r = gr__container(m, struct request, mail);
-	int fd = r->fd;
-	struct gr__fdstate *st = gr__fd_peek(hub, fd);
+	struct gr__fdstate *st = gr__fd_peek(hub, r->fd);
 
-	if (st && gr__fd_still_held(fd, st)) {
-		/* A close is under way here already (this hub's own, or another
-		 * thread's holding it): two closes of one fd, as with close(2),
-		 * and the other one closes it. */
-		answer(r, r->what == CLOSE ? -EBADF : 0);
+	if (st && !gr__list_empty(&st->ops) && !st->closing) {
+		struct gr_spawn_opts so = { .stack_size = GR__MIN_STACK_SIZE, .detached = 1,
+					    .name = "gr_close from another thread" };
+
+		gr__list_push_back(&hub->fd_requests, &r->link);
+		if (gr__spawn_on(hub, &so, serve_fiber, r))
+			return;
+		gr__list_remove(&hub->fd_requests, &r->link);
+		/* No stack for it: the fibers waiting here would hang on a
+		 * closed fd. Refuse the close instead (the closer sees it). */
+		answer(r, r->what == CLOSE ? -ENOMEM : 0);
 		return;
 	}
-	if (st) {
-		gr__fd_unclaim(hub, fd, st);
-		st->closes++; /* a readiness retry across this must not touch fd */
-		if (r->what == HOLD) {
-			st->closing = GR__FD_HELD;
-			st->held_at = closes_of(fd);
-		} else {
-			st->closing = GR__FD_CLOSING;
-		}
-		if (!gr__list_empty(&st->ops)) {
-			st->remote = true;
-			gr__list_push_back(&hub->fd_requests, &r->link);
-			/* A cancel may complete operations at once, down to the
-			 * last: then gr__fd_drained has finished r already. */
-			gr__fd_cancel_all(hub, st, EBADF);
-			return;
-		}
-	}
-	finish(hub, r, st);
+	serve_now(hub, r);
 }
 
-void gr__fd_drained(struct gr__hub *hub, int fd, struct gr__fdstate *st)
+void gr__fd_requests_at_exit(struct gr__hub *hub)
 {
-	st->remote = false;
-	gr__list_foreach(it, &hub->fd_requests) {
-		struct request *r = gr__container(it, struct request, link);
+	/* Their fibers will never run, and every operation is reaped. */
+	while (!gr__list_empty(&hub->fd_requests)) {
+		struct request *r = gr__container(hub->fd_requests.first, struct request, link);
 
-		if (r->fd == fd) {
-			gr__list_remove(&hub->fd_requests, it);
-			finish(hub, r, st);
-			return;
-		}
+		gr__list_remove(&hub->fd_requests, &r->link);
+		struct gr__fdstate *st = gr__fd_peek(hub, r->fd);
+		if (st)
+			st->closing = 0; /* the discarded fiber's close, undone */
+		serve_now(hub, r);
 	}
 }
 
@@ -416,7 +439,7 @@ static int close_with_others(struct gr__hub *hub, int fd, uint64_t bits, int *re
 		err = ask(hub, &p, call, self_performs ? 0 : 1, nhold, HOLD);
 	}
 	if (!err && self_performs) {
-		*result = gr__close_here(hub, fd);
+		*result = gr__close_here(hub, fd, GR__CLOSE);
 	} else if (!err && call->nreq) {
 		call->result = 1; /* unanswered: its hub went away meanwhile */
 		err = ask(hub, &p, call, 0, 1, CLOSE);

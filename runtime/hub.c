@@ -364,6 +364,8 @@ static void hub_destroy(void *arg)
 			return;
 		}
 	}
+	/* Other threads' closes its fibers were serving: done here instead. */
+	gr__fd_requests_at_exit(hub);
 	while (!gr__list_empty(&hub->all))
 		gr__fiber_release_stack(hub, gr__container(hub->all.first, gr_fiber, all_link));
 	if (hub->loop)

@@ -303,7 +303,7 @@ struct gr__hub {
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
 	_Atomic(struct gr__mail *) inbox; /* sent by other threads (gr__hub_post) */
 	size_t remote_waiting;            /* fibers parked on cross-thread queues */
-	struct gr__list fd_requests;      /* other threads' gr_close, draining here */
+	struct gr__list fd_requests;      /* other threads' gr_close, served by fibers here */
 	unsigned fd_slot;                 /* its bit in the fd claims (fd_remote.c) */
 	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */
 	size_t fd_nchunks;
@@ -331,14 +331,27 @@ void gr__sanitizer_root_init(gr_fiber *root);
 /* Give f's stack back (f must not be running on it). */
 void gr__fiber_release_stack(struct gr__hub *hub, gr_fiber *f);
 uint64_t gr__next_fiber_id(void);
+/* fiber.c: gr_spawn_with on hub without its checks, so that the hub
+ * itself may start a fiber (fd_remote.c); NULL with errno. */
+gr_fiber *gr__spawn_on(struct gr__hub *hub, const struct gr_spawn_opts *opts, void *(*fn)(void *),
+		       void *arg);
 /* hub.c: a fiber ended; wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub);
 /* hub.c: call fn(hub, arg) for every hub of the process, under the lock
  * that a hub's teardown takes to leave the list (so each is alive, and may
  * be posted to, for the duration of the call). fn must not block. */
 void gr__hubs_visit(void (*fn)(struct gr__hub *hub, void *arg), void *arg);
-/* io.c: gr_close's own work on this hub (cancel, drain, close): 0 or -errno. */
-int gr__close_here(struct gr__hub *hub, int fd);
+/* io.c: gr_close's own work on this hub: cancel, drain, close (how). 0 or
+ * -errno. */
+enum gr__close_how {
+	GR__CLOSE,            /* gr_close: on a completion hub, by the backend */
+	GR__CLOSE_NOW,        /* close(2) once drained, with no wait after it: a
+				 thread exiting in between finds it either not
+				 begun or done (fd_remote.c serves requests so) */
+	GR__CLOSE_HOLD,       /* all but the close: the fd is held for another
+				 thread's close (fd_remote.c) */
+};
+int gr__close_here(struct gr__hub *hub, int fd, enum gr__close_how how);
 /* hub.c: lifecycle, used by hub_select.c. */
 struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend);
 int gr__hub_install(struct gr__hub *hub);
@@ -494,7 +507,6 @@ struct gr__fdstate {
 	uint8_t audit_gap;                /* epochs between checks, doubling */
 	uint8_t closing;                  /* 0, GR__FD_CLOSING, GR__FD_HELD */
 	bool claimed;                     /* this hub's claim on the fd is recorded */
-	bool remote;                      /* drained for another thread's gr_close */
 };
 
 /* gr__fdstate.closing: a gr_close of this hub is under way; or another
@@ -536,15 +548,17 @@ void gr__fd_table_free(struct gr__hub *hub);
  * close with them and return 1 with *result (0 or -errno); else 0, and the
  * caller closes fd as usual.
  * gr__fd_mail: serve a request from another thread's gr_close (the inbox).
- * gr__fd_drained: the last operation on fd, drained for such a request, is
- * gone (fd.c, st->remote).
- * gr__fd_still_held: GR__FD_HELD ends once the closer has closed the fd
- * (this clears it then); true while it lasts. */
+ * gr__fd_requests_at_exit: the hub's thread exits while its fibers serve
+ * such requests: serve them now (hub.c, once nothing is in flight).
+ * gr__fd_hold: the fd is drained here for another thread's close: hold it.
+ * gr__fd_still_held: the fd is closing here (true), or was held and the
+ * closer has closed it since (false, and the hold is over). */
 void gr__fd_claim(struct gr__hub *hub, int fd, struct gr__fdstate *st);
 void gr__fd_unclaim(struct gr__hub *hub, int fd, struct gr__fdstate *st);
 int gr__fd_close_elsewhere(struct gr__hub *hub, int fd, int *result);
 void gr__fd_mail(struct gr__hub *hub, struct gr__mail *m);
-void gr__fd_drained(struct gr__hub *hub, int fd, struct gr__fdstate *st);
+void gr__fd_requests_at_exit(struct gr__hub *hub);
+void gr__fd_hold(int fd, struct gr__fdstate *st);
 bool gr__fd_still_held(int fd, struct gr__fdstate *st);
 /* A hub's slot in the record, taken when it is installed, given back when
  * it goes; every slot is free again in a fork() child. */

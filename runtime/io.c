@@ -565,14 +565,14 @@ int gr_close(int fd)
 		return (int)posix_result(-EBADF);
 	if (gr__fd_close_elsewhere(hub, fd, &r))
 		return (int)posix_result(r);
-	return (int)posix_result(gr__close_here(hub, fd));
+	return (int)posix_result(gr__close_here(hub, fd, GR__CLOSE));
 }
 
-int gr__close_here(struct gr__hub *hub, int fd)
+int gr__close_here(struct gr__hub *hub, int fd, enum gr__close_how how)
 {
 	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
 	if (!st)
-		return close(fd) < 0 ? -errno : 0;
+		return how == GR__CLOSE_HOLD ? 0 : close(fd) < 0 ? -errno : 0;
 	if (!hub->loop && !gr__hub_loop_fiber(hub))
 		return -ENOMEM; /* the close below may park */
 	if (hub->current == hub->loop) {
@@ -582,6 +582,10 @@ int gr__close_here(struct gr__hub *hub, int fd)
 		if (!gr__list_empty(&st->ops))
 			return -EPERM;
 		gr__fd_unclaim(hub, fd, st);
+		if (how == GR__CLOSE_HOLD) {
+			gr__fd_hold(fd, st);
+			return 0;
+		}
 		return close(fd) < 0 ? -errno : 0;
 	}
 	if (gr__fd_still_held(fd, st))
@@ -600,7 +604,11 @@ int gr__close_here(struct gr__hub *hub, int fd)
 	/* Before the number is free: a claim dropped after it could drop the
 	 * claim of a hub that reused the number meanwhile. */
 	gr__fd_unclaim(hub, fd, st);
-	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
+	if (how == GR__CLOSE_HOLD) {
+		gr__fd_hold(fd, st);
+		return (int)r;
+	}
+	if (how == GR__CLOSE && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
 		struct gr__op o = gr__op_init(GR_OP_CLOSE, fd);
 
 		r = gr__park_op(hub, &p, &o);

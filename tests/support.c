@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -130,4 +131,54 @@ void grt_tcp_pair(int fds[2])
 	fds[1] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
 	cr_assert_geq(fds[1], 0, "accept: %s", strerror(errno));
 	close(l);
+}
+
+static void *grt_thread_main(void *arg)
+{
+	struct grt_thread *t = arg;
+	struct gr_hub_stats st;
+
+	if (t->with_hub) {
+		t->hub_err = gr_hub_use(grt_hub());
+		if (t->hub_err == 0 && !gr_hub_name())
+			t->hub_err = -ENOTSUP;
+		if (t->hub_err)
+			return NULL;
+	}
+	t->fn(t->arg);
+	t->had_hub = gr_hub_stats(&st) != -ESRCH;
+	return NULL;
+}
+
+void grt_thread_start(struct grt_thread *t, int with_hub, void (*fn)(void *), void *arg)
+{
+	*t = (struct grt_thread){ .with_hub = with_hub, .fn = fn, .arg = arg };
+	cr_assert_eq(pthread_create(&t->t, NULL, grt_thread_main, t), 0);
+}
+
+void grt_thread_join(struct grt_thread *t)
+{
+	cr_assert_eq(pthread_join(t->t, NULL), 0);
+	cr_assert_eq(t->hub_err, 0, "the thread's hub: %s", strerror(-t->hub_err));
+	if (!t->with_hub)
+		cr_assert_eq(t->had_hub, 0, "a hub was made for a plain thread");
+}
+
+void grt_await_flag(atomic_int *flag, const char *what)
+{
+	int64_t until = gr_now() + 5 * GR_SEC;
+
+	while (!atomic_load(flag)) {
+		cr_assert_lt(gr_now(), until, "waited 5 s for %s", what);
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	}
+}
+
+int grt_move_fd(int from, int to)
+{
+	if (from == to)
+		return 0;
+	if (dup3(from, to, O_CLOEXEC) < 0)
+		return -1;
+	return close(from);
 }

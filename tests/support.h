@@ -13,6 +13,8 @@
 #define GREENRING_TEST_SUPPORT_H
 
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <greenring.h>
 
@@ -49,5 +51,26 @@ int grt_listener(int *port);
 
 /* Connect a new (blocking) TCP socket to 127.0.0.1:port with plain connect(). */
 int grt_connect_plain(int port);
+
+/* A thread running fn(arg), on a hub of this run's kind (with_hub) or with
+ * no hub at all. The thread only records; grt_thread_join asserts: the hub
+ * could be made, and nothing made one for a plain thread. */
+struct grt_thread {
+	pthread_t t;
+	int with_hub;
+	void (*fn)(void *arg);
+	void *arg;
+	int hub_err;
+	int had_hub;
+};
+void grt_thread_start(struct grt_thread *t, int with_hub, void (*fn)(void *), void *arg);
+void grt_thread_join(struct grt_thread *t);
+
+/* Make the number `to` name the file `from` names, and close `from` (unless
+ * it is `to` already). 0, or -1 with errno. */
+int grt_move_fd(int from, int to);
+
+/* Yield (1 ms naps) until *flag is nonzero; fails the test after 5 s. */
+void grt_await_flag(atomic_int *flag, const char *what);
 
 #endif

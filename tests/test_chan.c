@@ -28,48 +28,6 @@ static const size_t capacities[] = { 0, 1, 3, GR_CHAN_UNBOUNDED };
 
 /* ------------------------------------------------------------ helpers */
 
-/* A thread that runs fn(arg) on a hub of this run's kind (hub = 1) or
- * with no hub at all (hub = 0). */
-struct worker {
-	pthread_t t;
-	int with_hub;
-	void (*fn)(void *arg);
-	void *arg;
-	int hub_err;
-	int had_hub;        /* for plain threads: did anything make one? */
-};
-
-static void *worker_main(void *a)
-{
-	struct worker *w = a;
-	struct gr_hub_stats st;
-
-	if (w->with_hub) {
-		w->hub_err = gr_hub_use(grt_hub());
-		if (w->hub_err == 0 && !gr_hub_name())
-			w->hub_err = -ENOTSUP;
-		if (w->hub_err)
-			return NULL;
-	}
-	w->fn(w->arg);
-	w->had_hub = gr_hub_stats(&st) != -ESRCH;
-	return NULL;
-}
-
-static void worker_start(struct worker *w, int with_hub, void (*fn)(void *), void *arg)
-{
-	*w = (struct worker){ .with_hub = with_hub, .fn = fn, .arg = arg };
-	cr_assert_eq(pthread_create(&w->t, NULL, worker_main, w), 0);
-}
-
-static void worker_join(struct worker *w)
-{
-	cr_assert_eq(pthread_join(w->t, NULL), 0);
-	cr_assert_eq(w->hub_err, 0, "the worker's hub: %s", strerror(-w->hub_err));
-	if (!w->with_hub)
-		cr_assert_eq(w->had_hub, 0, "a hub was made for a plain thread");
-}
-
 static void *item(uintptr_t i)
 {
 	return (void *)(i + 1);
@@ -259,7 +217,7 @@ static void run_flow(size_t cap, int ns, int nr, int plain_senders, int plain_re
 {
 	static struct flow f;
 	static struct side senders, receivers;
-	struct worker ws, wr;
+	struct grt_thread ws, wr;
 	gr_chan c;
 
 	memset(&f, 0, sizeof(f));
@@ -273,14 +231,14 @@ static void run_flow(size_t cap, int ns, int nr, int plain_senders, int plain_re
 	for (int i = 0; i < nr; i++)
 		receivers.roles[i] = (struct role){ .f = &f, .sender = 0, .index = i };
 
-	worker_start(&wr, !plain_receivers, side_run, &receivers);
+	grt_thread_start(&wr, !plain_receivers, side_run, &receivers);
 	if (plain_senders) {
-		worker_start(&ws, 0, side_run, &senders);
-		worker_join(&ws);
+		grt_thread_start(&ws, 0, side_run, &senders);
+		grt_thread_join(&ws);
 	} else {
 		side_run(&senders);
 	}
-	worker_join(&wr);
+	grt_thread_join(&wr);
 
 	const char *what = cap == GR_CHAN_UNBOUNDED ? "unbounded" : cap == 0 ? "rendezvous" : "bounded";
 	cr_assert_eq(senders.spawn_errors + receivers.spawn_errors, 0);
@@ -360,13 +318,8 @@ static void wait_as_fibers(void *arg)
  * show waiters, so watch for the waiters' call and then a little longer. */
 static void await_waiting(struct waiter *w, int n)
 {
-	int64_t until = gr_now() + 5 * GR_SEC;
-
 	for (int i = 0; i < n; i++)
-		while (!atomic_load(&w[i].parked)) {
-			cr_assert_lt(gr_now(), until, "waiter %d never started", i);
-			assert_ok(gr_sleep(GR_MSEC / 10));
-		}
+		grt_await_flag(&w[i].parked, "a waiter to start");
 	/* They called; give their threads time to park (a wrong guess only
 	 * makes the test weaker, never wrong: a late one sees EPIPE too). */
 	assert_ok(gr_sleep(20 * GR_MSEC));
@@ -377,7 +330,7 @@ Test(chan, close_wakes_receivers_on_other_threads_and_senders_too)
 	gr_chan c;
 	struct waiter w[4];
 	struct fibers_wait fw;
-	struct worker hubw, plain;
+	struct grt_thread hubw, plain;
 
 	/* Receivers: two fibers of another hub, one plain thread. */
 	assert_ok(gr_chan_init(&c, 2));
@@ -385,12 +338,12 @@ Test(chan, close_wakes_receivers_on_other_threads_and_senders_too)
 	for (int i = 0; i < 3; i++)
 		w[i] = (struct waiter){ .c = &c, .deadline = GR_FOREVER };
 	fw = (struct fibers_wait){ .w = w, .n = 2 };
-	worker_start(&hubw, 1, wait_as_fibers, &fw);
-	worker_start(&plain, 0, wait_plain, &w[2]);
+	grt_thread_start(&hubw, 1, wait_as_fibers, &fw);
+	grt_thread_start(&plain, 0, wait_plain, &w[2]);
 	await_waiting(w, 3);
 	assert_ok(gr_chan_close(&c));
-	worker_join(&hubw);
-	worker_join(&plain);
+	grt_thread_join(&hubw);
+	grt_thread_join(&plain);
 	for (int i = 0; i < 3; i++)
 		assert_err(w[i].rc, EPIPE);
 	assert_err(gr_chan_send(&c, item(1), GR_FOREVER), EPIPE);
@@ -406,12 +359,12 @@ Test(chan, close_wakes_receivers_on_other_threads_and_senders_too)
 	memset(w, 0, sizeof(w));
 	for (int i = 0; i < 3; i++)
 		w[i] = (struct waiter){ .c = &c, .send = 1, .deadline = GR_FOREVER };
-	worker_start(&hubw, 1, wait_as_fibers, &fw);
-	worker_start(&plain, 0, wait_plain, &w[2]);
+	grt_thread_start(&hubw, 1, wait_as_fibers, &fw);
+	grt_thread_start(&plain, 0, wait_plain, &w[2]);
 	await_waiting(w, 3);
 	assert_ok(gr_chan_close(&c));
-	worker_join(&hubw);
-	worker_join(&plain);
+	grt_thread_join(&hubw);
+	grt_thread_join(&plain);
 	for (int i = 0; i < 3; i++)
 		assert_err(w[i].rc, EPIPE);
 	void *it;
@@ -430,14 +383,14 @@ Test(chan, deadlines_of_fibers_and_plain_threads)
 {
 	gr_chan c;
 	struct waiter w;
-	struct worker plain;
+	struct grt_thread plain;
 
 	assert_ok(gr_chan_init(&c, 0));
 	/* A plain thread's deadline. */
 	w = (struct waiter){ .c = &c, .deadline = gr_now() + 30 * GR_MSEC };
 	int64_t t0 = gr_now();
-	worker_start(&plain, 0, wait_plain, &w);
-	worker_join(&plain);
+	grt_thread_start(&plain, 0, wait_plain, &w);
+	grt_thread_join(&plain);
 	assert_err(w.rc, ETIMEDOUT);
 	cr_assert_geq(gr_now() - t0, 30 * GR_MSEC);
 	/* A fiber's own deadline (eventlet's Timeout) bounds a send. */
@@ -449,14 +402,6 @@ Test(chan, deadlines_of_fibers_and_plain_threads)
 	assert_ok(gr_chan_destroy(&c));
 }
 
-static void *kill_after_parked(void *arg)
-{
-	struct waiter *w = arg;
-
-	wait_once(w);
-	return NULL;
-}
-
 Test(chan, a_killed_waiter_gives_up_and_loses_nothing)
 {
 	gr_chan c;
@@ -465,7 +410,7 @@ Test(chan, a_killed_waiter_gives_up_and_loses_nothing)
 
 	assert_ok(gr_chan_init(&c, 0));
 	w = (struct waiter){ .c = &c, .send = 1, .deadline = GR_FOREVER };
-	gr_fiber *f = gr_spawn(kill_after_parked, &w);
+	gr_fiber *f = gr_spawn(wait_once, &w);
 	assert_ok(gr_sleep(0));
 	assert_ok(gr_kill(f));
 	assert_ok(gr_join(f, NULL, GR_FOREVER));
@@ -474,7 +419,7 @@ Test(chan, a_killed_waiter_gives_up_and_loses_nothing)
 
 	/* Handed an item, then killed before it runs: the item is its. */
 	w = (struct waiter){ .c = &c, .deadline = GR_FOREVER };
-	f = gr_spawn(kill_after_parked, &w);
+	f = gr_spawn(wait_once, &w);
 	assert_ok(gr_sleep(0));
 	assert_ok(gr_chan_trysend(&c, item(5)));   /* handed over, not run yet */
 	assert_ok(gr_kill(f));
@@ -512,23 +457,19 @@ static void stuck_thread(void *arg)
 	/* else: exit with the fiber still inside its call */
 }
 
-static void stuck_start(struct stuck *s, struct worker *wk, gr_chan *c, int send)
+static void stuck_start(struct stuck *s, struct grt_thread *wk, gr_chan *c, int send)
 {
 	memset(s, 0, sizeof(*s));
 	s->w = (struct waiter){ .c = c, .send = send, .deadline = GR_FOREVER };
 	cr_assert_eq(pipe2(s->pipe, O_CLOEXEC), 0);
-	worker_start(wk, 1, stuck_thread, s);
-	int64_t until = gr_now() + 5 * GR_SEC;
-	while (!atomic_load(&s->in_read)) {
-		cr_assert_lt(gr_now(), until);
-		assert_ok(gr_sleep(GR_MSEC / 10));
-	}
+	grt_thread_start(wk, 1, stuck_thread, s);
+	grt_await_flag(&s->in_read, "the thread to block in read(2)");
 }
 
-static void stuck_release(struct stuck *s, struct worker *wk, char how)
+static void stuck_release(struct stuck *s, struct grt_thread *wk, char how)
 {
 	cr_assert_eq(write(s->pipe[1], &how, 1), 1);
-	worker_join(wk);
+	grt_thread_join(wk);
 	close(s->pipe[0]);
 	close(s->pipe[1]);
 }
@@ -537,7 +478,7 @@ Test(chan, destroy_is_ebusy_while_a_woken_waiter_has_not_returned)
 {
 	gr_chan c;
 	struct stuck s;
-	struct worker wk;
+	struct grt_thread wk;
 
 	assert_ok(gr_chan_init(&c, 1));
 	stuck_start(&s, &wk, &c, 0);
@@ -554,7 +495,7 @@ Test(chan, a_waiter_whose_thread_exits_is_counted_out)
 {
 	gr_chan c;
 	struct stuck s;
-	struct worker wk;
+	struct grt_thread wk;
 	void *it;
 
 	/* A receiver still waiting when its thread exits. */
@@ -650,14 +591,14 @@ Test(chan, notifier_fired_from_other_threads_wakes_fibers_and_threads)
 {
 	gr_notifier n;
 	struct firer fr;
-	struct worker wk;
+	struct grt_thread wk;
 
 	assert_ok(gr_notifier_init(&n));
 	/* A fiber waits; a plain thread fires 1000 times: every fire is
 	 * taken, in as few wake-ups as the timing allows. */
 	int taken = 0, wakeups = 0;
 	fr = (struct firer){ .n = &n, .count = 1000 };
-	worker_start(&wk, 0, fire_n, &fr);
+	grt_thread_start(&wk, 0, fire_n, &fr);
 	while (taken < 1000) {
 		int r = gr_notifier_wait(&n, gr_now() + 5 * GR_SEC);
 
@@ -665,7 +606,7 @@ Test(chan, notifier_fired_from_other_threads_wakes_fibers_and_threads)
 		taken += r;
 		wakeups++;
 	}
-	worker_join(&wk);
+	grt_thread_join(&wk);
 	assert_ok(fr.rc);
 	cr_assert_eq(taken, 1000);
 	cr_assert_leq(wakeups, 1000);
@@ -673,12 +614,11 @@ Test(chan, notifier_fired_from_other_threads_wakes_fibers_and_threads)
 
 	/* A plain thread waits; this fiber fires. */
 	struct nwaiter w = { .n = &n, .deadline = GR_FOREVER };
-	worker_start(&wk, 0, nwait_plain, &w);
-	while (!atomic_load(&w.started))
-		assert_ok(gr_sleep(GR_MSEC / 10));
+	grt_thread_start(&wk, 0, nwait_plain, &w);
+	grt_await_flag(&w.started, "the plain thread to wait");
 	assert_ok(gr_sleep(10 * GR_MSEC));
 	assert_ok(gr_notifier_fire(&n));
-	worker_join(&wk);
+	grt_thread_join(&wk);
 	cr_assert_eq(w.rc, 1);
 	assert_ok(gr_notifier_destroy(&n));
 }
