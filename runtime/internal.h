@@ -219,6 +219,9 @@ int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq);
 void gr__xunpark(struct gr__park *p, int status);
 /* For a thread with no hub: fill p as gr__park_begin does for a fiber. */
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline);
+/* notifier.c: gr_notifier_wait, uncancellable if asked (neither a kill nor
+ * the fiber's own deadline end it: gr_server_free's wait). */
+int gr__notifier_wait(gr_notifier *n, int64_t deadline, bool uncancellable);
 /* Thread exit (hub.c): f's cross-thread wait, if any, will never return;
  * tell its object (on_leave, gone). Nothing of the object is touched after. */
 void gr__xpark_abandon(gr_fiber *f);

@@ -103,9 +103,14 @@ int gr_notifier_fire(gr_notifier *n)
 
 int gr_notifier_wait(gr_notifier *n, int64_t deadline)
 {
+	return gr__notifier_wait(n, deadline, false);
+}
+
+int gr__notifier_wait(gr_notifier *n, int64_t deadline, bool uncancellable)
+{
 	struct notifier *nt = NT(n);
 	struct gr__hub *hub = NULL;
-	struct gr__park p = { .what = "gr_notifier_wait" };
+	struct gr__park p = { .what = "gr_notifier_wait", .uncancellable = uncancellable };
 	int err = n ? gr__xpark_prepare(&hub, &p, deadline) : -EINVAL;
 
 	if (!err)

@@ -142,11 +142,14 @@ static void *grt_thread_main(void *arg)
 		t->hub_err = gr_hub_use(grt_hub());
 		if (t->hub_err == 0 && !gr_hub_name())
 			t->hub_err = -ENOTSUP;
-		if (t->hub_err)
+		if (t->hub_err) {
+			atomic_store(&t->done, 1);
 			return NULL;
+		}
 	}
 	t->fn(t->arg);
 	t->had_hub = gr_hub_stats(&st) != -ESRCH;
+	atomic_store(&t->done, 1);
 	return NULL;
 }
 
@@ -158,6 +161,8 @@ void grt_thread_start(struct grt_thread *t, int with_hub, void (*fn)(void *), vo
 
 void grt_thread_join(struct grt_thread *t)
 {
+	while (!atomic_load(&t->done))
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
 	cr_assert_eq(pthread_join(t->t, NULL), 0);
 	cr_assert_eq(t->hub_err, 0, "the thread's hub: %s", strerror(-t->hub_err));
 	if (!t->with_hub)

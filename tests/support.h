@@ -54,7 +54,9 @@ int grt_connect_plain(int port);
 
 /* A thread running fn(arg), on a hub of this run's kind (with_hub) or with
  * no hub at all. The thread only records; grt_thread_join asserts: the hub
- * could be made, and nothing made one for a plain thread. */
+ * could be made, and nothing made one for a plain thread. grt_thread_join
+ * keeps the caller's hub running while it waits (1 ms naps), so that the
+ * caller's fibers, and what other threads ask of its hub, go on. */
 struct grt_thread {
 	pthread_t t;
 	int with_hub;
@@ -62,6 +64,7 @@ struct grt_thread {
 	void *arg;
 	int hub_err;
 	int had_hub;
+	atomic_int done;
 };
 void grt_thread_start(struct grt_thread *t, int with_hub, void (*fn)(void *), void *arg);
 void grt_thread_join(struct grt_thread *t);
