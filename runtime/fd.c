@@ -99,7 +99,7 @@ int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
 		hub->fds_busy++;
 		/* Once per fd and hub (until it closes the fd), not per
 		 * operation: the record other threads' gr_close reads. */
-		if (!st->claimed && o->op.kind != GR_OP_CLOSE)
+		if (__builtin_expect(!st->claimed, 0) && o->op.kind != GR_OP_CLOSE)
 			gr__fd_claim(hub, o->op.fd, st);
 	}
 	gr__list_push_back(&st->ops, &o->fd_link);

@@ -21,7 +21,7 @@
  * usual close (io.c), which adds that one load to it. Other bits: the close
  * is done with those hubs, while the closer waits uncancellably (a fiber
  * parks, a plain thread blocks). Each hub gets a request in its inbox
- * (gr__fd_mail); if its fibers have operations on the fd, a fiber it
+ * (gr__fd_request); if its fibers have operations on the fd, a fiber it
  * starts serves it with the hub's own gr_close code (gr__close_here), else
  * the hub's loop serves it at once.
  *   1. Every hub on the fd but one is asked to HOLD it: cancel its
@@ -49,44 +49,32 @@
 
 /* ------------------------------------------------------------ the record */
 
-#define SLOTS 64
-#define CHUNK_SHIFT 12
-#define CHUNK ((size_t)1 << CHUNK_SHIFT)
-/* fds below 2^26 are recorded (the kernel's default fs.nr_open is 2^20);
- * a number above is closed as if no other thread used it. */
-#define MAX_CHUNKS ((size_t)1 << (26 - CHUNK_SHIFT))
+_Atomic(struct gr__claim *) gr__claims[GR__CLAIM_CHUNKS];
+atomic_bool gr__claim_slots_shared;
 
-struct claim {
-	_Atomic uint64_t hubs;          /* bit s: a hub of slot s may use the fd */
-	_Atomic uint32_t closes;        /* closes done while other hubs held it */
-};
-
-static _Atomic(struct claim *) chunks[MAX_CHUNKS];
-
-static struct claim *claim_of(int fd, bool create)
+static struct gr__claim *claim_of(int fd, bool create)
 {
-	size_t c = (size_t)fd >> CHUNK_SHIFT;
+	struct gr__claim *c = gr__claim_peek(fd);
 
-	if (fd < 0 || c >= MAX_CHUNKS)
+	if (c || !create || fd < 0 || ((size_t)fd >> GR__CLAIM_CHUNK_SHIFT) >= GR__CLAIM_CHUNKS)
+		return c;
+	_Atomic(struct gr__claim *) *slot = &gr__claims[(size_t)fd >> GR__CLAIM_CHUNK_SHIFT];
+	struct gr__claim *chunk = NULL;
+	struct gr__claim *fresh = calloc(GR__CLAIM_CHUNK, sizeof(*fresh));
+	if (!fresh)
 		return NULL;
-	struct claim *chunk = atomic_load_explicit(&chunks[c], memory_order_acquire);
-	if (!chunk && create) {
-		struct claim *fresh = calloc(CHUNK, sizeof(*fresh));
-		if (!fresh)
-			return NULL;
-		if (atomic_compare_exchange_strong_explicit(&chunks[c], &chunk, fresh,
-							    memory_order_acq_rel, memory_order_acquire))
-			chunk = fresh;
-		else
-			free(fresh); /* another thread made it first: chunk is theirs */
-	}
-	return chunk ? &chunk[(size_t)fd & (CHUNK - 1)] : NULL;
+	if (atomic_compare_exchange_strong_explicit(slot, &chunk, fresh, memory_order_acq_rel,
+						    memory_order_acquire))
+		chunk = fresh;
+	else
+		free(fresh); /* another thread made it first: chunk is theirs */
+	return &chunk[(size_t)fd & (GR__CLAIM_CHUNK - 1)];
 }
 
 /* Slots: guarded by the hub list's lock (hub.c calls take/give under it). */
+#define SLOTS 64
 static unsigned slot_users[SLOTS];
 static unsigned next_shared;
-static atomic_bool slots_shared;        /* some slot has ever had two hubs */
 
 void gr__fd_slot_take(struct gr__hub *hub)
 {
@@ -101,7 +89,7 @@ void gr__fd_slot_take(struct gr__hub *hub)
 	 * from another's, so every close asks (see gr__fd_close_elsewhere). */
 	hub->fd_slot = next_shared++ % SLOTS;
 	slot_users[hub->fd_slot]++;
-	atomic_store(&slots_shared, true);
+	atomic_store(&gr__claim_slots_shared, true);
 }
 
 void gr__fd_slot_give(struct gr__hub *hub)
@@ -124,7 +112,7 @@ static uint64_t bit_of(const struct gr__hub *hub)
 
 void gr__fd_claim(struct gr__hub *hub, int fd, struct gr__fdstate *st)
 {
-	struct claim *c = claim_of(fd, true);
+	struct gr__claim *c = claim_of(fd, true);
 
 	/* Not recorded (no memory, or a number beyond the record): marked
 	 * claimed all the same, so that it is not tried per operation. */
@@ -133,28 +121,24 @@ void gr__fd_claim(struct gr__hub *hub, int fd, struct gr__fdstate *st)
 		atomic_fetch_or_explicit(&c->hubs, bit_of(hub), memory_order_seq_cst);
 }
 
-void gr__fd_unclaim(struct gr__hub *hub, int fd, struct gr__fdstate *st)
+void gr__fd_unclaim_slow(struct gr__hub *hub, int fd, struct gr__fdstate *st)
 {
-	if (!st->claimed)
-		return;
 	st->claimed = false;
-	struct claim *c = claim_of(fd, false);
-	if (c && !atomic_load_explicit(&slots_shared, memory_order_relaxed))
+	struct gr__claim *c = claim_of(fd, false);
+	if (c && !atomic_load_explicit(&gr__claim_slots_shared, memory_order_relaxed))
 		atomic_fetch_and_explicit(&c->hubs, ~bit_of(hub), memory_order_release);
 	/* A shared slot's bit stays: another hub on it may still use fd. */
 }
 
 static uint32_t closes_of(int fd)
 {
-	struct claim *c = claim_of(fd, false);
+	struct gr__claim *c = claim_of(fd, false);
 
 	return c ? atomic_load_explicit(&c->closes, memory_order_acquire) : 0;
 }
 
-bool gr__fd_still_held(int fd, struct gr__fdstate *st)
+bool gr__fd_hold_goes_on(int fd, struct gr__fdstate *st)
 {
-	if (st->closing != GR__FD_HELD)
-		return st->closing != 0;
 	if (closes_of(fd) == st->held_at)
 		return true;
 	st->closing = 0; /* the closer has closed it: the number is free */
@@ -167,7 +151,7 @@ enum { HOLD, CLOSE };
 
 /* What one hub is asked to do for one cross-thread close. */
 struct request {
-	struct gr__mail mail;           /* in the hub's inbox */
+	struct gr__park post;           /* in the hub's inbox: a park with no fiber */
 	struct gr__link link;           /* on hub->fd_requests while it drains */
 	struct call *call;
 	struct gr__hub *hub;            /* the hub asked, valid while listed */
@@ -196,7 +180,7 @@ static pthread_mutex_t calls_lock = PTHREAD_MUTEX_INITIALIZER;
  * closer that is gone, will not be). */
 static void release_holds(struct call *call)
 {
-	struct claim *c = claim_of(call->fd, false);
+	struct gr__claim *c = claim_of(call->fd, false);
 
 	if (call->held && c)
 		atomic_fetch_add_explicit(&c->closes, 1, memory_order_release);
@@ -289,9 +273,9 @@ static void *serve_fiber(void *arg)
 	return NULL;
 }
 
-void gr__fd_mail(struct gr__hub *hub, struct gr__mail *m)
+void gr__fd_request(struct gr__hub *hub, struct gr__park *p)
 {
-	struct request *r = gr__container(m, struct request, mail);
+	struct request *r = gr__container(p, struct request, post);
 	struct gr__fdstate *st = gr__fd_peek(hub, r->fd);
 
 	if (st && !gr__list_empty(&st->ops) && !st->closing) {
@@ -352,7 +336,7 @@ static void note_target(struct gr__hub *hub, void *arg)
 	r->hub = hub;
 	r->hub_id = hub->root.id;
 	r->fd = t->call->fd;
-	r->mail.kind = GR__MAIL_FD;
+	r->post.what = "gr_close from another thread";
 }
 
 struct posting {
@@ -374,7 +358,7 @@ static void post_alive(struct gr__hub *hub, void *arg)
 			pthread_mutex_lock(&calls_lock);
 			ps->call->pending++;
 			pthread_mutex_unlock(&calls_lock);
-			gr__hub_post(hub, &r->mail);
+			gr__hub_post(hub, &r->post);
 		}
 	}
 }
@@ -396,8 +380,12 @@ static int ask(struct gr__hub *hub, struct gr__park *p, struct call *call, size_
 	return err;
 }
 
-static int close_with_others(struct gr__hub *hub, int fd, uint64_t bits, int *result)
+int gr__fd_close_elsewhere(struct gr__hub *hub, int fd)
 {
+	struct gr__claim *c = gr__claim_peek(fd);
+	uint64_t bits = atomic_load_explicit(&c->hubs, memory_order_seq_cst) & ~gr__claim_mine(hub);
+	int result = 0;
+
 	struct gr__park p = { .what = "gr_close (fd used by another thread)", .uncancellable = true };
 	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
 	bool self_performs = st && !gr__list_empty(&st->ops);
@@ -406,10 +394,8 @@ static int close_with_others(struct gr__hub *hub, int fd, uint64_t bits, int *re
 		/* Waiting is needed: inside the hub nothing can (EPERM, as a
 		 * gr_close there of an fd with operations in flight). */
 		int err = gr__park_prepare(&hub, &p, GR_FOREVER);
-		if (err) {
-			*result = err;
-			return 1;
-		}
+		if (err)
+			return err;
 	} else {
 		gr__xpark_thread_begin(&p, GR_FOREVER);
 	}
@@ -417,12 +403,10 @@ static int close_with_others(struct gr__hub *hub, int fd, uint64_t bits, int *re
 	struct targets t = { .self = hub, .bits = bits };
 	gr__hubs_visit(count_target, &t);
 	if (t.n == 0)
-		return 0; /* stale bits only: the usual close */
+		return gr__close_here(hub, fd, GR__CLOSE); /* stale bits only: the usual close */
 	struct call *call = calloc(1, sizeof(*call) + t.n * sizeof(struct request));
-	if (!call) {
-		*result = -ENOMEM;
-		return 1;
-	}
+	if (!call)
+		return -ENOMEM;
 	call->fd = fd;
 	call->nreq = t.n;
 	call->done.lock = &calls_lock;
@@ -439,40 +423,25 @@ static int close_with_others(struct gr__hub *hub, int fd, uint64_t bits, int *re
 		err = ask(hub, &p, call, self_performs ? 0 : 1, nhold, HOLD);
 	}
 	if (!err && self_performs) {
-		*result = gr__close_here(hub, fd, GR__CLOSE);
+		result = gr__close_here(hub, fd, GR__CLOSE);
 	} else if (!err && call->nreq) {
 		call->result = 1; /* unanswered: its hub went away meanwhile */
 		err = ask(hub, &p, call, 0, 1, CLOSE);
 		if (!err && call->result == 1) {
 			/* Nothing of that hub waits on fd any more: close it here. */
-			*result = close(fd) < 0 ? -errno : 0;
+			result = close(fd) < 0 ? -errno : 0;
 		} else {
-			*result = call->result;
+			result = call->result;
 		}
 	} else if (!err) {
-		*result = close(fd) < 0 ? -errno : 0;
+		result = close(fd) < 0 ? -errno : 0;
 	}
 	if (err)
-		*result = err;
+		result = err;
 	release_holds(call);
 	free(call);
 	if (st)
 		gr__fd_unclaim(hub, fd, st);
-	return 1;
+	return result;
 }
 
-int gr__fd_close_elsewhere(struct gr__hub *hub, int fd, int *result)
-{
-	struct claim *c = claim_of(fd, false);
-
-	if (!c)
-		return 0;
-	/* A hub's own bit never needs a request (unless slots are shared, and
-	 * the bit may be another hub's too). seq_cst pairs with the claim's:
-	 * an operation listed before this close began is seen. */
-	uint64_t mine = hub && !atomic_load_explicit(&slots_shared, memory_order_relaxed) ? bit_of(hub) : 0;
-	uint64_t others = atomic_load_explicit(&c->hubs, memory_order_seq_cst) & ~mine;
-	if (!others)
-		return 0;
-	return close_with_others(hub, fd, others, result);
-}

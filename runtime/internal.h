@@ -96,17 +96,6 @@ struct gr__waitq {
 
 struct gr__xq;
 
-/* A letter in a hub's inbox (struct gr__hub.inbox): what another thread
- * hands the hub. Embedded in what it carries. */
-enum gr__mail_kind {
-	GR__MAIL_WAKE,        /* a parked fiber, woken from afar (struct gr__park) */
-	GR__MAIL_FD,          /* an fd request from another thread (fd_remote.c) */
-};
-struct gr__mail {
-	struct gr__mail *next;
-	uint8_t kind;                     /* enum gr__mail_kind */
-};
-
 /* What a park waits on (struct gr__park.kind). */
 enum gr__park_kind {
 	GR__PARK_OP,          /* an operation: op */
@@ -123,7 +112,8 @@ struct gr__park {
 	int64_t deadline;                 /* effective: the call's, the fiber's */
 	struct gr__waitq *queue;          /* the queue it is on; NULL once off it */
 	struct gr__xq *xq;                /* the cross-thread queue it waits on */
-	void *xlock;                      /* xq's lock, kept: xq may be gone once left */
+	void *xlock;                      /* xq's lock, kept: xq may be gone once left;
+					     NULL once abandoned (its thread exits) */
 	struct gr__link link;             /* its place on queue or xq */
 	uintptr_t data;                   /* the primitive's hand-off slot */
 	int status;                       /* what the waker handed over */
@@ -131,11 +121,11 @@ struct gr__park {
 	bool uncancellable;               /* neither kill nor deadlines stop it */
 	bool xlinked;                     /* on xq (guarded by the xq's lock) */
 	bool draining;                    /* woken, waiting for its timer to finish */
-	bool abandoned;                   /* its thread exits: it will never return */
 	struct gr__op *op;                /* in flight for this call, or NULL: the
 					     operation, or a queue wait's deadline
 					     timer (in the waiting frame) */
-	struct gr__mail mail;             /* on its hub's inbox, woken from afar */
+	struct gr__park *inbox_next;      /* on a hub's inbox: a fiber woken from afar,
+					     or (fiber NULL) a request (fd_remote.c) */
 	void *cond;                       /* pthread_cond_t of a thread with no hub */
 };
 
@@ -226,13 +216,14 @@ int gr__notifier_wait(gr_notifier *n, int64_t deadline, bool uncancellable);
  * tell its object (on_leave, gone). Nothing of the object is touched after. */
 void gr__xpark_abandon(gr_fiber *f);
 
-/* Post m to hub's inbox, from any thread, and wake the hub if the inbox was
- * empty: one wake-up for any number of letters before the hub drains. The
- * caller keeps hub alive meanwhile (it holds a lock the hub's teardown
- * takes). */
-void gr__hub_post(struct gr__hub *hub, struct gr__mail *m);
-/* The hub takes what other threads sent, in the order they sent it: woken
- * fibers become runnable, requests are served. */
+/* Post p to hub's inbox, from any thread, and wake the hub if the inbox was
+ * empty: one wake-up for any number of posts before the hub drains. p is a
+ * fiber's park (woken), or a request from another thread's gr_close: a
+ * park with no fiber (no thread's park ever goes to an inbox). The caller
+ * keeps hub alive meanwhile (it holds a lock the hub's teardown takes). */
+void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
+/* The hub takes what other threads posted, in the order they posted it:
+ * woken fibers become runnable, requests are served. */
 void gr__hub_drain_inbox(struct gr__hub *hub);
 
 /* End f's current wait early because of `why` (ECANCELED for a kill, EIO
@@ -304,7 +295,7 @@ struct gr__hub {
 	size_t nfibers;                   /* live spawned fibers (not root) */
 	size_t inflight;                  /* operations submitted and not completed */
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
-	_Atomic(struct gr__mail *) inbox; /* sent by other threads (gr__hub_post) */
+	_Atomic(struct gr__park *) inbox; /* posted by other threads (gr__hub_post) */
 	size_t remote_waiting;            /* fibers parked on cross-thread queues */
 	struct gr__list fd_requests;      /* other threads' gr_close, served by fibers here */
 	unsigned fd_slot;                 /* its bit in the fd claims (fd_remote.c) */
@@ -318,6 +309,17 @@ struct gr__hub {
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
 };
+
+/* fd_remote.c: the bit of the fd record a gr_close on this hub needs no
+ * request for: the hub's own (none while slots are shared, when the bit may
+ * be another hub's too). */
+extern atomic_bool gr__claim_slots_shared;
+static inline uint64_t gr__claim_mine(const struct gr__hub *hub)
+{
+	if (!hub || atomic_load_explicit(&gr__claim_slots_shared, memory_order_relaxed))
+		return 0;
+	return (uint64_t)1 << hub->fd_slot;
+}
 
 /* This thread's hub, created (and its backend chosen) on first use;
  * NULL with *err = -errno if no backend can run. */
@@ -546,23 +548,65 @@ void gr__fd_table_free(struct gr__hub *hub);
  * gr__fd_claim: record this hub on fd (st->claimed was false); called when
  * an operation is first listed on the fd since this hub last closed it.
  * gr__fd_unclaim: drop it again (this hub closed the fd).
- * gr__fd_close_elsewhere: gr_close's first step. If hubs other than `hub`
- * (NULL: a thread without one) may have operations on fd, do the whole
- * close with them and return 1 with *result (0 or -errno); else 0, and the
- * caller closes fd as usual.
- * gr__fd_mail: serve a request from another thread's gr_close (the inbox).
+ * gr__fd_elsewhere: gr_close's first question, inline because every close
+ * asks it: may hubs other than `hub` (NULL: a thread without one) have
+ * operations on fd? If so gr__fd_close_elsewhere does the whole close with
+ * them: 0 or -errno.
+ * gr__fd_request: serve a request from another thread's gr_close (the inbox).
  * gr__fd_requests_at_exit: the hub's thread exits while its fibers serve
  * such requests: serve them now (hub.c, once nothing is in flight).
  * gr__fd_hold: the fd is drained here for another thread's close: hold it.
  * gr__fd_still_held: the fd is closing here (true), or was held and the
  * closer has closed it since (false, and the hold is over). */
+struct gr__claim {
+	_Atomic uint64_t hubs;            /* bit s: a hub of slot s may use the fd */
+	_Atomic uint32_t closes;          /* closes done while other hubs held it */
+};
+#define GR__CLAIM_CHUNK_SHIFT 12
+#define GR__CLAIM_CHUNK ((size_t)1 << GR__CLAIM_CHUNK_SHIFT)
+/* fds below 2^26 are recorded (the kernel's default fs.nr_open is 2^20); a
+ * number above is closed as if no other thread used it. */
+#define GR__CLAIM_CHUNKS ((size_t)1 << (26 - GR__CLAIM_CHUNK_SHIFT))
+extern _Atomic(struct gr__claim *) gr__claims[GR__CLAIM_CHUNKS];
+
+static inline struct gr__claim *gr__claim_peek(int fd)
+{
+	size_t c = (size_t)(unsigned)fd >> GR__CLAIM_CHUNK_SHIFT;
+
+	if (c >= GR__CLAIM_CHUNKS)
+		return NULL; /* a negative fd lands here too */
+	struct gr__claim *chunk = atomic_load_explicit(&gr__claims[c], memory_order_acquire);
+	return chunk ? &chunk[(size_t)fd & (GR__CLAIM_CHUNK - 1)] : NULL;
+}
+
+static inline bool gr__fd_elsewhere(const struct gr__hub *hub, int fd)
+{
+	struct gr__claim *c = gr__claim_peek(fd);
+
+	/* seq_cst pairs with the claim's: an operation listed before this
+	 * close began is seen. (On x86 a plain load either way.) */
+	return c && (atomic_load_explicit(&c->hubs, memory_order_seq_cst) & ~gr__claim_mine(hub));
+}
+
 void gr__fd_claim(struct gr__hub *hub, int fd, struct gr__fdstate *st);
-void gr__fd_unclaim(struct gr__hub *hub, int fd, struct gr__fdstate *st);
-int gr__fd_close_elsewhere(struct gr__hub *hub, int fd, int *result);
-void gr__fd_mail(struct gr__hub *hub, struct gr__mail *m);
+void gr__fd_unclaim_slow(struct gr__hub *hub, int fd, struct gr__fdstate *st);
+static inline void gr__fd_unclaim(struct gr__hub *hub, int fd, struct gr__fdstate *st)
+{
+	if (st->claimed)
+		gr__fd_unclaim_slow(hub, fd, st);
+}
+int gr__fd_close_elsewhere(struct gr__hub *hub, int fd);
+void gr__fd_request(struct gr__hub *hub, struct gr__park *p);
 void gr__fd_requests_at_exit(struct gr__hub *hub);
 void gr__fd_hold(int fd, struct gr__fdstate *st);
-bool gr__fd_still_held(int fd, struct gr__fdstate *st);
+bool gr__fd_hold_goes_on(int fd, struct gr__fdstate *st);
+
+static inline bool gr__fd_still_held(int fd, struct gr__fdstate *st)
+{
+	if (__builtin_expect(st->closing != GR__FD_HELD, 1))
+		return st->closing != 0;
+	return gr__fd_hold_goes_on(fd, st);
+}
 /* A hub's slot in the record, taken when it is installed, given back when
  * it goes; every slot is free again in a fork() child. */
 void gr__fd_slot_take(struct gr__hub *hub);

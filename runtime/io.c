@@ -217,7 +217,7 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr_
 			return r;
 		/* The wait ended, but other fibers ran before this one: if one of
 		 * them gr_closed the fd, the number may already name a new file. */
-		if (st->closes != closes || gr__fd_still_held(op->fd, st))
+		if (st->closes != closes || (st->closing && gr__fd_still_held(op->fd, st)))
 			return -EBADF;
 	}
 }
@@ -556,19 +556,28 @@ int gr_wait_fd(int fd, short events, int64_t deadline)
  * owns it at once. Fibers of other threads waiting on fd are reached through
  * their hubs first (fd_remote.c); the one load that asks costs nothing
  * measurable here (docs/threads.md). */
+static inline __attribute__((always_inline)) int close_here(struct gr__hub *hub, int fd,
+							    enum gr__close_how how);
+
 int gr_close(int fd)
 {
 	struct gr__hub *hub = gr__hub_peek();
-	int r;
 
 	if (fd < 0)
 		return (int)posix_result(-EBADF);
-	if (gr__fd_close_elsewhere(hub, fd, &r))
-		return (int)posix_result(r);
-	return (int)posix_result(gr__close_here(hub, fd, GR__CLOSE));
+	if (gr__fd_elsewhere(hub, fd))
+		return (int)posix_result(gr__fd_close_elsewhere(hub, fd));
+	return (int)posix_result(close_here(hub, fd, GR__CLOSE));
 }
 
 int gr__close_here(struct gr__hub *hub, int fd, enum gr__close_how how)
+{
+	return close_here(hub, fd, how);
+}
+
+/* Inlined into gr_close, whose every call runs it. */
+static inline __attribute__((always_inline)) int close_here(struct gr__hub *hub, int fd,
+							    enum gr__close_how how)
 {
 	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
 	if (!st)

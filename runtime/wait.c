@@ -264,14 +264,14 @@ static void xq_leave(struct gr__park *p, int status)
 		xq->on_leave(xq, p, false);
 }
 
-void gr__hub_post(struct gr__hub *hub, struct gr__mail *m)
+void gr__hub_post(struct gr__hub *hub, struct gr__park *p)
 {
-	/* Release: what the sender wrote before posting (a status, an item
-	 * handed over) is visible to the hub that takes m from its inbox. */
-	struct gr__mail *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
+	/* Release: what the poster wrote before posting (a status, an item
+	 * handed over) is visible to the hub that takes p from its inbox. */
+	struct gr__park *old = atomic_load_explicit(&hub->inbox, memory_order_relaxed);
 	do
-		m->next = old;
-	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, m, memory_order_release,
+		p->inbox_next = old;
+	while (!atomic_compare_exchange_weak_explicit(&hub->inbox, &old, p, memory_order_release,
 						      memory_order_relaxed));
 	if (!old)
 		(void)hub->ops->wake(hub->backend);
@@ -292,31 +292,30 @@ void gr__xunpark(struct gr__park *p, int status)
 	}
 	/* The lock is still held, so the hub cannot be torn down under the
 	 * post: its teardown takes the lock to abandon p (gr__xpark_abandon). */
-	p->mail.kind = GR__MAIL_WAKE;
-	gr__hub_post(hub, &p->mail);
+	gr__hub_post(hub, p);
 }
 
 void gr__hub_drain_inbox(struct gr__hub *hub)
 {
-	struct gr__mail *m = atomic_exchange_explicit(&hub->inbox, NULL, memory_order_acquire);
-	struct gr__mail *fifo = NULL;
+	struct gr__park *p = atomic_exchange_explicit(&hub->inbox, NULL, memory_order_acquire);
+	struct gr__park *fifo = NULL;
 
-	/* The inbox is a stack: reverse it, so letters are served in the
-	 * order they were sent. */
-	while (m) {
-		struct gr__mail *next = m->next;
+	/* The inbox is a stack: reverse it, so posts are served in the order
+	 * they were made. */
+	while (p) {
+		struct gr__park *next = p->inbox_next;
 
-		m->next = fifo;
-		fifo = m;
-		m = next;
+		p->inbox_next = fifo;
+		fifo = p;
+		p = next;
 	}
 	while (fifo) {
-		struct gr__mail *next = fifo->next; /* the letter may be gone once served */
+		struct gr__park *next = fifo->inbox_next; /* it may be gone once served */
 
-		if (fifo->kind == GR__MAIL_WAKE)
-			gr__ready(gr__container(fifo, struct gr__park, mail)->fiber);
+		if (fifo->fiber)
+			gr__ready(fifo->fiber);
 		else
-			gr__fd_mail(hub, fifo);
+			gr__fd_request(hub, fifo);
 		fifo = next;
 	}
 }
@@ -329,8 +328,8 @@ static void xpark_end_early(struct gr__park *p, int status)
 	pthread_mutex_t *lock = p->xlock;
 	bool mine;
 
-	if (p->abandoned)
-		return; /* its object may be gone: see gr__xpark_abandon */
+	if (!lock)
+		return; /* abandoned, and its object may be gone: gr__xpark_abandon */
 	pthread_mutex_lock(lock);
 	mine = p->xlinked;
 	if (mine)
@@ -344,7 +343,7 @@ void gr__xpark_abandon(gr_fiber *f)
 {
 	struct gr__park *p = f->park;
 
-	if (!p || p->kind != GR__PARK_XQUEUE || p->abandoned)
+	if (!p || p->kind != GR__PARK_XQUEUE || !p->xlock)
 		return;
 	/* Whether still queued or handed something it will never take, its
 	 * caller will not return: the object settles for it, under its lock,
@@ -355,7 +354,7 @@ void gr__xpark_abandon(gr_fiber *f)
 	struct gr__xq *xq = p->xq;
 	if (p->xlinked)
 		xq_remove(p, -ECANCELED);
-	p->abandoned = true;
+	p->xlock = NULL;
 	if (xq->on_leave)
 		xq->on_leave(xq, p, true);
 	pthread_mutex_unlock(lock);
@@ -410,7 +409,6 @@ int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq)
 	p->xlinked = true;
 	p->kind = GR__PARK_XQUEUE;
 	p->draining = false;
-	p->abandoned = false;
 	gr__list_push_back(&xq->parked, &p->link);
 	if (!p->fiber)
 		return xpark_thread(p, lock);
