@@ -149,10 +149,8 @@ int gr_chan_send(gr_chan *c, void *item, int64_t deadline)
 	struct chan *ch = CH(c);
 	struct gr__hub *hub = NULL;
 	struct gr__park p = { .what = "gr_chan_send" };
-	int err = c ? gr__xpark_prepare(&hub, &p, deadline) : -EINVAL;
+	int err = gr__xhead_enter(c ? &ch->h : NULL, GR__MAGIC_CHAN, &hub, &p, deadline);
 
-	if (!err)
-		err = gr__xhead_lock(&ch->h, GR__MAGIC_CHAN);
 	if (err)
 		return err;
 	if (ch->closed) {
@@ -185,10 +183,8 @@ int gr_chan_recv(gr_chan *c, void **item, int64_t deadline)
 	struct chan *ch = CH(c);
 	struct gr__hub *hub = NULL;
 	struct gr__park p = { .what = "gr_chan_recv" };
-	int err = c ? gr__xpark_prepare(&hub, &p, deadline) : -EINVAL;
+	int err = gr__xhead_enter(c ? &ch->h : NULL, GR__MAGIC_CHAN, &hub, &p, deadline);
 
-	if (!err)
-		err = gr__xhead_lock(&ch->h, GR__MAGIC_CHAN);
 	if (err)
 		return err;
 	err = take(ch, item);

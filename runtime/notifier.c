@@ -111,10 +111,8 @@ int gr__notifier_wait(gr_notifier *n, int64_t deadline, bool uncancellable)
 	struct notifier *nt = NT(n);
 	struct gr__hub *hub = NULL;
 	struct gr__park p = { .what = "gr_notifier_wait", .uncancellable = uncancellable };
-	int err = n ? gr__xpark_prepare(&hub, &p, deadline) : -EINVAL;
+	int err = gr__xhead_enter(n ? &nt->h : NULL, GR__MAGIC_NOTIFIER, &hub, &p, deadline);
 
-	if (!err)
-		err = gr__xhead_lock(&nt->h, GR__MAGIC_NOTIFIER);
 	if (err)
 		return err;
 	/* Exchanged, not stored: a lock-free fire may add to it meanwhile. */

@@ -704,12 +704,12 @@ int gr_server_start(gr_server *s)
 	if (s->started || s->stopping)
 		return -EALREADY;
 
-	int err = 0;
-	struct gr__hub *hub = gr__hub_get(&err);
-	if (!hub)
+	/* The owner's hub (made now if need be), and its backend for every
+	 * shard; EPERM inside the hub, as any call that spawns. */
+	struct gr__hub *hub = NULL;
+	int err = gr__park_hub(&hub);
+	if (err)
 		return err;
-	if (hub->current == hub->loop)
-		return -EPERM;
 	s->ops = hub->ops;
 	int port = ntohs(s->addr.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&s->addr)->sin6_port
 						       : ((struct sockaddr_in *)&s->addr)->sin_port);

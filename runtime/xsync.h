@@ -61,6 +61,16 @@ static inline int gr__xpark_prepare(struct gr__hub **hubp, struct gr__park *p, i
 	return 0;
 }
 
+/* Entry of a call that may wait: the gate's checks, then the lock (held on
+ * success). h NULL: -EINVAL. */
+static inline int gr__xhead_enter(struct gr__xhead *h, uint32_t magic, struct gr__hub **hubp,
+				  struct gr__park *p, int64_t deadline)
+{
+	int err = h ? gr__xpark_prepare(hubp, p, deadline) : -EINVAL;
+
+	return err ? err : gr__xhead_lock(h, magic);
+}
+
 /* Park on q (lock held), counted as a user. Deadline 0 never parks. */
 static inline int gr__xhead_wait(struct gr__xhead *h, struct gr__hub *hub, struct gr__park *p,
 				 struct gr__xq *q)

@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -186,4 +188,165 @@ int grt_move_fd(int from, int to)
 	if (dup3(from, to, O_CLOEXEC) < 0)
 		return -1;
 	return close(from);
+}
+
+static pthread_mutex_t fail_lock = PTHREAD_MUTEX_INITIALIZER;
+static int fail_count;
+static char fail_first[256];
+
+void grt_fail(const char *fmt, ...)
+{
+	pthread_mutex_lock(&fail_lock);
+	if (fail_count++ == 0) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		vsnprintf(fail_first, sizeof(fail_first), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&fail_lock);
+}
+
+int grt_failures(const char **first)
+{
+	pthread_mutex_lock(&fail_lock);
+	int n = fail_count;
+	*first = fail_first;
+	pthread_mutex_unlock(&fail_lock);
+	return n;
+}
+
+void grt_fail_reset(void)
+{
+	pthread_mutex_lock(&fail_lock);
+	fail_count = 0;
+	fail_first[0] = '\0';
+	pthread_mutex_unlock(&fail_lock);
+}
+
+bool grt_send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t w = gr_send(fd, p, len, 0);
+
+		if (w < 0)
+			return false;
+		p += w;
+		len -= (size_t)w;
+	}
+	return true;
+}
+
+bool grt_recv_all(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t r = gr_recv(fd, p, len, 0);
+
+		if (r <= 0)
+			return false;
+		p += r;
+		len -= (size_t)r;
+	}
+	return true;
+}
+
+int grt_connect_green(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int one = 1;
+
+	if (fd < 0) {
+		grt_fail("socket: %s", strerror(errno));
+		return -1;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		grt_fail("connect to %d: %s", port, strerror(errno));
+		gr_close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static __thread uint64_t rng_state;
+
+void grt_rng_seed(uint64_t seed)
+{
+	rng_state = seed;
+}
+
+uint64_t grt_rng(void)
+{
+	/* splitmix64: small, good enough, and the same everywhere. */
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+unsigned grt_pick(unsigned n)
+{
+	return (unsigned)(grt_rng() % n);
+}
+
+int64_t grt_random_deadline(void)
+{
+	switch (grt_pick(8)) {
+	case 0:
+	case 1:
+	case 2:
+		return GR_FOREVER;
+	case 3:
+		return 0;
+	case 4:
+		return gr_now() - 1;
+	default:
+		return gr_now() + (int64_t)grt_pick(300) * 1000; /* up to 300 us */
+	}
+}
+
+int grt_random_pause(void)
+{
+	switch (grt_pick(6)) {
+	case 0:
+		return 0;
+	case 1:
+		return gr_sleep((int64_t)grt_pick(100) * 1000);
+	default:
+		return gr_sleep(0);
+	}
+}
+
+void *grt_echo_client(void *arg)
+{
+	struct grt_echo_client *c = arg;
+	unsigned char *out = malloc(c->size), *in = malloc(c->size);
+	int fd = grt_connect_green(c->port);
+
+	if (!out || !in)
+		grt_fail("malloc");
+	for (int r = 0; out && in && fd >= 0 && r < c->rounds; r++) {
+		for (size_t i = 0; i < c->size; i++)
+			out[i] = grt_pattern(c->seed + (unsigned)r, i);
+		if (!grt_send_all(fd, out, c->size) || !grt_recv_all(fd, in, c->size)) {
+			grt_fail("client %u round %d: %s", c->seed, r, strerror(errno));
+			break;
+		}
+		if (memcmp(in, out, c->size) != 0) {
+			grt_fail("client %u round %d: echoed bytes differ", c->seed, r);
+			break;
+		}
+	}
+	if (fd >= 0)
+		gr_close(fd);
+	free(out);
+	free(in);
+	return NULL;
 }

@@ -15,6 +15,8 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 #include <greenring.h>
 
@@ -68,6 +70,59 @@ struct grt_thread {
 };
 void grt_thread_start(struct grt_thread *t, int with_hub, void (*fn)(void *), void *arg);
 void grt_thread_join(struct grt_thread *t);
+
+/* Failures seen where cr_assert must not run (fibers: an assertion must not
+ * unwind a fiber's stack; other threads): counted, the first one's message
+ * kept. Thread-safe. The test body asserts with grt_assert_no_failures()
+ * after joining. grt_fail_reset() starts a count afresh. */
+void grt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int grt_failures(const char **first);
+void grt_fail_reset(void);
+#define grt_assert_no_failures()                                                          \
+	do {                                                                              \
+		const char *first_ = "";                                                  \
+		int n_ = grt_failures(&first_);                                           \
+		cr_assert_eq(n_, 0, "%d failures in fibers; first: %s", n_, first_);      \
+	} while (0)
+
+/* Green: send all of buf / receive exactly len bytes; false on an error (or
+ * EOF) first. */
+bool grt_send_all(int fd, const void *buf, size_t len);
+bool grt_recv_all(int fd, void *buf, size_t len);
+
+/* A TCP socket connected to 127.0.0.1:port with gr_connect (TCP_NODELAY), or
+ * -1 with the failure noted (grt_fail). */
+int grt_connect_green(int port);
+
+/* Randomized tests: a splitmix64 per thread, seeded with grt_rng_seed. */
+void grt_rng_seed(uint64_t seed);
+uint64_t grt_rng(void);
+unsigned grt_pick(unsigned n);
+/* A random deadline for one call: forever, try once, already past, or within
+ * 300 us. */
+int64_t grt_random_deadline(void);
+
+/* Let other fibers run for a random while (none, a yield, up to 100 us);
+ * -ECANCELED tells a killed fiber to stop. */
+int grt_random_pause(void);
+
+/* The byte at offset i of stream `seed`: echoed messages are checked byte
+ * by byte. */
+static inline unsigned char grt_pattern(unsigned seed, size_t i)
+{
+	return (unsigned char)(seed * 131u + i * 7u + (i >> 8));
+}
+
+/* An echo client fiber (gr_spawn(grt_echo_client, &c)): connects to port,
+ * sends `rounds` messages of `size` bytes of stream seed + round, checks
+ * each echo; failures go to grt_fail. */
+struct grt_echo_client {
+	int port;
+	unsigned seed;
+	size_t size;
+	int rounds;
+};
+void *grt_echo_client(void *arg);
 
 /* Make the number `to` name the file `from` names, and close `from` (unless
  * it is `to` already). 0, or -1 with errno. */

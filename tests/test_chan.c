@@ -325,27 +325,35 @@ static void await_waiting(struct waiter *w, int n)
 	assert_ok(gr_sleep(20 * GR_MSEC));
 }
 
-Test(chan, close_wakes_receivers_on_other_threads_and_senders_too)
+/* Three waiters on c, in send or recv: two fibers of another hub and a
+ * plain thread; then close: each must get EPIPE. */
+static void close_under_waiters(gr_chan *c, int send)
 {
-	gr_chan c;
-	struct waiter w[4];
-	struct fibers_wait fw;
+	struct waiter w[3];
+	struct fibers_wait fw = { .w = w, .n = 2 };
 	struct grt_thread hubw, plain;
 
-	/* Receivers: two fibers of another hub, one plain thread. */
-	assert_ok(gr_chan_init(&c, 2));
 	memset(w, 0, sizeof(w));
 	for (int i = 0; i < 3; i++)
-		w[i] = (struct waiter){ .c = &c, .deadline = GR_FOREVER };
-	fw = (struct fibers_wait){ .w = w, .n = 2 };
+		w[i] = (struct waiter){ .c = c, .send = send, .deadline = GR_FOREVER };
 	grt_thread_start(&hubw, 1, wait_as_fibers, &fw);
 	grt_thread_start(&plain, 0, wait_plain, &w[2]);
 	await_waiting(w, 3);
-	assert_ok(gr_chan_close(&c));
+	assert_ok(gr_chan_close(c));
 	grt_thread_join(&hubw);
 	grt_thread_join(&plain);
 	for (int i = 0; i < 3; i++)
 		assert_err(w[i].rc, EPIPE);
+}
+
+Test(chan, close_wakes_receivers_on_other_threads_and_senders_too)
+{
+	gr_chan c;
+	void *it;
+
+	/* Receivers of an empty channel. */
+	assert_ok(gr_chan_init(&c, 2));
+	close_under_waiters(&c, 0);
 	assert_err(gr_chan_send(&c, item(1), GR_FOREVER), EPIPE);
 	assert_err(gr_chan_trysend(&c, item(1)), EPIPE);
 	assert_ok(gr_chan_close(&c)); /* twice is harmless */
@@ -356,18 +364,7 @@ Test(chan, close_wakes_receivers_on_other_threads_and_senders_too)
 	assert_ok(gr_chan_init(&c, 2));
 	assert_ok(gr_chan_trysend(&c, item(1)));
 	assert_ok(gr_chan_trysend(&c, item(2)));
-	memset(w, 0, sizeof(w));
-	for (int i = 0; i < 3; i++)
-		w[i] = (struct waiter){ .c = &c, .send = 1, .deadline = GR_FOREVER };
-	grt_thread_start(&hubw, 1, wait_as_fibers, &fw);
-	grt_thread_start(&plain, 0, wait_plain, &w[2]);
-	await_waiting(w, 3);
-	assert_ok(gr_chan_close(&c));
-	grt_thread_join(&hubw);
-	grt_thread_join(&plain);
-	for (int i = 0; i < 3; i++)
-		assert_err(w[i].rc, EPIPE);
-	void *it;
+	close_under_waiters(&c, 1);
 	assert_ok(gr_chan_recv(&c, &it, GR_FOREVER));
 	cr_assert_eq(it, item(1));
 	assert_ok(gr_chan_tryrecv(&c, &it));

@@ -42,56 +42,15 @@ enum {
 	MAX_ITEMS = (HUBS * MAX_SENDERS + 1) * MAX_PER_SENDER,
 };
 
-/* ------------------------------------------------------------ randomness */
-
-static __thread uint64_t rng_state;
-
-static uint64_t rng(void)
-{
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static unsigned pick(unsigned n)
-{
-	return (unsigned)(rng() % n);
-}
-
-static int64_t random_deadline(void)
-{
-	switch (pick(8)) {
-	case 0:
-	case 1:
-	case 2:
-		return GR_FOREVER;
-	case 3:
-		return 0;
-	case 4:
-		return gr_now() - 1;
-	default:
-		return gr_now() + (int64_t)pick(300) * 1000;
-	}
-}
-
 /* A plain thread has no fibers to let run: it pauses in the kernel. */
 static int random_pause(int plain)
 {
 	if (plain) {
-		if (pick(4) == 0)
-			usleep(pick(50));
+		if (grt_pick(4) == 0)
+			usleep(grt_pick(50));
 		return 0;
 	}
-	switch (pick(6)) {
-	case 0:
-		return 0;
-	case 1:
-		return gr_sleep((int64_t)pick(100) * 1000);
-	default:
-		return gr_sleep(0);
-	}
+	return grt_random_pause();
 }
 
 /* ------------------------------------------------------------ the world */
@@ -133,14 +92,14 @@ static void send_role(struct role *ro)
 	for (int id = ro->first; id < ro->first + ro->count; id++) {
 		int r;
 
-		if (pick(5) == 0) {
+		if (grt_pick(5) == 0) {
 			r = gr_chan_trysend(&w->c, item_ptr(id));
-		} else if (!ro->plain && pick(6) == 0) {
-			int64_t old = gr_deadline_set(gr_now() + (int64_t)pick(200) * 1000);
-			r = gr_chan_send(&w->c, item_ptr(id), random_deadline());
+		} else if (!ro->plain && grt_pick(6) == 0) {
+			int64_t old = gr_deadline_set(gr_now() + (int64_t)grt_pick(200) * 1000);
+			r = gr_chan_send(&w->c, item_ptr(id), grt_random_deadline());
 			gr_deadline_set(old);
 		} else {
-			r = gr_chan_send(&w->c, item_ptr(id), random_deadline());
+			r = gr_chan_send(&w->c, item_ptr(id), grt_random_deadline());
 		}
 		if (r == 0) {
 			w->delivered[id] = 1;
@@ -176,7 +135,7 @@ static void recv_role(struct role *ro)
 
 	for (;;) {
 		void *it = NULL;
-		int r = pick(5) == 0 ? gr_chan_tryrecv(&w->c, &it) : gr_chan_recv(&w->c, &it, random_deadline());
+		int r = grt_pick(5) == 0 ? gr_chan_tryrecv(&w->c, &it) : gr_chan_recv(&w->c, &it, grt_random_deadline());
 
 		if (r == 0)
 			receive(w, it);
@@ -218,9 +177,9 @@ static void *killer(void *arg)
 	int n = sd->ns + sd->nr;
 
 	for (int i = 0; i < sd->kills; i++) {
-		if (pick(3))
-			gr_sleep(pick(2) ? 0 : (int64_t)pick(400) * 1000);
-		if (gr_kill(sd->f[pick((unsigned)n)]) == 0)
+		if (grt_pick(3))
+			gr_sleep(grt_pick(2) ? 0 : (int64_t)grt_pick(400) * 1000);
+		if (gr_kill(sd->f[grt_pick((unsigned)n)]) == 0)
 			atomic_fetch_add(&sd->w->kills, 1);
 	}
 	return NULL;
@@ -230,7 +189,7 @@ static void side_run(struct side *sd)
 {
 	int n = sd->ns + sd->nr;
 
-	rng_state = sd->seed;
+	grt_rng_seed(sd->seed);
 	for (int i = 0; i < n; i++) {
 		sd->f[i] = gr_spawn(role_fiber, &sd->roles[i]);
 		if (!sd->f[i])
@@ -265,7 +224,7 @@ static void *plain_thread(void *arg)
 {
 	struct plain *pl = arg;
 
-	rng_state = pl->seed;
+	grt_rng_seed(pl->seed);
 	role_fiber(&pl->ro);
 	return NULL;
 }
@@ -276,15 +235,15 @@ static void round_run(uint64_t seed, uint64_t round, struct world *w, struct sid
 {
 	struct plain pl;
 
-	rng_state = seed ^ (round * 0x51ed27u);
+	grt_rng_seed(seed ^ (round * 0x51ed27u));
 	memset(w, 0, sizeof(*w));
-	assert_ok(gr_chan_init(&w->c, capacities[pick(5)]));
+	assert_ok(gr_chan_init(&w->c, capacities[grt_pick(5)]));
 	int senders = 0, receivers = 0;
 	for (int h = 0; h < HUBS; h++) {
-		sd[h] = (struct side){ .w = w, .seed = rng(), .ns = 1 + (int)pick(MAX_SENDERS),
-				       .nr = 1 + (int)pick(MAX_RECEIVERS), .kills = (int)pick(6) };
+		sd[h] = (struct side){ .w = w, .seed = grt_rng(), .ns = 1 + (int)grt_pick(MAX_SENDERS),
+				       .nr = 1 + (int)grt_pick(MAX_RECEIVERS), .kills = (int)grt_pick(6) };
 		for (int i = 0; i < sd[h].ns; i++) {
-			int count = 1 + (int)pick(MAX_PER_SENDER);
+			int count = 1 + (int)grt_pick(MAX_PER_SENDER);
 
 			sd[h].roles[i] = (struct role){ .w = w, .sender = 1, .first = w->nitems, .count = count };
 			w->nitems += count;
@@ -294,10 +253,10 @@ static void round_run(uint64_t seed, uint64_t round, struct world *w, struct sid
 		senders += sd[h].ns;
 		receivers += sd[h].nr;
 	}
-	pl = (struct plain){ .seed = rng(), .ro = { .w = w, .plain = 1, .sender = (int)pick(2) } };
+	pl = (struct plain){ .seed = grt_rng(), .ro = { .w = w, .plain = 1, .sender = (int)grt_pick(2) } };
 	if (pl.ro.sender) {
 		pl.ro.first = w->nitems;
-		pl.ro.count = 1 + (int)pick(MAX_PER_SENDER);
+		pl.ro.count = 1 + (int)grt_pick(MAX_PER_SENDER);
 		w->nitems += pl.ro.count;
 		senders++;
 	} else {

@@ -3,8 +3,8 @@
  * bench/echo_server program end to end. Run once per hub.
  *
  * Fibers never call cr_assert (a failed assertion must not unwind a fiber's
- * stack): they count failures in `failures` with a first message, and the test
- * body asserts on that after joining them.
+ * stack): they report with grt_fail (support.h), and the test body asserts
+ * with grt_assert_no_failures() after joining them.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -12,7 +12,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,83 +23,6 @@
 
 GRT_SUITE(server);
 
-static int failures;
-static char first_failure[256];
-
-static void fail(const char *fmt, ...)
-{
-	if (failures++ == 0) {
-		va_list ap;
-
-		va_start(ap, fmt);
-		vsnprintf(first_failure, sizeof(first_failure), fmt, ap);
-		va_end(ap);
-	}
-}
-
-#define assert_no_failures() \
-	cr_assert_eq(failures, 0, "%d failures in fibers; first: %s", failures, first_failure)
-
-/* ------------------------------------------------------------ helpers */
-
-static bool send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t w = gr_send(fd, p, len, 0);
-
-		if (w < 0)
-			return false;
-		p += w;
-		len -= (size_t)w;
-	}
-	return true;
-}
-
-/* Read exactly len bytes; false on EOF or error first. */
-static bool recv_all(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-
-	while (len) {
-		ssize_t r = gr_recv(fd, p, len, 0);
-
-		if (r <= 0)
-			return false;
-		p += r;
-		len -= (size_t)r;
-	}
-	return true;
-}
-
-/* A green client socket connected to 127.0.0.1:port, or -1 (failure noted). */
-static int client(int port)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int one = 1;
-
-	if (fd < 0) {
-		fail("socket: %s", strerror(errno));
-		return -1;
-	}
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fail("connect to %d: %s", port, strerror(errno));
-		gr_close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-/* The byte at offset i of stream `seed`: messages are checked byte by byte. */
-static inline unsigned char pattern(unsigned seed, size_t i)
-{
-	return (unsigned char)(seed * 131u + i * 7u + (i >> 8));
-}
-
 static int last_peer_family;
 
 static void echo_handler(int fd, const struct sockaddr *peer, void *arg)
@@ -110,11 +32,11 @@ static void echo_handler(int fd, const struct sockaddr *peer, void *arg)
 
 	(void)arg;
 	if (!peer || (peer->sa_family != AF_INET && peer->sa_family != AF_INET6))
-		fail("handler: peer %p family %d", (const void *)peer, peer ? peer->sa_family : -1);
+		grt_fail("handler: peer %p family %d", (const void *)peer, peer ? peer->sa_family : -1);
 	else
 		last_peer_family = peer->sa_family;
 	while ((n = gr_recv(fd, buf, sizeof(buf), 0)) > 0) {
-		if (!send_all(fd, buf, (size_t)n))
+		if (!grt_send_all(fd, buf, (size_t)n))
 			return;
 	}
 }
@@ -150,43 +72,6 @@ static void stop_and_free(gr_server *s)
 
 /* ------------------------------------------------------------ echo */
 
-struct echo_client {
-	int port;
-	unsigned seed;
-	size_t size;
-	int rounds;
-};
-
-/* Several request/response rounds of `size` bytes, each checked. */
-static void *echo_client_main(void *arg)
-{
-	struct echo_client *c = arg;
-	unsigned char *out = malloc(c->size), *in = malloc(c->size);
-	int fd = client(c->port);
-
-	if (!out || !in || fd < 0) {
-		if (!out || !in)
-			fail("malloc");
-		goto done;
-	}
-	for (int r = 0; r < c->rounds; r++) {
-		for (size_t i = 0; i < c->size; i++)
-			out[i] = pattern(c->seed + (unsigned)r, i);
-		if (!send_all(fd, out, c->size) || !recv_all(fd, in, c->size)) {
-			fail("client %u round %d: %s", c->seed, r, strerror(errno));
-			break;
-		}
-		if (memcmp(in, out, c->size) != 0) {
-			fail("client %u round %d: echoed bytes differ", c->seed, r);
-			break;
-		}
-	}
-	gr_close(fd);
-done:
-	free(out);
-	free(in);
-	return NULL;
-}
 
 #define MANY 200
 
@@ -194,18 +79,18 @@ Test(server, echo_many_connections)
 {
 	int port;
 	gr_server *s = start_echo(NULL, &port);
-	static struct echo_client cl[MANY];
+	static struct grt_echo_client cl[MANY];
 	static gr_fiber *f[MANY];
 
 	for (int i = 0; i < MANY; i++) {
 		/* Sizes from 1 byte to ~6 KiB, so some messages take several reads. */
-		cl[i] = (struct echo_client){ .port = port, .seed = (unsigned)i,
+		cl[i] = (struct grt_echo_client){ .port = port, .seed = (unsigned)i,
 					      .size = 1 + (size_t)(i * 31) % 6000, .rounds = 5 };
-		f[i] = gr_spawn(echo_client_main, &cl[i]);
+		f[i] = gr_spawn(grt_echo_client, &cl[i]);
 		cr_assert_not_null(f[i]);
 	}
 	join_all(f, MANY);
-	assert_no_failures();
+	grt_assert_no_failures();
 	/* Every client closed: the handlers end on EOF, without being killed. */
 	cr_assert_eq(gr_server_stop(s, 0), 0);
 	int r = gr_server_wait(s, gr_now() + 10 * GR_SEC);
@@ -231,9 +116,9 @@ static void *big_writer(void *arg)
 		size_t n = b->size - off < sizeof(chunk) ? b->size - off : sizeof(chunk);
 
 		for (size_t i = 0; i < n; i++)
-			chunk[i] = pattern(b->seed, off + i);
-		if (!send_all(b->fd, chunk, n)) {
-			fail("big writer %u: %s", b->seed, strerror(errno));
+			chunk[i] = grt_pattern(b->seed, off + i);
+		if (!grt_send_all(b->fd, chunk, n)) {
+			grt_fail("big writer %u: %s", b->seed, strerror(errno));
 			return NULL;
 		}
 		off += n;
@@ -250,12 +135,12 @@ static void *big_reader(void *arg)
 		ssize_t n = gr_recv(b->fd, chunk, sizeof(chunk), 0);
 
 		if (n <= 0) {
-			fail("big reader %u: %s at %zu", b->seed, n ? strerror(errno) : "EOF", off);
+			grt_fail("big reader %u: %s at %zu", b->seed, n ? strerror(errno) : "EOF", off);
 			return NULL;
 		}
 		for (ssize_t i = 0; i < n; i++) {
-			if (chunk[i] != pattern(b->seed, off + (size_t)i)) {
-				fail("big reader %u: byte %zu differs", b->seed, off + (size_t)i);
+			if (chunk[i] != grt_pattern(b->seed, off + (size_t)i)) {
+				grt_fail("big reader %u: byte %zu differs", b->seed, off + (size_t)i);
 				return NULL;
 			}
 		}
@@ -273,9 +158,9 @@ Test(server, echo_large_messages)
 	gr_fiber *f[2 * N];
 
 	for (int i = 0; i < N; i++) {
-		b[i] = (struct big){ .fd = client(port), .seed = 1000u + (unsigned)i,
+		b[i] = (struct big){ .fd = grt_connect_green(port), .seed = 1000u + (unsigned)i,
 				     .size = (size_t)(4 << 20) + (size_t)i * 777 };
-		cr_assert_geq(b[i].fd, 0, "%s", first_failure);
+		cr_assert_geq(b[i].fd, 0, "connecting client %d", i);
 		f[2 * i] = gr_spawn(big_writer, &b[i]);
 		f[2 * i + 1] = gr_spawn(big_reader, &b[i]);
 		cr_assert(f[2 * i] && f[2 * i + 1]);
@@ -283,7 +168,7 @@ Test(server, echo_large_messages)
 	join_all(f, 2 * N);
 	for (int i = 0; i < N; i++)
 		gr_close(b[i].fd);
-	assert_no_failures();
+	grt_assert_no_failures();
 	stop_and_free(s);
 }
 
@@ -300,7 +185,7 @@ static void counting_handler(int fd, const struct sockaddr *peer, void *arg)
 	if (active > max_active)
 		max_active = active;
 	if ((size_t)active > cap || gr_server_conns(capped) > (long)cap)
-		fail("%d handlers (%ld conns) at once, cap %zu", active, gr_server_conns(capped), cap);
+		grt_fail("%d handlers (%ld conns) at once, cap %zu", active, gr_server_conns(capped), cap);
 	echo_handler(fd, peer, NULL);
 	active--;
 }
@@ -310,7 +195,7 @@ static bool cap_release;
 static void *cap_client(void *arg)
 {
 	int port = *(int *)arg;
-	int fd = client(port);
+	int fd = grt_connect_green(port);
 	char c = 'x';
 
 	if (fd < 0)
@@ -318,9 +203,10 @@ static void *cap_client(void *arg)
 	/* One echo proves a handler is serving this connection. The first
 	 * clients served hold their connection until the test has seen the
 	 * cap reached; the others wait behind it in the backlog meanwhile. */
-	if (!send_all(fd, &c, 1) || !recv_all(fd, &c, 1) || c != 'x')
-		fail("cap client: no echo: %s", strerror(errno));
-	while (!cap_release && !failures)
+	if (!grt_send_all(fd, &c, 1) || !grt_recv_all(fd, &c, 1) || c != 'x')
+		grt_fail("cap client: no echo: %s", strerror(errno));
+	const char *first;
+	while (!cap_release && !grt_failures(&first))
 		gr_sleep(GR_MSEC);
 	gr_close(fd);
 	return NULL;
@@ -345,7 +231,7 @@ Test(server, max_conns_is_respected)
 	/* The cap is reached and holds: the other clients are connected (the
 	 * kernel completed their handshakes) but have no handler. */
 	while (active < (int)cap) {
-		assert_no_failures();
+		grt_assert_no_failures();
 		cr_assert_eq(gr_sleep(GR_MSEC), 0);
 	}
 	for (int i = 0; i < 10; i++)
@@ -354,7 +240,7 @@ Test(server, max_conns_is_respected)
 	cr_assert_eq(gr_server_conns(capped), (long)cap);
 	cap_release = true;
 	join_all(f, CLIENTS);
-	assert_no_failures();
+	grt_assert_no_failures();
 	/* Every client was served (each got its echo), never more than `cap`
 	 * at once (checked by every handler as it starts). */
 	cr_assert_eq(max_active, (int)cap, "at most %d handlers ran at once, cap %zu", max_active,
@@ -376,7 +262,7 @@ static void recording_handler(int fd, const struct sockaddr *peer, void *arg)
 	(void)arg;
 	handlers_started++;
 	while ((n = gr_recv(fd, buf, sizeof(buf), 0)) > 0) {
-		if (!send_all(fd, buf, (size_t)n))
+		if (!grt_send_all(fd, buf, (size_t)n))
 			return;
 	}
 	if (n < 0 && errno == ECANCELED)
@@ -396,7 +282,7 @@ static void wait_until(const bool *flags, size_t stride, int n)
 {
 	for (int i = 0; i < n; i++) {
 		while (!*(const bool *)((const char *)flags + (size_t)i * stride)) {
-			assert_no_failures(); /* a client that failed never sets it */
+			grt_assert_no_failures(); /* a client that failed never sets it */
 			cr_assert_eq(gr_sleep(GR_MSEC), 0);
 		}
 	}
@@ -408,10 +294,10 @@ static void *idle_client_main(void *arg)
 	struct idle_client *c = arg;
 	char ch = 'p';
 
-	c->fd = client(c->port);
+	c->fd = grt_connect_green(c->port);
 	if (c->fd < 0)
 		return NULL;
-	c->served = send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
+	c->served = grt_send_all(c->fd, &ch, 1) && grt_recv_all(c->fd, &ch, 1);
 	c->saw_eof = gr_recv(c->fd, &ch, 1, 0) == 0;
 	gr_close(c->fd);
 	return NULL;
@@ -461,15 +347,15 @@ static void *one_round_then_close(void *arg)
 	struct idle_client *c = arg;
 	char ch = 'q';
 
-	c->fd = client(c->port);
+	c->fd = grt_connect_green(c->port);
 	if (c->fd < 0)
 		return NULL;
-	c->served = send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
+	c->served = grt_send_all(c->fd, &ch, 1) && grt_recv_all(c->fd, &ch, 1);
 	/* Wait (through the runtime) until main has stopped the server, then
 	 * check the connection still works. */
 	while (!c->go)
 		gr_sleep(GR_MSEC);
-	c->served = c->served && send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
+	c->served = c->served && grt_send_all(c->fd, &ch, 1) && grt_recv_all(c->fd, &ch, 1);
 	gr_close(c->fd);
 	return NULL;
 }
@@ -542,19 +428,19 @@ static void stopping_handler(int fd, const struct sockaddr *peer, void *arg)
 	inside_free = gr_server_free(self_stopping);
 	gr_server_stop(self_stopping, GR_SERVER_KILL);
 	/* Not killed itself: it can still answer. */
-	if (!send_all(fd, &ch, 1))
-		fail("the stopping handler could not answer: %s", strerror(errno));
+	if (!grt_send_all(fd, &ch, 1))
+		grt_fail("the stopping handler could not answer: %s", strerror(errno));
 }
 
 static void *poke(void *arg)
 {
-	int fd = client(*(int *)arg);
+	int fd = grt_connect_green(*(int *)arg);
 	char ch = 's';
 
 	if (fd < 0)
 		return NULL;
-	if (!send_all(fd, &ch, 1) || !recv_all(fd, &ch, 1))
-		fail("poke: %s", strerror(errno));
+	if (!grt_send_all(fd, &ch, 1) || !grt_recv_all(fd, &ch, 1))
+		grt_fail("poke: %s", strerror(errno));
 	gr_close(fd);
 	return NULL;
 }
@@ -572,7 +458,7 @@ Test(server, handler_stops_its_own_server)
 	cr_assert_eq(inside_wait, -EDEADLK, "a handler waiting for its own server");
 	cr_assert_eq(inside_free, -EPERM, "a handler freeing its own server");
 	cr_assert_eq(gr_join(f, NULL, gr_now() + 10 * GR_SEC), 0);
-	assert_no_failures();
+	grt_assert_no_failures();
 	cr_assert_eq(gr_server_free(self_stopping), 0);
 }
 
@@ -650,10 +536,10 @@ Test(server, reuseport_shares_a_port)
 	cr_assert_not_null(b);
 	int r = gr_server_start(b);
 	cr_assert_eq(r, 0, "second SO_REUSEPORT server on %d: %s", port, strerror(-r));
-	struct echo_client c = { .port = port, .seed = 7, .size = 100, .rounds = 3 };
-	gr_fiber *f = gr_spawn(echo_client_main, &c);
+	struct grt_echo_client c = { .port = port, .seed = 7, .size = 100, .rounds = 3 };
+	gr_fiber *f = gr_spawn(grt_echo_client, &c);
 	cr_assert_eq(gr_join(f, NULL, gr_now() + 10 * GR_SEC), 0);
-	assert_no_failures();
+	grt_assert_no_failures();
 	stop_and_free(a);
 	stop_and_free(b);
 }
@@ -679,9 +565,9 @@ Test(server, ipv6_loopback)
 	cr_assert_eq(gr_connect(fd, (struct sockaddr *)&lo, sizeof(lo)), 0, "%s", strerror(errno));
 	char ch = 'v';
 	last_peer_family = 0;
-	cr_assert(send_all(fd, &ch, 1) && recv_all(fd, &ch, 1) && ch == 'v');
+	cr_assert(grt_send_all(fd, &ch, 1) && grt_recv_all(fd, &ch, 1) && ch == 'v');
 	gr_close(fd);
-	assert_no_failures();
+	grt_assert_no_failures();
 	cr_assert_eq(last_peer_family, AF_INET6);
 	stop_and_free(s);
 }
@@ -708,9 +594,9 @@ Test(server, other_threads_are_refused)
 
 static void *program_client(void *arg)
 {
-	struct echo_client *c = arg;
+	struct grt_echo_client *c = arg;
 
-	return echo_client_main(c);
+	return grt_echo_client(c);
 }
 
 Test(server, echo_server_program)
@@ -718,19 +604,19 @@ Test(server, echo_server_program)
 	const char *prog = grt_child_program("GREENRING_ECHO_SERVER");
 	char *argv[] = { (char *)prog, "--hub", (char *)grt_hub(), "--port", "0", NULL };
 	struct grt_child c;
-	static struct echo_client cl[50];
+	static struct grt_echo_client cl[50];
 	gr_fiber *f[50];
 
 	grt_child_start(&c, argv);
 	cr_assert_gt(c.port, 0, "expected \"listening on 127.0.0.1:PORT\", got \"%s\"", c.line);
 	cr_assert(strncmp(c.line, "listening on 127.0.0.1:", 23) == 0, "%s", c.line);
 	for (int i = 0; i < 50; i++) {
-		cl[i] = (struct echo_client){ .port = c.port, .seed = 50u + (unsigned)i,
+		cl[i] = (struct grt_echo_client){ .port = c.port, .seed = 50u + (unsigned)i,
 					      .size = 64 + (size_t)i * 100, .rounds = 10 };
 		cr_assert_not_null(f[i] = gr_spawn(program_client, &cl[i]));
 	}
 	join_all(f, 50);
-	assert_no_failures();
+	grt_assert_no_failures();
 	cr_assert_eq(grt_child_stop(&c, SIGTERM), 0, "echo_server did not exit 0 on SIGTERM");
 }
 

@@ -14,7 +14,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,84 +25,7 @@
 
 GRT_SUITE(server_threads);
 
-/* ------------------------------------------------------------ failures */
-
-static pthread_mutex_t fail_lock = PTHREAD_MUTEX_INITIALIZER;
-static int failures;
-static char first_failure[256];
-
-static void fail(const char *fmt, ...)
-{
-	pthread_mutex_lock(&fail_lock);
-	if (failures++ == 0) {
-		va_list ap;
-
-		va_start(ap, fmt);
-		vsnprintf(first_failure, sizeof(first_failure), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&fail_lock);
-}
-
-#define assert_no_failures() \
-	cr_assert_eq(failures, 0, "%d failures in fibers; first: %s", failures, first_failure)
-
 /* ------------------------------------------------------------ helpers */
-
-static bool send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t w = gr_send(fd, p, len, 0);
-
-		if (w < 0)
-			return false;
-		p += w;
-		len -= (size_t)w;
-	}
-	return true;
-}
-
-static bool recv_all(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-
-	while (len) {
-		ssize_t r = gr_recv(fd, p, len, 0);
-
-		if (r <= 0)
-			return false;
-		p += r;
-		len -= (size_t)r;
-	}
-	return true;
-}
-
-static int client_socket(int port)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int one = 1;
-
-	if (fd < 0) {
-		fail("socket: %s", strerror(errno));
-		return -1;
-	}
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fail("connect to %d: %s", port, strerror(errno));
-		gr_close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-static inline unsigned char pattern(unsigned seed, size_t i)
-{
-	return (unsigned char)(seed * 131u + i * 7u + (i >> 8));
-}
 
 /* Which threads served: each handler notes its thread. */
 static pthread_mutex_t seen_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -132,7 +54,7 @@ static void echo_handler(int fd, const struct sockaddr *peer, void *arg)
 	(void)arg;
 	note_thread();
 	while ((n = gr_recv(fd, buf, sizeof(buf), 0)) > 0)
-		if (!send_all(fd, buf, (size_t)n))
+		if (!grt_send_all(fd, buf, (size_t)n))
 			return;
 }
 
@@ -163,61 +85,27 @@ static void clients_run(void *arg)
 	gr_fiber **f = calloc((size_t)c->n, sizeof(*f));
 
 	if (!f) {
-		fail("calloc");
+		grt_fail("calloc");
 		return;
 	}
 	for (int i = 0; i < c->n; i++)
 		if (!(f[i] = gr_spawn(c->fn, c->args + (size_t)i * c->size)))
-			fail("spawn client %d: %s", i, strerror(errno));
+			grt_fail("spawn client %d: %s", i, strerror(errno));
 	for (int i = 0; i < c->n; i++)
 		if (f[i] && gr_join(f[i], NULL, gr_now() + 60 * GR_SEC) != 0)
-			fail("client %d did not end", i);
+			grt_fail("client %d did not end", i);
 	free(f);
 }
 
 /* ------------------------------------------------------------ echo under load */
 
-struct echo_client {
-	int port;
-	unsigned seed;
-	size_t size;
-	int rounds;
-};
-
-static void *echo_client_main(void *arg)
-{
-	struct echo_client *c = arg;
-	unsigned char *out = malloc(c->size), *in = malloc(c->size);
-	int fd = client_socket(c->port);
-
-	if (!out || !in || fd < 0)
-		goto done;
-	for (int r = 0; r < c->rounds; r++) {
-		for (size_t i = 0; i < c->size; i++)
-			out[i] = pattern(c->seed + (unsigned)r, i);
-		if (!send_all(fd, out, c->size) || !recv_all(fd, in, c->size)) {
-			fail("client %u round %d: %s", c->seed, r, strerror(errno));
-			break;
-		}
-		if (memcmp(in, out, c->size) != 0) {
-			fail("client %u round %d: echoed bytes differ", c->seed, r);
-			break;
-		}
-	}
-done:
-	if (fd >= 0)
-		gr_close(fd);
-	free(out);
-	free(in);
-	return NULL;
-}
 
 #define LOAD_CLIENTS 120
 
 Test(server_threads, echo_under_load_on_two_hubs_checks_every_byte)
 {
-	static struct echo_client cl[LOAD_CLIENTS];
-	struct clients cs = { .fn = echo_client_main, .args = (char *)cl, .size = sizeof(cl[0]),
+	static struct grt_echo_client cl[LOAD_CLIENTS];
+	struct clients cs = { .fn = grt_echo_client, .args = (char *)cl, .size = sizeof(cl[0]),
 			      .n = LOAD_CLIENTS };
 	struct grt_thread t;
 	int port;
@@ -225,12 +113,12 @@ Test(server_threads, echo_under_load_on_two_hubs_checks_every_byte)
 	nseen = 0;
 	gr_server *s = start_server(echo_handler, NULL, 2, &port);
 	for (int i = 0; i < LOAD_CLIENTS; i++)
-		cl[i] = (struct echo_client){ .port = port, .seed = (unsigned)i,
+		cl[i] = (struct grt_echo_client){ .port = port, .seed = (unsigned)i,
 					      .size = i % 10 == 0 ? 256 * 1024 : 1 + (size_t)i * 37,
 					      .rounds = i % 10 == 0 ? 3 : 20 };
 	grt_thread_start(&t, 1, clients_run, &cs);
 	grt_thread_join(&t);
-	assert_no_failures();
+	grt_assert_no_failures();
 	cr_assert_eq(nseen, 2, "connections were served on %d threads, not 2", nseen);
 	assert_ok(gr_server_stop(s, 0));
 	assert_ok(gr_server_wait(s, gr_now() + 10 * GR_SEC));
@@ -256,7 +144,7 @@ static void counting_echo(int fd, const struct sockaddr *peer, void *arg)
 	(void)peer;
 	(void)arg;
 	note_thread();
-	if (!recv_all(fd, &id, sizeof(id)) || id >= NCLIENTS)
+	if (!grt_recv_all(fd, &id, sizeof(id)) || id >= NCLIENTS)
 		return;
 	while ((n = gr_recv(fd, buf, sizeof(buf), 0)) > 0) {
 		for (ssize_t off = 0; off < n;) {
@@ -295,7 +183,7 @@ static void *sd_writer(void *arg)
 
 	for (int p = 0; p < pieces && !atomic_load(&c->writing_done); p++) {
 		for (int i = 0; i < CHUNK; i++)
-			buf[i] = pattern(c->id, (size_t)(off + i));
+			buf[i] = grt_pattern(c->id, (size_t)(off + i));
 		ssize_t w = gr_send(c->fd, buf, CHUNK, 0);
 		if (w < 0)
 			break;
@@ -313,11 +201,11 @@ static void *sd_client_main(void *arg)
 	struct sd_client *c = arg;
 	unsigned char buf[4096];
 
-	c->fd = client_socket(c->port);
+	c->fd = grt_connect_green(c->port);
 	if (c->fd < 0)
 		return NULL;
-	if (!send_all(c->fd, &c->id, sizeof(c->id))) {
-		fail("client %u: sending its id", c->id);
+	if (!grt_send_all(c->fd, &c->id, sizeof(c->id))) {
+		grt_fail("client %u: sending its id", c->id);
 		gr_close(c->fd);
 		return NULL;
 	}
@@ -330,12 +218,12 @@ static void *sd_client_main(void *arg)
 
 		if (n <= 0) {
 			if (n < 0)
-				fail("client %u: recv: %s after %ld bytes", c->id, strerror(errno),
+				grt_fail("client %u: recv: %s after %ld bytes", c->id, strerror(errno),
 				     c->received);
 			break;
 		}
 		for (ssize_t i = 0; i < n; i++)
-			if (buf[i] != pattern(c->id, (size_t)(c->received + i)))
+			if (buf[i] != grt_pattern(c->id, (size_t)(c->received + i)))
 				c->bad_byte = 1;
 		c->received += n;
 	}
@@ -378,7 +266,7 @@ Test(server_threads, graceful_shutdown_with_connections_in_flight_loses_no_answe
 	int64_t took = gr_now() - t0;
 	cr_assert_eq(r, 0, "gr_server_shutdown: %s", strerror(-r));
 	grt_thread_join(&t);
-	assert_no_failures();
+	grt_assert_no_failures();
 
 	cr_assert_eq(st.finished, SHORT_CLIENTS, "%zu finished", st.finished);
 	cr_assert_eq(st.killed, ENDLESS_CLIENTS, "%zu killed", st.killed);
@@ -467,11 +355,11 @@ struct tap {
 static void *connect_and_wait(void *arg)
 {
 	struct tap *tp = arg;
-	int fd = client_socket(tp->port);
+	int fd = grt_connect_green(tp->port);
 	char c;
 
 	if (fd >= 0) {
-		(void)send_all(fd, "x", 1);
+		(void)grt_send_all(fd, "x", 1);
 		(void)gr_recv(fd, &c, 1, 0); /* until the server closes */
 		gr_close(fd);
 	}
