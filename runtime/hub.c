@@ -47,6 +47,7 @@ static void hubs_add(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
 	gr__list_push_back(&hubs, &hub->proc_link);
+	gr__fd_slot_take(hub);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -54,6 +55,15 @@ static void hubs_remove(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
 	gr__list_remove(&hubs, &hub->proc_link);
+	gr__fd_slot_give(hub);
+	pthread_mutex_unlock(&hubs_lock);
+}
+
+void gr__hubs_visit(void (*fn)(struct gr__hub *hub, void *arg), void *arg)
+{
+	pthread_mutex_lock(&hubs_lock);
+	gr__list_foreach(it, &hubs)
+		fn(gr__container(it, struct gr__hub, proc_link), arg);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -87,6 +97,7 @@ static void fork_child(void)
 		hub->ops->fini(hub->backend, 1);
 	}
 	hubs.first = hubs.last = NULL;
+	gr__fd_slots_after_fork();
 	pthread_mutex_unlock(&hubs_lock);
 	tls_hub = NULL;
 	pthread_setspecific(hub_key, NULL);
@@ -170,11 +181,6 @@ static void for_each_fiber(struct gr__hub *hub, void (*f)(struct gr__hub *, gr_f
 		f(hub, gr__container(it, gr_fiber, all_link), arg);
 }
 
-static void interrupt_forced(struct gr__hub *hub, gr_fiber *f, int why)
-{
-	gr__park_interrupt(hub, f, why, true);
-}
-
 /* Cancel f's operation in flight, if any, with `why`: an operation fails
  * with it, a queue wait's deadline timer ends the wait with it (the deadline
  * could not be kept). A wait on a queue with no timer needs no backend and
@@ -183,6 +189,15 @@ static void cancel_inflight(struct gr__hub *hub, gr_fiber *f, int why)
 {
 	if (f->park && f->park->op)
 		gr__op_cancel(hub, f->park->op, why);
+}
+
+/* Thread exit: f will never run again. A cross-thread wait is abandoned
+ * first (its object settles for it), then whatever is in flight for it is
+ * cancelled. */
+static void interrupt_exit(struct gr__hub *hub, gr_fiber *f, int why)
+{
+	gr__xpark_abandon(f);
+	gr__park_interrupt(hub, f, why, true);
 }
 
 static bool transient_wait_error(int r)
@@ -364,7 +379,7 @@ static void hub_destroy(void *arg)
 		tls_hub = NULL;
 		return;
 	}
-	for_each_fiber(hub, interrupt_forced, ECANCELED);
+	for_each_fiber(hub, interrupt_exit, ECANCELED);
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	gr__offload_reap(hub);    /* file operations the pool finished */
 	while (hub->inflight > 0) {
@@ -381,6 +396,8 @@ static void hub_destroy(void *arg)
 			return;
 		}
 	}
+	/* Other threads' closes its fibers were serving: done here instead. */
+	gr__fd_requests_at_exit(hub);
 	while (!gr__list_empty(&hub->all))
 		gr__fiber_release_stack(hub, gr__container(hub->all.first, gr_fiber, all_link));
 	if (hub->loop)
@@ -389,6 +406,10 @@ static void hub_destroy(void *arg)
 	gr__signal_hub_free(hub);
 	hubs_remove(hub);
 	gr__offload_fini(hub); /* no worker is still waking this hub */
+	/* Off the list, nothing more can be posted here; serve what other
+	 * threads' gr_close posted meanwhile (nothing of ours is in flight:
+	 * their fds are simply closed). */
+	gr__hub_drain_inbox(hub);
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	gr__fd_table_free(hub);

@@ -291,15 +291,23 @@ static void xq_remove(struct gr__park *p, int status)
 	p->status = status;
 }
 
-/* p leaves its queue on its own side, handed nothing (lock held). After
- * on_leave the object may be gone: only p->xlock is touched from now on. */
+/* p leaves its queue on its own side, handed nothing (lock held). Its
+ * caller resumes and takes the lock again, so the object stays. */
 static void xq_leave(struct gr__park *p, int status)
 {
 	struct gr__xq *xq = p->xq;
 
 	xq_remove(p, status);
 	if (xq->on_leave)
-		xq->on_leave(xq);
+		xq->on_leave(xq, p, false);
+}
+
+void gr__hub_post(struct gr__hub *hub, struct gr__park *p)
+{
+	/* What the poster wrote before posting (a status, an item handed
+	 * over) is visible to the hub that takes p from its inbox. */
+	if (gr__inbox_push(&hub->inbox, &p->inbox_link))
+		(void)hub->ops->wake(hub->backend);
 }
 
 void gr__xunpark(struct gr__park *p, int status)
@@ -315,20 +323,23 @@ void gr__xunpark(struct gr__park *p, int status)
 		gr__ready(p->fiber);
 		return;
 	}
-	/* The status (and whatever the waker handed over in the object) is
-	 * visible to the hub that takes p from its inbox. The lock is still
-	 * held, so the hub cannot be torn down under the wake. */
-	if (gr__inbox_push(&hub->inbox, &p->inbox_link))
-		(void)hub->ops->wake(hub->backend);
+	/* The lock is still held, so the hub cannot be torn down under the
+	 * post: its teardown takes the lock to abandon p (gr__xpark_abandon). */
+	gr__hub_post(hub, p);
 }
 
 void gr__hub_drain_inbox(struct gr__hub *hub)
 {
-	/* In wake order. A fiber made ready may run and be gone: next is read
-	 * first. */
+	/* In post order. A fiber made ready may run and be gone, a request
+	 * served may be freed: next is read first. */
 	for (struct gr__slink *l = gr__inbox_take(&hub->inbox), *next; l; l = next) {
+		struct gr__park *p = gr__container(l, struct gr__park, inbox_link);
+
 		next = l->next;
-		gr__ready(gr__container(l, struct gr__park, inbox_link)->fiber);
+		if (p->fiber)
+			gr__ready(p->fiber);
+		else
+			gr__fd_request(hub, p);
 	}
 }
 
@@ -340,6 +351,8 @@ static void xpark_end_early(struct gr__park *p, int status)
 	pthread_mutex_t *lock = p->xlock;
 	bool mine;
 
+	if (!lock)
+		return; /* abandoned, and its object may be gone: gr__xpark_abandon */
 	pthread_mutex_lock(lock);
 	mine = p->xlinked;
 	if (mine)
@@ -347,6 +360,27 @@ static void xpark_end_early(struct gr__park *p, int status)
 	pthread_mutex_unlock(lock);
 	if (mine)
 		gr__ready(p->fiber);
+}
+
+void gr__xpark_abandon(gr_fiber *f)
+{
+	struct gr__park *p = f->park;
+
+	if (!p || p->kind != GR__PARK_XQUEUE || !p->xlock)
+		return;
+	/* Whether still queued or handed something it will never take, its
+	 * caller will not return: the object settles for it, under its lock,
+	 * and from then on this wait touches neither (a timer completing later
+	 * finds it abandoned). */
+	pthread_mutex_t *lock = p->xlock;
+	pthread_mutex_lock(lock);
+	struct gr__xq *xq = p->xq;
+	if (p->xlinked)
+		xq_remove(p, -ECANCELED);
+	p->xlock = NULL;
+	if (xq->on_leave)
+		xq->on_leave(xq, p, true);
+	pthread_mutex_unlock(lock);
 }
 
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)
