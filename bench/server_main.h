@@ -1,23 +1,24 @@
 /* server_main.h — the main() shared by bench/echo_server and bench/http_server:
- * the command line, one gr_server per thread, the "listening on" line and a
- * clean shutdown on SIGINT/SIGTERM. Each program supplies only its connection
- * handler.
+ * the command line, one gr_server (on as many hubs as --threads says), the
+ * "listening on" line and a graceful shutdown on SIGINT/SIGTERM. Each program
+ * supplies only its connection handler.
  *
  *   --hub NAME     io_uring, epoll or poll (default: greenring's default order);
  *                  an unknown or unusable hub is an error, never a silent fallback
  *   --host ADDR    numeric address (default 127.0.0.1)
  *   --port N       0 = any free port (default 7000)
- *   --threads T    T threads, each with its own hub and its own listening
- *                  socket on the same port (SO_REUSEPORT): the kernel spreads
- *                  connections across them (default 1)
+ *   --threads T    T hubs, each on its own thread with its own listening
+ *                  socket on the same port (gr_server_opts.threads, SO_REUSEPORT:
+ *                  the kernel spreads connections across them) (default 1)
  *   --max-conns N  at most N connections served at once per thread (default: no cap)
  *
  * Shutdown goes through the runtime, never through a signal handler: SIGINT
- * and SIGTERM are blocked in every thread and read from a signalfd by a fiber
- * of the main thread. That fiber closes the write end of a "stop" pipe; a
- * fiber in every thread is reading the read end, sees end-of-file, and stops
- * its thread's server, killing live connections. Every thread then joins its
- * fibers and ends; main exits 0 (1 if a server failed).
+ * and SIGTERM are blocked (before the server starts its threads, which
+ * inherit the mask) and read from a signalfd by a fiber of the main thread,
+ * which shuts the server down gracefully (gr_server_shutdown: stop accepting,
+ * let connections finish for SRV_GRACE, then kill the rest), says on stderr
+ * how many finished and how many were killed, and main exits 0 (1 if the
+ * server failed).
  *
  * Header-only like bench_common.h; include it once, from the program's .c.
  */
@@ -27,13 +28,12 @@
 #include "bench_common.h"
 
 #include <greenring.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <fcntl.h>
 
 #define SRV_MAX_THREADS 256
 #define SRV_STACK_SIZE ((size_t)64 * 1024)
+/* How long live connections get to finish after SIGTERM. A benchmark's
+ * clients are gone by then; tools/bench allows a server 5 s to exit. */
+#define SRV_GRACE GR_SEC
 
 struct srv_opts {
 	const char *host;
@@ -43,20 +43,6 @@ struct srv_opts {
 	size_t max_conns;
 };
 
-/* Shared by every thread of the server. */
-struct srv_shared {
-	const struct srv_opts *opts;
-	gr_server_handler handler;
-	const char *prog;
-	int port;                  /* the bound port, once thread 0 has it */
-	int stop_rd, stop_wr;      /* the stop pipe */
-	atomic_bool stop_sent;
-	atomic_int failed;         /* a thread could not start or its server failed */
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	int started;               /* threads that reported (ready or failed) */
-};
-
 static inline void srv_usage(const char *prog, const char *what)
 {
 	printf("usage: %s [--hub NAME] [--host ADDR] [--port N] [--threads T] [--max-conns N]\n"
@@ -64,10 +50,10 @@ static inline void srv_usage(const char *prog, const char *what)
 	       "  --hub NAME     io_uring, epoll or poll (default: the first that runs here)\n"
 	       "  --host ADDR    numeric address to listen on (default 127.0.0.1)\n"
 	       "  --port N       TCP port, 0 for any free one (default 7000)\n"
-	       "  --threads T    threads, each with its own hub, sharing the port with\n"
-	       "                 SO_REUSEPORT (default 1)\n"
+	       "  --threads T    hubs, each on its own thread with its own listening\n"
+	       "                 socket on the port (SO_REUSEPORT) (default 1)\n"
 	       "  --max-conns N  connections served at once per thread (default: no cap)\n"
-	       "Prints \"listening on HOST:PORT\" when ready; SIGINT/SIGTERM stop it cleanly.\n",
+	       "Prints \"listening on HOST:PORT\" when ready; SIGINT/SIGTERM stop it gracefully.\n",
 	       prog, what);
 }
 
@@ -117,31 +103,24 @@ static inline void srv_parse(int argc, char **argv, struct srv_opts *o, const ch
 		errx(1, "unexpected argument '%s' (try --help)", argv[optind]);
 }
 
-/* Select the hub on this thread; a clear message and -errno on failure. */
-static inline int srv_use_hub(const struct srv_shared *sh)
+/* Select the hub on this thread (the server's threads use the same); a
+ * clear message and -errno on failure. */
+static inline int srv_use_hub(const struct srv_opts *o)
 {
-	int r = gr_hub_use(sh->opts->hub);
+	int r = gr_hub_use(o->hub);
 
 	if (r == -ENOENT)
-		warnx("unknown hub '%s': this build of greenring has no hub of that name", sh->opts->hub);
+		warnx("unknown hub '%s': this build of greenring has no hub of that name", o->hub);
 	else if (r == -ENOTSUP)
-		warnx("hub '%s' cannot run on this machine: %s",
-		      sh->opts->hub ? sh->opts->hub : "(default)", gr_hub_why());
+		warnx("hub '%s' cannot run on this machine: %s", o->hub ? o->hub : "(default)",
+		      gr_hub_why());
 	else if (r < 0)
-		warnx("gr_hub_use(%s): %s", sh->opts->hub ? sh->opts->hub : "NULL", strerror(-r));
+		warnx("gr_hub_use(%s): %s", o->hub ? o->hub : "NULL", strerror(-r));
 	else if (!gr_hub_name()) {
 		warnx("no hub can run on this machine: %s", gr_hub_why());
 		r = -ENOTSUP;
 	}
 	return r;
-}
-
-/* Tell every thread to stop, once. Safe from any thread: it only closes an
- * fd no green call ever used. */
-static inline void srv_broadcast_stop(struct srv_shared *sh)
-{
-	if (!atomic_exchange(&sh->stop_sent, true))
-		close(sh->stop_wr);
 }
 
 /* Read until n bytes arrived, EOF, or an error. A green read parks until
@@ -165,212 +144,93 @@ static inline int srv_read_full(int fd, void *buf, size_t n)
 	return 1;
 }
 
-struct srv_thread {
-	struct srv_shared *sh;
-	pthread_t tid;
-	int index;
-	int sigfd;                 /* thread 0 only; else -1 */
+struct srv_watch {
 	gr_server *server;
+	int sigfd;
 };
 
-/* Every thread: waits for the stop pipe's EOF, then stops its server. */
-static inline void *srv_stopper(void *arg)
-{
-	struct srv_thread *t = arg;
-	char c;
-
-	/* EOF is the signal. ECANCELED means the server ended on its own and
-	 * the thread is tearing this fiber down; any other error leaves no way
-	 * to hear the signal, so it stops the server too. */
-	int r = srv_read_full(t->sh->stop_rd, &c, 1);
-	if (r < 0 && errno != ECANCELED)
-		warn("thread %d: reading the stop pipe", t->index);
-	if (t->server && (r >= 0 || errno != ECANCELED))
-		(void)gr_server_stop(t->server, GR_SERVER_KILL);
-	return NULL;
-}
-
-/* Thread 0: SIGINT/SIGTERM become a stop broadcast. */
+/* SIGINT/SIGTERM: shut the server down gracefully. */
 static inline void *srv_signal_watch(void *arg)
 {
-	struct srv_thread *t = arg;
+	struct srv_watch *w = arg;
 	struct signalfd_siginfo si;
+	struct gr_server_shutdown_stats st;
 
-	int r = srv_read_full(t->sigfd, &si, sizeof(si));
+	int r = srv_read_full(w->sigfd, &si, sizeof(si));
 	if (r < 0 && errno == ECANCELED)
 		return NULL; /* the server ended on its own */
 	if (r < 0)
 		warn("reading signals");
-	srv_broadcast_stop(t->sh);
-	return NULL;
-}
-
-static inline void srv_report(struct srv_shared *sh, bool ok)
-{
-	pthread_mutex_lock(&sh->mu);
-	if (!ok)
-		atomic_store(&sh->failed, 1);
-	sh->started++;
-	pthread_cond_broadcast(&sh->cv);
-	pthread_mutex_unlock(&sh->mu);
-}
-
-/* Create and start this thread's server; thread 0 learns the port. */
-static inline int srv_start(struct srv_thread *t)
-{
-	struct srv_shared *sh = t->sh;
-	const struct srv_opts *o = sh->opts;
-	struct gr_server_opts so = {
-		.max_conns = o->max_conns,
-		.reuseport = o->threads > 1,
-		/* The handlers keep their buffers on the stack (up to ~28 KiB):
-		 * explicit, so that GREENRING_STACK_SIZE cannot shrink it below. */
-		.stack_size = SRV_STACK_SIZE,
-	};
-
-	int r = srv_use_hub(sh);
-	if (r < 0)
-		return r;
-	t->server = gr_server_create(o->host, t->index == 0 ? o->port : sh->port, sh->handler,
-				     NULL, &so);
-	if (!t->server) {
-		r = -errno;
-		warnx("--host '%s': %s", o->host,
-		      r == -EINVAL ? "not a numeric IPv4 or IPv6 address" : strerror(-r));
-		return r;
-	}
-	r = gr_server_start(t->server);
-	if (r < 0) {
-		warnx("listening on %s:%d: %s", o->host, t->index == 0 ? o->port : sh->port,
-		      strerror(-r));
-		(void)gr_server_free(t->server);
-		t->server = NULL;
-		return r;
-	}
-	if (t->index == 0)
-		sh->port = gr_server_port(t->server);
-	return 0;
-}
-
-/* Run this thread's server until it is stopped; 0 or -errno. */
-static inline int srv_serve(struct srv_thread *t)
-{
-	gr_fiber *stopper = gr_spawn(srv_stopper, t);
-	gr_fiber *watcher = NULL;
-	int r;
-
-	if (!stopper) {
-		r = -errno;
-		warnx("thread %d: spawning the stopper: %s", t->index, strerror(-r));
-		(void)gr_server_free(t->server);
-		return r;
-	}
-	if (t->sigfd >= 0 && !(watcher = gr_spawn(srv_signal_watch, t))) {
-		r = -errno;
-		warnx("spawning the signal watcher: %s", strerror(-r));
-		srv_broadcast_stop(t->sh);
-	}
-
-	r = gr_server_wait(t->server, GR_FOREVER);
-	if (r < 0) {
-		warnx("thread %d: server failed: %s", t->index, strerror(-r));
-		srv_broadcast_stop(t->sh); /* take the other threads down too */
-	}
-	/* Both have ended after a normal stop (gr_kill then says ESRCH); if the
-	 * server failed first they are still reading, and are killed. Joined
-	 * before the server is freed, since the stopper names it. */
-	(void)gr_kill(stopper);
-	(void)gr_join(stopper, NULL, GR_FOREVER);
-	if (watcher) {
-		(void)gr_kill(watcher);
-		(void)gr_join(watcher, NULL, GR_FOREVER);
-	}
-	int fr = gr_server_free(t->server);
-	if (fr < 0) {
-		warnx("thread %d: gr_server_free: %s", t->index, strerror(-fr));
-		r = r < 0 ? r : fr;
-	}
-	t->server = NULL;
-	return r;
-}
-
-static inline void *srv_worker(void *arg)
-{
-	struct srv_thread *t = arg;
-	int r = srv_start(t);
-
-	srv_report(t->sh, r == 0);
-	if (r == 0 && srv_serve(t) < 0)
-		atomic_store(&t->sh->failed, 1);
+	r = gr_server_shutdown(w->server, gr_now() + SRV_GRACE, &st);
+	if (r < 0 && r != -ECANCELED)
+		warnx("shutdown: %s", strerror(-r));
+	else
+		fprintf(stderr, "shutdown: %zu connections finished, %zu killed\n", st.finished,
+			st.killed);
 	return NULL;
 }
 
 /* The whole program after option parsing; returns the exit status. */
 static inline int srv_main(const struct srv_opts *o, gr_server_handler handler)
 {
-	static struct srv_thread threads[SRV_MAX_THREADS];
-	struct srv_shared sh = {
-		.opts = o,
-		.handler = handler,
-		.mu = PTHREAD_MUTEX_INITIALIZER,
-		.cv = PTHREAD_COND_INITIALIZER,
+	struct gr_server_opts so = {
+		.max_conns = o->max_conns,
+		.threads = (unsigned)o->threads,
+		/* The handlers keep their buffers on the stack (up to ~28 KiB):
+		 * explicit, so that GREENRING_STACK_SIZE cannot shrink it below. */
+		.stack_size = SRV_STACK_SIZE,
 	};
-	int pfd[2];
 
 	bench_raise_nofile();
-	/* Before any thread exists, so that every thread inherits the mask and
-	 * only the signalfd ever sees SIGINT/SIGTERM. */
+	/* Before the server starts its threads, so that every thread inherits
+	 * the mask and only the signalfd ever sees SIGINT/SIGTERM. */
 	int sigfd = bench_signalfd();
-	if (pipe2(pfd, O_CLOEXEC) != 0)
-		err(1, "pipe2");
-	sh.stop_rd = pfd[0];
-	sh.stop_wr = pfd[1];
-
-	threads[0] = (struct srv_thread){ .sh = &sh, .index = 0, .sigfd = sigfd };
-	if (srv_start(&threads[0]) < 0)
+	if (srv_use_hub(o) < 0)
 		return 1;
-	/* Thread 0 holds the port (maybe an ephemeral one); the others join it
-	 * with SO_REUSEPORT. */
-	int spawned = 1;
-	for (; spawned < o->threads; spawned++) {
-		struct srv_thread *t = &threads[spawned];
-
-		*t = (struct srv_thread){ .sh = &sh, .index = spawned, .sigfd = -1 };
-		int r = pthread_create(&t->tid, NULL, srv_worker, t);
-		if (r != 0) {
-			warnx("pthread_create: %s", strerror(r));
-			atomic_store(&sh.failed, 1);
-			break;
-		}
+	gr_server *s = gr_server_create(o->host, o->port, handler, NULL, &so);
+	if (!s) {
+		warnx("--host '%s': %s", o->host,
+		      errno == EINVAL ? "not a numeric IPv4 or IPv6 address" : strerror(errno));
+		return 1;
 	}
-	pthread_mutex_lock(&sh.mu);
-	while (sh.started < spawned - 1)
-		pthread_cond_wait(&sh.cv, &sh.mu);
-	pthread_mutex_unlock(&sh.mu);
-
-	if (atomic_load(&sh.failed)) {
-		srv_broadcast_stop(&sh);
-	} else if (printf("listening on %s:%d\n", o->host, sh.port) < 0 || fflush(stdout) != 0) {
+	int r = gr_server_start(s);
+	if (r < 0) {
+		warnx("listening on %s:%d: %s", o->host, o->port, strerror(-r));
+		(void)gr_server_free(s);
+		return 1;
+	}
+	struct srv_watch w = { .server = s, .sigfd = sigfd };
+	gr_fiber *watcher = gr_spawn(srv_signal_watch, &w);
+	if (!watcher) {
+		warn("spawning the signal watcher");
+		(void)gr_server_free(s);
+		return 1;
+	}
+	if (printf("listening on %s:%d\n", o->host, gr_server_port(s)) < 0 || fflush(stdout) != 0) {
 		warn("stdout");
-		atomic_store(&sh.failed, 1);
-		srv_broadcast_stop(&sh);
+		(void)gr_server_stop(s, GR_SERVER_KILL);
 	}
-	if (srv_serve(&threads[0]) < 0)
-		atomic_store(&sh.failed, 1);
-	for (int i = 1; i < spawned; i++) {
-		int r = pthread_join(threads[i].tid, NULL);
-
-		if (r != 0)
-			errx(1, "pthread_join: %s", strerror(r));
+	int failed = 0;
+	r = gr_server_wait(s, GR_FOREVER);
+	if (r < 0) {
+		warnx("server failed: %s", strerror(-r));
+		failed = 1;
 	}
-	/* The worker threads (and their hubs) are gone: no other hub names these
-	 * fds now. gr_close lets this thread's hub forget them. */
-	(void)gr_close(sh.stop_rd);
+	/* After a shutdown the watcher has ended (gr_kill then says ESRCH); if
+	 * the server failed first it is still reading, and is killed. Joined
+	 * before the server is freed, since it names it. */
+	(void)gr_kill(watcher);
+	(void)gr_join(watcher, NULL, GR_FOREVER);
+	r = gr_server_free(s);
+	if (r < 0) {
+		warnx("gr_server_free: %s", strerror(-r));
+		failed = 1;
+	}
 	(void)gr_close(sigfd);
-	int r = gr_hub_join(GR_FOREVER);
+	r = gr_hub_join(GR_FOREVER);
 	if (r < 0)
 		warnx("gr_hub_join: %s", strerror(-r));
-	return atomic_load(&sh.failed) || r < 0 ? 1 : 0;
+	return failed || r < 0 ? 1 : 0;
 }
 
 #endif /* GREENRING_BENCH_SERVER_MAIN_H */

@@ -255,6 +255,9 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 /* Names: DNS lookups, and connecting to a host by name. */
 #include "greenring/resolve.h"
 
+/* Channels and notifiers between threads. */
+#include "greenring/chan.h"
+
 /* Counters, the run-info dump, the blocking monitor. */
 #include "greenring/observe.h"
 

@@ -411,7 +411,7 @@ static int gather(struct gr__hub *own, struct text *t, int64_t deadline)
 {
 	unsigned n = 0;
 
-	gr__hubs_foreach(count_hub, &n);
+	gr__hubs_visit(count_hub, &n);
 	n += 4; /* room for a few hubs born meanwhile */
 	struct gathering *g = calloc(1, sizeof(*g) + n * sizeof(struct part));
 	if (!g)
@@ -425,7 +425,7 @@ static int gather(struct gr__hub *own, struct text *t, int64_t deadline)
 	 * (deadline 0) would not wait for the answers anyway. */
 	if (deadline != 0) {
 		pthread_mutex_lock(&g->lock); /* answers wait until every request is out */
-		gr__hubs_foreach(ask_hub, g);
+		gr__hubs_visit(ask_hub, g);
 		pthread_mutex_unlock(&g->lock);
 	} else {
 		g->cap = 0;

@@ -94,10 +94,15 @@ int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
 
 	if (!st)
 		return errno == EBADF ? -EBADF : -ENOMEM;
-	if (st->closing && o->op.kind != GR_OP_CLOSE)
+	if (st->closing && o->op.kind != GR_OP_CLOSE && gr__fd_still_held(o->op.fd, st))
 		return -EBADF;
-	if (gr__list_empty(&st->ops))
+	if (gr__list_empty(&st->ops)) {
 		hub->fds_busy++;
+		/* Once per fd and hub (until it closes the fd), not per
+		 * operation: the record other threads' gr_close reads. */
+		if (__builtin_expect(!st->claimed, 0) && o->op.kind != GR_OP_CLOSE)
+			gr__fd_claim(hub, o->op.fd, st);
+	}
 	gr__list_push_back(&st->ops, &o->fd_link);
 	o->on_fd = true;
 	return 0;

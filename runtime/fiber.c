@@ -142,6 +142,12 @@ gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(void *), v
 		errno = -err;
 		return NULL;
 	}
+	return gr__spawn_on(hub, opts, fn, arg);
+}
+
+gr_fiber *gr__spawn_on(struct gr__hub *hub, const struct gr_spawn_opts *opts, void *(*fn)(void *),
+		       void *arg)
+{
 	size_t size = opts ? opts->stack_size : 0;
 	if (size > (size_t)SSIZE_MAX) {
 		errno = EINVAL; /* a negative size cast to size_t: rounding it would wrap */

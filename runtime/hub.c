@@ -41,9 +41,9 @@ static void hub_destroy(void *hub);
 
 /* Every hub of the process, so that the child of a fork() can let go of the
  * rings and epoll sets of threads that do not exist in it, and so that the
- * monitor and the dump can reach every hub (gr__hubs_foreach). The lock is
- * held across fork() (prepare/parent/child), so the child finds the list
- * whole. A hub is listed from its installation until its thread has let go
+ * monitor, the dump and a gr_close from another thread can reach every
+ * hub (gr__hubs_visit). The lock is held across fork() (prepare/parent/
+ * child), so the child finds the list whole. A hub is listed from its installation until its thread has let go
  * of its fibers, so a listed hub's thread is alive. The list itself
  * (gr__hubs) is defined in debugger.c, beside the table debuggers read it
  * through. */
@@ -53,12 +53,13 @@ static void hubs_add(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
 	gr__list_push_back(&gr__hubs, &hub->proc_link);
+	gr__fd_slot_take(hub);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
 /* A hub leaked at its thread's exit stays listed (fork still releases its
- * backend), but its thread is gone: tid 0 tells the monitor and the dump
- * to leave it alone. */
+ * backend), but its thread is gone: tid 0 tells gr__hubs_visit to leave it
+ * alone. */
 static void hubs_orphan(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
@@ -66,7 +67,15 @@ static void hubs_orphan(struct gr__hub *hub)
 	pthread_mutex_unlock(&hubs_lock);
 }
 
-void gr__hubs_foreach(void (*fn)(struct gr__hub *hub, void *arg), void *arg)
+static void hubs_remove(struct gr__hub *hub)
+{
+	pthread_mutex_lock(&hubs_lock);
+	gr__list_remove(&gr__hubs, &hub->proc_link);
+	gr__fd_slot_give(hub);
+	pthread_mutex_unlock(&hubs_lock);
+}
+
+void gr__hubs_visit(void (*fn)(struct gr__hub *hub, void *arg), void *arg)
 {
 	pthread_mutex_lock(&hubs_lock);
 	gr__list_foreach(it, &gr__hubs) {
@@ -75,13 +84,6 @@ void gr__hubs_foreach(void (*fn)(struct gr__hub *hub, void *arg), void *arg)
 		if (hub->tid != 0)
 			fn(hub, arg);
 	}
-	pthread_mutex_unlock(&hubs_lock);
-}
-
-static void hubs_remove(struct gr__hub *hub)
-{
-	pthread_mutex_lock(&hubs_lock);
-	gr__list_remove(&gr__hubs, &hub->proc_link);
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -115,6 +117,7 @@ static void fork_child(void)
 		hub->ops->fini(hub->backend, 1);
 	}
 	gr__hubs.first = gr__hubs.last = NULL;
+	gr__fd_slots_after_fork();
 	pthread_mutex_unlock(&hubs_lock);
 	tls_hub = NULL;
 	pthread_setspecific(hub_key, NULL);
@@ -208,11 +211,6 @@ static void for_each_fiber(struct gr__hub *hub, void (*f)(struct gr__hub *, gr_f
 		f(hub, gr__container(it, gr_fiber, all_link), arg);
 }
 
-static void interrupt_forced(struct gr__hub *hub, gr_fiber *f, int why)
-{
-	gr__park_interrupt(hub, f, why, true);
-}
-
 /* Cancel f's operation in flight, if any, with `why`: an operation fails
  * with it, a queue wait's deadline timer ends the wait with it (the deadline
  * could not be kept). A wait on a queue with no timer needs no backend and
@@ -221,6 +219,15 @@ static void cancel_inflight(struct gr__hub *hub, gr_fiber *f, int why)
 {
 	if (f->park && f->park->op)
 		gr__op_cancel(hub, f->park->op, why);
+}
+
+/* Thread exit: f will never run again. A cross-thread wait is abandoned
+ * first (its object settles for it), then whatever is in flight for it is
+ * cancelled. */
+static void interrupt_exit(struct gr__hub *hub, gr_fiber *f, int why)
+{
+	gr__xpark_abandon(f);
+	gr__park_interrupt(hub, f, why, true);
 }
 
 /* The backend's wait(). One that may block marks the hub idle for the
@@ -433,7 +440,7 @@ static void hub_destroy(void *arg)
 		tls_hub = NULL;
 		return;
 	}
-	for_each_fiber(hub, interrupt_forced, ECANCELED);
+	for_each_fiber(hub, interrupt_exit, ECANCELED);
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	gr__offload_reap(hub);    /* file operations the pool finished */
 	while (hub->inflight > 0) {
@@ -451,6 +458,8 @@ static void hub_destroy(void *arg)
 			return;
 		}
 	}
+	/* Other threads' closes its fibers were serving: done here instead. */
+	gr__fd_requests_at_exit(hub);
 	while (!gr__list_empty(&hub->all))
 		gr__fiber_release_stack(hub, gr__container(hub->all.first, gr_fiber, all_link));
 	if (hub->loop)
@@ -458,11 +467,13 @@ static void hub_destroy(void *arg)
 	gr__laters_free(hub);
 	gr__signal_hub_free(hub);
 	hubs_remove(hub);
-	/* Requests sent before it left the list (a dump) get their answer. */
+	gr__offload_fini(hub); /* no worker is still waking this hub */
+	/* Off the list, nothing more can be posted here; serve what other
+	 * threads posted meanwhile: their gr_close (nothing of ours is in
+	 * flight: their fds are simply closed), a dump (answered). */
 	gr__hub_drain_inbox(hub);
 	if (gr__env_flag("GREENRING_DEBUG"))
 		gr__dump_exit_line(hub);
-	gr__offload_fini(hub); /* no worker is still waking this hub */
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	gr__fd_table_free(hub);

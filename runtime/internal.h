@@ -132,8 +132,6 @@ enum gr__park_kind {
 	GR__PARK_OP,          /* an operation: op */
 	GR__PARK_QUEUE,       /* a wait queue of this hub: queue; op is its timer */
 	GR__PARK_XQUEUE,      /* a cross-thread queue: xq; op is its timer */
-	GR__PARK_REQUEST,     /* not a wait: a request from another thread riding
-				 the hub's inbox (struct gr__hub_request) */
 };
 
 /* One blocking call of one fiber (or, on a cross-thread queue, of a thread
@@ -147,7 +145,8 @@ struct gr__park {
 					     (hub->clock: read once per loop turn) */
 	struct gr__waitq *queue;          /* the queue it is on; NULL once off it */
 	struct gr__xq *xq;                /* the cross-thread queue it waits on */
-	void *xlock;                      /* xq's lock, kept: xq may be gone once left */
+	void *xlock;                      /* xq's lock, kept: xq may be gone once left;
+					     NULL once abandoned (its thread exits) */
 	struct gr__link link;             /* its place on queue or xq */
 	uintptr_t data;                   /* the primitive's hand-off slot */
 	int64_t limit;                    /* fd calls: the call's own deadline, before
@@ -162,7 +161,8 @@ struct gr__park {
 	struct gr__op *op;                /* in flight for this call, or NULL: the
 					     operation, or a queue wait's deadline
 					     timer (in the waiting frame) */
-	struct gr__slink inbox_link;      /* on its hub's inbox, woken from afar */
+	struct gr__slink inbox_link;      /* on a hub's inbox: a fiber woken from afar,
+					     or (fiber NULL) a request (fd_remote.c) */
 	void *cond;                       /* pthread_cond_t of a thread with no hub */
 };
 
@@ -231,10 +231,16 @@ void gr__unpark(struct gr__park *p, int status);
 struct gr__xq {
 	void *lock;                       /* the object's pthread_mutex_t */
 	struct gr__list parked;           /* struct gr__park.link */
-	/* Optional: a waiter left without being handed anything (deadline,
-	 * kill, its thread's exit), lock held. The waiter's caller may never
-	 * run again (thread exit): what it would settle is settled here. */
-	void (*on_leave)(struct gr__xq *xq);
+	/* Optional, called with the lock held:
+	 *  - gone false: p stopped waiting without being handed anything
+	 *    (deadline, kill, a timer that could not be armed). Its caller
+	 *    resumes, takes the lock again and returns: the object must stay.
+	 *  - gone true: p's caller will never return, because its thread is
+	 *    exiting; p may still have been on the queue, or been handed
+	 *    something and not have run yet. What the caller would settle on
+	 *    return (a count of users, a hand-off it owns) is settled here,
+	 *    and the object may go once it is. */
+	void (*on_leave)(struct gr__xq *xq, struct gr__park *p, bool gone);
 };
 int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq);
 void gr__xunpark(struct gr__park *p, int status);
@@ -246,8 +252,22 @@ void gr__cond_init_monotonic(pthread_cond_t *cond);
  * child watcher, the monitor) with every signal blocked, so that a signal sent to the
  * process is never handed to it. 0 or -errno. */
 int gr__thread_start(void *(*fn)(void *), void *arg);
-/* The hub takes what other threads woke: make those fibers runnable, and
- * run the requests other threads made of it (gr__hub_request). */
+/* notifier.c: gr_notifier_wait, uncancellable if asked (neither a kill nor
+ * the fiber's own deadline end it: gr_server_free's wait). */
+int gr__notifier_wait(gr_notifier *n, int64_t deadline, bool uncancellable);
+/* Thread exit (hub.c): f's cross-thread wait, if any, will never return;
+ * tell its object (on_leave, gone). Nothing of the object is touched after. */
+void gr__xpark_abandon(gr_fiber *f);
+
+/* Post p to hub's inbox, from any thread, and wake the hub if the inbox was
+ * empty: one wake-up for any number of posts before the hub drains. p is a
+ * fiber's park (woken), or the park of a request (struct gr__hub_request,
+ * below): a park with no fiber (no thread's park ever goes to an inbox).
+ * The caller keeps hub alive meanwhile (it holds a lock the hub's teardown
+ * takes). */
+void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
+/* The hub takes what other threads posted, in the order they posted it:
+ * woken fibers become runnable, requests are run. */
 void gr__hub_drain_inbox(struct gr__hub *hub);
 
 /* End f's current wait early because of `why` (ECANCELED for a kill, EIO
@@ -452,9 +472,11 @@ struct gr__hub {
 	size_t nfibers;                   /* live spawned fibers (not root) */
 	size_t inflight;                  /* operations submitted and not completed */
 	struct gr__waitq hub_joiners;     /* gr_hub_join callers */
-	_Atomic(struct gr__slink *) inbox; /* parks woken by other threads (gr__xunpark) */
+	_Atomic(struct gr__slink *) inbox; /* posted by other threads (gr__hub_post) */
 	struct gr__offloads offload;      /* operations the thread pool performs */
 	size_t remote_waiting;            /* fibers parked on cross-thread queues */
+	struct gr__list fd_requests;      /* other threads' gr_close, served by fibers here */
+	unsigned fd_slot;                 /* its bit in the fd claims (fd_remote.c) */
 	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */
 	size_t fd_nchunks;
 	size_t fds_busy;                  /* fds with operations in flight */
@@ -488,27 +510,34 @@ static inline void gr__hub_progress(struct gr__hub *hub, unsigned n)
 /* Every hub of the process, in creation order (kept by hub.c). A hub stays
  * on the list until its thread has let go of every fiber, so its thread is
  * alive as long as it is listed, unless the hub was leaked at thread exit
- * (then its tid is 0). Walk it only through gr__hubs_foreach; debuggers
- * read it directly (debugger.c). */
+ * (then its tid is 0). Walk it only through gr__hubs_visit (below);
+ * debuggers read it directly (debugger.c). */
 extern struct gr__list gr__hubs;
-/* Call fn(hub, arg) for every hub whose thread is alive, with the list
- * locked: fn may read the hub's published fields (progress, tid, ops) and
- * send it requests, and must be quick: hub creation, teardown and fork
- * wait for the lock. */
-void gr__hubs_foreach(void (*fn)(struct gr__hub *hub, void *arg), void *arg);
 
-/* A request another thread makes of a hub (the dump). It rides the hub's
- * inbox as a park record of kind GR__PARK_REQUEST, so it reaches a hub
- * blocked in its backend (the push wakes it) and one whose fibers start
- * turns by themselves (a non-empty inbox sends them to the loop); the loop
- * runs it on the hub's thread, no fiber running. A hub being torn down runs
- * the requests still queued. Send it only while the hub is listed (inside
- * gr__hubs_foreach), and keep rq valid until run has been called. */
+/* A request another thread makes of a hub (the dump, a gr_close from
+ * another thread). It rides the hub's inbox as a park with no fiber, so it
+ * reaches a hub blocked in its backend (the post wakes it) and one whose
+ * fibers start turns by themselves (a non-empty inbox sends them to the
+ * loop); the loop runs it on the hub's thread, no fiber running. A hub
+ * being torn down runs the requests still queued. Send it only while the
+ * hub is listed (inside gr__hubs_visit), and keep rq valid until run has
+ * been called. The caller fills run (and park.what). */
 struct gr__hub_request {
 	struct gr__park park;
 	void (*run)(struct gr__hub *hub, struct gr__hub_request *rq);
 };
 void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq);
+
+/* fd_remote.c: the bit of the fd record a gr_close on this hub needs no
+ * request for: the hub's own (none while slots are shared, when the bit may
+ * be another hub's too). */
+extern atomic_bool gr__claim_slots_shared;
+static inline uint64_t gr__claim_mine(const struct gr__hub *hub)
+{
+	if (!hub || atomic_load_explicit(&gr__claim_slots_shared, memory_order_relaxed))
+		return 0;
+	return (uint64_t)1 << hub->fd_slot;
+}
 
 /* This thread's hub, created (and its backend chosen) on first use;
  * NULL with *err = -errno if no backend can run. */
@@ -545,8 +574,29 @@ void gr__signal_hub_free(struct gr__hub *hub);
 void gr__signal_fork_child(struct gr__hub *hub);
 /* later.c: the hub goes away: free what is still pending (it never runs). */
 void gr__laters_free(struct gr__hub *hub);
+/* fiber.c: gr_spawn_with on hub without its checks, so that the hub
+ * itself may start a fiber (fd_remote.c); NULL with errno. */
+gr_fiber *gr__spawn_on(struct gr__hub *hub, const struct gr_spawn_opts *opts, void *(*fn)(void *),
+		       void *arg);
 /* hub.c: a fiber ended; wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub);
+/* hub.c: call fn(hub, arg) for every hub of the process whose thread is
+ * alive, under the lock that a hub's teardown takes to leave the list (so
+ * each is alive, and may be posted to, for the duration of the call). A
+ * hub leaked at its thread's exit is left out: nothing would ever drain
+ * its inbox. fn must not block: hub creation, teardown and fork wait. */
+void gr__hubs_visit(void (*fn)(struct gr__hub *hub, void *arg), void *arg);
+/* io.c: gr_close's own work on this hub: cancel, drain, close (how). 0 or
+ * -errno. */
+enum gr__close_how {
+	GR__CLOSE,            /* gr_close: on a completion hub, by the backend */
+	GR__CLOSE_NOW,        /* close(2) once drained, with no wait after it: a
+				 thread exiting in between finds it either not
+				 begun or done (fd_remote.c serves requests so) */
+	GR__CLOSE_HOLD,       /* all but the close: the fd is held for another
+				 thread's close (fd_remote.c) */
+};
+int gr__close_here(struct gr__hub *hub, int fd, enum gr__close_how how);
 /* hub.c: lifecycle, used by hub_select.c. */
 struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend);
 int gr__hub_install(struct gr__hub *hub);
@@ -712,8 +762,10 @@ struct gr__fdstate {
 					     that waited across one must not touch
 					     the number again (it may be a new file) */
 	uint32_t audit_at;                /* the audit epoch of the next check; 0 = none */
+	uint32_t held_at;                 /* GR__FD_HELD: the fd's close count then */
 	uint8_t audit_gap;                /* epochs between checks, doubling */
-	uint8_t closing;                  /* gr_close in progress */
+	uint8_t closing;                  /* 0, GR__FD_CLOSING, GR__FD_HELD */
+	bool claimed;                     /* this hub's claim on the fd is recorded */
 	/* What belongs to the file behind the number, not to one call: all
 	 * forgotten by gr_close and set afresh when the runtime makes a file
 	 * under the number (gr__fd_born). A number closed with plain close()
@@ -768,6 +820,12 @@ void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
 /* gr_close is closing st's fd: the same forgetting. */
 void gr__fd_forget(struct gr__fdstate *st);
 
+/* gr__fdstate.closing: a gr_close of this hub is under way; or another
+ * thread's gr_close is, and holds the fd here until it has closed it
+ * (fd_remote.c). Either way, new operations on the fd fail with EBADF. */
+#define GR__FD_CLOSING 1
+#define GR__FD_HELD 2
+
 /* fd's state, made on first use for an open fd. NULL with errno: EBADF (a
  * negative or unopened fd), ENOMEM. The address is stable for the hub's
  * life. */
@@ -814,6 +872,76 @@ static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs
 		d = gr__deadline_min(d, st->deadline[1]);
 	return d;
 }
+
+/* fds across threads (fd_remote.c). A process-wide record says, per fd,
+ * which hubs may have operations on it (a bit per hub slot), so that a
+ * gr_close from another thread reaches their fibers.
+ *
+ * gr__fd_claim: record this hub on fd (st->claimed was false); called when
+ * an operation is first listed on the fd since this hub last closed it.
+ * gr__fd_unclaim: drop it again (this hub closed the fd).
+ * gr__fd_elsewhere: gr_close's first question, inline because every close
+ * asks it: may hubs other than `hub` (NULL: a thread without one) have
+ * operations on fd? If so gr__fd_close_elsewhere does the whole close with
+ * them: 0 or -errno.
+ * gr__fd_requests_at_exit: the hub's thread exits while its fibers serve
+ * such requests: serve them now (hub.c, once nothing is in flight).
+ * gr__fd_hold: the fd is drained here for another thread's close: hold it.
+ * gr__fd_still_held: the fd is closing here (true), or was held and the
+ * closer has closed it since (false, and the hold is over). */
+struct gr__claim {
+	_Atomic uint64_t hubs;            /* bit s: a hub of slot s may use the fd */
+	_Atomic uint32_t closes;          /* closes done while other hubs held it */
+};
+#define GR__CLAIM_CHUNK_SHIFT 12
+#define GR__CLAIM_CHUNK ((size_t)1 << GR__CLAIM_CHUNK_SHIFT)
+/* fds below 2^26 are recorded (the kernel's default fs.nr_open is 2^20); a
+ * number above is closed as if no other thread used it. */
+#define GR__CLAIM_CHUNKS ((size_t)1 << (26 - GR__CLAIM_CHUNK_SHIFT))
+extern _Atomic(struct gr__claim *) gr__claims[GR__CLAIM_CHUNKS];
+
+static inline struct gr__claim *gr__claim_peek(int fd)
+{
+	size_t c = (size_t)(unsigned)fd >> GR__CLAIM_CHUNK_SHIFT;
+
+	if (c >= GR__CLAIM_CHUNKS)
+		return NULL; /* a negative fd lands here too */
+	struct gr__claim *chunk = atomic_load_explicit(&gr__claims[c], memory_order_acquire);
+	return chunk ? &chunk[(size_t)fd & (GR__CLAIM_CHUNK - 1)] : NULL;
+}
+
+static inline bool gr__fd_elsewhere(const struct gr__hub *hub, int fd)
+{
+	struct gr__claim *c = gr__claim_peek(fd);
+
+	/* seq_cst pairs with the claim's: an operation listed before this
+	 * close began is seen. (On x86 a plain load either way.) */
+	return c && (atomic_load_explicit(&c->hubs, memory_order_seq_cst) & ~gr__claim_mine(hub));
+}
+
+void gr__fd_claim(struct gr__hub *hub, int fd, struct gr__fdstate *st);
+void gr__fd_unclaim_slow(struct gr__hub *hub, int fd, struct gr__fdstate *st);
+static inline void gr__fd_unclaim(struct gr__hub *hub, int fd, struct gr__fdstate *st)
+{
+	if (st->claimed)
+		gr__fd_unclaim_slow(hub, fd, st);
+}
+int gr__fd_close_elsewhere(struct gr__hub *hub, int fd);
+void gr__fd_requests_at_exit(struct gr__hub *hub);
+void gr__fd_hold(int fd, struct gr__fdstate *st);
+bool gr__fd_hold_goes_on(int fd, struct gr__fdstate *st);
+
+static inline bool gr__fd_still_held(int fd, struct gr__fdstate *st)
+{
+	if (__builtin_expect(st->closing != GR__FD_HELD, 1))
+		return st->closing != 0;
+	return gr__fd_hold_goes_on(fd, st);
+}
+/* A hub's slot in the record, taken when it is installed, given back when
+ * it goes; every slot is free again in a fork() child. */
+void gr__fd_slot_take(struct gr__hub *hub);
+void gr__fd_slot_give(struct gr__hub *hub);
+void gr__fd_slots_after_fork(void);
 
 /* ------------------------------------------------------------ stacks */
 

@@ -271,7 +271,7 @@ int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short ev
 		return r;
 	/* The wait ended, but other fibers ran before this one: if one of them
 	 * gr_closed the fd, the number may already name a new file. */
-	if (st->closes != closes || st->closing)
+	if (st->closes != closes || (st->closing && gr__fd_still_held(fd, st)))
 		return -EBADF;
 	return 0;
 }
@@ -700,29 +700,54 @@ int gr_wait_fd(int fd, short events, int64_t deadline)
  * a file opened later under the same number. The closing state ends the
  * moment the close itself completes (fd.c), before any other fiber runs: a
  * fiber that gets the number back from pipe() or socket() in the same turn
- * owns it at once. */
+ * owns it at once. Fibers of other threads waiting on fd are reached through
+ * their hubs first (fd_remote.c); the one load that asks costs nothing
+ * measurable here (docs/threads.md). */
+static inline __attribute__((always_inline)) int close_here(struct gr__hub *hub, int fd,
+							    enum gr__close_how how);
+
 int gr_close(int fd)
 {
 	struct gr__hub *hub = gr__hub_peek();
 
 	if (fd < 0)
 		return (int)gr__posix_result(-EBADF);
+	if (gr__fd_elsewhere(hub, fd))
+		return (int)gr__posix_result(gr__fd_close_elsewhere(hub, fd));
+	return (int)gr__posix_result(close_here(hub, fd, GR__CLOSE));
+}
+
+int gr__close_here(struct gr__hub *hub, int fd, enum gr__close_how how)
+{
+	return close_here(hub, fd, how);
+}
+
+/* Inlined into gr_close, whose every call runs it. */
+static inline __attribute__((always_inline)) int close_here(struct gr__hub *hub, int fd,
+							    enum gr__close_how how)
+{
 	struct gr__fdstate *st = hub ? gr__fd_peek(hub, fd) : NULL;
 	if (!st)
-		return close(fd);
+		return how == GR__CLOSE_HOLD ? 0 : close(fd) < 0 ? -errno : 0;
 	if (!hub->loop && !gr__hub_loop_fiber(hub))
-		return (int)gr__posix_result(-ENOMEM); /* the close below may park */
+		return -ENOMEM; /* the close below may park */
 	if (hub->current == hub->loop) {
 		/* Inside the hub nothing can wait for the cancelled operations to
 		 * drain, and closing under them would let the number be reused
 		 * while an operation still names it. */
 		if (!gr__list_empty(&st->ops))
-			return (int)gr__posix_result(-EPERM);
-		return close(fd);
+			return -EPERM;
+		gr__fd_forget(st);
+		gr__fd_unclaim(hub, fd, st);
+		if (how == GR__CLOSE_HOLD) {
+			gr__fd_hold(fd, st);
+			return 0;
+		}
+		return close(fd) < 0 ? -errno : 0;
 	}
-	if (st->closing)
-		return (int)gr__posix_result(-EBADF); /* another fiber is closing it */
-	st->closing = 1;
+	if (gr__fd_still_held(fd, st))
+		return -EBADF; /* another fiber, or another thread, is closing it */
+	st->closing = GR__FD_CLOSING;
 	st->closes++;
 	gr__fd_cancel_all(hub, st, EBADF);
 	/* Not cancellable: the fd must end up closed either way, whether the
@@ -734,7 +759,14 @@ int gr_close(int fd)
 	if (hub->ops->fd_forget)
 		hub->ops->fd_forget(hub->backend, fd);
 	gr__fd_forget(st); /* what comes next under the number is learnt afresh */
-	if (hub->ops->caps & GR_HUB_CAP_COMPLETION) {
+	/* Before the number is free: a claim dropped after it could drop the
+	 * claim of a hub that reused the number meanwhile. */
+	gr__fd_unclaim(hub, fd, st);
+	if (how == GR__CLOSE_HOLD) {
+		gr__fd_hold(fd, st);
+		return (int)r;
+	}
+	if (how == GR__CLOSE && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
 		struct gr__op o = gr__op_init(GR_OP_CLOSE, fd);
 
 		r = gr__park_op(hub, &p, &o);
@@ -742,5 +774,5 @@ int gr_close(int fd)
 		r = close(fd) < 0 ? -errno : 0;
 		st->closing = 0;
 	}
-	return (int)gr__posix_result(r);
+	return (int)r;
 }

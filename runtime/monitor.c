@@ -413,7 +413,7 @@ static void scan(int64_t threshold)
 {
 	struct scan s = { .now = gr_now(), .threshold = threshold };
 
-	gr__hubs_foreach(watch_hub, &s);
+	gr__hubs_visit(watch_hub, &s);
 	for (size_t i = 0; i < s.nends; i++)
 		report_end(s.ends[i].tid, s.ends[i].backend, &s.ends[i].w, s.ends[i].ran);
 	if (!s.stall.hub)
@@ -422,7 +422,7 @@ static void scan(int64_t threshold)
 	if (answered && cap.outcome != OUT_CAPTURED)
 		return; /* it moved on meanwhile, or nothing waits on it */
 	if (answered)
-		gr__hubs_foreach(note_stall, &s.stall);
+		gr__hubs_visit(note_stall, &s.stall);
 	report_stall(&s.stall, threshold, answered);
 }
 

@@ -19,77 +19,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ring.h"
 #include "sync_internal.h"
 
 struct queue {
 	struct gr__sync_head h;
-	struct gr__waitq getters;   /* non-empty only while count == 0 */
-	struct gr__waitq putters;   /* non-empty only while count == bound */
-	void **ring;
-	size_t cap;                 /* slots in ring: bound, or grown on demand */
-	size_t bound;               /* most items queued; GR_QUEUE_UNBOUNDED */
-	size_t head;                /* index of the oldest item */
-	size_t count;
+	struct gr__waitq getters;   /* non-empty only while the ring is empty */
+	struct gr__waitq putters;   /* non-empty only while the ring is full */
+	struct gr__ring ring;
 	bool closed;
 };
 GR__SYNC_STORAGE(gr_queue, struct queue);
-
-/* An unbounded ring starts this small and is halved, down to this, once it
- * is three quarters empty, so a burst does not pin its memory forever. */
-#define RING_MIN 16
+_Static_assert(GR_QUEUE_UNBOUNDED == GR__RING_UNBOUNDED, "one meaning of unbounded");
 
 static inline struct queue *QU(gr_queue *q)
 {
 	return (struct queue *)(void *)q;
-}
-
-/* Move the items to a ring of newcap slots (newcap >= count). */
-static int ring_resize(struct queue *q, size_t newcap)
-{
-	void **ring = malloc(newcap * sizeof(*ring));
-
-	if (!ring)
-		return -ENOMEM;
-	for (size_t i = 0, j = q->head; i < q->count; i++) {
-		ring[i] = q->ring[j];
-		if (++j == q->cap)
-			j = 0;
-	}
-	free(q->ring);
-	q->ring = ring;
-	q->cap = newcap;
-	q->head = 0;
-	return 0;
-}
-
-static int ring_push(struct queue *q, void *item)
-{
-	if (q->count == q->cap) {
-		/* Only an unbounded ring fills up below its bound. */
-		if (q->cap > SIZE_MAX / 2 / sizeof(void *))
-			return -ENOMEM;
-		int err = ring_resize(q, q->cap ? q->cap * 2 : RING_MIN);
-		if (err)
-			return err;
-	}
-	size_t tail = q->head + q->count;
-	if (tail >= q->cap)
-		tail -= q->cap;
-	q->ring[tail] = item;
-	q->count++;
-	return 0;
-}
-
-static void *ring_pop(struct queue *q)
-{
-	void *item = q->ring[q->head];
-
-	if (++q->head == q->cap)
-		q->head = 0;
-	q->count--;
-	if (q->bound == GR_QUEUE_UNBOUNDED && q->cap > RING_MIN && q->count <= q->cap / 4)
-		(void)ring_resize(q, q->cap / 2); /* if this fails, the ring just stays large */
-	return item;
 }
 
 int gr_queue_init(gr_queue *q, size_t capacity)
@@ -98,17 +43,11 @@ int gr_queue_init(gr_queue *q, size_t capacity)
 		return -EINVAL;
 	struct queue *qu = QU(q);
 	memset(qu, 0, sizeof(*qu));
-	qu->bound = capacity;
-	if (capacity != GR_QUEUE_UNBOUNDED && capacity > 0) {
-		/* A bounded queue takes its memory now, so a put can only fail
-		 * for a reason the caller asked about (full, closed, time). */
-		if (capacity > SIZE_MAX / sizeof(void *))
-			return -ENOMEM;
-		qu->ring = malloc(capacity * sizeof(void *));
-		if (!qu->ring)
-			return -ENOMEM;
-		qu->cap = capacity;
-	}
+	/* A bounded queue takes its memory now, so a put can only fail for a
+	 * reason the caller asked about (full, closed, time). */
+	int err = gr__ring_init(&qu->ring, capacity);
+	if (err)
+		return err;
 	gr__sync_head_init(&qu->h, GR__MAGIC_QUEUE);
 	return 0;
 }
@@ -122,8 +61,7 @@ int gr_queue_destroy(gr_queue *q)
 		return err;
 	if (!gr__waitq_empty(&qu->getters) || !gr__waitq_empty(&qu->putters))
 		return -EBUSY;
-	free(qu->ring);
-	qu->ring = NULL;
+	gr__ring_free(&qu->ring);
 	qu->h.magic = 0;
 	return 0;
 }
@@ -139,8 +77,8 @@ static int offer(struct queue *qu, void *item)
 		gr__unpark(w, 0);
 		return 0;
 	}
-	if (qu->count < qu->bound)
-		return ring_push(qu, item);
+	if (!gr__ring_full(&qu->ring))
+		return gr__ring_push(&qu->ring, item);
 	return -EAGAIN;
 }
 
@@ -149,15 +87,15 @@ static int take(struct queue *qu, void **item)
 {
 	void *it;
 
-	if (qu->count > 0) {
-		it = ring_pop(qu);
+	if (qu->ring.count > 0) {
+		it = gr__ring_pop(&qu->ring);
 		if (!gr__waitq_empty(&qu->putters)) {
 			/* The ring was full: the first putter's item takes the slot
 			 * just freed (a bounded ring has all its slots, so this
 			 * cannot fail). */
 			struct gr__park *w = gr__waitq_first(&qu->putters);
 
-			(void)ring_push(qu, (void *)w->data);
+			(void)gr__ring_push(&qu->ring, (void *)w->data);
 			gr__unpark(w, 0);
 		}
 	} else if (!gr__waitq_empty(&qu->putters)) {
@@ -251,5 +189,5 @@ ssize_t gr_queue_len(gr_queue *q)
 	struct queue *qu = QU(q);
 	int err = gr__sync_check(q ? &qu->h : NULL, GR__MAGIC_QUEUE);
 
-	return err ? err : (ssize_t)qu->count;
+	return err ? err : (ssize_t)qu->ring.count;
 }

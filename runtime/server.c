@@ -1,18 +1,35 @@
-/* server.c — gr_server: listen, accept on a fiber, one fiber per connection.
+/* server.c — gr_server: listen, accept on a fiber, one fiber per
+ * connection, on one hub or on several (a hub per thread), with graceful
+ * shutdown.
  *
- * Built on the public API (gr_accept4, gr_spawn_with, gr_kill, gr_close), so
- * it behaves the same on every hub. The one internal thing it uses is the
- * parking gate's wait queue (gr__park_queue/gr__unpark, wait.c), for the two
- * waits that no fd can express: the acceptor waiting for a free connection
- * slot, and gr_server_wait() callers waiting for the last handler. A
- * semaphore and an event would do the same, but gr_server_free() must wait
- * uncancellably (a killed caller must not free the server under its
- * fibers), which only the gate offers.
+ * Shards. A server is `threads` shards, each a hub of its own with its own
+ * listening socket on the same port (SO_REUSEPORT: the kernel spreads new
+ * connections), its own acceptor and its own connection fibers; a
+ * connection stays on the hub that accepted it. Shard 0 runs on the thread
+ * that created the server (the owner), the others on threads the server
+ * starts. Everything of a shard (its connections, counts, wait queues) is
+ * touched by its own thread only; what crosses threads is small:
+ *   - commands, owner to shard: bits in `cmd` (atomic), then a fire of the
+ *     shard's notifier, on which its thread's main context waits;
+ *   - the end, shard to owner: the shard thread counts itself done and
+ *     fires the server's notifier, on which the owner waits
+ *     (gr_server_wait, shutdown, free); shard 0 fires it too, locally;
+ *   - gr_server_conns: each shard publishes its live count (atomic).
+ * The owner joins the shard threads once they are done, so that when a wait
+ * returns their hubs (and fds) are gone too. The API is the owner's only
+ * (EPERM elsewhere): the server object is never shared, its shards are.
  *
- * Lifetimes:
+ * Built on the public API (gr_accept4, gr_spawn_with, gr_kill, gr_close,
+ * notifiers), so it behaves the same on every hub. The one internal thing it
+ * uses is the parking gate's wait queue (gr__park_queue/gr__unpark, wait.c)
+ * for the acceptor waiting for a connection slot, and the gate's
+ * uncancellable waits: gr_server_free() must not return early, even when
+ * its caller is killed, while fibers still use the server.
+ *
+ * Lifetimes, per shard:
  *   - The acceptor and the connection fibers are detached. Each records its
  *     own handle (gr_self()) once its body runs and clears it before it ends,
- *     so a handle the server holds always names a live fiber. A fiber that has
+ *     so a handle the shard holds always names a live fiber. A fiber that has
  *     not started yet is never gr_kill()ed: a fiber killed before it runs
  *     never runs its body, and the body is what closes its fd and does the
  *     books. Such a fiber is flagged instead and ends at once when it starts.
@@ -20,8 +37,8 @@
  *     closes its socket after the handler returns. Both with gr_close(), which
  *     is uncancellable, so a killed fiber still cleans up, and both only if
  *     the number still names the socket the server opened (fd_identity).
- *   - Nothing touches the server after the last wake of its done queue: that
- *     is when gr_server_free() may release it.
+ *   - Nothing touches the shard after its end is signalled, nor the server
+ *     after the last shard's: that is when gr_server_free() may release it.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -77,13 +94,41 @@ static void close_owned(int fd, const struct fd_identity *id)
 }
 
 struct conn {
-	struct gr__link link;       /* on the server's conns */
-	gr_server *server;
+	struct gr__link link;       /* on the shard's conns */
+	struct shard *shard;
 	gr_fiber *fiber;            /* set while the handler runs */
 	int fd;
 	struct fd_identity id;      /* of the accepted socket */
-	bool cancelled;             /* stop(KILL) came before the fiber started */
+	bool cancelled;             /* killed before the fiber started */
 	struct sockaddr_storage peer;
+};
+
+/* Commands to a shard (struct shard.cmd). */
+#define CMD_STOP 0x1u           /* stop accepting */
+#define CMD_KILL 0x2u           /* kill the connections */
+#define CMD_LINGER 0x4u         /* ... and let them close lingering (shutdown) */
+
+struct shard {
+	gr_server *s;
+	unsigned index;
+	pthread_t thread;           /* index > 0 */
+	bool thread_started, thread_joined;
+	int lfd;                    /* listening socket; -1 when none */
+	struct fd_identity lid;
+	int error;                  /* the acceptor's fatal error (-errno), else 0 */
+	gr_fiber *acceptor;         /* valid while acceptor_running */
+	bool acceptor_running;      /* spawned and not yet ended */
+	bool acceptor_began;        /* its body has run (so it may be killed) */
+	bool stopping, killing, lingering;
+	bool ended;                 /* acceptor and connections are all gone */
+	size_t live;                /* connection fibers spawned and not ended */
+	size_t live_at_stop;        /* live when it stopped accepting */
+	size_t live_at_kill;        /* live when its connections were killed */
+	_Atomic size_t live_shown;  /* `live`, for gr_server_conns on the owner */
+	struct gr__list conns;
+	struct gr__waitq slot_q;    /* the acceptor, waiting under max_conns */
+	gr_notifier control;        /* index > 0: the owner's commands, the end */
+	_Atomic unsigned cmd;       /* CMD_* sent by the owner */
 };
 
 struct gr_server {
@@ -93,34 +138,47 @@ struct gr_server {
 	struct gr_server_opts opts;
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
-	int lfd;                    /* listening socket; -1 when none */
-	struct fd_identity lid;     /* of the listening socket */
 	int port;                   /* bound port; -1 before start */
-	int error;                  /* the acceptor's fatal error (-errno), else 0 */
-	gr_fiber *acceptor;         /* valid while acceptor_running */
 	bool started;
-	bool acceptor_running;      /* spawned and not yet ended */
-	bool acceptor_began;        /* its body has run (so it may be killed) */
-	bool stopping;
-	bool killing;               /* stop(GR_SERVER_KILL) */
-	size_t live;                /* connection fibers spawned and not ended */
-	struct gr__list conns;
-	struct gr__waitq slot_q;    /* the acceptor, waiting under max_conns */
-	struct gr__waitq done_q;    /* gr_server_wait()/free() callers */
+	bool stopping, killing;
+	unsigned nshards;
+	struct shard *shards;       /* [0] runs on the owner's thread */
+	const struct gr_hub_ops *ops; /* the owner's backend, for every shard */
+	gr_notifier done;           /* a shard ended */
+	_Atomic unsigned shards_ended;
+	/* Worker threads report whether their hub could be made. */
+	pthread_mutex_t boot_lock;
+	pthread_cond_t boot_cond;
+	unsigned booted;
+	int boot_error;
 };
+
+/* How long a connection killed by gr_server_shutdown keeps reading what its
+ * client still sends, by default (opts.linger 0). */
+#define LINGER_DEFAULT GR_SEC
 
 static bool own_thread(const gr_server *s)
 {
 	return pthread_equal(s->owner, pthread_self()) != 0;
 }
 
-/* The last fiber of the server may have ended: let the waiters go. */
-static void notify_done(gr_server *s)
+static bool shard_idle(const struct shard *sh)
 {
-	if (s->acceptor_running || s->live)
+	return !sh->acceptor_running && sh->live == 0;
+}
+
+/* The shard's acceptor and connections may all have ended: say so, once,
+ * to whoever waits (the owner's wait through the server's notifier; a
+ * worker's main context through the shard's). */
+static void notify_done(struct shard *sh)
+{
+	if (!shard_idle(sh) || sh->ended)
 		return;
-	while (!gr__waitq_empty(&s->done_q))
-		gr__unpark(gr__waitq_first(&s->done_q), 0);
+	sh->ended = true;
+	if (sh->index == 0)
+		(void)gr_notifier_fire(&sh->s->done);
+	else
+		(void)gr_notifier_fire(&sh->control);
 }
 
 /* ------------------------------------------------------------ connections */
@@ -130,22 +188,46 @@ static struct conn *conn_of(struct gr__link *l)
 	return gr__container(l, struct conn, link);
 }
 
+static void set_live(struct shard *sh, size_t live)
+{
+	sh->live = live;
+	atomic_store_explicit(&sh->live_shown, live, memory_order_relaxed);
+}
+
+/* A connection killed by a graceful shutdown: what the handler sent is
+ * still on its way. Closing with unread input would make the kernel reset
+ * the connection and drop it, so stop sending (FIN after the data) and read
+ * and drop what the client sends until it closes or the linger ends, as
+ * nginx's lingering_close. */
+static void linger_close(const struct shard *sh, int fd)
+{
+	int64_t linger = sh->s->opts.linger ? sh->s->opts.linger : LINGER_DEFAULT;
+	char sink[1024];
+
+	if (linger < 0 || gr_kill_ack(gr_now() + linger) != 0 || shutdown(fd, SHUT_WR) < 0)
+		return;
+	while (gr_recv(fd, sink, sizeof(sink), 0) > 0)
+		;
+}
+
 static void *conn_main(void *arg)
 {
 	struct conn *c = arg;
-	gr_server *s = c->server;
+	struct shard *sh = c->shard;
 
 	if (!c->cancelled) {
 		c->fiber = gr_self();
-		s->handler(c->fd, (const struct sockaddr *)&c->peer, s->arg);
+		sh->s->handler(c->fd, (const struct sockaddr *)&c->peer, sh->s->arg);
 		c->fiber = NULL;
+		if (sh->lingering && gr_killed())
+			linger_close(sh, c->fd);
 	}
 	close_owned(c->fd, &c->id);
-	gr__list_remove(&s->conns, &c->link);
-	s->live--;
-	if (!gr__waitq_empty(&s->slot_q))
-		gr__unpark(gr__waitq_first(&s->slot_q), 0);
-	notify_done(s);
+	gr__list_remove(&sh->conns, &c->link);
+	set_live(sh, sh->live - 1);
+	if (!gr__waitq_empty(&sh->slot_q))
+		gr__unpark(gr__waitq_first(&sh->slot_q), 0);
+	notify_done(sh);
 	free(c);
 	return NULL;
 }
@@ -176,7 +258,7 @@ static void peer_name(const struct sockaddr_storage *peer, char *out, size_t len
 
 /* Hand an accepted socket to a new connection fiber. On failure the socket
  * is closed (the client sees a reset) and -errno returned. */
-static int conn_spawn(gr_server *s, int fd, const struct sockaddr_storage *peer)
+static int conn_spawn(struct shard *sh, int fd, const struct sockaddr_storage *peer)
 {
 	struct conn *c = malloc(sizeof(*c));
 
@@ -184,14 +266,14 @@ static int conn_spawn(gr_server *s, int fd, const struct sockaddr_storage *peer)
 		(void)gr_close(fd);
 		return -ENOMEM;
 	}
-	c->server = s;
+	c->shard = sh;
 	c->fiber = NULL;
 	c->fd = fd;
 	c->cancelled = false;
 	c->peer = *peer;
 
 	char name[GR__NAME_MAX];
-	struct gr_spawn_opts so = { .stack_size = s->opts.stack_size, .detached = 1, .name = name };
+	struct gr_spawn_opts so = { .stack_size = sh->s->opts.stack_size, .detached = 1, .name = name };
 	int err = fd_identity(fd, &c->id);
 	peer_name(peer, name, sizeof(name));
 	if (err || !gr_spawn_with(&so, conn_main, c)) {
@@ -200,8 +282,8 @@ static int conn_spawn(gr_server *s, int fd, const struct sockaddr_storage *peer)
 		(void)gr_close(fd);
 		return err;
 	}
-	gr__list_push_front(&s->conns, &c->link);
-	s->live++;
+	gr__list_push_front(&sh->conns, &c->link);
+	set_live(sh, sh->live + 1);
 	return 0;
 }
 
@@ -209,15 +291,15 @@ static int conn_spawn(gr_server *s, int fd, const struct sockaddr_storage *peer)
 
 /* Wait for a connection slot under opts.max_conns. 0 when one is free;
  * -ECANCELED once the acceptor is being stopped. */
-static int wait_slot(gr_server *s)
+static int wait_slot(struct shard *sh)
 {
-	while (s->opts.max_conns && s->live >= s->opts.max_conns) {
+	while (sh->s->opts.max_conns && sh->live >= sh->s->opts.max_conns) {
 		struct gr__hub *hub = NULL;
 		struct gr__park p = { .what = "gr_server (at max_conns)" };
 		int r = gr__park_prepare(&hub, &p, GR_FOREVER);
 
 		if (!r)
-			r = gr__park_queue(hub, &p, &s->slot_q);
+			r = gr__park_queue(hub, &p, &sh->slot_q);
 		if (r < 0)
 			return r;
 	}
@@ -251,28 +333,28 @@ static int accept_failure(int err)
 
 static void *acceptor_main(void *arg)
 {
-	gr_server *s = arg;
+	struct shard *sh = arg;
 	int64_t backoff = 0;
 
-	s->acceptor_began = true;
-	s->acceptor = gr_self();
-	while (!s->stopping) {
-		if (wait_slot(s) < 0)
+	sh->acceptor_began = true;
+	sh->acceptor = gr_self();
+	while (!sh->stopping) {
+		if (wait_slot(sh) < 0)
 			break;
 
 		struct sockaddr_storage peer;
 		socklen_t len = sizeof(peer);
-		int fd = gr_accept4(s->lfd, (struct sockaddr *)&peer, &len, SOCK_CLOEXEC);
+		int fd = gr_accept4(sh->lfd, (struct sockaddr *)&peer, &len, SOCK_CLOEXEC);
 		int err = fd < 0 ? errno : 0;
 
-		if (fd >= 0 && s->stopping) {
+		if (fd >= 0 && sh->stopping) {
 			/* The kernel completed the accept before the kill took
 			 * hold: we are not serving any more. */
 			(void)gr_close(fd);
 			break;
 		}
 		if (fd >= 0) {
-			if (!s->opts.nagle) {
+			if (!sh->s->opts.nagle) {
 				int one = 1;
 
 				/* Ignored on failure: it can only fail for a socket
@@ -280,7 +362,7 @@ static void *acceptor_main(void *arg)
 				 * call reports that better. */
 				(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 			}
-			err = -conn_spawn(s, fd, &peer);
+			err = -conn_spawn(sh, fd, &peer);
 			if (!err) {
 				backoff = 0;
 				continue;
@@ -289,7 +371,7 @@ static void *acceptor_main(void *arg)
 		int what = err == ECANCELED ? -1 : accept_failure(err);
 		if (what < 0) {
 			if (err != ECANCELED)
-				s->error = -err;
+				sh->error = -err;
 			break;
 		}
 		if (what > 0) {
@@ -300,13 +382,139 @@ static void *acceptor_main(void *arg)
 				break; /* killed: stopping */
 		}
 	}
-	close_owned(s->lfd, &s->lid);
-	s->lfd = -1;
-	s->acceptor = NULL;
-	s->acceptor_running = false;
-	notify_done(s);
+	close_owned(sh->lfd, &sh->lid);
+	sh->lfd = -1;
+	sh->acceptor = NULL;
+	sh->acceptor_running = false;
+	notify_done(sh);
 	return NULL;
 }
+
+static int acceptor_spawn(struct shard *sh)
+{
+	struct gr_spawn_opts so = { .name = "gr_server acceptor", .detached = 1 };
+	gr_fiber *f = gr_spawn_with(&so, acceptor_main, sh);
+
+	if (!f)
+		return -errno;
+	sh->acceptor = f; /* valid until it runs; it then records itself */
+	sh->acceptor_running = true;
+	return 0;
+}
+
+/* ------------------------------------------------------------ a shard's commands */
+
+/* On the shard's own thread. */
+static void shard_stop(struct shard *sh)
+{
+	if (sh->stopping)
+		return;
+	sh->stopping = true;
+	sh->live_at_stop = sh->live;
+	/* Not yet started: its body sees `stopping` and ends at once. */
+	if (sh->acceptor_running && sh->acceptor_began)
+		(void)gr_kill(sh->acceptor);
+}
+
+static void shard_kill(struct shard *sh, bool linger)
+{
+	if (sh->killing)
+		return;
+	sh->killing = true;
+	sh->lingering = linger;
+	sh->live_at_kill = sh->live;
+	gr__list_foreach(it, &sh->conns) {
+		struct conn *c = conn_of(it);
+
+		if (c->fiber && c->fiber != gr_self())
+			(void)gr_kill(c->fiber);
+		else if (!c->fiber)
+			c->cancelled = true;
+	}
+}
+
+static void shard_obey(struct shard *sh, unsigned cmd)
+{
+	if (cmd & (CMD_STOP | CMD_KILL))
+		shard_stop(sh);
+	if (cmd & CMD_KILL)
+		shard_kill(sh, cmd & CMD_LINGER);
+}
+
+/* Owner: command every shard (shard 0 at once, the others by notifier). */
+static void command(gr_server *s, unsigned cmd)
+{
+	shard_obey(&s->shards[0], cmd);
+	for (unsigned i = 1; i < s->nshards; i++) {
+		struct shard *sh = &s->shards[i];
+
+		if (!sh->thread_started)
+			continue;
+		atomic_fetch_or_explicit(&sh->cmd, cmd, memory_order_release);
+		(void)gr_notifier_fire(&sh->control);
+	}
+}
+
+/* ------------------------------------------------------------ shard threads */
+
+static void boot_report(gr_server *s, int err)
+{
+	pthread_mutex_lock(&s->boot_lock);
+	s->booted++;
+	if (err && !s->boot_error)
+		s->boot_error = err;
+	pthread_cond_signal(&s->boot_cond);
+	pthread_mutex_unlock(&s->boot_lock);
+}
+
+static void *shard_thread(void *arg)
+{
+	struct shard *sh = arg;
+	gr_server *s = sh->s;
+
+	/* The owner's backend: a server is the same on every one of its hubs. */
+	int err = gr_hub_use_ops(s->ops);
+	if (!err && !gr_hub_name())
+		err = -ENOTSUP;
+	if (!err)
+		err = acceptor_spawn(sh);
+	if (err) {
+		close(sh->lfd); /* no green call ever saw it */
+		sh->lfd = -1;
+		sh->ended = true;
+	}
+	boot_report(s, err);
+	/* The main context obeys the owner until the shard has ended. */
+	while (!sh->ended) {
+		shard_obey(sh, atomic_load_explicit(&sh->cmd, memory_order_acquire));
+		if (sh->ended)
+			break;
+		(void)gr__notifier_wait(&sh->control, GR_FOREVER, true);
+	}
+	/* Fibers its handlers started run on this hub: the thread ends with
+	 * them (then its hub goes, at the thread's exit). */
+	if (!err)
+		(void)gr_hub_join(GR_FOREVER);
+	atomic_fetch_add_explicit(&s->shards_ended, 1, memory_order_release);
+	(void)gr_notifier_fire(&s->done);
+	return NULL;
+}
+
+/* Owner: join the threads of shards that have ended (each once). Their
+ * hubs are being torn down: a short wait in pthread_join. */
+static void join_ended(gr_server *s)
+{
+	for (unsigned i = 1; i < s->nshards; i++) {
+		struct shard *sh = &s->shards[i];
+
+		if (sh->thread_started && !sh->thread_joined) {
+			pthread_join(sh->thread, NULL);
+			sh->thread_joined = true;
+		}
+	}
+}
+
+/* ------------------------------------------------------------ the API */
 
 /* ------------------------------------------------------------ the API */
 
@@ -349,7 +557,8 @@ static int parse_host(const char *host, int port, struct sockaddr_storage *ss, s
 gr_server *gr_server_create(const char *host, int port, gr_server_handler handler, void *arg,
 			    const struct gr_server_opts *opts)
 {
-	if (!handler || port < 0 || port > 65535 || (opts && opts->backlog < 0)) {
+	if (!handler || port < 0 || port > 65535 ||
+	    (opts && (opts->backlog < 0 || opts->threads > GR_SERVER_THREADS_MAX))) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -364,30 +573,55 @@ gr_server *gr_server_create(const char *host, int port, gr_server_handler handle
 		errno = -err;
 		return NULL;
 	}
+	if (opts)
+		s->opts = *opts;
+	s->nshards = s->opts.threads ? s->opts.threads : 1;
+	s->shards = calloc(s->nshards, sizeof(*s->shards));
+	if (!s->shards) {
+		free(s);
+		errno = ENOMEM;
+		return NULL;
+	}
+	for (unsigned i = 0; i < s->nshards; i++) {
+		struct shard *sh = &s->shards[i];
+
+		sh->s = s;
+		sh->index = i;
+		sh->lfd = -1;
+		(void)gr_notifier_init(&sh->control); /* cannot fail for a valid pointer */
+	}
+	(void)gr_notifier_init(&s->done);
+	pthread_mutex_init(&s->boot_lock, NULL);
+	pthread_cond_init(&s->boot_cond, NULL);
 	s->owner = pthread_self();
 	s->handler = handler;
 	s->arg = arg;
-	if (opts)
-		s->opts = *opts;
-	s->lfd = -1;
 	s->port = -1;
 	return s;
 }
 
-/* socket, options, bind, listen: the listening fd, or -errno. */
-static int open_listener(gr_server *s)
+/* socket, options, bind, listen for one shard at port: the listening fd,
+ * or -errno. The first learns the port (maybe an ephemeral one). */
+static int open_listener(gr_server *s, struct shard *sh, int port)
 {
 	int one = 1;
-	int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_storage addr = s->addr;
+	int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	if (fd < 0)
 		return -errno;
+	if (addr.ss_family == AF_INET6)
+		((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
+	else
+		((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
 	/* A restarted server must not wait for its old connections' TIME_WAIT. */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
 		goto fail;
-	if (s->opts.reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+	/* Several shards share the port: one listening socket each. */
+	if ((s->opts.reuseport || s->nshards > 1) &&
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
 		goto fail;
-	if (bind(fd, (struct sockaddr *)&s->addr, s->addrlen) < 0)
+	if (bind(fd, (struct sockaddr *)&addr, s->addrlen) < 0)
 		goto fail;
 	if (listen(fd, s->opts.backlog ? s->opts.backlog : SOMAXCONN) < 0)
 		goto fail;
@@ -396,7 +630,7 @@ static int open_listener(gr_server *s)
 	socklen_t len = sizeof(bound);
 	if (getsockname(fd, (struct sockaddr *)&bound, &len) < 0)
 		goto fail;
-	if (fd_identity(fd, &s->lid) < 0)
+	if (fd_identity(fd, &sh->lid) < 0)
 		goto fail;
 	s->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
 						    : ((struct sockaddr_in *)&bound)->sin_port);
@@ -408,6 +642,59 @@ fail:;
 	return -err;
 }
 
+/* Owner: stop the shard threads started so far and join them, and close
+ * the listeners nobody took; the server can be started again. */
+static void unstart(gr_server *s)
+{
+	for (unsigned i = 1; i < s->nshards; i++) {
+		struct shard *sh = &s->shards[i];
+
+		if (sh->thread_started) {
+			atomic_fetch_or_explicit(&sh->cmd, CMD_STOP | CMD_KILL, memory_order_release);
+			(void)gr_notifier_fire(&sh->control);
+		}
+	}
+	join_ended(s); /* each stops on its own: it served nothing yet, or little */
+	for (unsigned i = 0; i < s->nshards; i++) {
+		struct shard *sh = &s->shards[i];
+
+		if (sh->lfd >= 0 && !sh->thread_started)
+			close(sh->lfd);
+		sh->lfd = -1;
+		sh->thread_started = sh->thread_joined = false;
+		sh->ended = sh->stopping = sh->killing = sh->lingering = false;
+		sh->error = 0;
+		atomic_store(&sh->cmd, 0);
+		(void)gr_notifier_wait(&sh->control, 0); /* a fire left pending */
+	}
+	atomic_store(&s->shards_ended, 0);
+	s->booted = 0;
+	s->boot_error = 0;
+	s->port = -1;
+}
+
+/* Start the shard threads, one by one, each once it has its hub (the
+ * owner blocks for that, briefly). 0 or -errno. */
+static int start_threads(gr_server *s)
+{
+	for (unsigned i = 1; i < s->nshards; i++) {
+		struct shard *sh = &s->shards[i];
+		int r = pthread_create(&sh->thread, NULL, shard_thread, sh);
+
+		if (r)
+			return -r;
+		sh->thread_started = true;
+		pthread_mutex_lock(&s->boot_lock);
+		while (s->booted < i)
+			pthread_cond_wait(&s->boot_cond, &s->boot_lock);
+		r = s->boot_error;
+		pthread_mutex_unlock(&s->boot_lock);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 int gr_server_start(gr_server *s)
 {
 	if (!s)
@@ -417,24 +704,31 @@ int gr_server_start(gr_server *s)
 	if (s->started || s->stopping)
 		return -EALREADY;
 
-	int fd = open_listener(s);
-	if (fd < 0) {
-		s->port = -1;
-		return fd;
-	}
-	s->lfd = fd;
-	struct gr_spawn_opts so = { .name = "gr_server acceptor", .detached = 1 };
-	gr_fiber *f = gr_spawn_with(&so, acceptor_main, s);
-	if (!f) {
-		int err = errno;
+	/* The owner's hub (made now if need be), and its backend for every
+	 * shard; EPERM inside the hub, as any call that spawns. */
+	struct gr__hub *hub = NULL;
+	int err = gr__park_hub(&hub);
+	if (err)
+		return err;
+	s->ops = hub->ops;
+	int port = ntohs(s->addr.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&s->addr)->sin6_port
+						       : ((struct sockaddr_in *)&s->addr)->sin_port);
+	for (unsigned i = 0; i < s->nshards && !err; i++) {
+		int fd = open_listener(s, &s->shards[i], i == 0 ? port : s->port);
 
-		close(fd);
-		s->lfd = -1;
-		s->port = -1;
-		return -err;
+		if (fd < 0)
+			err = fd;
+		else
+			s->shards[i].lfd = fd;
 	}
-	s->acceptor = f; /* valid until it runs; it then records itself */
-	s->acceptor_running = true;
+	if (!err)
+		err = start_threads(s);
+	if (!err)
+		err = acceptor_spawn(&s->shards[0]);
+	if (err) {
+		unstart(s);
+		return err;
+	}
 	s->started = true;
 	return 0;
 }
@@ -450,14 +744,17 @@ int gr_server_fd(const gr_server *s)
 {
 	if (!s)
 		return -EINVAL;
-	return s->lfd < 0 ? -ENOTCONN : s->lfd;
+	return s->shards[0].lfd < 0 ? -ENOTCONN : s->shards[0].lfd;
 }
 
 long gr_server_conns(const gr_server *s)
 {
 	if (!s)
 		return -EINVAL;
-	return (long)s->live;
+	size_t n = 0;
+	for (unsigned i = 0; i < s->nshards; i++)
+		n += atomic_load_explicit(&s->shards[i].live_shown, memory_order_relaxed);
+	return (long)n;
 }
 
 int gr_server_stop(gr_server *s, int flags)
@@ -466,55 +763,66 @@ int gr_server_stop(gr_server *s, int flags)
 		return -EINVAL;
 	if (!own_thread(s))
 		return -EPERM;
-	if (!s->stopping) {
-		s->stopping = true;
-		/* Not yet started: its body sees `stopping` and ends at once. */
-		if (s->acceptor_running && s->acceptor_began)
-			(void)gr_kill(s->acceptor);
-	}
+	s->stopping = true;
 	if ((flags & GR_SERVER_KILL) && !s->killing) {
 		s->killing = true;
-		gr__list_foreach(it, &s->conns) {
-			struct conn *c = conn_of(it);
-
-			if (c->fiber && c->fiber != gr_self())
-				(void)gr_kill(c->fiber);
-			else
-				c->cancelled = true;
-		}
+		command(s, CMD_STOP | CMD_KILL);
+	} else {
+		command(s, CMD_STOP);
 	}
 	return 0;
 }
 
-/* Is the caller one of s's own fibers? It would wait for itself. */
+/* Is the caller one of s's own fibers (of shard 0: others are on other
+ * threads, and refused as such)? It would wait for itself. */
 static bool called_from_inside(const gr_server *s)
 {
+	const struct shard *sh = &s->shards[0];
 	gr_fiber *self = gr_self();
 
-	if (self && self == s->acceptor)
+	if (self && self == sh->acceptor)
 		return true;
-	gr__list_foreach(it, &s->conns) {
+	gr__list_foreach(it, &sh->conns) {
 		if (conn_of(it)->fiber == self)
 			return true;
 	}
 	return false;
 }
 
+static bool all_ended(gr_server *s)
+{
+	unsigned threads = 0;
+
+	for (unsigned i = 1; i < s->nshards; i++)
+		threads += s->shards[i].thread_started;
+	return shard_idle(&s->shards[0]) &&
+	       atomic_load_explicit(&s->shards_ended, memory_order_acquire) == threads;
+}
+
+/* The first shard's fatal accept error, else 0. */
+static int first_error(const gr_server *s)
+{
+	for (unsigned i = 0; i < s->nshards; i++)
+		if (s->shards[i].error)
+			return s->shards[i].error;
+	return 0;
+}
+
 static int wait_done(gr_server *s, int64_t deadline, bool uncancellable)
 {
 	if (called_from_inside(s))
 		return -EDEADLK;
-	while (s->acceptor_running || s->live) {
-		struct gr__hub *hub = NULL;
-		struct gr__park p = { .what = "gr_server_wait", .uncancellable = uncancellable };
-		int r = gr__park_prepare(&hub, &p, deadline);
+	while (!all_ended(s)) {
+		int r = gr__notifier_wait(&s->done, deadline, uncancellable);
 
-		if (!r)
-			r = gr__park_queue(hub, &p, &s->done_q);
 		if (r < 0)
 			return r;
 	}
-	return s->error;
+	/* A fire wakes one waiter: pass it on to the next fiber of this
+	 * thread waiting here, if any (else it stays pending, harmlessly). */
+	(void)gr_notifier_fire(&s->done);
+	join_ended(s);
+	return first_error(s);
 }
 
 int gr_server_wait(gr_server *s, int64_t deadline)
@@ -524,6 +832,45 @@ int gr_server_wait(gr_server *s, int64_t deadline)
 	if (!own_thread(s))
 		return -EPERM;
 	return wait_done(s, deadline, false);
+}
+
+int gr_server_shutdown(gr_server *s, int64_t deadline, struct gr_server_shutdown_stats *stats)
+{
+	if (!s)
+		return -EINVAL;
+	if (!own_thread(s))
+		return -EPERM;
+	if (called_from_inside(s))
+		return -EDEADLK;
+	(void)gr_server_stop(s, 0);
+	int r = wait_done(s, deadline, false);
+	if (r == -ETIMEDOUT || r == -ECANCELED) {
+		/* What remains is killed; what it answered still reaches the
+		 * client (linger_close). Then the wait cannot be cut short:
+		 * the caller may free the server next. */
+		bool killed_caller = r == -ECANCELED;
+
+		if (!s->killing) {
+			s->killing = true;
+			command(s, CMD_STOP | CMD_KILL | CMD_LINGER);
+		}
+		r = wait_done(s, GR_FOREVER, true);
+		if (r >= 0 && killed_caller)
+			r = -ECANCELED;
+	}
+	if (r == -EDEADLK || r == -EPERM)
+		return r; /* could not wait: nothing to report */
+	if (stats) {
+		memset(stats, 0, sizeof(*stats));
+		for (unsigned i = 0; i < s->nshards; i++) {
+			const struct shard *sh = &s->shards[i];
+			size_t killed = sh->killing ? sh->live_at_kill : 0;
+
+			stats->killed += killed;
+			stats->finished += sh->live_at_stop - killed;
+		}
+	}
+	return r;
 }
 
 int gr_server_free(gr_server *s)
@@ -538,8 +885,14 @@ int gr_server_free(gr_server *s)
 	/* Uncancellable: the fibers still use s, so a killed caller must not
 	 * return early and leave it to be freed later. */
 	int r = wait_done(s, GR_FOREVER, true);
-	if (s->acceptor_running || s->live)
+	if (!all_ended(s))
 		return r; /* -EDEADLK, or -EPERM inside the hub: s stays valid */
+	for (unsigned i = 0; i < s->nshards; i++)
+		(void)gr_notifier_destroy(&s->shards[i].control);
+	(void)gr_notifier_destroy(&s->done);
+	pthread_mutex_destroy(&s->boot_lock);
+	pthread_cond_destroy(&s->boot_cond);
+	free(s->shards);
 	free(s);
 	return 0;
 }

@@ -19,7 +19,10 @@
  *              that only the cleanup knows how to free.
  *   RUNNING    a worker runs fn. If the caller stops waiting now, the job is
  *   ABANDONED  and the worker runs the cleanup when fn returns, then frees it.
- *   DONE       the caller is woken with the result and frees the job.
+ *   DONE       the caller is woken with the result and frees the job. If
+ *              its thread exits before it runs again to take the result,
+ *              the job goes to the release list: a worker runs the cleanup
+ *              on the result and frees it.
  * A caller that stops waiting settles its job in job_left(), called by the
  * gate under the lock at the moment it leaves: the caller itself may never
  * run again (its thread may be exiting), and after leaving it never touches
@@ -258,29 +261,48 @@ static void job_release(struct gr__work *w)
 	free(j);
 }
 
-/* The caller of a job stopped waiting (the gate's on_leave, lock held). */
-static void job_left(struct gr__xq *xq)
+/* Lock held: w's release() is due on a worker (it is the caller's code,
+ * never run under the pool's lock, nor on a thread that is exiting). An idle
+ * worker is told, a busy one finds it when it is done; if none is left (all
+ * went idle and exited), one is started. */
+static void release_on_worker(struct gr__work *w)
+{
+	w->state = GR__WORK_ABANDONED;
+	gr__list_push_back(&pool.releases, &w->link);
+	if (pool.idle > 0)
+		pthread_cond_signal(&pool.work);
+	else if (pool.threads == 0 && gr__thread_start(worker_main, NULL) == 0)
+		pool.threads++;
+}
+
+/* The caller of a job stopped waiting (the gate's on_leave, lock held): it
+ * left, or its thread is exiting (gone), maybe after the job was done and
+ * before the caller could run to take the result. */
+static void job_left(struct gr__xq *xq, struct gr__park *p, bool gone)
 {
 	struct job *j = gr__container(xq, struct job, waiter);
 
-	if (j->work.state != GR__WORK_QUEUED) {
+	(void)p;
+	switch (j->work.state) {
+	case GR__WORK_DONE:
+		/* Only when gone: a caller that runs again takes the result and
+		 * frees the job itself. One that never will leaves the result
+		 * to its cleanup. */
+		if (gone)
+			release_on_worker(&j->work);
+		return;
+	case GR__WORK_QUEUED:
+		gr__list_remove(&pool.queue, &j->work.link);
+		pool.queued--;
+		if (j->cleanup)
+			release_on_worker(&j->work);
+		else
+			free(j);
+		return;
+	default:
 		j->work.state = GR__WORK_ABANDONED; /* released by the worker after fn */
 		return;
 	}
-	gr__list_remove(&pool.queue, &j->work.link);
-	pool.queued--;
-	if (!j->cleanup) {
-		free(j);
-		return;
-	}
-	/* The cleanup is the caller's code: it runs on a worker, never here
-	 * under the pool's lock. A worker exists (this job was queued, and
-	 * workers leave only when there is nothing to do); an idle one is
-	 * told, a busy one finds it when it is done. */
-	j->work.state = GR__WORK_ABANDONED;
-	gr__list_push_back(&pool.releases, &j->work.link);
-	if (pool.idle > 0)
-		pthread_cond_signal(&pool.work);
 }
 
 int gr_tpool_run_cleanup(void *(*fn)(void *), void *arg, void (*cleanup)(void *result, void *arg),

@@ -314,22 +314,21 @@ static void xq_remove(struct gr__park *p, int status)
 	p->status = status;
 }
 
-/* p leaves its queue on its own side, handed nothing (lock held). After
- * on_leave the object may be gone: only p->xlock is touched from now on. */
+/* p leaves its queue on its own side, handed nothing (lock held). Its
+ * caller resumes and takes the lock again, so the object stays. */
 static void xq_leave(struct gr__park *p, int status)
 {
 	struct gr__xq *xq = p->xq;
 
 	xq_remove(p, status);
 	if (xq->on_leave)
-		xq->on_leave(xq);
+		xq->on_leave(xq, p, false);
 }
 
-/* Hand p to hub from another thread: the status (and whatever the waker
- * handed over in the object) is visible to the hub that takes p from its
- * inbox. Only the first push onto an empty inbox wakes the hub. */
-static void inbox_send(struct gr__hub *hub, struct gr__park *p)
+void gr__hub_post(struct gr__hub *hub, struct gr__park *p)
 {
+	/* What the poster wrote before posting (a status, an item handed
+	 * over) is visible to the hub that takes p from its inbox. */
 	if (gr__inbox_push(&hub->inbox, &p->inbox_link))
 		(void)hub->ops->wake(hub->backend);
 }
@@ -348,32 +347,31 @@ void gr__xunpark(struct gr__park *p, int status)
 		return;
 	}
 	/* The lock is still held, so the hub cannot be torn down under the
-	 * wake. */
-	inbox_send(hub, p);
+	 * post: its teardown takes the lock to abandon p (gr__xpark_abandon). */
+	gr__hub_post(hub, p);
 }
 
 void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq)
 {
-	rq->park.kind = GR__PARK_REQUEST;
 	rq->park.fiber = NULL;
-	inbox_send(hub, &rq->park);
+	gr__hub_post(hub, &rq->park);
 }
 
 void gr__hub_drain_inbox(struct gr__hub *hub)
 {
-	/* In wake order. Either may be gone once handled (a fiber made
-	 * ready may run and end, a request answered): next is read first. */
+	/* In post order. A fiber made ready may run and be gone, a request
+	 * served may be freed: next is read first. */
 	for (struct gr__slink *l = gr__inbox_take(&hub->inbox), *next; l; l = next) {
 		struct gr__park *p = gr__container(l, struct gr__park, inbox_link);
 
 		next = l->next;
-		if (p->kind == GR__PARK_REQUEST) {
+		if (p->fiber) {
+			hub->counters.remote_wakeups++;
+			gr__ready(p->fiber);
+		} else {
 			struct gr__hub_request *rq = gr__container(p, struct gr__hub_request, park);
 
 			rq->run(hub, rq);
-		} else {
-			hub->counters.remote_wakeups++;
-			gr__ready(p->fiber);
 		}
 	}
 }
@@ -386,6 +384,8 @@ static bool xpark_end_early(struct gr__park *p, int status)
 	pthread_mutex_t *lock = p->xlock;
 	bool mine;
 
+	if (!lock)
+		return false; /* abandoned, and its object may be gone: gr__xpark_abandon */
 	pthread_mutex_lock(lock);
 	mine = p->xlinked;
 	if (mine)
@@ -394,6 +394,27 @@ static bool xpark_end_early(struct gr__park *p, int status)
 	if (mine)
 		gr__ready(p->fiber);
 	return mine;
+}
+
+void gr__xpark_abandon(gr_fiber *f)
+{
+	struct gr__park *p = f->park;
+
+	if (!p || p->kind != GR__PARK_XQUEUE || !p->xlock)
+		return;
+	/* Whether still queued or handed something it will never take, its
+	 * caller will not return: the object settles for it, under its lock,
+	 * and from then on this wait touches neither (a timer completing later
+	 * finds it abandoned). */
+	pthread_mutex_t *lock = p->xlock;
+	pthread_mutex_lock(lock);
+	struct gr__xq *xq = p->xq;
+	if (p->xlinked)
+		xq_remove(p, -ECANCELED);
+	p->xlock = NULL;
+	if (xq->on_leave)
+		xq->on_leave(xq, p, true);
+	pthread_mutex_unlock(lock);
 }
 
 void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)

@@ -251,6 +251,95 @@ int grt_dial(int port, int rcvbuf)
 	return fd;
 }
 
+static void *grt_thread_main(void *arg)
+{
+	struct grt_thread *t = arg;
+	struct gr_hub_stats st;
+
+	if (t->with_hub) {
+		t->hub_err = gr_hub_use(grt_hub());
+		if (t->hub_err == 0 && !gr_hub_name())
+			t->hub_err = -ENOTSUP;
+		if (t->hub_err) {
+			atomic_store(&t->done, 1);
+			return NULL;
+		}
+	}
+	t->fn(t->arg);
+	t->had_hub = gr_hub_stats(&st) != -ESRCH;
+	atomic_store(&t->done, 1);
+	return NULL;
+}
+
+void grt_thread_start(struct grt_thread *t, int with_hub, void (*fn)(void *), void *arg)
+{
+	*t = (struct grt_thread){ .with_hub = with_hub, .fn = fn, .arg = arg };
+	cr_assert_eq(pthread_create(&t->t, NULL, grt_thread_main, t), 0);
+}
+
+void grt_thread_join(struct grt_thread *t)
+{
+	while (!atomic_load(&t->done))
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(pthread_join(t->t, NULL), 0);
+	cr_assert_eq(t->hub_err, 0, "the thread's hub: %s", strerror(-t->hub_err));
+	if (!t->with_hub)
+		cr_assert_eq(t->had_hub, 0, "a hub was made for a plain thread");
+}
+
+void grt_await_flag(atomic_int *flag, const char *what)
+{
+	int64_t until = gr_now() + 5 * GR_SEC;
+
+	while (!atomic_load(flag)) {
+		cr_assert_lt(gr_now(), until, "waited 5 s for %s", what);
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	}
+}
+
+int grt_move_fd(int from, int to)
+{
+	if (from == to)
+		return 0;
+	if (dup3(from, to, O_CLOEXEC) < 0)
+		return -1;
+	return close(from);
+}
+
+static pthread_mutex_t fail_lock = PTHREAD_MUTEX_INITIALIZER;
+static int fail_count;
+static char fail_first[256];
+
+void grt_fail(const char *fmt, ...)
+{
+	pthread_mutex_lock(&fail_lock);
+	if (fail_count++ == 0) {
+		va_list ap;
+
+		va_start(ap, fmt);
+		vsnprintf(fail_first, sizeof(fail_first), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&fail_lock);
+}
+
+int grt_failures(const char **first)
+{
+	pthread_mutex_lock(&fail_lock);
+	int n = fail_count;
+	*first = fail_first;
+	pthread_mutex_unlock(&fail_lock);
+	return n;
+}
+
+void grt_fail_reset(void)
+{
+	pthread_mutex_lock(&fail_lock);
+	fail_count = 0;
+	fail_first[0] = '\0';
+	pthread_mutex_unlock(&fail_lock);
+}
+
 bool grt_send_all(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;
@@ -281,20 +370,6 @@ bool grt_recv_all(int fd, void *buf, size_t len)
 	return true;
 }
 
-int grt_failures;
-char grt_first_failure[256];
-
-void grt_fail(const char *fmt, ...)
-{
-	if (grt_failures++ == 0) {
-		va_list ap;
-
-		va_start(ap, fmt);
-		vsnprintf(grt_first_failure, sizeof(grt_first_failure), fmt, ap);
-		va_end(ap);
-	}
-}
-
 int grt_report_fd = -1;
 
 void grt_child_exit(const char *fmt, ...)
@@ -308,4 +383,90 @@ void grt_child_exit(const char *fmt, ...)
 	if (n > 0 && write(grt_report_fd, msg, (size_t)n) < 0)
 		_exit(3);
 	_exit(strcmp(msg, "ok") == 0 ? 0 : 1);
+}
+
+int grt_connect_green(int port)
+{
+	int fd = grt_dial(port, 0);
+
+	if (fd < 0)
+		grt_fail("connect to %d: %s", port, strerror(errno));
+	return fd;
+}
+
+static __thread uint64_t rng_state;
+
+void grt_rng_seed(uint64_t seed)
+{
+	rng_state = seed;
+}
+
+uint64_t grt_rng(void)
+{
+	/* splitmix64: small, good enough, and the same everywhere. */
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+unsigned grt_pick(unsigned n)
+{
+	return (unsigned)(grt_rng() % n);
+}
+
+int64_t grt_random_deadline(void)
+{
+	switch (grt_pick(8)) {
+	case 0:
+	case 1:
+	case 2:
+		return GR_FOREVER;
+	case 3:
+		return 0;
+	case 4:
+		return gr_now() - 1;
+	default:
+		return gr_now() + (int64_t)grt_pick(300) * 1000; /* up to 300 us */
+	}
+}
+
+int grt_random_pause(void)
+{
+	switch (grt_pick(6)) {
+	case 0:
+		return 0;
+	case 1:
+		return gr_sleep((int64_t)grt_pick(100) * 1000);
+	default:
+		return gr_sleep(0);
+	}
+}
+
+void *grt_echo_client(void *arg)
+{
+	struct grt_echo_client *c = arg;
+	unsigned char *out = malloc(c->size), *in = malloc(c->size);
+	int fd = grt_connect_green(c->port);
+
+	if (!out || !in)
+		grt_fail("malloc");
+	for (int r = 0; out && in && fd >= 0 && r < c->rounds; r++) {
+		for (size_t i = 0; i < c->size; i++)
+			out[i] = grt_pattern(c->seed + (unsigned)r, i);
+		if (!grt_send_all(fd, out, c->size) || !grt_recv_all(fd, in, c->size)) {
+			grt_fail("client %u round %d: %s", c->seed, r, strerror(errno));
+			break;
+		}
+		if (memcmp(in, out, c->size) != 0) {
+			grt_fail("client %u round %d: echoed bytes differ", c->seed, r);
+			break;
+		}
+	}
+	if (fd >= 0)
+		gr_close(fd);
+	free(out);
+	free(in);
+	return NULL;
 }

@@ -13,7 +13,10 @@
 #define GREENRING_TEST_SUPPORT_H
 
 #include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 #include <greenring.h>
 
@@ -70,25 +73,87 @@ int grt_run(const char *const argv[], const char *const env[], char *out, size_t
  * gr_connect; rcvbuf > 0 sets SO_RCVBUF first. The fd, or -1 with errno. */
 int grt_dial(int port, int rcvbuf);
 
-/* Green: send, or receive, exactly len bytes on fd (looping on short calls).
- * false on an error or end of file first (errno says which). Switches. */
-bool grt_send_all(int fd, const void *buf, size_t len);
-bool grt_recv_all(int fd, void *buf, size_t len);
-
-/* Fibers never cr_assert (a failed assertion must not unwind a fiber's
- * stack): they note failures with grt_fail(), and the test body checks with
- * grt_assert_no_failures() after joining them. */
-extern int grt_failures;
-extern char grt_first_failure[256];
-void grt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-#define grt_assert_no_failures()                                                          \
-	cr_assert_eq(grt_failures, 0, "%d failures in fibers; first: %s", grt_failures,   \
-		     grt_first_failure)
-
 /* A forked child reports through grt_report_fd (the write end of a pipe the
  * parent reads): grt_child_exit() writes the formatted report and _exits,
  * 0 if the report is "ok", else 1. It never returns into Criterion. */
 extern int grt_report_fd;
 _Noreturn void grt_child_exit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A thread running fn(arg), on a hub of this run's kind (with_hub) or with
+ * no hub at all. The thread only records; grt_thread_join asserts: the hub
+ * could be made, and nothing made one for a plain thread. grt_thread_join
+ * keeps the caller's hub running while it waits (1 ms naps), so that the
+ * caller's fibers, and what other threads ask of its hub, go on. */
+struct grt_thread {
+	pthread_t t;
+	int with_hub;
+	void (*fn)(void *arg);
+	void *arg;
+	int hub_err;
+	int had_hub;
+	atomic_int done;
+};
+void grt_thread_start(struct grt_thread *t, int with_hub, void (*fn)(void *), void *arg);
+void grt_thread_join(struct grt_thread *t);
+
+/* Failures seen where cr_assert must not run (fibers: an assertion must not
+ * unwind a fiber's stack; other threads): counted, the first one's message
+ * kept. Thread-safe. The test body asserts with grt_assert_no_failures()
+ * after joining. grt_fail_reset() starts a count afresh. */
+void grt_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int grt_failures(const char **first);
+void grt_fail_reset(void);
+#define grt_assert_no_failures()                                                          \
+	do {                                                                              \
+		const char *first_ = "";                                                  \
+		int n_ = grt_failures(&first_);                                           \
+		cr_assert_eq(n_, 0, "%d failures in fibers; first: %s", n_, first_);      \
+	} while (0)
+
+/* Green: send all of buf / receive exactly len bytes; false on an error (or
+ * EOF) first. */
+bool grt_send_all(int fd, const void *buf, size_t len);
+bool grt_recv_all(int fd, void *buf, size_t len);
+
+/* A TCP socket connected to 127.0.0.1:port with gr_connect (TCP_NODELAY), or
+ * -1 with the failure noted (grt_fail). */
+int grt_connect_green(int port);
+
+/* Randomized tests: a splitmix64 per thread, seeded with grt_rng_seed. */
+void grt_rng_seed(uint64_t seed);
+uint64_t grt_rng(void);
+unsigned grt_pick(unsigned n);
+/* A random deadline for one call: forever, try once, already past, or within
+ * 300 us. */
+int64_t grt_random_deadline(void);
+
+/* Let other fibers run for a random while (none, a yield, up to 100 us);
+ * -ECANCELED tells a killed fiber to stop. */
+int grt_random_pause(void);
+
+/* The byte at offset i of stream `seed`: echoed messages are checked byte
+ * by byte. */
+static inline unsigned char grt_pattern(unsigned seed, size_t i)
+{
+	return (unsigned char)(seed * 131u + i * 7u + (i >> 8));
+}
+
+/* An echo client fiber (gr_spawn(grt_echo_client, &c)): connects to port,
+ * sends `rounds` messages of `size` bytes of stream seed + round, checks
+ * each echo; failures go to grt_fail. */
+struct grt_echo_client {
+	int port;
+	unsigned seed;
+	size_t size;
+	int rounds;
+};
+void *grt_echo_client(void *arg);
+
+/* Make the number `to` name the file `from` names, and close `from` (unless
+ * it is `to` already). 0, or -1 with errno. */
+int grt_move_fd(int from, int to);
+
+/* Yield (1 ms naps) until *flag is nonzero; fails the test after 5 s. */
+void grt_await_flag(atomic_int *flag, const char *what);
 
 #endif

@@ -36,7 +36,7 @@ static void start_example(struct grt_child *c, const char *name, char *const arg
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	for (int i = 0; args && args[i] && i < 6; i++)
 		argv[i + 1] = args[i];
-	grt_failures = 0;
+	grt_fail_reset();
 	grt_child_start(c, argv);
 }
 

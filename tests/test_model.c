@@ -40,55 +40,6 @@ enum {
 	MAX_ITEMS = MAX_PRODUCERS * MAX_ITEMS_PER_PRODUCER,
 };
 
-/* ------------------------------------------------------------ randomness */
-
-static uint64_t rng_state;
-
-static uint64_t rng(void)
-{
-	/* splitmix64: small, good enough, and the same everywhere. */
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static unsigned pick(unsigned n)
-{
-	return (unsigned)(rng() % n);
-}
-
-/* A random deadline for one call: forever, try once, already past, or soon. */
-static int64_t random_deadline(void)
-{
-	switch (pick(8)) {
-	case 0:
-	case 1:
-	case 2:
-		return GR_FOREVER;
-	case 3:
-		return 0;
-	case 4:
-		return gr_now() - 1;
-	default:
-		return gr_now() + (int64_t)pick(300) * 1000; /* up to 300 us */
-	}
-}
-
-/* Let others run for a random while; -ECANCELED tells a killed fiber to stop. */
-static int random_pause(void)
-{
-	switch (pick(6)) {
-	case 0:
-		return 0;
-	case 1:
-		return gr_sleep((int64_t)pick(100) * 1000);
-	default:
-		return gr_sleep(0);
-	}
-}
-
 /* ------------------------------------------------------------ the world */
 
 struct world {
@@ -146,15 +97,15 @@ static void *producer(void *arg)
 	for (int id = a->first; id < a->first + a->count; id++) {
 		int r;
 
-		if (pick(5) == 0) {
+		if (grt_pick(5) == 0) {
 			r = gr_queue_tryput(q, item_ptr(id));
-		} else if (pick(6) == 0) {
+		} else if (grt_pick(6) == 0) {
 			/* eventlet's Timeout: the fiber's own deadline. */
-			int64_t old = gr_deadline_set(gr_now() + (int64_t)pick(200) * 1000);
-			r = gr_queue_put(q, item_ptr(id), random_deadline());
+			int64_t old = gr_deadline_set(gr_now() + (int64_t)grt_pick(200) * 1000);
+			r = gr_queue_put(q, item_ptr(id), grt_random_deadline());
 			gr_deadline_set(old);
 		} else {
-			r = gr_queue_put(q, item_ptr(id), random_deadline());
+			r = gr_queue_put(q, item_ptr(id), grt_random_deadline());
 		}
 		if (r == 0) {
 			w->delivered[id] = 1;
@@ -165,7 +116,7 @@ static void *producer(void *arg)
 		}
 		if (r == -ECANCELED || r == -EPIPE)
 			break;
-		if (random_pause() == -ECANCELED)
+		if (grt_random_pause() == -ECANCELED)
 			break;
 	}
 	return NULL;
@@ -181,21 +132,21 @@ static void enter(int *in, int *max)
 static void process(struct world *w)
 {
 	/* Through the semaphore (N at once) ... */
-	int r = pick(4) == 0 ? gr_sem_tryacquire(&w->sem) : gr_sem_acquire(&w->sem, random_deadline());
+	int r = grt_pick(4) == 0 ? gr_sem_tryacquire(&w->sem) : gr_sem_acquire(&w->sem, grt_random_deadline());
 
 	count_error(w, r);
 	if (r == 0) {
 		enter(&w->in_sem, &w->max_in_sem);
-		random_pause();
+		grt_random_pause();
 		w->in_sem--;
 		gr_sem_release(&w->sem);
 	}
 	/* ... and the mutex (1 at once). */
-	r = pick(4) == 0 ? gr_mutex_trylock(&w->mutex) : gr_mutex_lock(&w->mutex, random_deadline());
+	r = grt_pick(4) == 0 ? gr_mutex_trylock(&w->mutex) : gr_mutex_lock(&w->mutex, grt_random_deadline());
 	count_error(w, r);
 	if (r == 0) {
 		enter(&w->in_mutex, &w->max_in_mutex);
-		random_pause(); /* even killed here, it must unlock */
+		grt_random_pause(); /* even killed here, it must unlock */
 		w->in_mutex--;
 		if (gr_mutex_unlock(&w->mutex) != 0)
 			w->mutex_unlock_errors++;
@@ -222,7 +173,7 @@ static void *consumer(void *arg)
 
 	for (;;) {
 		void *item = NULL;
-		int r = pick(5) == 0 ? gr_queue_tryget(q, &item) : gr_queue_get(q, &item, random_deadline());
+		int r = grt_pick(5) == 0 ? gr_queue_tryget(q, &item) : gr_queue_get(q, &item, grt_random_deadline());
 
 		if (r == 0) {
 			receive(w, item);
@@ -232,7 +183,7 @@ static void *consumer(void *arg)
 		}
 		if (r == -ECANCELED || r == -EPIPE)
 			break;
-		if (random_pause() == -ECANCELED)
+		if (grt_random_pause() == -ECANCELED)
 			break;
 	}
 	/* Like the last reader of a pipe: nobody will take what producers
@@ -255,9 +206,9 @@ static void *killer(void *arg)
 	for (int i = 0; i < k->kills; i++) {
 		/* Kill right away, after a yield (when woken fibers are about to
 		 * run: the hand-off race), or after a short sleep. */
-		if (pick(3))
-			gr_sleep(pick(2) ? 0 : (int64_t)pick(400) * 1000);
-		gr_fiber *f = pick(2) ? w->producer[pick((unsigned)w->np)] : w->consumer[pick((unsigned)w->nc)];
+		if (grt_pick(3))
+			gr_sleep(grt_pick(2) ? 0 : (int64_t)grt_pick(400) * 1000);
+		gr_fiber *f = grt_pick(2) ? w->producer[grt_pick((unsigned)w->np)] : w->consumer[grt_pick((unsigned)w->nc)];
 		if (gr_kill(f) == 0)
 			w->kills++;
 	}
@@ -280,19 +231,19 @@ static void round_run(uint64_t seed, struct world *w)
 	struct killer_arg ka;
 
 	memset(w, 0, sizeof(*w));
-	w->nq = 1 + (int)pick(MAX_QUEUES);
+	w->nq = 1 + (int)grt_pick(MAX_QUEUES);
 	for (int i = 0; i < w->nq; i++)
-		cr_assert_eq(gr_queue_init(&w->q[i], capacities[pick(5)]), 0);
-	w->sem_units = 1 + (int)pick(3);
+		cr_assert_eq(gr_queue_init(&w->q[i], capacities[grt_pick(5)]), 0);
+	w->sem_units = 1 + (int)grt_pick(3);
 	cr_assert_eq(gr_sem_init(&w->sem, (unsigned)w->sem_units, (unsigned)w->sem_units), 0);
 	cr_assert_eq(gr_mutex_init(&w->mutex), 0);
 
-	w->np = 1 + (int)pick(MAX_PRODUCERS);
-	w->nc = w->nq + (int)pick(MAX_CONSUMERS - MAX_QUEUES + 1);
+	w->np = 1 + (int)grt_pick(MAX_PRODUCERS);
+	w->nc = w->nq + (int)grt_pick(MAX_CONSUMERS - MAX_QUEUES + 1);
 	for (int i = 0; i < w->np; i++) {
-		int count = 1 + (int)pick(MAX_ITEMS_PER_PRODUCER);
+		int count = 1 + (int)grt_pick(MAX_ITEMS_PER_PRODUCER);
 
-		pa[i] = (struct producer_arg){ .w = w, .q = (int)pick((unsigned)w->nq),
+		pa[i] = (struct producer_arg){ .w = w, .q = (int)grt_pick((unsigned)w->nq),
 					       .first = w->nitems, .count = count };
 		w->nitems += count;
 		w->producer[i] = gr_spawn(producer, &pa[i]);
@@ -300,12 +251,12 @@ static void round_run(uint64_t seed, struct world *w)
 	}
 	for (int i = 0; i < w->nc; i++) {
 		/* Every queue gets a consumer: its last one closes it. */
-		ca[i] = (struct consumer_arg){ .w = w, .q = i < w->nq ? i : (int)pick((unsigned)w->nq) };
+		ca[i] = (struct consumer_arg){ .w = w, .q = i < w->nq ? i : (int)grt_pick((unsigned)w->nq) };
 		w->consumers_left[ca[i].q]++;
 		w->consumer[i] = gr_spawn(consumer, &ca[i]);
 		cr_assert_not_null(w->consumer[i]);
 	}
-	ka = (struct killer_arg){ .w = w, .kills = (int)pick(8) };
+	ka = (struct killer_arg){ .w = w, .kills = (int)grt_pick(8) };
 	gr_fiber *k = gr_spawn(killer, &ka);
 	cr_assert_not_null(k);
 
@@ -370,7 +321,7 @@ Test(model, queues_lose_and_duplicate_nothing_under_kills_and_deadlines)
 
 	fprintf(stderr, "test_model (%s hub): seed %llu, %llu rounds (GRT_SEED, GRT_ROUNDS)\n",
 		grt_hub(), (unsigned long long)seed, (unsigned long long)rounds);
-	rng_state = seed;
+	grt_rng_seed(seed);
 	for (uint64_t i = 0; i < rounds; i++) {
 		round_run(seed, &w);
 		totals[0] += w.puts_ok;

@@ -3,8 +3,9 @@
  * named after their peer, and the bench/echo_server program end to end. Run
  * once per hub.
  *
- * Fibers never call cr_assert: they note failures with grt_fail (support.h),
- * and the test body asserts on them after joining.
+ * Fibers never call cr_assert (a failed assertion must not unwind a fiber's
+ * stack): they report with grt_fail (support.h), and the test body asserts
+ * with grt_assert_no_failures() after joining them.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -22,24 +23,6 @@
 #include "support.h"
 
 GRT_SUITE(server);
-
-/* ------------------------------------------------------------ helpers */
-
-/* A green client socket connected to 127.0.0.1:port, or -1 (failure noted). */
-static int client(int port)
-{
-	int fd = grt_dial(port, 0);
-
-	if (fd < 0)
-		grt_fail("connect to %d: %s", port, strerror(errno));
-	return fd;
-}
-
-/* The byte at offset i of stream `seed`: messages are checked byte by byte. */
-static inline unsigned char pattern(unsigned seed, size_t i)
-{
-	return (unsigned char)(seed * 131u + i * 7u + (i >> 8));
-}
 
 static int last_peer_family;
 
@@ -90,43 +73,6 @@ static void stop_and_free(gr_server *s)
 
 /* ------------------------------------------------------------ echo */
 
-struct echo_client {
-	int port;
-	unsigned seed;
-	size_t size;
-	int rounds;
-};
-
-/* Several request/response rounds of `size` bytes, each checked. */
-static void *echo_client_main(void *arg)
-{
-	struct echo_client *c = arg;
-	unsigned char *out = malloc(c->size), *in = malloc(c->size);
-	int fd = client(c->port);
-
-	if (!out || !in || fd < 0) {
-		if (!out || !in)
-			grt_fail("malloc");
-		goto done;
-	}
-	for (int r = 0; r < c->rounds; r++) {
-		for (size_t i = 0; i < c->size; i++)
-			out[i] = pattern(c->seed + (unsigned)r, i);
-		if (!grt_send_all(fd, out, c->size) || !grt_recv_all(fd, in, c->size)) {
-			grt_fail("client %u round %d: %s", c->seed, r, strerror(errno));
-			break;
-		}
-		if (memcmp(in, out, c->size) != 0) {
-			grt_fail("client %u round %d: echoed bytes differ", c->seed, r);
-			break;
-		}
-	}
-	gr_close(fd);
-done:
-	free(out);
-	free(in);
-	return NULL;
-}
 
 #define MANY 200
 
@@ -134,14 +80,14 @@ Test(server, echo_many_connections)
 {
 	int port;
 	gr_server *s = start_echo(NULL, &port);
-	static struct echo_client cl[MANY];
+	static struct grt_echo_client cl[MANY];
 	static gr_fiber *f[MANY];
 
 	for (int i = 0; i < MANY; i++) {
 		/* Sizes from 1 byte to ~6 KiB, so some messages take several reads. */
-		cl[i] = (struct echo_client){ .port = port, .seed = (unsigned)i,
+		cl[i] = (struct grt_echo_client){ .port = port, .seed = (unsigned)i,
 					      .size = 1 + (size_t)(i * 31) % 6000, .rounds = 5 };
-		f[i] = gr_spawn(echo_client_main, &cl[i]);
+		f[i] = gr_spawn(grt_echo_client, &cl[i]);
 		cr_assert_not_null(f[i]);
 	}
 	join_all(f, MANY);
@@ -171,7 +117,7 @@ static void *big_writer(void *arg)
 		size_t n = b->size - off < sizeof(chunk) ? b->size - off : sizeof(chunk);
 
 		for (size_t i = 0; i < n; i++)
-			chunk[i] = pattern(b->seed, off + i);
+			chunk[i] = grt_pattern(b->seed, off + i);
 		if (!grt_send_all(b->fd, chunk, n)) {
 			grt_fail("big writer %u: %s", b->seed, strerror(errno));
 			return NULL;
@@ -194,7 +140,7 @@ static void *big_reader(void *arg)
 			return NULL;
 		}
 		for (ssize_t i = 0; i < n; i++) {
-			if (chunk[i] != pattern(b->seed, off + (size_t)i)) {
+			if (chunk[i] != grt_pattern(b->seed, off + (size_t)i)) {
 				grt_fail("big reader %u: byte %zu differs", b->seed, off + (size_t)i);
 				return NULL;
 			}
@@ -213,9 +159,9 @@ Test(server, echo_large_messages)
 	gr_fiber *f[2 * N];
 
 	for (int i = 0; i < N; i++) {
-		b[i] = (struct big){ .fd = client(port), .seed = 1000u + (unsigned)i,
+		b[i] = (struct big){ .fd = grt_connect_green(port), .seed = 1000u + (unsigned)i,
 				     .size = (size_t)(4 << 20) + (size_t)i * 777 };
-		cr_assert_geq(b[i].fd, 0, "%s", grt_first_failure);
+		cr_assert_geq(b[i].fd, 0, "connecting client %d", i);
 		f[2 * i] = gr_spawn(big_writer, &b[i]);
 		f[2 * i + 1] = gr_spawn(big_reader, &b[i]);
 		cr_assert(f[2 * i] && f[2 * i + 1]);
@@ -250,7 +196,7 @@ static bool cap_release;
 static void *cap_client(void *arg)
 {
 	int port = *(int *)arg;
-	int fd = client(port);
+	int fd = grt_connect_green(port);
 	char c = 'x';
 
 	if (fd < 0)
@@ -260,7 +206,8 @@ static void *cap_client(void *arg)
 	 * cap reached; the others wait behind it in the backlog meanwhile. */
 	if (!grt_send_all(fd, &c, 1) || !grt_recv_all(fd, &c, 1) || c != 'x')
 		grt_fail("cap client: no echo: %s", strerror(errno));
-	while (!cap_release && !grt_failures)
+	const char *first;
+	while (!cap_release && !grt_failures(&first))
 		gr_sleep(GR_MSEC);
 	gr_close(fd);
 	return NULL;
@@ -348,7 +295,7 @@ static void *idle_client_main(void *arg)
 	struct idle_client *c = arg;
 	char ch = 'p';
 
-	c->fd = client(c->port);
+	c->fd = grt_connect_green(c->port);
 	if (c->fd < 0)
 		return NULL;
 	c->served = grt_send_all(c->fd, &ch, 1) && grt_recv_all(c->fd, &ch, 1);
@@ -401,7 +348,7 @@ static void *one_round_then_close(void *arg)
 	struct idle_client *c = arg;
 	char ch = 'q';
 
-	c->fd = client(c->port);
+	c->fd = grt_connect_green(c->port);
 	if (c->fd < 0)
 		return NULL;
 	c->served = grt_send_all(c->fd, &ch, 1) && grt_recv_all(c->fd, &ch, 1);
@@ -488,7 +435,7 @@ static void stopping_handler(int fd, const struct sockaddr *peer, void *arg)
 
 static void *poke(void *arg)
 {
-	int fd = client(*(int *)arg);
+	int fd = grt_connect_green(*(int *)arg);
 	char ch = 's';
 
 	if (fd < 0)
@@ -590,8 +537,8 @@ Test(server, reuseport_shares_a_port)
 	cr_assert_not_null(b);
 	int r = gr_server_start(b);
 	cr_assert_eq(r, 0, "second SO_REUSEPORT server on %d: %s", port, strerror(-r));
-	struct echo_client c = { .port = port, .seed = 7, .size = 100, .rounds = 3 };
-	gr_fiber *f = gr_spawn(echo_client_main, &c);
+	struct grt_echo_client c = { .port = port, .seed = 7, .size = 100, .rounds = 3 };
+	gr_fiber *f = gr_spawn(grt_echo_client, &c);
 	cr_assert_eq(gr_join(f, NULL, gr_now() + 10 * GR_SEC), 0);
 	grt_assert_no_failures();
 	stop_and_free(a);
@@ -645,8 +592,8 @@ Test(server, connection_fibers_are_named_after_the_peer)
 	cr_assert_not_null(s);
 	cr_assert_eq(gr_server_start(s), 0);
 	handler_name[0] = '\0';
-	int fd = client(gr_server_port(s));
-	cr_assert_geq(fd, 0, "%s", grt_first_failure);
+	int fd = grt_dial(gr_server_port(s), 0);
+	cr_assert_geq(fd, 0, "connect: %s", strerror(errno));
 	char ch;
 	cr_assert(grt_recv_all(fd, &ch, 1));
 	struct sockaddr_in me;
@@ -681,9 +628,9 @@ Test(server, other_threads_are_refused)
 
 static void *program_client(void *arg)
 {
-	struct echo_client *c = arg;
+	struct grt_echo_client *c = arg;
 
-	return echo_client_main(c);
+	return grt_echo_client(c);
 }
 
 Test(server, echo_server_program)
@@ -691,14 +638,14 @@ Test(server, echo_server_program)
 	const char *prog = grt_child_program("GREENRING_ECHO_SERVER");
 	char *argv[] = { (char *)prog, "--hub", (char *)grt_hub(), "--port", "0", NULL };
 	struct grt_child c;
-	static struct echo_client cl[50];
+	static struct grt_echo_client cl[50];
 	gr_fiber *f[50];
 
 	grt_child_start(&c, argv);
 	cr_assert_gt(c.port, 0, "expected \"listening on 127.0.0.1:PORT\", got \"%s\"", c.line);
 	cr_assert(strncmp(c.line, "listening on 127.0.0.1:", 23) == 0, "%s", c.line);
 	for (int i = 0; i < 50; i++) {
-		cl[i] = (struct echo_client){ .port = c.port, .seed = 50u + (unsigned)i,
+		cl[i] = (struct grt_echo_client){ .port = c.port, .seed = 50u + (unsigned)i,
 					      .size = 64 + (size_t)i * 100, .rounds = 10 };
 		cr_assert_not_null(f[i] = gr_spawn(program_client, &cl[i]));
 	}

@@ -27,10 +27,24 @@
  *     blocking calls fail with ECANCELED and the handler is expected to return.
  *     A handler that ignores ECANCELED and loops keeps gr_server_wait() waiting.
  *
- * A server belongs to the thread that created it: its fibers run on that
- * thread's hub, and calls from another thread fail with -EPERM. For several
- * threads, create one server per thread with opts.reuseport (SO_REUSEPORT) on
- * the same port; the kernel spreads connections across them.
+ * A hub per core: with opts.threads = N > 1 the server serves on N hubs, the
+ * creating thread's and N - 1 threads it starts, each with its own
+ * listening socket on the same port (SO_REUSEPORT: the kernel spreads new
+ * connections) and its own acceptor; a connection stays on the hub that
+ * accepted it, and its handler runs there. The threads use the creating
+ * thread's backend, and end when the server has stopped and their fibers
+ * (the handlers' own included) have ended.
+ *
+ * A server belongs to the thread that created it: the calls below are made
+ * from that thread (from any of its fibers), others fail with -EPERM.
+ * Handlers on other hubs must not call them; a handler that wants the
+ * server stopped tells the owner thread (a gr_notifier, a gr_chan).
+ *
+ * Graceful shutdown (gr_server_shutdown): stop accepting, let the live
+ * connections finish until a deadline, then kill what remains and wait for
+ * it; a connection killed so keeps its socket half-open for a while, reading
+ * and dropping what its client still sends, so that what it answered is not
+ * lost to a reset (opts.linger).
  */
 #ifndef GREENRING_SERVER_H
 #define GREENRING_SERVER_H
@@ -55,10 +69,11 @@ typedef void (*gr_server_handler)(int fd, const struct sockaddr *peer, void *arg
  * SO_REUSEPORT, TCP_NODELAY on accepted sockets, default fiber stacks. */
 struct gr_server_opts {
 	int backlog;            /* listen(2) backlog; 0 = SOMAXCONN */
-	size_t max_conns;       /* at most this many handlers at once; 0 = no cap.
-				   At the cap the acceptor stops accepting (the
-				   kernel's backlog holds new clients) until a
-				   handler returns. */
+	size_t max_conns;       /* at most this many handlers at once per hub
+				   (per thread); 0 = no cap. At the cap the
+				   acceptor stops accepting (the kernel's
+				   backlog holds new clients) until a handler
+				   returns. */
 	int reuseport;          /* nonzero: SO_REUSEPORT, so several servers (one
 				   per thread or process) can share the port */
 	int nagle;              /* nonzero: leave Nagle's algorithm on. By default
@@ -66,6 +81,22 @@ struct gr_server_opts {
 				   write wants it sent now, not after the peer's
 				   delayed ACK (~40 ms) */
 	size_t stack_size;      /* connection fibers' stack; 0 = the default */
+	unsigned threads;       /* hubs serving: this thread's and threads - 1
+				   more, each on a thread of its own; 0 or 1 =
+				   this thread only; at most
+				   GR_SERVER_THREADS_MAX. Implies reuseport. */
+	int64_t linger;         /* ns a connection killed by gr_server_shutdown
+				   keeps reading (and dropping) what its client
+				   sends before it is closed; 0 = 1 s, < 0 = none */
+};
+
+#define GR_SERVER_THREADS_MAX 1024u
+
+/* What gr_server_shutdown() reports. */
+struct gr_server_shutdown_stats {
+	size_t finished;        /* connections live at the stop that ended on
+				   their own before the deadline */
+	size_t killed;          /* connections killed at the deadline */
 };
 
 /* Flags for gr_server_stop(). */
@@ -78,28 +109,35 @@ struct gr_server_opts {
  * the thread. port 0 asks the kernel for a free port (see gr_server_port).
  * opts may be NULL; it is copied. Does not switch.
  * NULL with errno: EINVAL (handler NULL, host not a numeric address, port not
- * in 0..65535, backlog < 0), ENOMEM. */
+ * in 0..65535, backlog < 0, threads > GR_SERVER_THREADS_MAX), ENOMEM. */
 GR_API gr_server *gr_server_create(const char *host, int port, gr_server_handler handler,
 				   void *arg, const struct gr_server_opts *opts);
 
 /* Bind, listen and spawn the acceptor fiber. Listening when it returns
  * (clients can connect; the backlog holds them); accepting starts when the
- * caller next blocks or yields. Does not switch. A server starts once.
+ * caller next blocks or yields. With threads > 1, every listening socket is
+ * bound first, then the threads are started, each accepting on its own hub
+ * as soon as it has made it: the call blocks the caller's thread (without
+ * switching) until each has. Does not switch. A server starts once; after
+ * a failed start nothing is left running and it may be started again.
  * 0; -EALREADY (already started, or stopped); -EPERM (another thread's server, or called
  * inside the hub); -EADDRINUSE, -EACCES, -EADDRNOTAVAIL, -EMFILE, ... from
- * socket/bind/listen; -ENOMEM (no fiber). */
+ * socket/bind/listen; -ENOMEM (no fiber); -EAGAIN (no thread); a thread's
+ * hub creation error (-ENOTSUP, -EMFILE, ...). */
 GR_API int gr_server_start(gr_server *s);
 
 /* The bound port (useful after port 0), or -ENOTCONN before a successful
  * gr_server_start(), -EINVAL for NULL. Valid after gr_server_stop() too. */
 GR_API int gr_server_port(const gr_server *s);
 
-/* The listening socket, -ENOTCONN when there is none (not started, or the
- * acceptor has ended and closed it), -EINVAL for NULL. For getsockopt and
- * the like: do not close it or accept on it. */
+/* The listening socket (with threads, the creating thread's one), -ENOTCONN
+ * when there is none (not started, or the acceptor has ended and closed
+ * it), -EINVAL for NULL. For getsockopt and the like: do not close it or
+ * accept on it. */
 GR_API int gr_server_fd(const gr_server *s);
 
-/* Live connection handlers (started or about to start), -EINVAL for NULL. */
+/* Live connection handlers (started or about to start), on every hub of
+ * the server (a snapshot: other threads change it), -EINVAL for NULL. */
 GR_API long gr_server_conns(const gr_server *s);
 
 /* Stop accepting: the acceptor is killed, and closes the listening socket
@@ -120,8 +158,24 @@ GR_API int gr_server_stop(gr_server *s, int flags);
  * its own; -ETIMEDOUT (deadline passed); -ECANCELED (the caller was killed);
  * -EDEADLK (the caller is one of the server's own handlers, which would wait
  * for itself); -EPERM (another thread's server, or inside the hub); -EINVAL
- * (NULL). The server keeps running after -ETIMEDOUT and -ECANCELED. */
+ * (NULL). The server keeps running after -ETIMEDOUT and -ECANCELED. With
+ * threads, it also waits for the server's threads to end. */
 GR_API int gr_server_wait(gr_server *s, int64_t deadline);
+
+/* Graceful shutdown: stop accepting (gr_server_stop(s, 0)), wait until
+ * `deadline` for the live connections to end on their own, then kill those
+ * that remain (their handlers' calls fail with ECANCELED; a killed
+ * connection lingers, see opts.linger) and wait for them, uncancellably.
+ * Every shard (thread) takes part. Switches. When it returns, the acceptors
+ * and every handler have ended, and *stats (if not NULL) says how many
+ * connections finished and how many were killed.
+ * 0, or the first acceptor's fatal error (as gr_server_wait); -ECANCELED
+ * (the caller was killed during the grace period: what remained was killed
+ * at once, and the rest is as for 0); -EDEADLK (called from one of the
+ * server's own handlers; nothing waited for); -EPERM (another thread's
+ * server, or inside the hub); -EINVAL (NULL). */
+GR_API int gr_server_shutdown(gr_server *s, int64_t deadline,
+			      struct gr_server_shutdown_stats *stats);
 
 /* Stop (with GR_SERVER_KILL), wait for everything to end — even if the
  * caller is killed meanwhile — and release s. Switches. NULL is a no-op.

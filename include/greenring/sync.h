@@ -35,8 +35,8 @@
  * Threads: an object belongs to the hub of the first thread that uses it
  * (any call but init/destroy, made from a thread that has a hub). Calls from
  * any other thread fail with EPERM. Nothing here is safe to call concurrently
- * from two threads; to talk across threads, use a pipe or eventfd and
- * gr_read/gr_write. Destroying an object while fibers are parked on it, or are
+ * from two threads; to talk across threads, use gr_chan and gr_notifier
+ * (greenring/chan.h). Destroying an object while fibers are parked on it, or are
  * still inside a call on it, fails with EBUSY and changes nothing.
  *
  * Errors are returned as -errno values; 0 or a count is success.
