@@ -165,6 +165,44 @@ static inline int srv_read_full(int fd, void *buf, size_t n)
 	return 1;
 }
 
+/* Write all of buf (gr_send may write less). Switches. true when all is
+ * written; false if the connection failed (errno set), or the fiber was
+ * killed (ECANCELED). */
+static inline bool srv_send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t w = gr_send(fd, p, len, 0);
+
+		if (w < 0)
+			return false;
+		p += w;
+		len -= (size_t)w;
+	}
+	return true;
+}
+
+/* How long a closing server keeps reading what the client still sends. */
+#define SRV_LINGER (1 * GR_SEC)
+
+/* Close first without losing the last reply: stop sending, then read and
+ * drop what the client still sends for up to SRV_LINGER, as nginx's
+ * lingering_close does. Closing a socket with unread input makes the kernel
+ * send a reset, which can destroy the reply before the client reads it.
+ * Switches; the server closes fd when the handler returns. */
+static inline void srv_linger_close(int fd)
+{
+	char sink[4096];
+
+	if (shutdown(fd, SHUT_WR) < 0)
+		return;
+	int64_t old = gr_deadline_set(gr_now() + SRV_LINGER);
+	while (gr_recv(fd, sink, sizeof(sink), 0) > 0)
+		;
+	gr_deadline_set(old);
+}
+
 struct srv_thread {
 	struct srv_shared *sh;
 	pthread_t tid;
