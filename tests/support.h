@@ -13,6 +13,7 @@
 #define GREENRING_TEST_SUPPORT_H
 
 #include <criterion/criterion.h>
+#include <stdbool.h>
 #include <string.h>
 #include <greenring.h>
 
@@ -49,5 +50,9 @@ int grt_listener(int *port);
 
 /* Connect a new (blocking) TCP socket to 127.0.0.1:port with plain connect(). */
 int grt_connect_plain(int port);
+
+/* Write all of buf with gr_send (which may write less). Switches. true when
+ * all is written; false (errno set) if the connection failed first. */
+bool grt_send_all(int fd, const void *buf, size_t len);
 
 #endif

@@ -353,17 +353,7 @@ static int connect_server(void)
 
 static bool send_str(int fd, const char *s)
 {
-	size_t len = strlen(s);
-
-	while (len) {
-		ssize_t w = gr_send(fd, s, len, 0);
-
-		if (w < 0)
-			return false;
-		s += w;
-		len -= (size_t)w;
-	}
-	return true;
+	return grt_send_all(fd, s, strlen(s));
 }
 
 /* One response read from a connection, with a buffer that keeps what came

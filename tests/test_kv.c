@@ -7,10 +7,7 @@
  * --hub of the run).
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,7 +61,7 @@ static int cli_in(const void *in, size_t in_len, char *out, size_t outsz, ...)
 {
 	char port[16];
 	char *argv[32] = { REDIS_CLI, "-p", port };
-	int argc = 3, pfd[2];
+	int argc = 3;
 	va_list ap;
 
 	snprintf(port, sizeof(port), "%d", server.port);
@@ -80,31 +77,16 @@ static int cli_in(const void *in, size_t in_len, char *out, size_t outsz, ...)
 	cr_assert_geq(mfd, 0, "memfd_create: %s", strerror(errno));
 	cr_assert_eq(write(mfd, in, in_len), (ssize_t)in_len);
 	cr_assert_eq(lseek(mfd, 0, SEEK_SET), 0);
-	cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0);
-	fflush(NULL);
-	pid_t parent = getpid();
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
-	if (pid == 0) {
-		if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
-			_exit(127);
-		if (dup2(mfd, STDIN_FILENO) < 0 || dup2(pfd[1], STDOUT_FILENO) < 0 ||
-		    dup2(pfd[1], STDERR_FILENO) < 0)
-			_exit(127);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	close(pfd[1]);
+	struct grt_child c;
+	grt_child_spawn(&c, argv, mfd);
 	close(mfd);
 
 	size_t n = 0;
 	int64_t old = gr_deadline_set(gr_now() + 30 * GR_SEC);
-	for (ssize_t r; n + 1 < outsz && (r = gr_read(pfd[0], out + n, outsz - 1 - n)) > 0;)
+	for (ssize_t r; n + 1 < outsz && (r = gr_read(c.out, out + n, outsz - 1 - n)) > 0;)
 		n += (size_t)r;
 	gr_deadline_set(old);
 	out[n] = '\0';
-
-	struct grt_child c = { .pid = pid, .out = pfd[0] };
 	return grt_child_stop(&c, 0);
 }
 
@@ -196,33 +178,10 @@ Test(kv, errors_as_redis_answers_them)
 
 /* ------------------------------------------------------------- raw sockets */
 
+/* A new connection to the server (TCP_NODELAY: requests go out at once). */
 static int connect_server(void)
 {
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)server.port),
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	int one = 1;
-
-	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	cr_assert_eq(gr_connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s",
-		     strerror(errno));
-	return fd;
-}
-
-static bool send_all(int fd, const void *p, size_t n)
-{
-	const char *s = p;
-
-	while (n) {
-		ssize_t w = gr_send(fd, s, n, 0);
-
-		if (w < 0)
-			return false;
-		s += w;
-		n -= (size_t)w;
-	}
-	return true;
+	return grt_connect_plain(server.port);
 }
 
 /* Read exactly n bytes within 10 s; the count read (short on EOF or error). */
@@ -270,7 +229,7 @@ static bool closed_by_server(int fd)
 
 static void send_str(int fd, const char *s)
 {
-	cr_assert(send_all(fd, s, strlen(s)), "send: %s", strerror(errno));
+	cr_assert(grt_send_all(fd, s, strlen(s)), "send: %s", strerror(errno));
 }
 
 /* ------------------------------------------------------------- the tests */
@@ -390,7 +349,7 @@ Test(kv, deep_pipeline)
 		memcpy(batch + (size_t)i * (sizeof(req) - 1), req, sizeof(req) - 1);
 	start_server();
 	int fd = connect_server();
-	cr_assert(send_all(fd, batch, len));
+	cr_assert(grt_send_all(fd, batch, len));
 	for (int i = 1; i <= N; i++) {
 		int n = snprintf(want, sizeof(want), ":%d\r\n", i);
 
@@ -411,7 +370,7 @@ Test(kv, request_split_byte_by_byte)
 	start_server();
 	int fd = connect_server();
 	for (size_t i = 0; i < sizeof(req) - 1; i++)
-		cr_assert(send_all(fd, req + i, 1));
+		cr_assert(grt_send_all(fd, req + i, 1));
 	EXPECT_REPLY(fd, "+OK\r\n$11\r\nhello world\r\n");
 	gr_close(fd);
 	stop_server();
@@ -459,7 +418,7 @@ Test(kv, protocol_errors_close_the_connection)
 	static char line[70000];
 	memset(line, 'a', sizeof(line));
 	int fd = connect_server();
-	cr_assert(send_all(fd, line, sizeof(line)));
+	cr_assert(grt_send_all(fd, line, sizeof(line)));
 	EXPECT_REPLY(fd, "-ERR Protocol error: too big inline request\r\n");
 	cr_assert(closed_by_server(fd));
 	gr_close(fd);
@@ -485,7 +444,7 @@ Test(kv, quit_closes_after_its_reply)
 /* Many connections (one server fiber each) incrementing one key and writing
  * their own: one table, no update lost. */
 struct incr_client {
-	int id, rounds, threads_port;
+	int id, rounds, fd;
 	bool ok;
 };
 
@@ -493,7 +452,7 @@ static void *incr_client_main(void *arg)
 {
 	struct incr_client *c = arg;
 	char req[128], want[64], got[64];
-	int fd = connect_server();
+	int fd = c->fd;
 
 	c->ok = true;
 	for (int i = 0; i < c->rounds && c->ok; i++) {
@@ -505,7 +464,7 @@ static void *incr_client_main(void *arg)
 		char num[32];
 		size_t k = 0;
 
-		if (!send_all(fd, req, (size_t)n)) {
+		if (!grt_send_all(fd, req, (size_t)n)) {
 			c->ok = false;
 			break;
 		}
@@ -527,8 +486,10 @@ static void incr_clients(int nclients, int rounds)
 	char want[32];
 
 	cr_assert(c && f);
+	/* Connected here: a failed assertion inside a client fiber could not
+	 * unwind the test. */
 	for (int i = 0; i < nclients; i++) {
-		c[i] = (struct incr_client){ .id = i, .rounds = rounds };
+		c[i] = (struct incr_client){ .id = i, .rounds = rounds, .fd = connect_server() };
 		cr_assert_not_null(f[i] = gr_spawn(incr_client_main, &c[i]));
 	}
 	for (int i = 0; i < nclients; i++) {

@@ -43,21 +43,6 @@ static void fail(const char *fmt, ...)
 
 /* ------------------------------------------------------------ helpers */
 
-static bool send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t w = gr_send(fd, p, len, 0);
-
-		if (w < 0)
-			return false;
-		p += w;
-		len -= (size_t)w;
-	}
-	return true;
-}
-
 /* Read exactly len bytes; false on EOF or error first. */
 static bool recv_all(int fd, void *buf, size_t len)
 {
@@ -114,7 +99,7 @@ static void echo_handler(int fd, const struct sockaddr *peer, void *arg)
 	else
 		last_peer_family = peer->sa_family;
 	while ((n = gr_recv(fd, buf, sizeof(buf), 0)) > 0) {
-		if (!send_all(fd, buf, (size_t)n))
+		if (!grt_send_all(fd, buf, (size_t)n))
 			return;
 	}
 }
@@ -172,7 +157,7 @@ static void *echo_client_main(void *arg)
 	for (int r = 0; r < c->rounds; r++) {
 		for (size_t i = 0; i < c->size; i++)
 			out[i] = pattern(c->seed + (unsigned)r, i);
-		if (!send_all(fd, out, c->size) || !recv_all(fd, in, c->size)) {
+		if (!grt_send_all(fd, out, c->size) || !recv_all(fd, in, c->size)) {
 			fail("client %u round %d: %s", c->seed, r, strerror(errno));
 			break;
 		}
@@ -232,7 +217,7 @@ static void *big_writer(void *arg)
 
 		for (size_t i = 0; i < n; i++)
 			chunk[i] = pattern(b->seed, off + i);
-		if (!send_all(b->fd, chunk, n)) {
+		if (!grt_send_all(b->fd, chunk, n)) {
 			fail("big writer %u: %s", b->seed, strerror(errno));
 			return NULL;
 		}
@@ -318,7 +303,7 @@ static void *cap_client(void *arg)
 	/* One echo proves a handler is serving this connection. The first
 	 * clients served hold their connection until the test has seen the
 	 * cap reached; the others wait behind it in the backlog meanwhile. */
-	if (!send_all(fd, &c, 1) || !recv_all(fd, &c, 1) || c != 'x')
+	if (!grt_send_all(fd, &c, 1) || !recv_all(fd, &c, 1) || c != 'x')
 		fail("cap client: no echo: %s", strerror(errno));
 	while (!cap_release && !failures)
 		gr_sleep(GR_MSEC);
@@ -376,7 +361,7 @@ static void recording_handler(int fd, const struct sockaddr *peer, void *arg)
 	(void)arg;
 	handlers_started++;
 	while ((n = gr_recv(fd, buf, sizeof(buf), 0)) > 0) {
-		if (!send_all(fd, buf, (size_t)n))
+		if (!grt_send_all(fd, buf, (size_t)n))
 			return;
 	}
 	if (n < 0 && errno == ECANCELED)
@@ -411,7 +396,7 @@ static void *idle_client_main(void *arg)
 	c->fd = client(c->port);
 	if (c->fd < 0)
 		return NULL;
-	c->served = send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
+	c->served = grt_send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
 	c->saw_eof = gr_recv(c->fd, &ch, 1, 0) == 0;
 	gr_close(c->fd);
 	return NULL;
@@ -464,12 +449,12 @@ static void *one_round_then_close(void *arg)
 	c->fd = client(c->port);
 	if (c->fd < 0)
 		return NULL;
-	c->served = send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
+	c->served = grt_send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
 	/* Wait (through the runtime) until main has stopped the server, then
 	 * check the connection still works. */
 	while (!c->go)
 		gr_sleep(GR_MSEC);
-	c->served = c->served && send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
+	c->served = c->served && grt_send_all(c->fd, &ch, 1) && recv_all(c->fd, &ch, 1);
 	gr_close(c->fd);
 	return NULL;
 }
@@ -542,7 +527,7 @@ static void stopping_handler(int fd, const struct sockaddr *peer, void *arg)
 	inside_free = gr_server_free(self_stopping);
 	gr_server_stop(self_stopping, GR_SERVER_KILL);
 	/* Not killed itself: it can still answer. */
-	if (!send_all(fd, &ch, 1))
+	if (!grt_send_all(fd, &ch, 1))
 		fail("the stopping handler could not answer: %s", strerror(errno));
 }
 
@@ -553,7 +538,7 @@ static void *poke(void *arg)
 
 	if (fd < 0)
 		return NULL;
-	if (!send_all(fd, &ch, 1) || !recv_all(fd, &ch, 1))
+	if (!grt_send_all(fd, &ch, 1) || !recv_all(fd, &ch, 1))
 		fail("poke: %s", strerror(errno));
 	gr_close(fd);
 	return NULL;
@@ -679,7 +664,7 @@ Test(server, ipv6_loopback)
 	cr_assert_eq(gr_connect(fd, (struct sockaddr *)&lo, sizeof(lo)), 0, "%s", strerror(errno));
 	char ch = 'v';
 	last_peer_family = 0;
-	cr_assert(send_all(fd, &ch, 1) && recv_all(fd, &ch, 1) && ch == 'v');
+	cr_assert(grt_send_all(fd, &ch, 1) && recv_all(fd, &ch, 1) && ch == 'v');
 	gr_close(fd);
 	assert_no_failures();
 	cr_assert_eq(last_peer_family, AF_INET6);
