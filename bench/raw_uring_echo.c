@@ -524,5 +524,8 @@ int main(int argc, char **argv)
 	io_uring_queue_exit(&s.ring);
 	if (close(s.lfd) != 0 || close(s.sfd) != 0)
 		err(1, "close");
+	/* How far the pool grew: the buffers every receive cycled through. */
+	fprintf(stderr, "raw_uring_echo: %u provided buffers of %d bytes in the pool\n", s.nbufs,
+		BUF_SIZE);
 	return 0;
 }
