@@ -25,10 +25,6 @@
 /* The largest response this server writes (headers and body), with room to
  * spare: responses are appended to the out buffer only when this fits. */
 #define MAX_RESPONSE 512
-/* How long a closing connection keeps reading what the client still sends,
- * so that closing with unread data (which makes the kernel send a reset)
- * cannot destroy the last response before the client has read it. */
-#define LINGER (1 * GR_SEC)
 
 _Static_assert(IN_BUF >= HTTP_MAX_HEAD, "a maximal head must fit in the input buffer");
 _Static_assert(OUT_BUF >= 2 * MAX_RESPONSE, "the output buffer holds several responses");
@@ -140,34 +136,6 @@ static int route(const struct http_request *req, bool *head)
 	return http_str_eq(req->path, "/") ? 200 : 404;
 }
 
-/* Write all of buf; false if the connection failed. */
-static bool send_all(int fd, const char *buf, size_t len)
-{
-	while (len) {
-		ssize_t w = gr_send(fd, buf, len, 0);
-
-		if (w < 0)
-			return false;
-		buf += w;
-		len -= (size_t)w;
-	}
-	return true;
-}
-
-/* We close first: stop sending, then read and drop what the client still
- * sends for up to LINGER, as nginx's lingering_close does. */
-static void linger_close(int fd)
-{
-	char sink[4096];
-
-	if (shutdown(fd, SHUT_WR) < 0)
-		return;
-	int64_t old = gr_deadline_set(gr_now() + LINGER);
-	while (gr_recv(fd, sink, sizeof(sink), 0) > 0)
-		;
-	gr_deadline_set(old);
-}
-
 static void http_conn(int fd, const struct sockaddr *peer, void *arg)
 {
 	char in[IN_BUF];
@@ -214,7 +182,7 @@ static void http_conn(int fd, const struct sockaddr *peer, void *arg)
 			}
 			if (outlen + MAX_RESPONSE > sizeof(out)) {
 				/* A deep pipeline: flush whole responses so far. */
-				if (!send_all(fd, out, outlen))
+				if (!srv_send_all(fd, out, outlen))
 					return;
 				outlen = 0;
 			}
@@ -225,12 +193,12 @@ static void http_conn(int fd, const struct sockaddr *peer, void *arg)
 			outlen += len;
 			closing = !keep;
 		}
-		if (outlen && !send_all(fd, out, outlen))
+		if (outlen && !srv_send_all(fd, out, outlen))
 			return;
 		memmove(in, in + pos, have - pos);
 		have -= pos;
 	}
-	linger_close(fd);
+	srv_linger_close(fd);
 }
 
 int main(int argc, char **argv)

@@ -13,8 +13,9 @@
  *   --max-conns N  at most N connections served at once per thread (default: no cap)
  *
  * Shutdown goes through the runtime, never through a signal handler: SIGINT
- * and SIGTERM are blocked (before the server starts its threads, which
- * inherit the mask) and read from a signalfd by a fiber of the main thread,
+ * and SIGTERM are blocked with gr_signal_block (before the server starts its
+ * threads, which inherit the mask) and taken with gr_signal_wait by a fiber
+ * of the main thread,
  * which shuts the server down gracefully (gr_server_shutdown: stop accepting,
  * let connections finish for SRV_GRACE, then kill the rest), says on stderr
  * how many finished and how many were killed, and main exits 0 (1 if the
@@ -123,44 +124,60 @@ static inline int srv_use_hub(const struct srv_opts *o)
 	return r;
 }
 
-/* Read until n bytes arrived, EOF, or an error. A green read parks until
- * the fd is readable on every hub, even one the program made O_NONBLOCK
- * (the signalfd). 1 when n bytes arrived, 0 on EOF, -1 on error (errno
- * set). */
-static inline int srv_read_full(int fd, void *buf, size_t n)
+/* Write all of buf (gr_send may write less). Switches. true when all is
+ * written; false if the connection failed (errno set), or the fiber was
+ * killed (ECANCELED). */
+static inline bool srv_send_all(int fd, const void *buf, size_t len)
 {
-	size_t got = 0;
+	const char *p = buf;
 
-	while (got < n) {
-		ssize_t r = gr_read(fd, (char *)buf + got, n - got);
+	while (len) {
+		ssize_t w = gr_send(fd, p, len, 0);
 
-		if (r > 0)
-			got += (size_t)r;
-		else if (r == 0)
-			return 0;
-		else if (errno != EINTR)
-			return -1;
+		if (w < 0)
+			return false;
+		p += w;
+		len -= (size_t)w;
 	}
-	return 1;
+	return true;
+}
+
+/* How long a closing server keeps reading what the client still sends. */
+#define SRV_LINGER (1 * GR_SEC)
+
+/* Close first without losing the last reply: stop sending, then read and
+ * drop what the client still sends for up to SRV_LINGER, as nginx's
+ * lingering_close does. Closing a socket with unread input makes the kernel
+ * send a reset, which can destroy the reply before the client reads it.
+ * Switches; the server closes fd when the handler returns. */
+static inline void srv_linger_close(int fd)
+{
+	char sink[4096];
+
+	if (shutdown(fd, SHUT_WR) < 0)
+		return;
+	int64_t old = gr_deadline_set(gr_now() + SRV_LINGER);
+	while (gr_recv(fd, sink, sizeof(sink), 0) > 0)
+		;
+	gr_deadline_set(old);
 }
 
 struct srv_watch {
 	gr_server *server;
-	int sigfd;
+	sigset_t signals;          /* SIGINT, SIGTERM: blocked process-wide */
 };
 
 /* SIGINT/SIGTERM: shut the server down gracefully. */
 static inline void *srv_signal_watch(void *arg)
 {
 	struct srv_watch *w = arg;
-	struct signalfd_siginfo si;
 	struct gr_server_shutdown_stats st;
 
-	int r = srv_read_full(w->sigfd, &si, sizeof(si));
-	if (r < 0 && errno == ECANCELED)
+	int r = gr_signal_wait(&w->signals, NULL, GR_FOREVER);
+	if (r == -ECANCELED)
 		return NULL; /* the server ended on its own */
 	if (r < 0)
-		warn("reading signals");
+		warnx("waiting for SIGINT/SIGTERM: %s", strerror(-r));
 	r = gr_server_shutdown(w->server, gr_now() + SRV_GRACE, &st);
 	if (r < 0 && r != -ECANCELED)
 		warnx("shutdown: %s", strerror(-r));
@@ -181,10 +198,19 @@ static inline int srv_main(const struct srv_opts *o, gr_server_handler handler)
 		.stack_size = SRV_STACK_SIZE,
 	};
 
+	struct srv_watch w = { .server = NULL };
+
 	bench_raise_nofile();
 	/* Before the server starts its threads, so that every thread inherits
-	 * the mask and only the signalfd ever sees SIGINT/SIGTERM. */
-	int sigfd = bench_signalfd();
+	 * the mask and only the watcher's gr_signal_wait ever takes SIGINT or
+	 * SIGTERM (greenring/signal.h). */
+	sigemptyset(&w.signals);
+	sigaddset(&w.signals, SIGINT);
+	sigaddset(&w.signals, SIGTERM);
+	if (gr_signal_block(&w.signals) < 0) {
+		warnx("gr_signal_block failed");
+		return 1;
+	}
 	if (srv_use_hub(o) < 0)
 		return 1;
 	gr_server *s = gr_server_create(o->host, o->port, handler, NULL, &so);
@@ -199,7 +225,7 @@ static inline int srv_main(const struct srv_opts *o, gr_server_handler handler)
 		(void)gr_server_free(s);
 		return 1;
 	}
-	struct srv_watch w = { .server = s, .sigfd = sigfd };
+	w.server = s;
 	gr_fiber *watcher = gr_spawn(srv_signal_watch, &w);
 	if (!watcher) {
 		warn("spawning the signal watcher");
@@ -226,7 +252,6 @@ static inline int srv_main(const struct srv_opts *o, gr_server_handler handler)
 		warnx("gr_server_free: %s", strerror(-r));
 		failed = 1;
 	}
-	(void)gr_close(sigfd);
 	r = gr_hub_join(GR_FOREVER);
 	if (r < 0)
 		warnx("gr_hub_join: %s", strerror(-r));

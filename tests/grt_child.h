@@ -43,8 +43,10 @@ static inline const char *grt_child_program(const char *var)
 	return p;
 }
 
-/* Start argv[0] with argv; read its first stdout line (up to 10 s). */
-static inline void grt_child_start(struct grt_child *c, char *const argv[])
+/* Start argv[0] with argv, its stdout on c->out. With stdin_fd >= 0 the
+ * child reads that fd as its stdin, and its stderr goes to c->out too (a
+ * client program's whole output); otherwise it inherits both. */
+static inline void grt_child_spawn(struct grt_child *c, char *const argv[], int stdin_fd)
 {
 	int pfd[2];
 
@@ -62,6 +64,9 @@ static inline void grt_child_start(struct grt_child *c, char *const argv[])
 		/* As from a shell: a program that would die of SIGPIPE must be
 		 * seen to, whatever the test runner ignores. */
 		signal(SIGPIPE, SIG_DFL);
+		if (stdin_fd >= 0 &&
+		    (dup2(stdin_fd, STDIN_FILENO) < 0 || dup2(pfd[1], STDERR_FILENO) < 0))
+			_exit(127);
 		execv(argv[0], argv);
 		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
@@ -70,6 +75,13 @@ static inline void grt_child_start(struct grt_child *c, char *const argv[])
 	c->pid = pid;
 	c->out = pfd[0];
 	c->port = -1;
+	c->line[0] = '\0';
+}
+
+/* Start argv[0] with argv; read its first stdout line (up to 10 s). */
+static inline void grt_child_start(struct grt_child *c, char *const argv[])
+{
+	grt_child_spawn(c, argv, -1);
 
 	size_t n = 0;
 	int64_t old = gr_deadline_set(gr_now() + 10 * GR_SEC);

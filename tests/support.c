@@ -190,6 +190,21 @@ int grt_connect_plain(int port)
 	return fd;
 }
 
+bool grt_send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t w = gr_send(fd, p, len, 0);
+
+		if (w < 0)
+			return false;
+		p += w;
+		len -= (size_t)w;
+	}
+	return true;
+}
+
 void grt_tcp_pair(int fds[2])
 {
 	int port;
@@ -338,21 +353,6 @@ void grt_fail_reset(void)
 	fail_count = 0;
 	fail_first[0] = '\0';
 	pthread_mutex_unlock(&fail_lock);
-}
-
-bool grt_send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t w = gr_send(fd, p, len, 0);
-
-		if (w < 0)
-			return false;
-		p += w;
-		len -= (size_t)w;
-	}
-	return true;
 }
 
 bool grt_recv_all(int fd, void *buf, size_t len)
