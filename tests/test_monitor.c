@@ -322,21 +322,6 @@ struct echo {
 	long rounds;
 };
 
-/* Receive exactly n bytes; 0 at end of stream. */
-static ssize_t recv_all(int fd, char *buf, size_t n)
-{
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = gr_recv(fd, buf + got, n - got, 0);
-
-		if (r <= 0)
-			return r;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
-}
-
 /* A client and an echo server over a socket pair, with a little CPU and a
  * yield per round: busy, never holding the thread. The client ends the
  * exchange by shutting its side down. */
@@ -346,9 +331,9 @@ static void *echo_client(void *arg)
 	char buf[64] = { 0 };
 
 	while (gr_now() < e->until) {
-		if (gr_send(e->fd, buf, sizeof(buf), 0) != (ssize_t)sizeof(buf))
+		if (!grt_send_all(e->fd, buf, sizeof(buf)))
 			return (void *)1;
-		if (recv_all(e->fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf))
+		if (!grt_recv_all(e->fd, buf, sizeof(buf)))
 			return (void *)2;
 		int64_t work_until = gr_now() + 20 * 1000; /* 20 µs of work */
 		while (gr_now() < work_until)
@@ -366,8 +351,8 @@ static void *echo_server(void *arg)
 	char buf[64];
 	ssize_t r;
 
-	while ((r = recv_all(e->fd, buf, sizeof(buf))) > 0) {
-		if (gr_send(e->fd, buf, (size_t)r, 0) != r)
+	while ((r = gr_recv(e->fd, buf, sizeof(buf), 0)) > 0) {
+		if (!grt_send_all(e->fd, buf, (size_t)r))
 			return (void *)5;
 	}
 	return r == 0 ? NULL : (void *)6;
