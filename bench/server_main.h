@@ -205,8 +205,15 @@ static inline int srv_main(const struct srv_opts *o, gr_server_handler handler)
 	 * the mask and only the watcher's gr_signal_wait ever takes SIGINT or
 	 * SIGTERM (greenring/signal.h). */
 	sigemptyset(&w.signals);
-	sigaddset(&w.signals, SIGINT);
-	sigaddset(&w.signals, SIGTERM);
+	for (int sig = SIGINT; sig; sig = sig == SIGINT ? SIGTERM : 0) {
+		/* One the caller ignores stays ignored (a shell starts background
+		 * jobs with SIGINT ignored): gr_signal_wait refuses a set with
+		 * an ignored signal, which the kernel would discard anyway. */
+		struct sigaction sa;
+
+		if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_IGN)
+			sigaddset(&w.signals, sig);
+	}
 	if (gr_signal_block(&w.signals) < 0) {
 		warnx("gr_signal_block failed");
 		return 1;
@@ -226,8 +233,10 @@ static inline int srv_main(const struct srv_opts *o, gr_server_handler handler)
 		return 1;
 	}
 	w.server = s;
-	gr_fiber *watcher = gr_spawn(srv_signal_watch, &w);
-	if (!watcher) {
+	/* Both ignored: nothing to wait for, the server runs until it fails
+	 * or is killed. */
+	gr_fiber *watcher = NULL;
+	if (!sigisemptyset(&w.signals) && !(watcher = gr_spawn(srv_signal_watch, &w))) {
 		warn("spawning the signal watcher");
 		(void)gr_server_free(s);
 		return 1;
@@ -245,8 +254,10 @@ static inline int srv_main(const struct srv_opts *o, gr_server_handler handler)
 	/* After a shutdown the watcher has ended (gr_kill then says ESRCH); if
 	 * the server failed first it is still reading, and is killed. Joined
 	 * before the server is freed, since it names it. */
-	(void)gr_kill(watcher);
-	(void)gr_join(watcher, NULL, GR_FOREVER);
+	if (watcher) {
+		(void)gr_kill(watcher);
+		(void)gr_join(watcher, NULL, GR_FOREVER);
+	}
 	r = gr_server_free(s);
 	if (r < 0) {
 		warnx("gr_server_free: %s", strerror(-r));

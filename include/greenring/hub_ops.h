@@ -165,10 +165,11 @@ struct gr_hub_ops {
 	int (*init)(void **state, const struct gr_hub_config *cfg);
 	/* Destroy the state. Called only when nothing is in flight, or in a
 	 * child after fork(), where it must release what the child holds and
-	 * touch nothing shared with the parent (no cancel, no wait). In the
-	 * child the operations that were in flight are then submitted again to
-	 * a new state of the same backend (init); the backend does nothing for
-	 * them itself. */
+	 * touch nothing shared with the parent (no cancel, no wait). The
+	 * operations that were in flight are not resumed in the child: the
+	 * parent's fibers do not exist there (only the code that called fork()
+	 * goes on, on a fresh hub made at its first use), so the backend does
+	 * nothing for them. */
 	void (*fini)(void *state, int after_fork);
 	/* Start one operation; its completion arrives later through
 	 * gr_hub_complete(). May batch: the operation need only start by the

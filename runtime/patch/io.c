@@ -12,8 +12,9 @@
  *               then the plain call. Another reader of the same fd may win
  *               the race and block the thread (docs/patching.md);
  *   file        regular files, directories, block devices: the plain call.
- *               Never "not ready", so nothing to wait for, as on greenring's
- *               readiness hubs.
+ *               Never "not ready", so nothing to wait for; a cold read
+ *               blocks the thread (greenring's own gr_read does not: it
+ *               hands what would wait for the disk to the thread pool).
  * accept needs the listening socket non-blocking in the kernel (accept has
  * no per-call flag, and N fibers accepting on one socket is the usual
  * server); the library sets it, hides it (fds.c), and makes a plain accept
