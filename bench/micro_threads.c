@@ -131,6 +131,25 @@ static double tpool_burst_ms(int64_t budget_ns)
 	return (double)(gr_now() - start) / 1e6;
 }
 
+/* The same burst: the memory it adds while all 10k are queued or running
+ * (read once every fiber has run up to its wait), in MiB. */
+static double tpool_burst_rss_mib(int64_t budget_ns)
+{
+	enum { N = 10000 };
+	static gr_fiber *f[N];
+
+	(void)budget_ns;
+	gr_sleep(0); /* the hub and its loop exist before the baseline */
+	long before = micro_rss_kib();
+	for (int i = 0; i < N; i++)
+		f[i] = gr_spawn(one_job, NULL);
+	gr_sleep(0); /* every fiber has queued its job */
+	long peak = micro_rss_kib();
+	for (int i = 0; i < N; i++)
+		gr_join(f[i], NULL, GR_FOREVER);
+	return before < 0 || peak < 0 ? -1 : (double)(peak - before) / 1024.0;
+}
+
 /* ---------------------------------------------------- channels */
 
 /* Ping-pong over two channels between this thread's hub and a partner: a
@@ -289,6 +308,7 @@ const struct micro_case micro_threads_cases[] = {
 	{ "pthread cond hand-off round trip", "ns", false, true, pthread_handoff_round_trip },
 	{ "tpool round trip (empty fn)", "ns", false, false, tpool_round_trip },
 	{ "tpool: 10k jobs from 10k fibers", "ms", false, false, tpool_burst_ms },
+	{ "tpool: 10k jobs, memory added at the peak", "MiB", false, false, tpool_burst_rss_mib },
 	{ "chan round trip, 2 hubs", "ns", false, false, chan_two_hubs },
 	{ "chan round trip, 2 hubs, 64 pairs", "ns", false, false, chan_two_hubs_64 },
 	{ "chan round trip, hub <-> plain thread", "ns", false, false, chan_hub_plain },

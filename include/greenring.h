@@ -84,6 +84,10 @@ struct gr_hub_stats {
 	size_t inflight;        /* operations handed to the backend, not completed */
 	uint64_t turns;         /* loop turns so far */
 	int loop_started;       /* the hub fiber exists (something has blocked) */
+	/* Fiber stacks of the default size (greenring/stacks.h): */
+	size_t stacks_free;     /* free, resident: the next spawns take these */
+	size_t stacks_trimmed;  /* free, memory given back: taken when none is resident */
+	size_t stacks_mapped;   /* mapped now: in use, free and trimmed ones */
 };
 
 /* Fill *out for this thread's hub. 0; -EINVAL (NULL); -ESRCH (this thread
@@ -257,6 +261,9 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 
 /* Channels and notifiers between threads. */
 #include "greenring/chan.h"
+
+/* The memory of fiber stacks: giving it back now. */
+#include "greenring/stacks.h"
 
 /* Counters, the run-info dump, the blocking monitor. */
 #include "greenring/observe.h"

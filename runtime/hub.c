@@ -284,17 +284,19 @@ static void wait_failed(struct gr__hub *hub, int r)
 
 /* How long the next wait() may block: not at all when fibers are runnable,
  * else until something completes, but no later than the next audit of long
- * waits on fds (fd.c) or the next deadline of an operation on the thread
- * pool (offload.c: no backend times those). The audit runs first: one that
+ * waits on fds (fd.c), the next deadline of an operation on the thread
+ * pool (offload.c: no backend times those) or the next trim of free stacks
+ * (stack.c: an idle hub gives their memory back). The audit runs first: one that
  * finds a closed fd completes its operations (a readiness backend at once),
  * and their fibers are runnable before the wait, which must then not block. */
 static int64_t wait_timeout(struct gr__hub *hub)
 {
 	int64_t now = 0, due = gr__offload_next_deadline(hub);
+	int64_t trim = gr__stack_pool_trim_due(hub->stacks);
 
-	if (hub->fds_busy != 0 || hub->audit_due != 0 || due != GR_FOREVER) {
+	if (hub->fds_busy != 0 || hub->audit_due != 0 || due != GR_FOREVER || trim != GR_FOREVER) {
 		now = gr_now();
-		due = gr__deadline_min(gr__fd_audit(hub, now), due);
+		due = gr__deadline_min(gr__deadline_min(gr__fd_audit(hub, now), due), trim);
 	}
 	if (!gr__list_empty(&hub->next))
 		return 0;
@@ -312,6 +314,8 @@ static void hub_main(gr__transfer t)
 		gr__hub_drain_inbox(hub);
 		gr__offload_reap(hub);
 		bool idle = gr__list_empty(&hub->next);
+		if (idle)
+			gr__stack_pool_idle(hub->stacks);
 		if (idle && hub->inflight == 0 && hub->remote_waiting == 0)
 			detect_deadlock(hub);
 		/* Fibers waiting on other threads need the backend's wait() only
@@ -513,6 +517,7 @@ int gr_hub_stats(struct gr_hub_stats *out)
 	out->inflight = hub->inflight;
 	out->turns = hub->turns;
 	out->loop_started = hub->loop != NULL;
+	gr__stack_pool_stats(hub->stacks, out);
 	return 0;
 }
 
@@ -537,9 +542,10 @@ void gr__hub_counters_get(struct gr__hub *hub, struct gr_hub_counters *out)
 	c.remote_wakeups = hub->counters.remote_wakeups;
 	c.spawned = hub->counters.spawned;
 	c.ended = hub->counters.ended;
-	size_t live = 0;
-	c.stacks_pooled = gr__stack_pool_count(hub->stacks, &live);
-	c.stacks_live = live;
+	struct gr_hub_stats st;
+	gr__stack_pool_stats(hub->stacks, &st);
+	c.stacks_pooled = st.stacks_free + st.stacks_trimmed;
+	c.stacks_live = st.stacks_mapped - c.stacks_pooled;
 	c.longest_run_ns = hub->counters.longest_run_ns;
 	*out = c;
 }

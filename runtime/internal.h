@@ -946,25 +946,36 @@ void gr__fd_slots_after_fork(void);
 /* ------------------------------------------------------------ stacks */
 
 struct gr__stack {
-	void *base;                       /* lowest address of the mapping (guard) */
+	void *base;                       /* lowest address of the stack (guard) */
 	size_t size;                      /* usable bytes above the guard */
 	size_t guard;
+	struct slab *slab;                /* the mapping it is part of (stack.c) */
+	struct gr__link link;             /* the pool's free or trimmed list */
 	unsigned valgrind_id;
-	struct gr__stack *next;           /* pool link */
+	bool trimmed;                     /* free, and its pages given back */
 };
 
 struct gr__stack_pool *gr__stack_pool_create(void);
+/* Unmap every slab: all stacks must be free. */
 void gr__stack_pool_free(struct gr__stack_pool *pool);
 /* A stack of at least `size` usable bytes, from the pool when it fits. */
 struct gr__stack *gr__stack_get(struct gr__stack_pool *pool, size_t size);
 void gr__stack_put(struct gr__stack_pool *pool, struct gr__stack *s);
-/* The highest usable address: the descriptor itself sits above it. */
+/* The hub has nothing to run: time to give back free stacks beyond the
+ * recent working set, a batch at a time. Cheap when there is nothing to do. */
+void gr__stack_pool_idle(struct gr__stack_pool *pool);
+/* When gr__stack_pool_idle next has work: the hub's wait ends by then. */
+int64_t gr__stack_pool_trim_due(const struct gr__stack_pool *pool);
+/* Trim now every free stack beyond `keep`; the number given back. */
+size_t gr__stack_pool_trim(struct gr__stack_pool *pool, size_t keep);
+struct gr_hub_stats;
+void gr__stack_pool_stats(const struct gr__stack_pool *pool, struct gr_hub_stats *out);
+/* The highest usable address: the fiber struct goes right below it. */
 static inline void *gr__stack_top(struct gr__stack *s)
 {
-	return (void *)s;
+	return (char *)s->base + s->guard + s->size;
 }
 /* Stacks of the default size: free in the pool, and handed out. */
-size_t gr__stack_pool_count(const struct gr__stack_pool *pool, size_t *live);
 /* GREENRING_STACK_SIZE, else the built-in default, rounded to pages. */
 size_t gr__stack_default_size(void);
 /* Install the overflow reporter (sigaltstack per thread, handler once). */

@@ -1,22 +1,47 @@
-/* stack.c — fiber stacks: mmap with a guard, a per-hub pool, and a readable
+/* stack.c — fiber stacks: slabs of guarded stacks, a per-hub pool that
+ * follows the working set and gives memory back when idle, and a readable
  * report when a fiber runs off the end of its stack.
  *
  * Layout of one stack, low to high addresses:
  *
- *     [ guard (no access) | usable stack ... | gr_fiber | gr__stack ]
- *       base               base+guard                    descriptor
+ *     [ guard (no access) | usable stack ...        | gr_fiber ]
+ *       base               base+guard                 top
  *
- * A spawn takes a stack from the hub's pool: mmap + guard + munmap costs
- * about 8 µs here, a pooled stack nothing. Only stacks of the default size
- * are pooled; other sizes are mapped and unmapped per fiber. Pooled stacks
- * keep the pages they touched (a few KiB each): that memory is the price
- * of spawning a burst again without the kernel.
+ * and of a slab, n stacks of the default size in one mapping:
  *
- * Guards: on Linux ≥ 6.13, madvise(MADV_GUARD_INSTALL) marks the guard
- * without splitting the mapping, so 100k fibers stay within the default
- * vm.max_map_count (65530) — adjacent stacks even merge into one mapping.
- * Older kernels get mprotect(PROT_NONE), which costs one extra mapping per
- * stack and so caps a process near 32k live fibers (spawn fails with ENOMEM).
+ *     [ guard | stack 0 ][ guard | stack 1 ] ... [ guard | stack n-1 ]
+ *
+ * The descriptors (struct gr__stack) live in the slab's header, a malloc'd
+ * array beside the mapping, not in the stacks: a trimmed stack's pages are
+ * dropped, and its descriptor must stay to put it back in service.
+ *
+ * What a stack costs here (a 2-CPU paravirtualised VM, Linux 6.18, docs/stacks.md):
+ * a page fault about 19 µs (the first touch of a fresh stack), an munmap or
+ * MADV_DONTNEED of one stack about 6-9 µs (a TLB flush each), a system call
+ * about 0.5 µs. So the pool never takes a fault or a flush per stack:
+ *   - a slab is one mmap; its guards are installed and the top page of each
+ *     stack (the fiber struct and the first frames) populated by one
+ *     process_madvise(2) each, a vector of ranges, instead of one madvise and
+ *     one fault per stack;
+ *   - an ending fiber's stack goes to the pool whatever the pool holds (no
+ *     cap): the pool keeps the working set, so a burst that comes again
+ *     spawns without the kernel;
+ *   - memory goes back lazily, in the hub's idle turns: free stacks beyond
+ *     the recent peak of live ones are trimmed in batches of up to 1024, one
+ *     process_madvise(MADV_DONTNEED) a batch (one TLB flush), and a slab
+ *     whose stacks are all free and trimmed is unmapped (one munmap).
+ * Older kernels fall back one step at a time, each found once per process:
+ * process_madvise refusing these advices (before 6.13; PIDFD_SELF before
+ * 6.15) -> one madvise per stack; no MADV_POPULATE_WRITE (before 5.14) ->
+ * the first touch faults; no MADV_GUARD_INSTALL (before 6.13) ->
+ * mprotect(PROT_NONE), which splits the slab into two mappings per stack and
+ * so caps a process near 32k live fibers under the default vm.max_map_count
+ * (65530): spawn then fails with ENOMEM. With guards installed by madvise a
+ * slab stays one mapping (adjacent slabs even merge), so a million fibers
+ * need at most a few thousand mappings.
+ *
+ * Only default-size stacks are pooled; another size is a slab of one, mapped
+ * and unmapped per fiber.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +51,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -44,22 +71,62 @@ void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
 #endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+/* The calling process, for process_madvise (Linux >= 6.15). */
+#ifndef PIDFD_SELF_THREAD_GROUP
+#define PIDFD_SELF_THREAD_GROUP (-10001)
+#endif
 
 /* Large enough that a function with a few KiB of locals does not step over
  * the guard into the stack below; costs address space only. */
 #define GUARD_BYTES ((size_t)16 * 1024)
-/* The pool keeps as many free stacks as were ever live at once (a server's
- * working set: a burst of N connections will come again), at least
- * POOL_MIN and at most POOL_MAX. Beyond that, stacks go back to the kernel. */
+/* Slabs grow by doubling from SLAB_FIRST stacks, so a thread with a handful
+ * of fibers holds a few pages, to SLAB_MAX (a 10 MiB mapping at the default
+ * size; at most IOV_MAX ranges per process_madvise). */
+#define SLAB_FIRST 8
+#define SLAB_MAX 128
+/* Free stacks kept resident however quiet the hub is. */
 #define POOL_MIN 256
-#define POOL_MAX 65536
+/* The pool keeps as many free stacks as the peak of live ones over the last
+ * one to two periods asks for; the rest is trimmed. */
+#define TRIM_PERIOD GR_SEC
+/* Stacks trimmed per idle turn at most: one vector of ranges, about 0.4 ms
+ * here, so a hub back from a burst of a million is never stalled long. */
+#define TRIM_BATCH 1024
+/* Trimmed stacks brought back at once (one populate for all). */
+#define REVIVE_BATCH 64
+
+struct slab {
+	struct gr__link link;  /* the pool's slabs (default size only) */
+	char *base;
+	size_t n;              /* stacks */
+	size_t stride;         /* guard + usable bytes */
+	size_t trimmed;        /* stacks of this slab that are free and trimmed */
+	bool unmapping;        /* all trimmed: trim_batch unmaps it (next_gone links those) */
+	struct slab *next_gone;
+	struct gr__stack stacks[];
+};
 
 struct gr__stack_pool {
-	struct gr__stack *free;
-	size_t count;         /* stacks in the free list */
-	size_t live;          /* default-size stacks handed out */
-	size_t peak_live;
+	struct gr__list warm;      /* free stacks, resident; most recently freed first */
+	struct gr__list trimmed;   /* free stacks whose pages went back to the kernel */
+	struct gr__list slabs;
+	size_t nwarm, ntrimmed;
+	size_t mapped;             /* default-size stacks in the slabs */
+	size_t live;               /* default-size stacks handed out */
+	size_t period_peak;        /* peak of live in the current trim period */
+	size_t last_period_peak;   /* and in the one before */
+	size_t keep;               /* free stacks the trim in progress keeps */
+	int64_t trim_at;           /* next trim decision; 0: not yet scheduled */
+	bool trimming;             /* a trim is under way, batch by batch */
+	size_t next_slab;          /* stacks in the next slab */
 	size_t default_size;
+	/* Scratch for the vectors of ranges: too big for the caller's stack
+	 * (a fiber's may be 16 KiB; the trim runs on the hub's). */
+	struct iovec scratch_iov[TRIM_BATCH];
+	struct gr__stack *scratch_stacks[TRIM_BATCH];
 };
 
 /* The caches below are filled by whichever thread gets there first: atomics,
@@ -107,47 +174,95 @@ size_t gr__stack_default_size(void)
 	return size;
 }
 
-static atomic_int guard_kind; /* 0 unknown, 1 madvise, 2 mprotect */
+/* ------------------------------------------------- advice on many ranges */
 
-static int install_guard(void *base, size_t len)
+/* What this kernel accepts, learnt once per process: 0 unknown, 1 yes, 2 no. */
+static atomic_int vector_ok;   /* process_madvise on ourselves with this advice */
+static atomic_int guard_ok;    /* MADV_GUARD_INSTALL (else mprotect) */
+static atomic_int populate_ok; /* MADV_POPULATE_WRITE (else the first touch faults) */
+
+static bool known_no(atomic_int *flag)
 {
-	if (atomic_load_explicit(&guard_kind, memory_order_relaxed) != 2) {
-		if (madvise(base, len, MADV_GUARD_INSTALL) == 0) {
-			atomic_store_explicit(&guard_kind, 1, memory_order_relaxed);
+	return atomic_load_explicit(flag, memory_order_relaxed) == 2;
+}
+
+static void learn(atomic_int *flag, bool yes)
+{
+	atomic_store_explicit(flag, yes ? 1 : 2, memory_order_relaxed);
+}
+
+/* madvise(advice) on every range of v[0..n): one process_madvise where the
+ * kernel takes it (one system call, and for MADV_DONTNEED one TLB flush),
+ * else one madvise per range. 0 or -errno of the first failure; -EINVAL
+ * means the kernel does not know the advice. */
+static int advise_ranges(struct iovec *v, size_t n, int advice)
+{
+	if (n == 0)
+		return 0;
+	if (!known_no(&vector_ok)) {
+		size_t want = 0;
+		for (size_t i = 0; i < n; i++)
+			want += v[i].iov_len;
+		long done = syscall(SYS_process_madvise, PIDFD_SELF_THREAD_GROUP, v, n, advice, 0u);
+		if (done >= 0 && (size_t)done == want) {
+			learn(&vector_ok, true);
 			return 0;
 		}
+		/* EBADF: no PIDFD_SELF; EINVAL: an advice process_madvise
+		 * refuses (or one the kernel lacks, which madvise then tells);
+		 * ENOSYS, EPERM: no process_madvise for us. Ranges it did
+		 * before failing are done again below, which these advices
+		 * allow. Any other error is the caller's to hear. */
+		if (done >= 0 || (errno != EBADF && errno != EINVAL && errno != ENOSYS &&
+				  errno != EPERM))
+			return done >= 0 ? -EIO : -errno;
 		if (errno != EINVAL)
+			learn(&vector_ok, false);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (madvise(v[i].iov_base, v[i].iov_len, advice) != 0)
 			return -errno;
-		atomic_store_explicit(&guard_kind, 2, memory_order_relaxed);
-	}
-	return mprotect(base, len, PROT_NONE) == 0 ? 0 : -errno;
+	return 0;
 }
 
-static struct gr__stack *stack_map(size_t size)
+/* Guards at the bottom of n stacks of `stride` bytes from base. */
+static int install_guards(struct iovec *v, char *base, size_t n, size_t stride, size_t guard)
 {
-	size_t guard = round_to_pages(GUARD_BYTES);
-	size_t total = guard + size;
-	void *base = mmap(NULL, total, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
 
-	if (base == MAP_FAILED)
-		return NULL;
-	int err = install_guard(base, guard);
-	if (err < 0) {
-		munmap(base, total);
-		errno = -err;
-		return NULL;
+	if (!known_no(&guard_ok)) {
+		for (size_t i = 0; i < n; i++)
+			v[i] = (struct iovec){ base + i * stride, guard };
+		int r = advise_ranges(v, n, MADV_GUARD_INSTALL);
+		if (r != -EINVAL) {
+			if (r == 0)
+				learn(&guard_ok, true);
+			return r;
+		}
+		learn(&guard_ok, false);
 	}
-	/* The descriptor sits at the very top, beside the fiber struct and the
-	 * first frames, so a parked fiber with a shallow stack touches one page. */
-	struct gr__stack *s = (struct gr__stack *)((char *)base + total) - 1;
-	s->base = base;
-	s->size = size;
-	s->guard = guard;
-	s->next = NULL;
-	s->valgrind_id = VALGRIND_STACK_REGISTER((char *)base + guard, (char *)base + total);
-	return s;
+	for (size_t i = 0; i < n; i++)
+		if (mprotect(base + i * stride, guard, PROT_NONE) != 0)
+			return -errno;
+	return 0;
 }
+
+/* Fault in the top page of each stack in s[0..n), where the fiber struct and
+ * the first frames go: a populate is a fraction of a fault's cost. Best
+ * effort: a stack left out faults at its first touch, as any deeper page. */
+static void populate_tops(struct iovec *v, struct gr__stack *const *s, size_t n)
+{
+	size_t page = page_size();
+
+	if (known_no(&populate_ok))
+		return;
+	for (size_t i = 0; i < n; i++)
+		v[i] = (struct iovec){ (char *)gr__stack_top(s[i]) - page, page };
+	int r = advise_ranges(v, n, MADV_POPULATE_WRITE);
+	if (r == -EINVAL)
+		learn(&populate_ok, false);
+}
+
+/* ------------------------------------------------------------ slabs */
 
 /* A fiber discarded while parked (thread exit) never unwound its frames, so
  * ASan's poison of their redzones is still on the stack. Lift it before the
@@ -163,79 +278,252 @@ static void stack_unpoison(struct gr__stack *s)
 #endif
 }
 
-static void stack_unmap(struct gr__stack *s)
+static struct slab *slab_map(struct gr__stack_pool *pool, size_t n, size_t size)
 {
-	void *base = s->base;
-	size_t total = s->guard + s->size;
+	size_t guard = round_to_pages(GUARD_BYTES);
+	size_t stride = guard + size;
+	struct slab *slab = malloc(sizeof(*slab) + n * sizeof(slab->stacks[0]));
 
-	stack_unpoison(s);
-	VALGRIND_STACK_DEREGISTER(s->valgrind_id);
-	munmap(base, total);
+	if (!slab)
+		return NULL;
+	void *base = mmap(NULL, n * stride, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+	if (base == MAP_FAILED) {
+		free(slab);
+		return NULL;
+	}
+	int err = install_guards(pool->scratch_iov, base, n, stride, guard);
+	if (err < 0) {
+		munmap(base, n * stride);
+		free(slab);
+		errno = -err;
+		return NULL;
+	}
+	*slab = (struct slab){ .base = base, .n = n, .stride = stride };
+	for (size_t i = 0; i < n; i++) {
+		struct gr__stack *s = &slab->stacks[i];
+		char *lo = slab->base + i * stride;
+
+		*s = (struct gr__stack){ .base = lo, .size = size, .guard = guard, .slab = slab };
+		s->valgrind_id = VALGRIND_STACK_REGISTER(lo + guard, lo + stride);
+		pool->scratch_stacks[i] = s;
+	}
+	populate_tops(pool->scratch_iov, pool->scratch_stacks, n);
+	return slab;
 }
+
+static void slab_unmap(struct slab *slab)
+{
+	for (size_t i = 0; i < slab->n; i++) {
+		stack_unpoison(&slab->stacks[i]);
+		VALGRIND_STACK_DEREGISTER(slab->stacks[i].valgrind_id);
+	}
+	munmap(slab->base, slab->n * slab->stride);
+	free(slab);
+}
+
+/* ------------------------------------------------------------ the pool */
 
 struct gr__stack_pool *gr__stack_pool_create(void)
 {
 	struct gr__stack_pool *pool = calloc(1, sizeof(*pool));
 
-	if (pool)
+	if (pool) {
 		pool->default_size = gr__stack_default_size();
+		pool->next_slab = SLAB_FIRST;
+	}
 	return pool;
 }
 
+/* Every stack is free by now (hub_destroy released every fiber's). */
 void gr__stack_pool_free(struct gr__stack_pool *pool)
 {
 	if (!pool)
 		return;
-	while (pool->free) {
-		struct gr__stack *s = pool->free;
-
-		pool->free = s->next;
-		stack_unmap(s);
+	gr__list_foreach_safe(it, &pool->slabs) {
+		slab_unmap(gr__container(it, struct slab, link));
 	}
 	free(pool);
 }
 
-size_t gr__stack_pool_count(const struct gr__stack_pool *pool, size_t *live)
+static struct gr__stack *stack_of(struct gr__link *l)
 {
-	*live = pool->live;
-	return pool->count;
+	return gr__container(l, struct gr__stack, link);
+}
+
+/* Trimmed stacks back in service, up to REVIVE_BATCH at once. */
+static void revive(struct gr__stack_pool *pool)
+{
+	struct gr__stack **s = pool->scratch_stacks;
+	size_t n = 0;
+
+	while (n < REVIVE_BATCH && !gr__list_empty(&pool->trimmed)) {
+		s[n] = stack_of(gr__list_pop_front(&pool->trimmed));
+		s[n]->trimmed = false;
+		s[n]->slab->trimmed--;
+		n++;
+	}
+	pool->ntrimmed -= n;
+	populate_tops(pool->scratch_iov, s, n);
+	for (size_t i = n; i-- > 0;)
+		gr__list_push_front(&pool->warm, &s[i]->link);
+	pool->nwarm += n;
+}
+
+static int grow(struct gr__stack_pool *pool)
+{
+	size_t n = pool->next_slab;
+	struct slab *slab = slab_map(pool, n, pool->default_size);
+
+	if (!slab)
+		return -1;
+	if (pool->next_slab < SLAB_MAX)
+		pool->next_slab *= 2;
+	gr__list_push_back(&pool->slabs, &slab->link);
+	for (size_t i = n; i-- > 0;)
+		gr__list_push_front(&pool->warm, &slab->stacks[i].link);
+	pool->nwarm += n;
+	pool->mapped += n;
+	return 0;
 }
 
 struct gr__stack *gr__stack_get(struct gr__stack_pool *pool, size_t size)
 {
 	size = size ? round_to_pages(size) : pool->default_size;
-	if (size != pool->default_size)
-		return stack_map(size);
-	struct gr__stack *s = pool->free;
-	if (s) {
-		pool->free = s->next;
-		pool->count--;
-	} else if ((s = stack_map(size)) == NULL) {
-		return NULL;
+	if (size != pool->default_size) {
+		struct slab *slab = slab_map(pool, 1, size);
+		return slab ? &slab->stacks[0] : NULL;
 	}
-	if (++pool->live > pool->peak_live)
-		pool->peak_live = pool->live;
+	if (gr__list_empty(&pool->warm)) {
+		if (!gr__list_empty(&pool->trimmed))
+			revive(pool);
+		else if (grow(pool) < 0)
+			return NULL;
+	}
+	struct gr__stack *s = stack_of(gr__list_pop_front(&pool->warm));
+	pool->nwarm--;
+	if (++pool->live > pool->period_peak)
+		pool->period_peak = pool->live;
 	return s;
 }
 
 void gr__stack_put(struct gr__stack_pool *pool, struct gr__stack *s)
 {
 	if (s->size != pool->default_size) {
-		stack_unmap(s);
+		slab_unmap(s->slab);
 		return;
 	}
 	pool->live--;
-	size_t keep = pool->peak_live < POOL_MIN ? POOL_MIN : pool->peak_live;
-	if (keep > POOL_MAX)
-		keep = POOL_MAX;
-	if (pool->count < keep) {
-		stack_unpoison(s);
-		s->next = pool->free;
-		pool->free = s;
-		pool->count++;
-		return;
+	stack_unpoison(s);
+	gr__list_push_front(&pool->warm, &s->link);
+	pool->nwarm++;
+}
+
+/* Give back the pages of up to TRIM_BATCH free stacks beyond `keep`, the
+ * least recently used first, and unmap the slabs left with nothing else in
+ * use. The number of stacks trimmed. */
+static size_t trim_batch(struct gr__stack_pool *pool, size_t keep)
+{
+	struct gr__stack **batch = pool->scratch_stacks;
+	struct iovec *v = pool->scratch_iov;
+	struct slab *gone = NULL;
+	size_t n = 0, nv = 0;
+
+	while (n < TRIM_BATCH && pool->nwarm > keep) {
+		struct gr__stack *s = stack_of(pool->warm.last);
+
+		gr__list_remove(&pool->warm, &s->link);
+		pool->nwarm--;
+		gr__list_push_back(&pool->trimmed, &s->link);
+		pool->ntrimmed++;
+		s->trimmed = true;
+		s->slab->trimmed++;
+		batch[n++] = s;
 	}
-	stack_unmap(s);
+	/* A slab all trimmed goes as a whole: one munmap rather than its
+	 * stacks' MADV_DONTNEED, and its page tables and mapping go too. */
+	for (size_t i = 0; i < n; i++) {
+		struct slab *slab = batch[i]->slab;
+
+		if (slab->trimmed != slab->n)
+			v[nv++] = (struct iovec){ (char *)batch[i]->base + batch[i]->guard,
+						  batch[i]->size };
+		else if (!slab->unmapping) { /* the first of its stacks in the batch */
+			for (size_t j = 0; j < slab->n; j++)
+				gr__list_remove(&pool->trimmed, &slab->stacks[j].link);
+			pool->ntrimmed -= slab->n;
+			pool->mapped -= slab->n;
+			gr__list_remove(&pool->slabs, &slab->link);
+			slab->unmapping = true;
+			slab->next_gone = gone;
+			gone = slab;
+		}
+	}
+	/* Best effort: a range not dropped stays resident, nothing worse. */
+	(void)advise_ranges(v, nv, MADV_DONTNEED);
+	while (gone) {
+		struct slab *next = gone->next_gone;
+
+		slab_unmap(gone);
+		gone = next;
+	}
+	return n;
+}
+/* Trim in the hub's idle turns. A period's decision keeps the free stacks
+ * that the peak of live ones over this period and the one before asks for
+ * (a burst that came within the last one to two seconds may come again),
+ * at least POOL_MIN; the rest goes a batch per idle turn. */
+void gr__stack_pool_idle(struct gr__stack_pool *pool)
+{
+	if (pool->nwarm <= POOL_MIN)
+		return;
+	int64_t now = gr_now();
+	if (pool->trim_at == 0)
+		pool->trim_at = now + TRIM_PERIOD;
+	if (now < pool->trim_at)
+		return;
+	if (!pool->trimming) {
+		size_t peak = pool->period_peak > pool->last_period_peak ? pool->period_peak
+									 : pool->last_period_peak;
+		pool->last_period_peak = pool->period_peak;
+		pool->period_peak = pool->live;
+		pool->keep = peak > pool->live ? peak - pool->live : 0;
+		if (pool->keep < POOL_MIN)
+			pool->keep = POOL_MIN;
+	}
+	trim_batch(pool, pool->keep);
+	pool->trimming = pool->nwarm > pool->keep;
+	pool->trim_at = pool->trimming ? now : now + TRIM_PERIOD;
+}
+
+int64_t gr__stack_pool_trim_due(const struct gr__stack_pool *pool)
+{
+	return pool->nwarm > POOL_MIN ? pool->trim_at : GR_FOREVER;
+}
+
+size_t gr__stack_pool_trim(struct gr__stack_pool *pool, size_t keep)
+{
+	size_t total = 0, n;
+
+	while ((n = trim_batch(pool, keep)) > 0)
+		total += n;
+	return total;
+}
+
+long gr_stacks_trim(size_t keep)
+{
+	struct gr__hub *hub = gr__hub_peek();
+
+	if (!hub)
+		return -ESRCH;
+	return (long)gr__stack_pool_trim(hub->stacks, keep);
+}
+
+void gr__stack_pool_stats(const struct gr__stack_pool *pool, struct gr_hub_stats *out)
+{
+	out->stacks_free = pool->nwarm;
+	out->stacks_trimmed = pool->ntrimmed;
+	out->stacks_mapped = pool->mapped;
 }
 
 /* ---------------------------------------------------- overflow reporting

@@ -60,16 +60,30 @@ static void *use_stack_fiber(void *arg)
 	return arg;
 }
 
-static void *overflow_thread(void *arg)
+/* Spawn a fiber that recurses forever, print its id for the parent, join. */
+static void overflow_with(const struct gr_spawn_opts *o)
 {
-	struct gr_spawn_opts o = { .name = "in-thread" };
-	gr_fiber *f = gr_spawn_with(&o, deep, arg);
+	gr_fiber *f = gr_spawn_with(o, deep, NULL);
 
 	if (!f)
 		_exit(10);
 	printf("id=%llu\n", (unsigned long long)gr_fiber_id(f));
 	fflush(stdout);
 	gr_join(f, NULL, GR_FOREVER);
+}
+
+static void *overflow_thread(void *arg)
+{
+	struct gr_spawn_opts o = { .name = "in-thread" };
+
+	(void)arg;
+	overflow_with(&o);
+	return NULL;
+}
+
+static void *wait_go(void *arg)
+{
+	gr_event_wait(arg, GR_FOREVER);
 	return NULL;
 }
 
@@ -98,6 +112,30 @@ static void run_child(const char *mode)
 		fflush(stdout);
 		gr_join(f, NULL, GR_FOREVER);
 		_exit(11); /* survived an infinite recursion: wrong */
+	}
+	if (strcmp(mode, "slab") == 0 || strcmp(mode, "trimmed") == 0) {
+		/* The overflowing fiber's stack lies inside a slab, between
+		 * others (parked ones here); or was trimmed and brought back. */
+		gr_event go;
+		gr_fiber *parked[40];
+
+		if (gr_event_init(&go) != 0)
+			_exit(10);
+		for (int i = 0; i < 40; i++)
+			if (!(parked[i] = gr_spawn(wait_go, &go)))
+				_exit(10);
+		gr_sleep(0);
+		if (strcmp(mode, "trimmed") == 0) {
+			gr_event_set(&go);
+			for (int i = 0; i < 40; i++)
+				gr_join(parked[i], NULL, GR_FOREVER);
+			if (gr_stacks_trim(0) < 40)
+				_exit(10);
+		}
+		struct gr_spawn_opts o = { .name = mode };
+
+		overflow_with(&o);
+		_exit(11);
 	}
 	if (sscanf(mode, "use:%zu", &size) == 1) {
 		void *res = NULL;
@@ -236,6 +274,19 @@ Test(stack, overflow_message_names_the_fiber)
 
 	run_self("overflow:0:recurser", NULL, &r);
 	expect_overflow(&r, "recurser", 64 * 1024);
+}
+
+Test(stack, overflow_of_a_stack_inside_a_slab_or_trimmed_and_reused_is_reported)
+{
+	/* A stack between others of its slab (parked ones), and one whose
+	 * pages were trimmed and came back: trimming drops pages, not guards. */
+	static const char *const modes[] = { "slab", "trimmed" };
+	struct child_result r;
+
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		run_self(modes[i], NULL, &r);
+		expect_overflow(&r, modes[i], 64 * 1024);
+	}
 }
 
 Test(stack, overflow_in_another_thread_is_reported_too)

@@ -46,7 +46,8 @@ struct gr_hub_counters {
 	uint64_t spawned;          /* fibers spawned */
 	uint64_t ended;            /* fibers whose function returned (or that were killed
 				      before they ran) */
-	uint64_t stacks_pooled;    /* now: free stacks kept in the hub's pool */
+	uint64_t stacks_pooled;    /* now: free stacks kept in the hub's pool, resident or
+				      trimmed (gr_hub_stats tells them apart) */
 	uint64_t stacks_live;      /* now: default-size stacks in use, the hub fiber's
 				      included */
 	int64_t longest_run_ns;    /* the longest turn: from the loop handing the thread to
