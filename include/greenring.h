@@ -265,6 +265,9 @@ GR_API int gr_wait_fd(int fd, short events, int64_t deadline);
 /* The memory of fiber stacks: giving it back now. */
 #include "greenring/stacks.h"
 
+/* Counters, the run-info dump, the blocking monitor. */
+#include "greenring/observe.h"
+
 #ifdef __cplusplus
 }
 #endif

@@ -151,7 +151,7 @@ enum { HOLD, CLOSE };
 
 /* What one hub is asked to do for one cross-thread close. */
 struct request {
-	struct gr__park post;           /* in the hub's inbox: a park with no fiber */
+	struct gr__hub_request post;    /* in the hub's inbox */
 	struct gr__link link;           /* on hub->fd_requests while it drains */
 	struct call *call;
 	struct gr__hub *hub;            /* the hub asked, valid while listed */
@@ -273,9 +273,10 @@ static void *serve_fiber(void *arg)
 	return NULL;
 }
 
-void gr__fd_request(struct gr__hub *hub, struct gr__park *p)
+/* Run by the hub's loop, the request taken from its inbox. */
+static void serve_request(struct gr__hub *hub, struct gr__hub_request *rq)
 {
-	struct request *r = gr__container(p, struct request, post);
+	struct request *r = gr__container(rq, struct request, post);
 	struct gr__fdstate *st = gr__fd_peek(hub, r->fd);
 
 	if (st && !gr__list_empty(&st->ops) && !st->closing) {
@@ -336,7 +337,8 @@ static void note_target(struct gr__hub *hub, void *arg)
 	r->hub = hub;
 	r->hub_id = hub->root.id;
 	r->fd = t->call->fd;
-	r->post.what = "gr_close from another thread";
+	r->post.park.what = "gr_close from another thread";
+	r->post.run = serve_request;
 }
 
 struct posting {
@@ -358,7 +360,7 @@ static void post_alive(struct gr__hub *hub, void *arg)
 			pthread_mutex_lock(&calls_lock);
 			ps->call->pending++;
 			pthread_mutex_unlock(&calls_lock);
-			gr__hub_post(hub, &r->post);
+			gr__hub_request(hub, &r->post);
 		}
 	}
 }

@@ -93,6 +93,7 @@ static _Noreturn void fiber_exit(struct gr__hub *hub, gr_fiber *self)
 {
 	self->state = GR__FIBER_DEAD;
 	hub->nfibers--;
+	hub->counters.ended++;
 	if (!gr__waitq_empty(&self->joiners))
 		gr__unpark(gr__waitq_first(&self->joiners), 0);
 	gr__hub_fiber_ended(hub);
@@ -169,6 +170,7 @@ gr_fiber *gr__spawn_on(struct gr__hub *hub, const struct gr_spawn_opts *opts, vo
 	f->arg = arg;
 	f->id = gr__next_fiber_id();
 	f->deadline = GR_FOREVER;
+	f->spawned = hub->clock;
 	if (opts) {
 		f->detached = opts->detached != 0;
 		if (opts->deadline > 0)
@@ -183,7 +185,10 @@ gr_fiber *gr__spawn_on(struct gr__hub *hub, const struct gr_spawn_opts *opts, vo
 	gr__sanitizer_fiber_init(f);
 	gr__list_push_front(&hub->all, &f->all_link);
 	hub->nfibers++;
-	gr__ready(f);
+	hub->counters.spawned++;
+	/* Queued in state NEW (zeroed above) until it first runs: the dump
+	 * and the debugger tell a fiber that never ran from a runnable one. */
+	gr__runq_push(&hub->next, f);
 	return f;
 }
 
@@ -431,8 +436,13 @@ int gr_sleep_until(int64_t deadline)
 	int64_t r = gr__park_op(hub, &p, &op);
 	/* A timeout succeeds by expiring; it is an error only if it was the
 	 * fiber's own deadline that ended the sleep. */
-	if (r == 0 || r == -ETIMEDOUT)
-		return op.op.deadline < deadline ? -ETIMEDOUT : 0;
+	if (r == 0 || r == -ETIMEDOUT) {
+		if (op.op.deadline >= deadline)
+			return 0;
+		if (r == 0)
+			hub->counters.deadlines++; /* the gate counted only a timeout it mapped */
+		return -ETIMEDOUT;
+	}
 	return (int)r;
 }
 

@@ -21,10 +21,12 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -38,23 +40,37 @@ static pthread_once_t hub_key_once = PTHREAD_ONCE_INIT;
 static void hub_destroy(void *hub);
 
 /* Every hub of the process, so that the child of a fork() can let go of the
- * rings and epoll sets of threads that do not exist in it. The lock is held
- * across fork() (prepare/parent/child), so the child finds the list whole. */
+ * rings and epoll sets of threads that do not exist in it, and so that the
+ * monitor, the dump and a gr_close from another thread can reach every
+ * hub (gr__hubs_visit). The lock is held across fork() (prepare/parent/
+ * child), so the child finds the list whole. A hub is listed from its installation until its thread has let go
+ * of its fibers, so a listed hub's thread is alive. The list itself
+ * (gr__hubs) is defined in debugger.c, beside the table debuggers read it
+ * through. */
 static pthread_mutex_t hubs_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct gr__list hubs;
 
 static void hubs_add(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
-	gr__list_push_back(&hubs, &hub->proc_link);
+	gr__list_push_back(&gr__hubs, &hub->proc_link);
 	gr__fd_slot_take(hub);
+	pthread_mutex_unlock(&hubs_lock);
+}
+
+/* A hub leaked at its thread's exit stays listed (fork still releases its
+ * backend), but its thread is gone: tid 0 tells gr__hubs_visit to leave it
+ * alone. */
+static void hubs_orphan(struct gr__hub *hub)
+{
+	pthread_mutex_lock(&hubs_lock);
+	hub->tid = 0;
 	pthread_mutex_unlock(&hubs_lock);
 }
 
 static void hubs_remove(struct gr__hub *hub)
 {
 	pthread_mutex_lock(&hubs_lock);
-	gr__list_remove(&hubs, &hub->proc_link);
+	gr__list_remove(&gr__hubs, &hub->proc_link);
 	gr__fd_slot_give(hub);
 	pthread_mutex_unlock(&hubs_lock);
 }
@@ -62,8 +78,12 @@ static void hubs_remove(struct gr__hub *hub)
 void gr__hubs_visit(void (*fn)(struct gr__hub *hub, void *arg), void *arg)
 {
 	pthread_mutex_lock(&hubs_lock);
-	gr__list_foreach(it, &hubs)
-		fn(gr__container(it, struct gr__hub, proc_link), arg);
+	gr__list_foreach(it, &gr__hubs) {
+		struct gr__hub *hub = gr__container(it, struct gr__hub, proc_link);
+
+		if (hub->tid != 0)
+			fn(hub, arg);
+	}
 	pthread_mutex_unlock(&hubs_lock);
 }
 
@@ -90,23 +110,33 @@ static void fork_parent(void)
  * ends a process it is the last thread of. */
 static void fork_child(void)
 {
-	gr__list_foreach(it, &hubs) {
+	gr__list_foreach(it, &gr__hubs) {
 		struct gr__hub *hub = gr__container(it, struct gr__hub, proc_link);
 
 		gr__signal_fork_child(hub);
 		hub->ops->fini(hub->backend, 1);
 	}
-	hubs.first = hubs.last = NULL;
+	gr__hubs.first = gr__hubs.last = NULL;
 	gr__fd_slots_after_fork();
 	pthread_mutex_unlock(&hubs_lock);
 	tls_hub = NULL;
 	pthread_setspecific(hub_key, NULL);
 }
 
+/* exit() runs no thread's key destructor: the thread that ends the
+ * process says its hub's counters here instead. */
+static void counters_at_exit(void)
+{
+	if (tls_hub)
+		gr__dump_exit_line(tls_hub);
+}
+
 static void make_key(void)
 {
 	pthread_key_create(&hub_key, hub_destroy);
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
+	if (gr__env_flag("GREENRING_DEBUG"))
+		atexit(counters_at_exit);
 }
 
 struct gr__hub *gr__hub_peek(void)
@@ -200,6 +230,21 @@ static void interrupt_exit(struct gr__hub *hub, gr_fiber *f, int why)
 	gr__park_interrupt(hub, f, why, true);
 }
 
+/* The backend's wait(). One that may block marks the hub idle for the
+ * monitor (an odd progress count): a hub asleep in its backend is waiting
+ * for work, not stuck behind a fiber. */
+static int backend_wait(struct gr__hub *hub, int64_t timeout)
+{
+	bool may_block = timeout != 0;
+
+	if (may_block)
+		gr__hub_progress(hub, 1);
+	int r = hub->ops->wait(hub->backend, timeout);
+	if (may_block)
+		gr__hub_progress(hub, 1);
+	return r;
+}
+
 static bool transient_wait_error(int r)
 {
 	return r == -EINTR || r == -EAGAIN || r == -ETIME || r == -EBUSY;
@@ -277,7 +322,7 @@ static void hub_main(gr__transfer t)
 		 * to sleep until a wake(); with fibers runnable, the inbox is
 		 * enough. */
 		if (hub->inflight > 0 || (idle && hub->remote_waiting > 0)) {
-			int r = hub->ops->wait(hub->backend, wait_timeout(hub));
+			int r = backend_wait(hub, wait_timeout(hub));
 
 			if (r < 0 && !transient_wait_error(r))
 				wait_failed(hub, r);
@@ -288,11 +333,22 @@ static void hub_main(gr__transfer t)
 		}
 		if (gr__list_empty(&hub->next))
 			continue;
+		/* The hub's clock, read when the loop starts a turn: parks and
+		 * spawns copy it (a read each would cost a yield half again).
+		 * A second read when the loop gets the thread back measures the
+		 * turn: the longest the loop has waited to reap. Both are per
+		 * loop turn, where a backend wait() costs far more; turns the
+		 * fibers start themselves (nothing in flight) read nothing. */
+		int64_t start = gr_now();
+		hub->clock = start;
 		hub->now = hub->next;
 		hub->next.first = hub->next.last = NULL;
 		hub->turns++;
 		gr_fiber *f = gr__runq_pop(&hub->now);
 		gr__switch_to(hub, hub->loop, f, false);
+		int64_t ran = gr_now() - start;
+		if (ran > hub->counters.longest_run_ns)
+			hub->counters.longest_run_ns = ran;
 	}
 }
 
@@ -329,9 +385,11 @@ int gr__hub_install(struct gr__hub *hub)
 	pthread_once(&hub_key_once, make_key);
 	if (pthread_setspecific(hub_key, hub) != 0)
 		return -ENOMEM;
+	hub->tid = gettid();
 	hubs_add(hub);
 	tls_hub = hub;
 	gr__stack_overflow_guard_thread_init();
+	gr__monitor_hub_installed();
 	return 0;
 }
 
@@ -356,6 +414,8 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 	root->state = GR__FIBER_RUNNING;
 	root->deadline = GR_FOREVER;
 	root->id = gr__next_fiber_id();
+	hub->clock = gr_now();
+	root->spawned = hub->clock;
 	strcpy(root->name, "main");
 	gr__sanitizer_root_init(root);
 	hub->current = root;
@@ -380,6 +440,7 @@ static void hub_destroy(void *arg)
 		fprintf(stderr, "greenring: thread exited from fiber %llu \"%s\": its hub (%zu fibers) "
 				"is leaked\n", (unsigned long long)hub->current->id, hub->current->name,
 			hub->nfibers);
+		hubs_orphan(hub);
 		tls_hub = NULL;
 		return;
 	}
@@ -387,7 +448,7 @@ static void hub_destroy(void *arg)
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	gr__offload_reap(hub);    /* file operations the pool finished */
 	while (hub->inflight > 0) {
-		int r = hub->ops->wait(hub->backend, -1);
+		int r = backend_wait(hub, -1);
 
 		/* A file operation a worker still runs cannot be interrupted:
 		 * its buffers are in a stack we are about to unmap. */
@@ -396,6 +457,7 @@ static void hub_destroy(void *arg)
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
 				hub->ops->name, strerror(-r));
+			hubs_orphan(hub);
 			tls_hub = NULL;
 			return;
 		}
@@ -411,9 +473,11 @@ static void hub_destroy(void *arg)
 	hubs_remove(hub);
 	gr__offload_fini(hub); /* no worker is still waking this hub */
 	/* Off the list, nothing more can be posted here; serve what other
-	 * threads' gr_close posted meanwhile (nothing of ours is in flight:
-	 * their fds are simply closed). */
+	 * threads posted meanwhile: their gr_close (nothing of ours is in
+	 * flight: their fds are simply closed), a dump (answered). */
 	gr__hub_drain_inbox(hub);
+	if (gr__env_flag("GREENRING_DEBUG"))
+		gr__dump_exit_line(hub);
 	hub->ops->fini(hub->backend, 0);
 	gr__stack_pool_free(hub->stacks);
 	gr__fd_table_free(hub);
@@ -454,6 +518,54 @@ int gr_hub_stats(struct gr_hub_stats *out)
 	out->turns = hub->turns;
 	out->loop_started = hub->loop != NULL;
 	gr__stack_pool_stats(hub->stacks, out);
+	return 0;
+}
+
+_Static_assert(GR_OP_KIND_COUNT <= GR_HUB_COUNTERS_KINDS,
+	       "struct gr_hub_counters has no room for every operation kind");
+
+/* The first version of struct gr_hub_counters ends after longest_run_ns:
+ * nothing shorter was ever public. */
+#define COUNTERS_V1_SIZE (offsetof(struct gr_hub_counters, longest_run_ns) + sizeof(int64_t))
+
+void gr__hub_counters_get(struct gr__hub *hub, struct gr_hub_counters *out)
+{
+	struct gr_hub_counters c;
+
+	memset(&c, 0, sizeof(c));
+	c.turns = hub->turns;
+	memcpy(c.submitted, hub->counters.submitted, sizeof(hub->counters.submitted));
+	memcpy(c.completed, hub->counters.completed, sizeof(hub->counters.completed));
+	c.cancels = hub->counters.cancels;
+	c.deadlines = hub->counters.deadlines;
+	c.unparks = hub->counters.unparks;
+	c.remote_wakeups = hub->counters.remote_wakeups;
+	c.spawned = hub->counters.spawned;
+	c.ended = hub->counters.ended;
+	struct gr_hub_stats st;
+	gr__stack_pool_stats(hub->stacks, &st);
+	c.stacks_pooled = st.stacks_free + st.stacks_trimmed;
+	c.stacks_live = st.stacks_mapped - c.stacks_pooled;
+	c.longest_run_ns = hub->counters.longest_run_ns;
+	*out = c;
+}
+
+int gr_hub_counters(struct gr_hub_counters *out, size_t size)
+{
+	struct gr__hub *hub = tls_hub;
+	struct gr_hub_counters c;
+
+	if (!out || size < COUNTERS_V1_SIZE)
+		return -EINVAL;
+	if (!hub)
+		return -ESRCH;
+	gr__hub_counters_get(hub, &c);
+	/* A caller built against a later, larger struct: zero its tail. */
+	if (size > sizeof(c)) {
+		memset((char *)out + sizeof(c), 0, size - sizeof(c));
+		size = sizeof(c);
+	}
+	memcpy(out, &c, size);
 	return 0;
 }
 

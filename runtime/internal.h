@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "greenring.h"
 #include "context.h"
@@ -140,6 +141,8 @@ struct gr__park {
 	gr_fiber *fiber;                  /* NULL: a thread with no hub */
 	const char *what;                 /* the call: deadlock messages */
 	int64_t deadline;                 /* effective: the call's, the fiber's */
+	int64_t since;                    /* when it parked, on the hub's clock
+					     (hub->clock: read once per loop turn) */
 	struct gr__waitq *queue;          /* the queue it is on; NULL once off it */
 	struct gr__xq *xq;                /* the cross-thread queue it waits on */
 	void *xlock;                      /* xq's lock, kept: xq may be gone once left;
@@ -246,7 +249,7 @@ void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline);
 /* A condition variable timed on CLOCK_MONOTONIC, gr_now()'s clock. */
 void gr__cond_init_monotonic(pthread_cond_t *cond);
 /* threadpool.c: start a detached thread of the runtime's own (a worker, the
- * child watcher) with every signal blocked, so that a signal sent to the
+ * child watcher, the monitor) with every signal blocked, so that a signal sent to the
  * process is never handed to it. 0 or -errno. */
 int gr__thread_start(void *(*fn)(void *), void *arg);
 /* notifier.c: gr_notifier_wait, uncancellable if asked (neither a kill nor
@@ -258,12 +261,13 @@ void gr__xpark_abandon(gr_fiber *f);
 
 /* Post p to hub's inbox, from any thread, and wake the hub if the inbox was
  * empty: one wake-up for any number of posts before the hub drains. p is a
- * fiber's park (woken), or a request from another thread's gr_close: a
- * park with no fiber (no thread's park ever goes to an inbox). The caller
- * keeps hub alive meanwhile (it holds a lock the hub's teardown takes). */
+ * fiber's park (woken), or the park of a request (struct gr__hub_request,
+ * below): a park with no fiber (no thread's park ever goes to an inbox).
+ * The caller keeps hub alive meanwhile (it holds a lock the hub's teardown
+ * takes). */
 void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
 /* The hub takes what other threads posted, in the order they posted it:
- * woken fibers become runnable, requests are served. */
+ * woken fibers become runnable, requests are run. */
 void gr__hub_drain_inbox(struct gr__hub *hub);
 
 /* End f's current wait early because of `why` (ECANCELED for a kill, EIO
@@ -298,6 +302,7 @@ struct gr_fiber {
 	struct gr__stack *stack;          /* NULL for a thread's main context */
 	uint64_t id;
 	int64_t deadline;                 /* gr_deadline_set; GR_FOREVER */
+	int64_t spawned;                  /* when, on the hub's clock (hub->clock) */
 	uint8_t state;                    /* enum gr__fiber_state */
 	bool killed;                      /* gr_kill, not yet acknowledged */
 	bool detached;
@@ -421,13 +426,46 @@ int64_t gr__file_rw(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
 
 struct gr__fdstate;
 
+/* What a hub counts, for gr_hub_counters, the dump and GREENRING_DEBUG's
+ * line at thread exit (observe.h says what each means). Plain increments:
+ * only the hub's own thread touches them, and they cost one add each on the
+ * paths they count (docs/observing.md, "Cost"). */
+struct gr__hub_counters {
+	uint64_t submitted[GR_OP_KIND_COUNT]; /* operations handed to the backend, by kind */
+	uint64_t completed[GR_OP_KIND_COUNT];
+	uint64_t cancels;                 /* cancels asked of the backend */
+	uint64_t deadlines;               /* calls failed by a deadline (gate or timer) */
+	uint64_t unparks;                 /* wait-queue wake-ups on this hub */
+	uint64_t remote_wakeups;          /* fibers woken from other threads (inbox) */
+	uint64_t spawned;
+	uint64_t ended;
+	int64_t longest_run_ns;           /* the longest the loop waited for its turn */
+};
+
+/* The monitor's notes on one hub (monitor.c): only the monitor thread
+ * touches them, with the hubs lock held. */
+struct gr__hub_watch {
+	uint64_t progress;                /* hub->progress as last seen */
+	int64_t since;                    /* when that value was first seen */
+	bool reported;                    /* this stall has been reported */
+	uint64_t fiber_id;                /* who was running, for the line at its end */
+	char fiber_name[GR__NAME_MAX];
+};
+
 struct gr__hub {
 	const struct gr_hub_ops *ops;
 	void *backend;
-	struct gr__link proc_link;        /* every hub of the process (fork) */
+	struct gr__link proc_link;        /* every hub of the process (gr__hubs) */
 	gr_fiber root;                    /* the thread's main context */
 	gr_fiber *loop;                   /* the hub fiber; NULL until something blocks */
 	gr_fiber *current;
+	/* The one field another thread (the monitor) reads while the hub runs:
+	 * +2 at every switch and every turn a lone fiber starts for itself, +1
+	 * on entering and again on leaving a wait() that may block, so an odd
+	 * value means "idle in the backend", and an even value that stays put
+	 * means one fiber has been running all along. Written by this thread
+	 * only: a relaxed load and store, no locked instruction. */
+	_Atomic uint64_t progress;
 	struct gr__list now;              /* run queue: runs in this turn */
 	struct gr__list next;             /* run queue: runs in the next turn */
 	struct gr__list all;              /* spawned fibers whose stack we hold */
@@ -450,10 +488,45 @@ struct gr__hub {
 	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
+	int64_t clock;                    /* gr_now() when the loop last started a turn:
+					     parks and spawns copy it instead of reading
+					     the clock (docs/observing.md: how stale) */
+	struct gr__hub_counters counters;
+	pid_t tid;                        /* its thread, for the monitor and the dump */
+	struct gr__hub_watch watch;
 	unsigned streak;                  /* green calls the running fiber finished
 					     without a switch (io.c's budget) */
 	unsigned io_budget;               /* GREENRING_IO_BUDGET */
 };
+
+/* The hub moved along (see gr__hub.progress). */
+static inline void gr__hub_progress(struct gr__hub *hub, unsigned n)
+{
+	atomic_store_explicit(&hub->progress,
+			      atomic_load_explicit(&hub->progress, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+
+/* Every hub of the process, in creation order (kept by hub.c). A hub stays
+ * on the list until its thread has let go of every fiber, so its thread is
+ * alive as long as it is listed, unless the hub was leaked at thread exit
+ * (then its tid is 0). Walk it only through gr__hubs_visit (below);
+ * debuggers read it directly (debugger.c). */
+extern struct gr__list gr__hubs;
+
+/* A request another thread makes of a hub (the dump, a gr_close from
+ * another thread). It rides the hub's inbox as a park with no fiber, so it
+ * reaches a hub blocked in its backend (the post wakes it) and one whose
+ * fibers start turns by themselves (a non-empty inbox sends them to the
+ * loop); the loop runs it on the hub's thread, no fiber running. A hub
+ * being torn down runs the requests still queued. Send it only while the
+ * hub is listed (inside gr__hubs_visit), and keep rq valid until run has
+ * been called. The caller fills run (and park.what). */
+struct gr__hub_request {
+	struct gr__park park;
+	void (*run)(struct gr__hub *hub, struct gr__hub_request *rq);
+};
+void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq);
 
 /* fd_remote.c: the bit of the fd record a gr_close on this hub needs no
  * request for: the hub's own (none while slots are shared, when the bit may
@@ -507,9 +580,11 @@ gr_fiber *gr__spawn_on(struct gr__hub *hub, const struct gr_spawn_opts *opts, vo
 		       void *arg);
 /* hub.c: a fiber ended; wake gr_hub_join callers whose wait is over. */
 void gr__hub_fiber_ended(struct gr__hub *hub);
-/* hub.c: call fn(hub, arg) for every hub of the process, under the lock
- * that a hub's teardown takes to leave the list (so each is alive, and may
- * be posted to, for the duration of the call). fn must not block. */
+/* hub.c: call fn(hub, arg) for every hub of the process whose thread is
+ * alive, under the lock that a hub's teardown takes to leave the list (so
+ * each is alive, and may be posted to, for the duration of the call). A
+ * hub leaked at its thread's exit is left out: nothing would ever drain
+ * its inbox. fn must not block: hub creation, teardown and fork wait. */
 void gr__hubs_visit(void (*fn)(struct gr__hub *hub, void *arg), void *arg);
 /* io.c: gr_close's own work on this hub: cancel, drain, close (how). 0 or
  * -errno. */
@@ -551,6 +626,11 @@ static inline void gr__ready(gr_fiber *f)
 static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *hub, gr_fiber *from,
 								gr_fiber *to, bool dying)
 {
+	/* Progress first (a compiler barrier keeps the order; the CPU keeps
+	 * it for a handler on this thread): the monitor's signal handler,
+	 * finding the count it saw stalled, can trust `current`. */
+	gr__hub_progress(hub, 2);
+	atomic_signal_fence(memory_order_seq_cst);
 	hub->current = to;
 	hub->streak = 0;
 	to->state = GR__FIBER_RUNNING;
@@ -597,7 +677,9 @@ static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *h
 		}
 	}
 	if (next == self) {
+		/* A lone fiber yielding goes on without a switch: still progress. */
 		self->state = GR__FIBER_RUNNING;
+		gr__hub_progress(hub, 2);
 		return;
 	}
 	gr__switch_to(hub, self, next, dying);
@@ -628,6 +710,12 @@ static inline int gr__park_hub(struct gr__hub **hubp)
 	return gr__park_hub_slow(hubp);
 }
 
+/* A deadline failed a call at the gate: counted (on this thread's hub),
+ * -ETIMEDOUT. Out of line, cold, and with no argument, so that counting
+ * keeps nothing alive across the inlined check's clock read: a register
+ * saved per yield showed in bench/micro. */
+__attribute__((cold, noinline)) int gr__deadline_passed(void);
+
 /* The gate's pre-block checks (see "The gate" above). Inline: every
  * blocking call passes here, yields included. */
 static inline int gr__park_check(const gr_fiber *self, int64_t deadline, bool uncancellable,
@@ -641,7 +729,7 @@ static inline int gr__park_check(const gr_fiber *self, int64_t deadline, bool un
 		return -ECANCELED;
 	*effective = gr__deadline_min(deadline, self->deadline);
 	if (*effective != GR_FOREVER && *effective <= gr_now())
-		return -ETIMEDOUT;
+		return gr__deadline_passed();
 	return 0;
 }
 
@@ -796,7 +884,6 @@ static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs
  * asks it: may hubs other than `hub` (NULL: a thread without one) have
  * operations on fd? If so gr__fd_close_elsewhere does the whole close with
  * them: 0 or -errno.
- * gr__fd_request: serve a request from another thread's gr_close (the inbox).
  * gr__fd_requests_at_exit: the hub's thread exits while its fibers serve
  * such requests: serve them now (hub.c, once nothing is in flight).
  * gr__fd_hold: the fd is drained here for another thread's close: hold it.
@@ -840,7 +927,6 @@ static inline void gr__fd_unclaim(struct gr__hub *hub, int fd, struct gr__fdstat
 		gr__fd_unclaim_slow(hub, fd, st);
 }
 int gr__fd_close_elsewhere(struct gr__hub *hub, int fd);
-void gr__fd_request(struct gr__hub *hub, struct gr__park *p);
 void gr__fd_requests_at_exit(struct gr__hub *hub);
 void gr__fd_hold(int fd, struct gr__fdstate *st);
 bool gr__fd_hold_goes_on(int fd, struct gr__fdstate *st);
@@ -889,11 +975,26 @@ static inline void *gr__stack_top(struct gr__stack *s)
 {
 	return (char *)s->base + s->guard + s->size;
 }
+/* Stacks of the default size: free in the pool, and handed out. */
 /* GREENRING_STACK_SIZE, else the built-in default, rounded to pages. */
 size_t gr__stack_default_size(void);
 /* Install the overflow reporter (sigaltstack per thread, handler once). */
 void gr__stack_overflow_guard_thread_init(void);
 void gr__stack_overflow_guard_thread_fini(void);
+
+/* ------------------------------------------------------------ observing */
+
+/* hub.c: the hub's counters as gr_hub_counters gives them (hub's thread). */
+void gr__hub_counters_get(struct gr__hub *hub, struct gr_hub_counters *out);
+/* dump.c: each operation kind's name ("read", "timeout"), for the dump and
+ * for debuggers (debugger.c). */
+extern const char *const gr__op_kind_names[GR_OP_KIND_COUNT];
+/* dump.c: at thread exit with GREENRING_DEBUG=1, the hub's counters on one
+ * stderr line. */
+void gr__dump_exit_line(struct gr__hub *hub);
+/* monitor.c: a hub was installed on this thread: the first one reads
+ * GREENRING_MONITOR; in a fork() child, the monitor thread is started again. */
+void gr__monitor_hub_installed(void);
 
 /* ------------------------------------------------------------ tunables */
 

@@ -65,8 +65,14 @@ int gr__park_again(const struct gr__park *p)
 	if (p->fiber->killed)
 		return -ECANCELED;
 	if (p->deadline != GR_FOREVER && p->deadline <= gr_now())
-		return -ETIMEDOUT;
+		return gr__deadline_passed();
 	return 0;
+}
+
+int gr__deadline_passed(void)
+{
+	gr__tls_hub->counters.deadlines++;
+	return -ETIMEDOUT;
 }
 
 /* ------------------------------------------------------------ operations */
@@ -85,6 +91,7 @@ void gr_hub_complete(struct gr_op *op, int64_t res)
 	if (o->on_fd)
 		gr__fd_unlink(hub, o);
 	hub->inflight--;
+	hub->counters.completed[op->kind]++;
 	if (o->park->op == o)
 		o->park->op = NULL;
 	o->on_complete(o);
@@ -127,8 +134,10 @@ static int op_submit(struct gr__hub *hub, struct gr__op *o)
 		o->park->op = NULL;
 		if (o->on_fd)
 			gr__fd_unlink(hub, o);
+		return err;
 	}
-	return err;
+	hub->counters.submitted[o->op.kind]++;
+	return 0;
 }
 
 /* o was cancelled because its per-fd deadline moved (gr_fd_set_deadline)
@@ -149,6 +158,9 @@ int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
 	gr_fiber *self = p->fiber;
 
+	/* Stamped here, where the call parks, not at the gate: a call that
+	 * need not wait pays nothing for the dump. A retime goes on waiting. */
+	p->since = hub->clock;
 	for (;;) {
 		if (o->op.kind != GR_OP_TIMEOUT)
 			o->op.deadline = p->deadline;
@@ -170,9 +182,14 @@ int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 		gr__switch_out(hub);
 		self->park = NULL;
 		bool moved_nothing = o->res == -ECANCELED || o->res == -EINTR;
-		if (o->cancel_errno != GR__RETIME || !moved_nothing)
-			return op_result(o);
-		err = retime(hub, p, o);
+		if (o->cancel_errno != GR__RETIME || !moved_nothing) {
+			int64_t r = op_result(o);
+
+			if (r == -ETIMEDOUT)
+				hub->counters.deadlines++;
+			return r;
+		}
+		err = retime(hub, p, o); /* a deadline passed meanwhile is counted there */
 		if (err)
 			return err;
 	}
@@ -184,6 +201,7 @@ void gr__op_cancel(struct gr__hub *hub, struct gr__op *o, int why)
 	 * again: a reason to end it (kill, deadline, close) replaces it. */
 	if (!o->cancel_errno || o->cancel_errno == GR__RETIME)
 		o->cancel_errno = (uint8_t)why;
+	hub->counters.cancels++;
 	if (o->offload)
 		gr__offload_cancel(hub, o);
 	else
@@ -204,10 +222,11 @@ void gr__unpark(struct gr__park *p, int status)
 {
 	waitq_remove(p);
 	p->status = status;
+	p->fiber->hub->counters.unparks++;
 	gr__ready(p->fiber);
 }
 
-static void xpark_end_early(struct gr__park *p, int status);
+static bool xpark_end_early(struct gr__park *p, int status);
 
 /* A queue wait's deadline timer completed: it expired, or it was cancelled
  * because the wait ended first (then the fiber is draining it), or the
@@ -216,13 +235,16 @@ static void timer_done(struct gr__op *o)
 {
 	struct gr__park *p = o->park;
 	int status = o->cancel_errno ? -(int)o->cancel_errno : -ETIMEDOUT;
+	bool ended = false;
 
 	if (p->draining)
 		gr__ready(p->fiber);
 	else if (p->kind == GR__PARK_XQUEUE)
-		xpark_end_early(p, status);
-	else if (p->queue)
+		ended = xpark_end_early(p, status);
+	else if ((ended = p->queue != NULL))
 		gr__unpark(p, status);
+	if (ended && status == -ETIMEDOUT)
+		p->fiber->hub->counters.deadlines++;
 }
 
 /* Arm the deadline timer `t` (in the waiting frame) of a queue wait. */
@@ -275,6 +297,7 @@ int gr__park_queue(struct gr__hub *hub, struct gr__park *p, struct gr__waitq *q)
 	}
 	self->state = GR__FIBER_PARKED;
 	self->park = p;
+	p->since = hub->clock;
 	gr__switch_out(hub);
 	timer_drain(hub, p);
 	self->park = NULL;
@@ -328,6 +351,12 @@ void gr__xunpark(struct gr__park *p, int status)
 	gr__hub_post(hub, p);
 }
 
+void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq)
+{
+	rq->park.fiber = NULL;
+	gr__hub_post(hub, &rq->park);
+}
+
 void gr__hub_drain_inbox(struct gr__hub *hub)
 {
 	/* In post order. A fiber made ready may run and be gone, a request
@@ -336,23 +365,27 @@ void gr__hub_drain_inbox(struct gr__hub *hub)
 		struct gr__park *p = gr__container(l, struct gr__park, inbox_link);
 
 		next = l->next;
-		if (p->fiber)
+		if (p->fiber) {
+			hub->counters.remote_wakeups++;
 			gr__ready(p->fiber);
-		else
-			gr__fd_request(hub, p);
+		} else {
+			struct gr__hub_request *rq = gr__container(p, struct gr__hub_request, park);
+
+			rq->run(hub, rq);
+		}
 	}
 }
 
 /* The waiter's own side ends its wait (deadline, kill, thread exit), racing
  * wakers on other threads: whoever takes it off the queue, under the lock,
  * decides. If a waker did, its delivery is on the way through the inbox. */
-static void xpark_end_early(struct gr__park *p, int status)
+static bool xpark_end_early(struct gr__park *p, int status)
 {
 	pthread_mutex_t *lock = p->xlock;
 	bool mine;
 
 	if (!lock)
-		return; /* abandoned, and its object may be gone: gr__xpark_abandon */
+		return false; /* abandoned, and its object may be gone: gr__xpark_abandon */
 	pthread_mutex_lock(lock);
 	mine = p->xlinked;
 	if (mine)
@@ -360,6 +393,7 @@ static void xpark_end_early(struct gr__park *p, int status)
 	pthread_mutex_unlock(lock);
 	if (mine)
 		gr__ready(p->fiber);
+	return mine;
 }
 
 void gr__xpark_abandon(gr_fiber *f)
@@ -392,6 +426,7 @@ void gr__xpark_thread_begin(struct gr__park *p, int64_t deadline)
 	p->status = 0;
 	p->cond = NULL;
 	p->deadline = deadline;
+	p->since = 0; /* no hub, no clock: nothing lists it */
 }
 
 /* A thread with no hub waits on a condition variable of its own, bound to
@@ -466,6 +501,7 @@ int gr__xpark(struct gr__hub *hub, struct gr__park *p, struct gr__xq *xq)
 	}
 	self->state = GR__FIBER_PARKED;
 	self->park = p;
+	p->since = hub->clock;
 	gr__switch_out(hub);
 	hub->remote_waiting--;
 	timer_drain(hub, p);

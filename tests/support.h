@@ -63,6 +63,12 @@ int grt_listener(int *port);
 /* Connect a new (blocking) TCP socket to 127.0.0.1:port with plain connect(). */
 int grt_connect_plain(int port);
 
+/* Run argv (argv[0] a path, or a name looked up in PATH) in a child with
+ * the NAME=value strings of env (NULL-terminated; env itself may be NULL)
+ * added to its environment, its stdout and stderr read into out
+ * (NUL-terminated, cut at len - 1). Returns its wait status. */
+int grt_run(const char *const argv[], const char *const env[], char *out, size_t len);
+
 /* A green TCP client (TCP_NODELAY) connected to 127.0.0.1:port with
  * gr_connect; rcvbuf > 0 sets SO_RCVBUF first. The fd, or -1 with errno. */
 int grt_dial(int port, int rcvbuf);

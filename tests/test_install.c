@@ -208,3 +208,43 @@ Test(install, pkg_config_consumer_builds_and_runs)
 	expect_runs(exe);
 	cleanup();
 }
+
+/* The gdb script is installed where gdb looks for a library's own script,
+ * and gdb loads it from there by itself: the library's embedded copy is
+ * declined here (its directory is not in the safe-path), so what answers
+ * `info fibers` is the installed file. */
+Test(install, gdb_loads_the_installed_script_by_itself)
+{
+	setup_install();
+	if (!have("gdb")) {
+		cleanup();
+		cr_skip_test("gdb is not installed (tools/test installs it)");
+	}
+	char script[700];
+	int rc = capture(script, sizeof(script), "find '%s/prefix/share/gdb/auto-load' -name 'libgreenring.so.*-gdb.py'",
+			 tmpdir);
+	script[strcspn(script, "\n")] = '\0';
+	cr_assert(rc == 0 && script[0], "no gdb script installed under %s/prefix/share/gdb/auto-load",
+		  tmpdir);
+	rc = sh("cmake -S '%s/src' -B '%s/build' -DCMAKE_PREFIX_PATH='%s/prefix' "
+		"-DCMAKE_BUILD_TYPE=Release -DCMAKE_C_FLAGS='%s' -DCMAKE_EXE_LINKER_FLAGS='%s' && "
+		"cmake --build '%s/build'",
+		tmpdir, tmpdir, tmpdir, SAN_FLAGS, SAN_FLAGS, tmpdir);
+	cr_assert_eq(rc, 0, "building the consumer failed:\n%s", log_tail());
+	static char out[16384];
+	rc = capture(out, sizeof(out),
+		     "env -u GREENRING_HUB gdb -nx -batch "
+		     "-iex 'set auto-load scripts-directory %s/prefix/share/gdb/auto-load' "
+		     "-iex 'set auto-load safe-path %s/prefix/share/gdb/auto-load' "
+		     "-ex 'break gr_join' -ex run -ex 'info auto-load python-scripts' -ex 'info fibers' "
+		     "'%s/build/consumer' 2>&1",
+		     tmpdir, tmpdir, tmpdir);
+	if (strstr(out, "ptrace: Operation not permitted")) {
+		cleanup();
+		cr_skip_test("ptrace is not permitted here");
+	}
+	cr_assert_not_null(strstr(out, script), "gdb did not load %s:\n%s", script, out);
+	cr_assert_not_null(strstr(out, "greenring hub "), "info fibers did not answer:\n%s", out);
+	cr_assert_not_null(strstr(out, "\"main\""), "%s", out);
+	cleanup();
+}
