@@ -103,13 +103,15 @@ static inline struct gr__op *gr__op_of(struct gr_op *op)
 	return gr__container(op, struct gr__op, op);
 }
 
-/* A fresh operation of `kind` on fd, at the file's current position. */
-static inline struct gr__op gr__op_init(uint8_t kind, int fd)
-{
-	struct gr__op o = { .op = { .kind = kind, .fd = fd, .off = -1, .deadline = GR_FOREVER } };
-
-	return o;
-}
+/* A fresh operation of `kind` on fd, at the file's current position:
+ * `struct gr__op o = gr__op_init(kind, fd);`. A macro, not a function
+ * returning the struct: GCC built the returned struct (208 bytes) in a
+ * temporary and copied it, on every green call (callgrind: about 90
+ * instructions per call, 5% of the epoll echo server's CPU per message);
+ * an initializer at the declaration is built in place. */
+#define gr__op_init(kind_, fd_)                                                                   \
+	((struct gr__op){ .op = { .kind = (uint8_t)(kind_), .fd = (fd_), .off = -1,               \
+				  .deadline = GR_FOREVER } })
 
 /* Does op name an fd (and so go on the fd's list, for gr_close)? */
 static inline bool gr__op_names_fd(const struct gr_op *op)
