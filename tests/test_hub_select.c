@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "support.h"
+#include "tinypoll.h"
 
 #if defined(__x86_64__)
 #define NATIVE_ARCH AUDIT_ARCH_X86_64
@@ -635,182 +636,8 @@ Test(hub_select, the_choice_is_per_thread)
 }
 
 /* ------------------------------------------------------------ third party
- * "tinypoll": a complete readiness hub in a page, written only against the
- * public greenring/hub_ops.h, as a third party would. Operations wait in an
- * array; wait() builds a pollfd array from it and completes what is ready or
- * past its deadline. */
-
-#define TP_MAX 256
-
-struct tinypoll {
-	struct gr_op *ops[TP_MAX];
-	int n;
-	int wake[2];              /* a pipe */
-	atomic_bool wake_pending;
-};
-
-static struct {
-	atomic_int inits, finis;
-	atomic_long submits, waits, cancels;
-} tp_stats;
-
-static int tp_probe(char *why, size_t whylen)
-{
-	(void)why;
-	(void)whylen;
-	return 0;
-}
-
-static int tp_init(void **state, const struct gr_hub_config *cfg)
-{
-	struct tinypoll *t = calloc(1, sizeof(*t));
-
-	(void)cfg;
-	if (!t)
-		return -ENOMEM;
-	if (pipe2(t->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
-		int err = -errno;
-
-		free(t);
-		return err;
-	}
-	atomic_fetch_add(&tp_stats.inits, 1);
-	*state = t;
-	return 0;
-}
-
-static void tp_fini(void *state, int after_fork)
-{
-	struct tinypoll *t = state;
-
-	(void)after_fork;
-	close(t->wake[0]);
-	close(t->wake[1]);
-	free(t);
-	atomic_fetch_add(&tp_stats.finis, 1);
-}
-
-static int tp_submit(void *state, struct gr_op *op)
-{
-	struct tinypoll *t = state;
-
-	if (op->kind != GR_OP_POLL && op->kind != GR_OP_TIMEOUT)
-		return -EINVAL;
-	if (t->n == TP_MAX)
-		return -ENOMEM;
-	t->ops[t->n++] = op;
-	atomic_fetch_add(&tp_stats.submits, 1);
-	return 0;
-}
-
-/* Take ops[i] out (the last one fills its place) and complete it. */
-static void tp_complete(struct tinypoll *t, int i, int64_t res)
-{
-	struct gr_op *op = t->ops[i];
-
-	t->ops[i] = t->ops[--t->n];
-	gr_hub_complete(op, res);
-}
-
-static int tp_cancel(void *state, struct gr_op *op)
-{
-	struct tinypoll *t = state;
-
-	for (int i = 0; i < t->n; i++) {
-		if (t->ops[i] == op) {
-			atomic_fetch_add(&tp_stats.cancels, 1);
-			tp_complete(t, i, -ECANCELED);
-			return 0;
-		}
-	}
-	return -ENOENT;
-}
-
-static int tp_wait(void *state, int64_t timeout_ns)
-{
-	struct tinypoll *t = state;
-	struct pollfd p[TP_MAX + 1];
-	struct gr_op *polled[TP_MAX];
-	int64_t now = gr_now(), next = -1;
-	int np = 1, done = 0;
-
-	atomic_fetch_add(&tp_stats.waits, 1);
-	p[0] = (struct pollfd){ .fd = t->wake[0], .events = POLLIN };
-	for (int i = 0; i < t->n; i++) {
-		struct gr_op *op = t->ops[i];
-
-		if (op->deadline >= 0 && (next < 0 || op->deadline < next))
-			next = op->deadline;
-		if (op->kind == GR_OP_POLL) {
-			polled[np - 1] = op;
-			p[np++] = (struct pollfd){ .fd = op->fd, .events = op->events };
-		}
-	}
-	if (next >= 0) {
-		int64_t rel = next > now ? next - now : 0;
-
-		if (timeout_ns < 0 || rel < timeout_ns)
-			timeout_ns = rel;
-	}
-	/* Milliseconds, rounded up: never wake before a deadline. */
-	int ms = timeout_ns < 0 ? -1 : (int)((timeout_ns + GR_MSEC - 1) / GR_MSEC);
-	int r = poll(p, (nfds_t)np, ms);
-	if (r < 0)
-		return errno == EINTR ? 0 : -errno;
-	if (p[0].revents) {
-		char buf[64];
-
-		while (read(t->wake[0], buf, sizeof(buf)) > 0)
-			;
-		atomic_store(&t->wake_pending, false);
-	}
-	for (int j = 1; j < np; j++) {
-		short res = p[j].revents;
-
-		if (!res)
-			continue;
-		for (int i = 0; i < t->n; i++) {
-			if (t->ops[i] == polled[j - 1]) {
-				tp_complete(t, i, res);
-				done++;
-				break;
-			}
-		}
-	}
-	now = gr_now();
-	for (int i = 0; i < t->n;) {
-		struct gr_op *op = t->ops[i];
-
-		if (op->deadline >= 0 && op->deadline <= now) {
-			tp_complete(t, i, op->kind == GR_OP_TIMEOUT ? 0 : -ETIMEDOUT);
-			done++;
-		} else {
-			i++;
-		}
-	}
-	return done;
-}
-
-static int tp_wake(void *state)
-{
-	struct tinypoll *t = state;
-
-	if (atomic_exchange(&t->wake_pending, true))
-		return 0;
-	return write(t->wake[1], "w", 1) < 0 && errno != EAGAIN ? -errno : 0;
-}
-
-static const struct gr_hub_ops tinypoll_ops = {
-	.name = "tinypoll",
-	.caps = 0,
-	.probe = tp_probe,
-	.init = tp_init,
-	.fini = tp_fini,
-	.submit = tp_submit,
-	.cancel = tp_cancel,
-	.wait = tp_wait,
-	.wake = tp_wake,
-};
+ * "tinypoll" (tinypoll.c): a complete readiness hub in a page, written only
+ * against the public greenring/hub_ops.h, as a third party would. */
 
 static void *blocked_reader(void *arg)
 {
@@ -837,9 +664,9 @@ Test(hub_select, a_third_party_hub_runs_fibers_sleeps_and_io)
 {
 	int fds = grt_count_fds(); /* no hub yet */
 
-	cr_assert_eq(gr_hub_use_ops(&tinypoll_ops), 0);
+	cr_assert_eq(gr_hub_use_ops(&grt_tinypoll_ops), 0);
 	cr_assert_str_eq(gr_hub_name(), "tinypoll");
-	cr_assert_eq(atomic_load(&tp_stats.inits), 1);
+	cr_assert_eq(atomic_load(&grt_tp_stats.inits), 1);
 
 	/* Sleeps, and the echo over TCP. */
 	const char *e = workload();
@@ -868,7 +695,7 @@ Test(hub_select, a_third_party_hub_runs_fibers_sleeps_and_io)
 	cr_assert_eq(gr_kill(blocked), 0);
 	cr_assert_eq(gr_join(blocked, &r, gr_now() + 5 * GR_SEC), 0);
 	cr_assert_eq((intptr_t)r, ECANCELED);
-	cr_assert_gt(atomic_load(&tp_stats.cancels), 0);
+	cr_assert_gt(atomic_load(&grt_tp_stats.cancels), 0);
 	int64_t t0 = gr_now();
 	cr_assert_eq(gr_wait_fd(sv[0], POLLIN, t0 + 20 * GR_MSEC), -1);
 	cr_assert_eq(errno, ETIMEDOUT);
@@ -876,11 +703,11 @@ Test(hub_select, a_third_party_hub_runs_fibers_sleeps_and_io)
 
 	cr_assert_eq(gr_close(sv[0]), 0);
 	cr_assert_eq(gr_close(sv[1]), 0);
-	cr_assert_gt(atomic_load(&tp_stats.submits), 0);
-	cr_assert_gt(atomic_load(&tp_stats.waits), 0);
+	cr_assert_gt(atomic_load(&grt_tp_stats.submits), 0);
+	cr_assert_gt(atomic_load(&grt_tp_stats.waits), 0);
 	/* Switching back to a built-in hub ends it. */
 	cr_assert_eq(gr_hub_use(NULL), 0);
-	cr_assert_eq(atomic_load(&tp_stats.finis), 1);
+	cr_assert_eq(atomic_load(&grt_tp_stats.finis), 1);
 	cr_assert_eq(grt_count_fds(), fds, "fds left open");
 	cr_assert_str_eq(gr_hub_name(), first_usable());
 }
@@ -893,14 +720,14 @@ static int refusing_probe(char *why, size_t whylen)
 
 Test(hub_select, gr_hub_use_ops_checks_the_table_and_its_probe)
 {
-	struct gr_hub_ops incomplete = tinypoll_ops, refusing = tinypoll_ops;
+	struct gr_hub_ops incomplete = grt_tinypoll_ops, refusing = grt_tinypoll_ops;
 	const char *best = first_usable();
 
 	cr_assert_eq(gr_hub_use(NULL), 0);
 	cr_assert_eq(gr_hub_use_ops(NULL), -EINVAL);
 	incomplete.wait = NULL;
 	cr_assert_eq(gr_hub_use_ops(&incomplete), -EINVAL);
-	incomplete = tinypoll_ops;
+	incomplete = grt_tinypoll_ops;
 	incomplete.name = NULL;
 	cr_assert_eq(gr_hub_use_ops(&incomplete), -EINVAL);
 

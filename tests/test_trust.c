@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "support.h"
+#include "tinypoll.h"
 
 GRT_SUITE(trust);
 
@@ -1319,215 +1320,67 @@ Test(trust, a_read_whose_fd_is_closed_under_it_fails_with_ebadf)
 }
 
 /* ------------------------------------------------------------ test hubs
- * Two small readiness hubs written against the public greenring/hub_ops.h
- * only, as a third party would (tests/test_hub_select.c's "tinypoll" is the
- * model). Operations wait in an array, oldest first; wait() polls them.
+ * Two misbehaving hubs built from tinypoll's parts (tinypoll.c: a readiness
+ * hub written against the public greenring/hub_ops.h only, as a third party
+ * would). Operations wait in an array, oldest first; wait() polls them.
  *   "greedy": its cancel(op) completes op with -ECANCELED and also, at once,
  *             the nearest other operation it holds on the same fd (as a
  *             backend that reaps while it cancels), with a readiness result.
  *   "failing": its wait() fails with -EIO whenever an operation is held. */
 
-#define TH_MAX 64
-
-struct testhub {
-	struct gr_op *ops[TH_MAX];
-	int n;
-	int wake[2];
-	atomic_bool wake_pending;
-};
-
-static int th_probe(char *why, size_t whylen)
-{
-	return 0;
-}
-
-static int th_init(void **state, const struct gr_hub_config *cfg)
-{
-	struct testhub *t = calloc(1, sizeof(*t));
-
-	if (!t)
-		return -ENOMEM;
-	if (pipe2(t->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
-		int err = -errno;
-
-		free(t);
-		return err;
-	}
-	*state = t;
-	return 0;
-}
-
-static void th_fini(void *state, int after_fork)
-{
-	struct testhub *t = state;
-
-	close(t->wake[0]);
-	close(t->wake[1]);
-	free(t);
-}
-
-static int th_submit(void *state, struct gr_op *op)
-{
-	struct testhub *t = state;
-
-	if (op->kind != GR_OP_POLL && op->kind != GR_OP_TIMEOUT)
-		return -EINVAL;
-	if (t->n == TH_MAX)
-		return -ENOMEM;
-	t->ops[t->n++] = op;
-	return 0;
-}
-
-/* Take ops[i] out, keeping the order, and complete it. */
-static void th_complete(struct testhub *t, int i, int64_t res)
-{
-	struct gr_op *op = t->ops[i];
-
-	memmove(&t->ops[i], &t->ops[i + 1], (size_t)(t->n - i - 1) * sizeof(t->ops[0]));
-	t->n--;
-	gr_hub_complete(op, res);
-}
-
-static int th_find(const struct testhub *t, const struct gr_op *op)
-{
-	for (int i = 0; i < t->n; i++) {
-		if (t->ops[i] == op)
-			return i;
-	}
-	return -1;
-}
-
-static int th_cancel(void *state, struct gr_op *op)
-{
-	struct testhub *t = state;
-	int i = th_find(t, op);
-
-	if (i < 0)
-		return -ENOENT;
-	th_complete(t, i, -ECANCELED);
-	return 0;
-}
-
 static int greedy_cancel(void *state, struct gr_op *op)
 {
-	struct testhub *t = state;
-	int i = th_find(t, op);
+	struct grt_tinypoll *t = state;
+	int i = grt_tp_find(t, op);
 
 	if (i < 0)
 		return -ENOENT;
 	int fd = op->fd;
-	th_complete(t, i, -ECANCELED);
+	grt_tp_complete(t, i, -ECANCELED);
 	/* The nearest other operation on fd: the one submitted just before,
 	 * else just after. It is "ready" (readiness may be spurious). */
 	for (int j = i - 1; j >= 0; j--) {
 		if (t->ops[j]->kind == GR_OP_POLL && t->ops[j]->fd == fd) {
-			th_complete(t, j, t->ops[j]->events);
+			grt_tp_complete(t, j, t->ops[j]->events);
 			return 0;
 		}
 	}
 	for (int j = i; j < t->n; j++) {
 		if (t->ops[j]->kind == GR_OP_POLL && t->ops[j]->fd == fd) {
-			th_complete(t, j, t->ops[j]->events);
+			grt_tp_complete(t, j, t->ops[j]->events);
 			return 0;
 		}
 	}
 	return 0;
 }
 
-static int th_wait(void *state, int64_t timeout_ns)
-{
-	struct testhub *t = state;
-	struct pollfd p[TH_MAX + 1];
-	struct gr_op *polled[TH_MAX];
-	int64_t now = gr_now(), next = -1;
-	int np = 1, done = 0;
-
-	p[0] = (struct pollfd){ .fd = t->wake[0], .events = POLLIN };
-	for (int i = 0; i < t->n; i++) {
-		struct gr_op *op = t->ops[i];
-
-		if (op->deadline >= 0 && (next < 0 || op->deadline < next))
-			next = op->deadline;
-		if (op->kind == GR_OP_POLL) {
-			polled[np - 1] = op;
-			p[np++] = (struct pollfd){ .fd = op->fd, .events = op->events };
-		}
-	}
-	if (next >= 0) {
-		int64_t rel = next > now ? next - now : 0;
-
-		if (timeout_ns < 0 || rel < timeout_ns)
-			timeout_ns = rel;
-	}
-	int ms = timeout_ns < 0 ? -1 : (int)((timeout_ns + GR_MSEC - 1) / GR_MSEC);
-	int r = poll(p, (nfds_t)np, ms);
-	if (r < 0)
-		return errno == EINTR ? 0 : -errno;
-	if (p[0].revents) {
-		char buf[64];
-
-		while (read(t->wake[0], buf, sizeof(buf)) > 0)
-			;
-		atomic_store(&t->wake_pending, false);
-	}
-	for (int j = 1; j < np; j++) {
-		int i = p[j].revents ? th_find(t, polled[j - 1]) : -1;
-
-		if (i >= 0) {
-			th_complete(t, i, p[j].revents);
-			done++;
-		}
-	}
-	now = gr_now();
-	for (int i = 0; i < t->n;) {
-		struct gr_op *op = t->ops[i];
-
-		if (op->deadline >= 0 && op->deadline <= now) {
-			th_complete(t, i, op->kind == GR_OP_TIMEOUT ? 0 : -ETIMEDOUT);
-			done++;
-		} else {
-			i++;
-		}
-	}
-	return done;
-}
-
 static int failing_wait(void *state, int64_t timeout_ns)
 {
-	struct testhub *t = state;
+	struct grt_tinypoll *t = state;
 
-	return t->n > 0 ? -EIO : th_wait(state, timeout_ns);
-}
-
-static int th_wake(void *state)
-{
-	struct testhub *t = state;
-
-	if (atomic_exchange(&t->wake_pending, true))
-		return 0;
-	return write(t->wake[1], "w", 1) < 0 && errno != EAGAIN ? -errno : 0;
+	return t->n > 0 ? -EIO : grt_tp_wait(state, timeout_ns);
 }
 
 static const struct gr_hub_ops greedy_ops = {
 	.name = "greedy",
-	.probe = th_probe,
-	.init = th_init,
-	.fini = th_fini,
-	.submit = th_submit,
+	.probe = grt_tp_probe,
+	.init = grt_tp_init,
+	.fini = grt_tp_fini,
+	.submit = grt_tp_submit,
 	.cancel = greedy_cancel,
-	.wait = th_wait,
-	.wake = th_wake,
+	.wait = grt_tp_wait,
+	.wake = grt_tp_wake,
 };
 
 static const struct gr_hub_ops failing_ops = {
 	.name = "failing",
-	.probe = th_probe,
-	.init = th_init,
-	.fini = th_fini,
-	.submit = th_submit,
-	.cancel = th_cancel,
+	.probe = grt_tp_probe,
+	.init = grt_tp_init,
+	.fini = grt_tp_fini,
+	.submit = grt_tp_submit,
+	.cancel = grt_tp_cancel,
 	.wait = failing_wait,
-	.wake = th_wake,
+	.wake = grt_tp_wake,
 };
 
 /* ------------------------------------------------------------ backends that misbehave */
