@@ -358,18 +358,34 @@ static void mutex_release(struct mutex *mx)
 	gr__unpark(w, 0);
 }
 
+/* The mutex is held by another fiber: wait for it. */
+static __attribute__((noinline)) int mutex_lock_wait(struct mutex *mx, int64_t deadline)
+{
+	struct gr__hub *hub = NULL;
+	struct gr__park p = { .what = "gr_mutex_lock" };
+	int err = gr__sync_enter(&mx->h, GR__MAGIC_MUTEX, deadline, &p, &hub);
+
+	if (err)
+		return err;
+	return mutex_acquire(hub, mx, &p);
+}
+
 int gr_mutex_lock(gr_mutex *m, int64_t deadline)
 {
 	struct mutex *mx = MX(m);
 	struct gr__hub *hub = NULL;
-	struct gr__park p = { .what = "gr_mutex_lock" };
-	int err = gr__sync_enter(m ? &mx->h : NULL, GR__MAGIC_MUTEX, deadline, &p, &hub);
+	int err = gr__sync_pass(m ? &mx->h : NULL, GR__MAGIC_MUTEX, deadline, &hub);
 
 	if (err)
 		return err;
-	if (mx->owner == p.fiber->id)
+	uint64_t self = hub->current->id;
+	if (mx->owner == self)
 		return -EDEADLK; /* as an error-checking pthread mutex */
-	return mutex_acquire(hub, mx, &p);
+	if (mx->owner == 0) {
+		mx->owner = self; /* owner == 0 implies nobody waits (unlock hands off) */
+		return 0;
+	}
+	return mutex_lock_wait(mx, deadline);
 }
 
 int gr_mutex_trylock(gr_mutex *m)

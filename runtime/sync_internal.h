@@ -89,6 +89,26 @@ static inline int gr__sync_check_self(struct gr__sync_head *h, uint32_t magic, g
 	return 0;
 }
 
+/* The entry checks of a call that may wait (those of gr__sync_enter below,
+ * the gate's own), for the case where what it asks for is available now:
+ * no park record is built (zeroing one costs more than a free mutex does).
+ * A call that finds it must wait then enters with gr__sync_enter. */
+static inline int gr__sync_pass(struct gr__sync_head *h, uint32_t magic, int64_t deadline,
+				struct gr__hub **hubp)
+{
+	int64_t effective;
+
+	if (!h || h->magic != magic)
+		return -EINVAL;
+	int err = gr__park_hub(hubp);
+	if (err)
+		return err;
+	err = gr__sync_bind(h, *hubp);
+	if (err)
+		return err;
+	return gr__park_check((*hubp)->current, deadline, false, &effective);
+}
+
 /* Entry of a call that may wait until `deadline`: the object is live and
  * belongs to this hub, and the gate's pre-block checks pass (wait.c): a
  * killed fiber, or one past its own deadline, fails here even when what it
