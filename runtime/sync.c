@@ -358,12 +358,13 @@ static void mutex_release(struct mutex *mx)
 	gr__unpark(w, 0);
 }
 
-/* The mutex is held by another fiber: wait for it. */
-static __attribute__((noinline)) int mutex_lock_wait(struct mutex *mx, int64_t deadline)
+/* The mutex is held by another fiber (gr__sync_pass has checked the rest):
+ * wait for it. */
+static __attribute__((noinline)) int mutex_lock_wait(struct gr__hub *hub, struct mutex *mx,
+						     int64_t deadline)
 {
-	struct gr__hub *hub = NULL;
 	struct gr__park p = { .what = "gr_mutex_lock" };
-	int err = gr__sync_enter(&mx->h, GR__MAGIC_MUTEX, deadline, &p, &hub);
+	int err = gr__park_begin(hub, &p, deadline);
 
 	if (err)
 		return err;
@@ -385,7 +386,7 @@ int gr_mutex_lock(gr_mutex *m, int64_t deadline)
 		mx->owner = self; /* owner == 0 implies nobody waits (unlock hands off) */
 		return 0;
 	}
-	return mutex_lock_wait(mx, deadline);
+	return mutex_lock_wait(hub, mx, deadline);
 }
 
 int gr_mutex_trylock(gr_mutex *m)

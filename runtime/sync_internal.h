@@ -89,21 +89,29 @@ static inline int gr__sync_check_self(struct gr__sync_head *h, uint32_t magic, g
 	return 0;
 }
 
-/* The entry checks of a call that may wait (those of gr__sync_enter below,
- * the gate's own), for the case where what it asks for is available now:
- * no park record is built (zeroing one costs more than a free mutex does).
- * A call that finds it must wait then enters with gr__sync_enter. */
-static inline int gr__sync_pass(struct gr__sync_head *h, uint32_t magic, int64_t deadline,
-				struct gr__hub **hubp)
+/* The object is live and belongs to this hub, whose fibers may park here
+ * (the gate's first check). Fills *hubp. */
+static inline int gr__sync_here(struct gr__sync_head *h, uint32_t magic, struct gr__hub **hubp)
 {
-	int64_t effective;
-
 	if (!h || h->magic != magic)
 		return -EINVAL;
 	int err = gr__park_hub(hubp);
 	if (err)
 		return err;
-	err = gr__sync_bind(h, *hubp);
+	return gr__sync_bind(h, *hubp);
+}
+
+/* The entry checks of a call that may wait (those of gr__sync_enter below,
+ * the gate's own), for the case where what it asks for is available now:
+ * no park record is built (zeroing one costs more than a free mutex does).
+ * A call that finds it must wait then builds its record with
+ * gr__park_begin. */
+static inline int gr__sync_pass(struct gr__sync_head *h, uint32_t magic, int64_t deadline,
+				struct gr__hub **hubp)
+{
+	int64_t effective;
+	int err = gr__sync_here(h, magic, hubp);
+
 	if (err)
 		return err;
 	return gr__park_check((*hubp)->current, deadline, false, &effective);
@@ -119,12 +127,8 @@ static inline int gr__sync_pass(struct gr__sync_head *h, uint32_t magic, int64_t
 static inline int gr__sync_enter(struct gr__sync_head *h, uint32_t magic, int64_t deadline,
 				 struct gr__park *p, struct gr__hub **hubp)
 {
-	if (!h || h->magic != magic)
-		return -EINVAL;
-	int err = gr__park_hub(hubp);
-	if (err)
-		return err;
-	err = gr__sync_bind(h, *hubp);
+	int err = gr__sync_here(h, magic, hubp);
+
 	if (err)
 		return err;
 	return gr__park_begin(*hubp, p, deadline);
