@@ -242,12 +242,13 @@ static void dump_counters(struct text *t, struct gr__hub *hub)
 	text_printf(t,
 		    "counters tid=%d turns=%llu spawned=%llu ended=%llu cancels=%llu "
 		    "deadlines=%llu unparks=%llu remote_wakeups=%llu stacks_pooled=%llu "
-		    "stacks_live=%llu longest_run_us=%.1f",
+		    "stacks_live=%llu longest_run_us=%.1f spins_caught=%llu spins_missed=%llu",
 		    (int)hub->tid, (unsigned long long)c.turns, (unsigned long long)c.spawned,
 		    (unsigned long long)c.ended, (unsigned long long)c.cancels,
 		    (unsigned long long)c.deadlines, (unsigned long long)c.unparks,
 		    (unsigned long long)c.remote_wakeups, (unsigned long long)c.stacks_pooled,
-		    (unsigned long long)c.stacks_live, (double)c.longest_run_ns / 1e3);
+		    (unsigned long long)c.stacks_live, (double)c.longest_run_ns / 1e3,
+		    (unsigned long long)c.spins_caught, (unsigned long long)c.spins_missed);
 	for (unsigned k = 0; k < GR_OP_KIND_COUNT; k++) {
 		if (c.submitted[k])
 			text_printf(t, " submitted.%s=%llu", gr_op_kind_name(k),

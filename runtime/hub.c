@@ -230,21 +230,6 @@ static void interrupt_exit(struct gr__hub *hub, gr_fiber *f, int why)
 	gr__park_interrupt(hub, f, why, true);
 }
 
-/* The backend's wait(). One that may block marks the hub idle for the
- * monitor (an odd progress count): a hub asleep in its backend is waiting
- * for work, not stuck behind a fiber. */
-static int backend_wait(struct gr__hub *hub, int64_t timeout)
-{
-	bool may_block = timeout != 0;
-
-	if (may_block)
-		gr__hub_progress(hub, 1);
-	int r = hub->ops->wait(hub->backend, timeout);
-	if (may_block)
-		gr__hub_progress(hub, 1);
-	return r;
-}
-
 static bool transient_wait_error(int r)
 {
 	return r == -EINTR || r == -EAGAIN || r == -ETIME || r == -EBUSY;
@@ -322,12 +307,16 @@ static void hub_main(gr__transfer t)
 		 * to sleep until a wake(); with fibers runnable, the inbox is
 		 * enough. */
 		if (hub->inflight > 0 || (idle && hub->remote_waiting > 0)) {
-			int r = backend_wait(hub, wait_timeout(hub));
+			/* Only another thread can end this idle spell: spin
+			 * for its post first (idle.c). */
+			if (!idle || !gr__hub_expects_post(hub) || !gr__hub_spin(hub)) {
+				int r = gr__hub_backend_wait(hub, wait_timeout(hub));
 
-			if (r < 0 && !transient_wait_error(r))
-				wait_failed(hub, r);
-			else
-				hub->wait_failures = 0;
+				if (r < 0 && !transient_wait_error(r))
+					wait_failed(hub, r);
+				else
+					hub->wait_failures = 0;
+			}
 			gr__hub_drain_inbox(hub);
 			gr__offload_reap(hub);
 		}
@@ -408,6 +397,7 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 	hub->backend = backend;
 	hub->io_budget = (unsigned)gr__env_size("GREENRING_IO_BUDGET", GR__IO_BUDGET_DEFAULT, 1,
 						GR__IO_BUDGET_MAX, false);
+	gr__hub_idle_init(hub);
 	gr_fiber *root = &hub->root;
 	root->hub = hub;
 	root->is_root = true;
@@ -448,7 +438,7 @@ static void hub_destroy(void *arg)
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	gr__offload_reap(hub);    /* file operations the pool finished */
 	while (hub->inflight > 0) {
-		int r = backend_wait(hub, -1);
+		int r = gr__hub_backend_wait(hub, -1);
 
 		/* A file operation a worker still runs cannot be interrupted:
 		 * its buffers are in a stack we are about to unmap. */
@@ -547,6 +537,8 @@ void gr__hub_counters_get(struct gr__hub *hub, struct gr_hub_counters *out)
 	c.stacks_pooled = st.stacks_free + st.stacks_trimmed;
 	c.stacks_live = st.stacks_mapped - c.stacks_pooled;
 	c.longest_run_ns = hub->counters.longest_run_ns;
+	c.spins_caught = hub->counters.spins_caught;
+	c.spins_missed = hub->counters.spins_missed;
 	*out = c;
 }
 

@@ -268,6 +268,20 @@ void gr__xpark_abandon(gr_fiber *f);
  * The caller keeps hub alive meanwhile (it holds a lock the hub's teardown
  * takes). */
 void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
+/* idle.c: a hub's idle spells and cross-thread wake-ups.
+ * gr__hub_wake: after a push that found an inbox of hub empty, from any
+ * thread: wake the hub if it may be asleep in its backend.
+ * gr__hub_backend_wait: the backend's wait(), which other threads' posts
+ * interrupt (it does not block if one came first). 0 or -errno.
+ * gr__hub_expects_post: nothing in the backend, and some fiber waits on
+ * another thread: worth a spin before sleeping.
+ * gr__hub_spin: spin for a post, unless recent spins failed; true if one
+ * came (else the loop sleeps). */
+void gr__hub_idle_init(struct gr__hub *hub);
+void gr__hub_wake(struct gr__hub *hub);
+int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout);
+bool gr__hub_expects_post(const struct gr__hub *hub);
+bool gr__hub_spin(struct gr__hub *hub);
 /* The hub takes what other threads posted, in the order they posted it:
  * woken fibers become runnable, requests are run. */
 void gr__hub_drain_inbox(struct gr__hub *hub);
@@ -442,6 +456,8 @@ struct gr__hub_counters {
 	uint64_t spawned;
 	uint64_t ended;
 	int64_t longest_run_ns;           /* the longest the loop waited for its turn */
+	uint64_t spins_caught;            /* idle.c: spins that got a post */
+	uint64_t spins_missed;            /* and those that did not */
 };
 
 /* The monitor's notes on one hub (monitor.c): only the monitor thread
@@ -499,6 +515,12 @@ struct gr__hub {
 	unsigned streak;                  /* green calls the running fiber finished
 					     without a switch (io.c's budget) */
 	unsigned io_budget;               /* GREENRING_IO_BUDGET */
+	/* idle.c: set while the loop may block in wait(), so that other
+	 * threads' posts wake it only then; the spin for a post. */
+	atomic_bool sleeping;
+	int64_t spin_max;                 /* GREENRING_SPIN_US, 0: never spin */
+	unsigned spin_skip;               /* idle spells to sleep through unspun */
+	unsigned spin_backoff;            /* the next skip if a spin fails */
 };
 
 /* The hub moved along (see gr__hub.progress). */

@@ -50,7 +50,7 @@ static void offload_finish(struct gr__work *w)
 	/* The result, and what perform() wrote into the caller's buffers, are
 	 * visible to the hub that takes the record. */
 	if (gr__inbox_push(&hub->offload.done, &off->done_link))
-		(void)hub->ops->wake(hub->backend);
+		gr__hub_wake(hub);
 }
 
 int gr__offload_submit(struct gr__hub *hub, struct gr__op *o)

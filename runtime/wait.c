@@ -330,7 +330,7 @@ void gr__hub_post(struct gr__hub *hub, struct gr__park *p)
 	/* What the poster wrote before posting (a status, an item handed
 	 * over) is visible to the hub that takes p from its inbox. */
 	if (gr__inbox_push(&hub->inbox, &p->inbox_link))
-		(void)hub->ops->wake(hub->backend);
+		gr__hub_wake(hub);
 }
 
 void gr__xunpark(struct gr__park *p, int status)

@@ -53,6 +53,10 @@ struct gr_hub_counters {
 	int64_t longest_run_ns;    /* the longest turn: from the loop handing the thread to
 				      the fibers until it got it back, the longest that
 				      I/O completions waited to be reaped */
+	/* Added in the second version of this struct (idle.c, GREENRING_SPIN_US): */
+	uint64_t spins_caught;     /* idle spells where the hub spun for another thread's
+				      post and got it without sleeping */
+	uint64_t spins_missed;     /* spins that ended with nothing, then slept */
 };
 
 /* Fill *out with this thread's hub's counters. Pass sizeof(*out): the

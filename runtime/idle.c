@@ -1,0 +1,158 @@
+/* idle.c — how a hub with nothing to run waits for work, and how another
+ * thread that hands it work wakes it.
+ *
+ * Other threads hand a hub work through its two inboxes: fibers woken from
+ * afar and requests (gr__hub_post), completions of the thread pool
+ * (offload.c). Waking a hub asleep in its backend costs a system call on
+ * each side (an eventfd write, and the read that re-arms it) and the
+ * sleep's return; a hub that is running needs none of it, because it looks
+ * at its inboxes on every loop turn. So:
+ *
+ * Only a sleeping hub is woken. Before a wait() that may block, the hub
+ * sets `sleeping` and looks at its inboxes one last time; a poster pushes,
+ * then looks at `sleeping`, and calls the backend's wake() only if it is
+ * set. A full fence on each side between its write and its read (Dekker)
+ * makes at least one of them see the other: either the hub finds the post
+ * and does not block, or the poster wakes it. A poster that sees a stale
+ * `sleeping` wakes a hub that is already awake: harmless (wake() makes the
+ * next wait return at once).
+ *
+ * A hub that expects a post spins before it sleeps (Go's spinning threads,
+ * glibc's adaptive mutexes). When nothing is runnable, nothing but timers
+ * is in flight in the backend and a few fibers wait on other threads (a
+ * channel, a notifier, a pool job), the post they wait for often comes
+ * within microseconds: a channel ping-pong between two hubs then costs no
+ * system call at all. The spin lasts at most GREENRING_SPIN_US (default
+ * 20 us). One that misses is a bet lost: the post comes late, or its
+ * poster waits for this very CPU (two busy threads on two CPUs shared with
+ * other work); the hub then sleeps through the next 16 idle spells without
+ * spinning, twice as many after each further miss (up to 4096), and a
+ * catch resets that. So a hub whose posts come late or rarely spins about
+ * never, and one whose partner answers at once spins every time.
+ *
+ * Not spun for: many waiters (more than SPIN_WAITERS_MAX), whose sleep
+ * gathers their posts into one wake-up where a spin would take them one
+ * by one; operations in flight in the backend, whose completions the spin
+ * would not see (a timer's is only late by the spin); a thread allowed one
+ * CPU, whose partner could not run meanwhile.
+ */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdatomic.h>
+
+#include "internal.h"
+
+#define SPIN_US_DEFAULT 20
+#define SPIN_US_MAX 10000
+/* Idle spells slept through after a spin that caught nothing: doubling
+ * from MIN to MAX while spins keep failing. */
+#define SPIN_BACKOFF_MIN 16u
+#define SPIN_BACKOFF_MAX 4096u
+/* A hub whose fibers wait on more posts than this sleeps: its sleep gathers
+ * a batch of them (one wake-up for many), where a spin would take them one
+ * by one, each a cache-line round trip between the two CPUs. */
+#define SPIN_WAITERS_MAX 4u
+
+void gr__hub_idle_init(struct gr__hub *hub)
+{
+	size_t us = gr__env_size("GREENRING_SPIN_US", SPIN_US_DEFAULT, 0, SPIN_US_MAX, false);
+	cpu_set_t cpus;
+
+	if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) < 2)
+		us = 0;
+	hub->spin_max = (int64_t)us * 1000;
+	hub->spin_backoff = SPIN_BACKOFF_MIN;
+}
+
+/* Anything posted by another thread? A relaxed look: what was posted is
+ * taken with acquire by the drains. */
+static bool posted(struct gr__hub *hub)
+{
+	return atomic_load_explicit(&hub->inbox, memory_order_relaxed) ||
+	       atomic_load_explicit(&hub->offload.done, memory_order_relaxed);
+}
+
+void gr__hub_wake(struct gr__hub *hub)
+{
+	atomic_thread_fence(memory_order_seq_cst);
+	if (atomic_load_explicit(&hub->sleeping, memory_order_relaxed))
+		(void)hub->ops->wake(hub->backend);
+}
+
+int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout)
+{
+	if (timeout != 0) {
+		atomic_store_explicit(&hub->sleeping, true, memory_order_relaxed);
+		atomic_thread_fence(memory_order_seq_cst);
+		if (posted(hub))
+			timeout = 0; /* posted before the poster could see us asleep */
+	}
+	/* One that may block marks the hub idle for the monitor (an odd
+	 * progress count): a hub asleep in its backend is waiting for work,
+	 * not stuck behind a fiber. */
+	bool may_block = timeout != 0;
+	if (may_block)
+		gr__hub_progress(hub, 1);
+	int r = hub->ops->wait(hub->backend, timeout);
+	if (may_block) {
+		gr__hub_progress(hub, 1);
+		atomic_store_explicit(&hub->sleeping, false, memory_order_relaxed);
+	}
+	return r;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+bool gr__hub_expects_post(const struct gr__hub *hub)
+{
+	/* Timers may be in flight (a deadline of the very wait on the other
+	 * thread, a sleep): one that expires meanwhile is reaped when the spin
+	 * ends, late by no more than the spin. */
+	uint64_t timers = hub->counters.submitted[GR_OP_TIMEOUT] - hub->counters.completed[GR_OP_TIMEOUT];
+
+	return hub->spin_max > 0 && hub->inflight == timers && hub->remote_waiting > 0 &&
+	       hub->remote_waiting <= SPIN_WAITERS_MAX;
+}
+
+bool gr__hub_spin(struct gr__hub *hub)
+{
+	if (hub->spin_skip > 0) {
+		hub->spin_skip--;
+		return false;
+	}
+	int64_t end = gr_now() + hub->spin_max;
+	bool got = false;
+
+	/* Idle for the monitor, as a wait() is. */
+	gr__hub_progress(hub, 1);
+	for (unsigned i = 1;; i++) {
+		if (posted(hub)) {
+			got = true;
+			break;
+		}
+		cpu_relax();
+		if (i % 64 == 0 && gr_now() >= end)
+			break;
+	}
+	gr__hub_progress(hub, 1);
+	if (got) {
+		hub->counters.spins_caught++;
+		hub->spin_backoff = SPIN_BACKOFF_MIN;
+	} else {
+		/* Wasted: the post comes late, or its poster waits for this
+		 * very CPU. Sleep through the next spells, more of them each
+		 * time the bet fails again. */
+		hub->counters.spins_missed++;
+		hub->spin_skip = hub->spin_backoff;
+		if (hub->spin_backoff < SPIN_BACKOFF_MAX)
+			hub->spin_backoff *= 2;
+	}
+	return got;
+}
