@@ -309,13 +309,18 @@ static void hub_main(gr__transfer t)
 		if (hub->inflight > 0 || (idle && hub->remote_waiting > 0)) {
 			/* Only another thread can end this idle spell: spin
 			 * for its post first (idle.c). */
-			if (!idle || !gr__hub_expects_post(hub) || !gr__hub_spin(hub)) {
+			bool spell = idle && gr__hub_expects_post(hub);
+			int64_t since = 0;
+
+			if (!spell || !gr__hub_spin(hub, &since)) {
 				int r = gr__hub_backend_wait(hub, wait_timeout(hub));
 
 				if (r < 0 && !transient_wait_error(r))
 					wait_failed(hub, r);
 				else
 					hub->wait_failures = 0;
+				if (spell)
+					gr__hub_slept(hub, since);
 			}
 			gr__hub_drain_inbox(hub);
 			gr__offload_reap(hub);

@@ -275,13 +275,15 @@ void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
  * interrupt (it does not block if one came first). 0 or -errno.
  * gr__hub_expects_post: nothing in the backend, and some fiber waits on
  * another thread: worth a spin before sleeping.
- * gr__hub_spin: spin for a post, unless recent spins failed; true if one
- * came (else the loop sleeps). */
+ * gr__hub_spin: spin for a post, unless recent spins missed; true if one
+ * came. *since: when this idle spell began. Else the loop sleeps, then
+ * tells gr__hub_slept, which resumes spinning if a post came soon enough. */
 void gr__hub_idle_init(struct gr__hub *hub);
 void gr__hub_wake(struct gr__hub *hub);
 int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout);
 bool gr__hub_expects_post(const struct gr__hub *hub);
-bool gr__hub_spin(struct gr__hub *hub);
+bool gr__hub_spin(struct gr__hub *hub, int64_t *since);
+void gr__hub_slept(struct gr__hub *hub, int64_t since);
 /* The hub takes what other threads posted, in the order they posted it:
  * woken fibers become runnable, requests are run. */
 void gr__hub_drain_inbox(struct gr__hub *hub);
