@@ -85,6 +85,9 @@ struct gr__op {
 	struct gr__park *park;            /* the wait it serves */
 	void (*on_complete)(struct gr__op *o);
 	struct gr__link fd_link;          /* on its fd's list while in flight */
+	struct gr__fdstate *fd_st;        /* its fd's state once looked up, or NULL:
+					     the table never moves, so the state
+					     found once serves the whole call */
 	struct gr__offload *offload;      /* not NULL: the thread pool performs it,
 					     not the backend (offload.c) */
 	uint8_t cancel_errno;             /* why the core cancelled it: 0, ECANCELED,
@@ -830,8 +833,8 @@ void gr__fd_forget(struct gr__fdstate *st);
 
 /* fd's state, made on first use for an open fd. NULL with errno: EBADF (a
  * negative or unopened fd), ENOMEM. The address is stable for the hub's
- * life. */
-struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd);
+ * life. gr__fd_state_make is the first use (out of line). */
+struct gr__fdstate *gr__fd_state_make(struct gr__hub *hub, int fd);
 #define GR__FD_CHUNK 256
 
 /* fd's state if it was ever made, else NULL. Inline: every green call
@@ -844,11 +847,53 @@ static inline struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd)
 		return NULL;
 	return &hub->fd_chunks[c][(size_t)fd % GR__FD_CHUNK];
 }
+
+static inline struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_peek(hub, fd);
+
+	return __builtin_expect(st != NULL, 1) ? st : gr__fd_state_make(hub, fd);
+}
+
 /* List o on its fd (before submit). 0; -EBADF (a gr_close of fd is under
- * way, or fd is not open); -ENOMEM. */
-int gr__fd_link(struct gr__hub *hub, struct gr__op *o);
-/* Take o off its fd's list (at completion, or a failed submit). */
-void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o);
+ * way, or fd is not open); -ENOMEM. Inline for the common case (the fd's
+ * state exists, no close is under way, this hub's claim on the fd is
+ * recorded); gr__fd_link_slow does the rest: every operation passes here,
+ * and the call out of line with a second lookup cost ~50 instructions. */
+int gr__fd_link_slow(struct gr__hub *hub, struct gr__op *o, struct gr__fdstate *st);
+static inline int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
+{
+	struct gr__fdstate *st = o->fd_st ? o->fd_st : gr__fd_peek(hub, o->op.fd);
+
+	if (__builtin_expect(!st || st->closing || !st->claimed, 0))
+		return gr__fd_link_slow(hub, o, st);
+	if (gr__list_empty(&st->ops))
+		hub->fds_busy++;
+	gr__list_push_back(&st->ops, &o->fd_link);
+	o->fd_st = st;
+	o->on_fd = true;
+	return 0;
+}
+
+/* Take o off its fd's list (at completion, or a failed submit). Inline
+ * but for what a close needs (a gr_close of the fd under way, or its own
+ * close operation): gr__fd_unlink_close. */
+void gr__fd_unlink_close(struct gr__hub *hub, struct gr__op *o, struct gr__fdstate *st);
+static inline void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o)
+{
+	struct gr__fdstate *st = o->fd_st;
+
+	gr__list_remove(&st->ops, &o->fd_link);
+	o->on_fd = false;
+	if (__builtin_expect(st->closing != 0 || o->op.kind == GR_OP_CLOSE, 0)) {
+		gr__fd_unlink_close(hub, o, st);
+		return;
+	}
+	if (gr__list_empty(&st->ops)) {
+		hub->fds_busy--;
+		st->audit_at = 0;
+	}
+}
 /* Cancel every operation on st with `why`. Safe when a cancel completes
  * other operations of the fd synchronously. */
 void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
@@ -861,9 +906,15 @@ void gr__fd_table_free(struct gr__hub *hub);
 
 /* The sooner per-fd deadline of the directions in `dirs` (GR_FD_READ,
  * GR_FD_WRITE) for calls on fd, GR_FOREVER if none is set. */
+static inline int64_t gr__fd_deadline_of(const struct gr__fdstate *st, unsigned dirs);
 static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
 {
-	const struct gr__fdstate *st = gr__fd_peek(hub, fd);
+	return gr__fd_deadline_of(gr__fd_peek(hub, fd), dirs);
+}
+
+/* The same, from the fd's state (NULL: none made yet, so none set). */
+static inline int64_t gr__fd_deadline_of(const struct gr__fdstate *st, unsigned dirs)
+{
 	int64_t d = GR_FOREVER;
 
 	if (!st)

@@ -190,6 +190,20 @@ static void forget_previous_file(struct gr__hub *hub, int fd)
 		hub->ops->fd_forget(hub->backend, fd);
 }
 
+/* What o's fd names (GR__FD_*, or -EBADF, -ENOMEM): from the state the
+ * call looked up, without a second look-up or a call, once known. */
+static inline int op_fd_kind(struct gr__hub *hub, struct gr__op *o)
+{
+	const struct gr__fdstate *st = o->fd_st;
+
+	if (__builtin_expect(st && st->kind != GR__FD_UNKNOWN, 1))
+		return st->kind;
+	int kind = gr__fd_kind(hub, o->op.fd);
+	if (!o->fd_st)
+		o->fd_st = gr__fd_peek(hub, o->op.fd);
+	return kind;
+}
+
 /* read, write, readv, writev: the calls that serve regular files too. */
 static bool reads_or_writes(const struct gr_op *op)
 {
@@ -205,7 +219,7 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr_
 		/* A regular file is never "not ready": its calls would block
 		 * the thread on the disk instead of returning EAGAIN. file.c
 		 * serves it (page-cache hits here, the rest on the pool). */
-		int kind = gr__fd_kind(hub, op->fd);
+		int kind = op_fd_kind(hub, o);
 
 		if (kind < 0)
 			return kind;
@@ -266,6 +280,7 @@ int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short ev
 	if (!st)
 		return errno == EBADF ? -EBADF : -ENOMEM;
 	uint32_t closes = st->closes;
+	wait.fd_st = st;
 	r = gr__park_op(hub, p, &wait);
 	if (r < 0)
 		return r;
@@ -359,6 +374,7 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 			return r;
 		struct gr__op wait = gr__op_init(GR_OP_POLL, o->op.fd);
 		wait.op.events = op_events(&o->op);
+		wait.fd_st = o->fd_st;
 		r = gr__park_op(hub, p, &wait);
 		if (r < 0)
 			return r;
@@ -390,7 +406,7 @@ static bool write_as_send(struct gr__hub *hub, struct gr__op *o, struct msghdr *
 	struct gr_op *op = &o->op;
 
 	if ((op->kind != GR_OP_WRITE && op->kind != GR_OP_WRITEV) || op->off >= 0 ||
-	    gr__fd_kind(hub, op->fd) != GR__FD_SOCKET)
+	    op_fd_kind(hub, o) != GR__FD_SOCKET)
 		return false;
 	if (op->kind == GR_OP_WRITE) {
 		op->kind = GR_OP_SEND;
@@ -454,7 +470,10 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 		return -EBADF;
 	p.limit = o->op.deadline;
 	p.fd_dirs = kind_dirs[o->op.kind];
-	err = gr__park_begin(hub, &p, gr__deadline_min(p.limit, gr__fd_deadline(hub, fd, p.fd_dirs)));
+	/* The one look-up of the fd's state for the whole call (NULL the first
+	 * time: gr__fd_link makes it): the deadlines, the kind, the listing. */
+	o->fd_st = gr__fd_peek(hub, fd);
+	err = gr__park_begin(hub, &p, gr__deadline_min(p.limit, gr__fd_deadline_of(o->fd_st, p.fd_dirs)));
 	if (err)
 		return err;
 	struct msghdr msg;
