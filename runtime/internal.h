@@ -901,6 +901,14 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
  * back: runs the audits due at `now`, returns when the next is due
  * (GR_FOREVER: nothing to audit). */
 int64_t gr__fd_audit(struct gr__hub *hub, int64_t now);
+/* The same, asked every loop turn while fds wait: inline when the audit
+ * planned is not due yet, which is nearly always. */
+static inline int64_t gr__fd_audit_next(struct gr__hub *hub, int64_t now)
+{
+	if (hub->fds_busy != 0 && hub->audit_due != 0 && now < hub->audit_due)
+		return hub->audit_due;
+	return gr__fd_audit(hub, now);
+}
 /* Release the table (hub teardown). */
 void gr__fd_table_free(struct gr__hub *hub);
 
