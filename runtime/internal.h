@@ -402,8 +402,9 @@ struct gr__offloads {
 int gr__offload_submit(struct gr__hub *hub, struct gr__op *o);
 void gr__offload_cancel(struct gr__hub *hub, struct gr__op *o);
 /* The hub loop: complete what workers finished, and cancel (ETIMEDOUT)
- * those whose deadline has passed. */
-void gr__offload_reap(struct gr__hub *hub);
+ * those whose deadline has passed (through gr__offload_reap, below the
+ * hub's struct). */
+void gr__offload_reap_used(struct gr__hub *hub);
 /* When the next offloaded deadline passes (GR_FOREVER: none). */
 int64_t gr__offload_next_deadline(const struct gr__hub *hub);
 /* Hub teardown: nothing is in flight any more; wait out workers still in
@@ -503,6 +504,15 @@ struct gr__hub {
 					     without a switch (io.c's budget) */
 	unsigned io_budget;               /* GREENRING_IO_BUDGET */
 };
+
+/* offload.c's reap (gr__offload_reap_used, above), called twice per loop
+ * turn: a hub that never offloaded anything (no worker can have finished
+ * one for it, no deadline of one is pending) asks nothing more. */
+static inline void gr__offload_reap(struct gr__hub *hub)
+{
+	if (__builtin_expect(hub->offload.used, 0))
+		gr__offload_reap_used(hub);
+}
 
 /* The hub moved along (see gr__hub.progress). */
 static inline void gr__hub_progress(struct gr__hub *hub, unsigned n)
