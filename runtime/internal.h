@@ -688,7 +688,8 @@ static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *h
 			hub->turns++;
 			next = gr__runq_pop(&hub->now);
 		} else {
-			next = gr__hub_loop_fiber(hub);
+			/* Made by the gate's first check: no call out of line. */
+			next = hub->loop ? hub->loop : gr__hub_loop_fiber(hub);
 		}
 	}
 	if (next == self) {
