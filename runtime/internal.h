@@ -749,7 +749,10 @@ static inline int gr__park_check(const gr_fiber *self, int64_t deadline, bool un
 	return 0;
 }
 
-static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline)
+/* The gate's part of the record, but for the deadline: gr__park_begin's
+ * first half, alone for a call that ran gr__park_check before it knew it
+ * would park (io.c's first try of a socket call). */
+static inline void gr__park_fill(struct gr__hub *hub, struct gr__park *p)
 {
 	p->fiber = hub->current;
 	p->queue = NULL;
@@ -758,6 +761,11 @@ static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_
 	p->status = 0;
 	p->kind = GR__PARK_OP;
 	p->cond = NULL;
+}
+
+static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline)
+{
+	gr__park_fill(hub, p);
 	return gr__park_check(p->fiber, deadline, p->uncancellable, &p->deadline);
 }
 

@@ -456,11 +456,24 @@ static bool names_a_path(const struct gr_op *op)
 	return (op->kind == GR_OP_OPENAT || op->kind == GR_OP_STATX) && op->fd == AT_FDCWD;
 }
 
+/* The socket calls a server makes per message, on a readiness hub: tried
+ * once before the call's park record is built, since they mostly find
+ * their data or room (callgrind, a ready gr_send+gr_recv on epoll: the
+ * record and the way down to run_stream were a quarter of the pair). They
+ * need no O_NONBLOCK (MSG_DONTWAIT) and are never files, so the try is the
+ * one run_stream would make first. */
+static bool tried_before_parking(const struct gr__hub *hub, const struct gr_op *op)
+{
+	if (hub->ops->caps & GR_HUB_CAP_COMPLETION)
+		return false;
+	return op->kind == GR_OP_RECV || op->kind == GR_OP_SEND || op->kind == GR_OP_RECVMSG ||
+	       op->kind == GR_OP_SENDMSG;
+}
+
 /* The one path: through the gate, then the backend's way of doing it. */
 int64_t gr__run_op(struct gr__op *o, const char *what)
 {
 	struct gr__hub *hub = NULL;
-	struct gr__park p = { .what = what };
 	int err = gr__park_hub(&hub);
 
 	if (err)
@@ -468,17 +481,41 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 	int fd = o->op.fd;
 	if (fd < 0 && !names_a_path(&o->op))
 		return -EBADF;
-	p.limit = o->op.deadline;
-	p.fd_dirs = kind_dirs[o->op.kind];
+	uint8_t dirs = kind_dirs[o->op.kind];
+	int64_t deadline;
 	/* The one look-up of the fd's state for the whole call (NULL the first
 	 * time: gr__fd_link makes it): the deadlines, the kind, the listing. */
 	o->fd_st = gr__fd_peek(hub, fd);
-	err = gr__park_begin(hub, &p, gr__deadline_min(p.limit, gr__fd_deadline_of(o->fd_st, p.fd_dirs)));
+	err = gr__park_check(hub->current,
+			     gr__deadline_min(o->op.deadline, gr__fd_deadline_of(o->fd_st, dirs)), false,
+			     &deadline);
 	if (err)
 		return err;
+	bool would_block = false;
+	if (tried_before_parking(hub, &o->op)) {
+		int64_t r = attempt(&o->op);
+
+		if (r != -EAGAIN && r != -EWOULDBLOCK) {
+			spend_budget(hub);
+			return r;
+		}
+		would_block = true;
+	}
+	struct gr__park p = { .what = what, .limit = o->op.deadline, .fd_dirs = dirs };
+	gr__park_fill(hub, &p);
+	p.deadline = deadline;
+	int64_t r;
+	if (would_block) {
+		/* What run_stream does after its own try says EAGAIN. */
+		r = gr__park_ready(hub, &p, fd, op_events(&o->op),
+				   trusts_registration(&o->op) ? GR_POLL_AFTER_EAGAIN : 0);
+		if (r < 0) {
+			spend_budget(hub);
+			return r;
+		}
+	}
 	struct msghdr msg;
 	bool sent = write_as_send(hub, o, &msg);
-	int64_t r;
 	while ((r = run_backend(hub, &p, o)) == -ENOTSOCK && sent) {
 		send_as_write(hub, o);
 		sent = false;
