@@ -299,7 +299,7 @@ static void wait_failed(struct gr__hub *hub, int r)
  * afresh. */
 static int64_t wait_timeout(struct gr__hub *hub, int64_t seen)
 {
-	int64_t now = 0, due = gr__offload_next_deadline(hub);
+	int64_t now = 0, due = hub->offload.used ? gr__offload_next_deadline(hub) : GR_FOREVER;
 	int64_t trim = gr__stack_pool_trim_due(hub->stacks);
 
 	if (hub->fds_busy != 0 || hub->audit_due != 0 || due != GR_FOREVER || trim != GR_FOREVER) {

@@ -113,8 +113,10 @@ static int ensure_nonblocking(int fd)
 	return 0;
 }
 
-/* The system call itself, never blocking (given a non-blocking fd). */
-static int64_t attempt(const struct gr_op *op)
+/* The system call itself, never blocking (given a non-blocking fd).
+ * Inlined where it is called: a ready socket call's whole cost is a few
+ * dozen instructions around it. */
+static inline __attribute__((always_inline)) int64_t attempt(const struct gr_op *op)
 {
 	ssize_t r;
 
@@ -470,6 +472,29 @@ static bool tried_before_parking(const struct gr__hub *hub, const struct gr_op *
 	       op->kind == GR_OP_SENDMSG;
 }
 
+/* A call tried_before_parking whose try said EAGAIN (the gate's checks
+ * passed with `deadline`): its park record, then run_stream's loop for these
+ * kinds (no connect, no file, no fcntl) without the way down to it: wait
+ * for readiness, try again. Out of line, so that the record and the loop
+ * cost the calls that find their data nothing. */
+static __attribute__((noinline)) int64_t ready_then_retry(struct gr__hub *hub, struct gr__op *o,
+							   const char *what, uint8_t dirs,
+							   int64_t deadline)
+{
+	struct gr__park p = { .what = what, .limit = o->op.deadline, .fd_dirs = dirs };
+	int64_t r;
+
+	gr__park_fill(hub, &p);
+	p.deadline = deadline;
+	do {
+		r = gr__park_ready(hub, &p, o->op.fd, op_events(&o->op),
+				   trusts_registration(&o->op) ? GR_POLL_AFTER_EAGAIN : 0);
+		if (r >= 0)
+			r = attempt(&o->op);
+	} while (r == -EAGAIN || r == -EWOULDBLOCK);
+	return r;
+}
+
 /* The one path: through the gate, then the backend's way of doing it. */
 int64_t gr__run_op(struct gr__op *o, const char *what)
 {
@@ -491,29 +516,18 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 			     &deadline);
 	if (err)
 		return err;
-	bool would_block = false;
 	if (tried_before_parking(hub, &o->op)) {
 		int64_t r = attempt(&o->op);
 
-		if (r != -EAGAIN && r != -EWOULDBLOCK) {
-			spend_budget(hub);
-			return r;
-		}
-		would_block = true;
+		if (r == -EAGAIN || r == -EWOULDBLOCK)
+			r = ready_then_retry(hub, o, what, dirs, deadline);
+		spend_budget(hub);
+		return r;
 	}
 	struct gr__park p = { .what = what, .limit = o->op.deadline, .fd_dirs = dirs };
 	gr__park_fill(hub, &p);
 	p.deadline = deadline;
 	int64_t r;
-	if (would_block) {
-		/* What run_stream does after its own try says EAGAIN. */
-		r = gr__park_ready(hub, &p, fd, op_events(&o->op),
-				   trusts_registration(&o->op) ? GR_POLL_AFTER_EAGAIN : 0);
-		if (r < 0) {
-			spend_budget(hub);
-			return r;
-		}
-	}
 	struct msghdr msg;
 	bool sent = write_as_send(hub, o, &msg);
 	while ((r = run_backend(hub, &p, o)) == -ENOTSOCK && sent) {
