@@ -44,7 +44,7 @@
 #define AUDIT_EPOCH (100 * GR_MSEC)
 #define AUDIT_GAP_MAX 64
 
-struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
+struct gr__fdstate *gr__fd_state_make(struct gr__hub *hub, int fd)
 {
 	struct gr__fdstate *st = gr__fd_peek(hub, fd);
 
@@ -88,10 +88,13 @@ void gr__fd_table_free(struct gr__hub *hub)
 	hub->fd_nchunks = 0;
 }
 
-int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
+/* gr__fd_link (internal.h) when its fast path cannot: the fd's state is
+ * not known yet (made here for an open fd), a gr_close of it is under way,
+ * or this hub's claim on it is not recorded yet. */
+int gr__fd_link_slow(struct gr__hub *hub, struct gr__op *o, struct gr__fdstate *st)
 {
-	struct gr__fdstate *st = gr__fd_state(hub, o->op.fd);
-
+	if (!st)
+		st = gr__fd_state(hub, o->op.fd);
 	if (!st)
 		return errno == EBADF ? -EBADF : -ENOMEM;
 	if (st->closing && o->op.kind != GR_OP_CLOSE && gr__fd_still_held(o->op.fd, st))
@@ -100,20 +103,19 @@ int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
 		hub->fds_busy++;
 		/* Once per fd and hub (until it closes the fd), not per
 		 * operation: the record other threads' gr_close reads. */
-		if (__builtin_expect(!st->claimed, 0) && o->op.kind != GR_OP_CLOSE)
+		if (!st->claimed && o->op.kind != GR_OP_CLOSE)
 			gr__fd_claim(hub, o->op.fd, st);
 	}
 	gr__list_push_back(&st->ops, &o->fd_link);
+	o->fd_st = st;
 	o->on_fd = true;
 	return 0;
 }
 
-void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o)
+/* The rest of gr__fd_unlink (internal.h) once o is off the list, when a
+ * gr_close of the fd is under way or o is the close itself. */
+void gr__fd_unlink_close(struct gr__hub *hub, struct gr__op *o, struct gr__fdstate *st)
 {
-	struct gr__fdstate *st = gr__fd_peek(hub, o->op.fd);
-
-	gr__list_remove(&st->ops, &o->fd_link);
-	o->on_fd = false;
 	/* gr_close's own close ended (or could not start): the number is free
 	 * from this moment, before the closer runs again. */
 	if (o->op.kind == GR_OP_CLOSE)

@@ -273,15 +273,23 @@ static void wait_failed(struct gr__hub *hub, int r)
  * pool (offload.c: no backend times those) or the next trim of free stacks
  * (stack.c: an idle hub gives their memory back). The audit runs first: one that
  * finds a closed fd completes its operations (a readiness backend at once),
- * and their fibers are runnable before the wait, which must then not block. */
-static int64_t wait_timeout(struct gr__hub *hub)
+ * and their fibers are runnable before the wait, which must then not block.
+ *
+ * `seen` is the clock as the loop last read it, when the turn just run gave
+ * it the thread back (0: a wait came since, so it is stale). The audit and
+ * the trim are coarse (epochs of 100 ms, seconds): that reading, a few
+ * microseconds old, serves them, and a loop turn reads the clock twice
+ * instead of three times (gr_now() is a vDSO call, slow on some VMs). An
+ * offload deadline is not coarse: with one pending, the clock is read
+ * afresh. */
+static int64_t wait_timeout(struct gr__hub *hub, int64_t seen)
 {
-	int64_t now = 0, due = gr__offload_next_deadline(hub);
+	int64_t now = 0, due = hub->offload.used ? gr__offload_next_deadline(hub) : GR_FOREVER;
 	int64_t trim = gr__stack_pool_trim_due(hub->stacks);
 
 	if (hub->fds_busy != 0 || hub->audit_due != 0 || due != GR_FOREVER || trim != GR_FOREVER) {
-		now = gr_now();
-		due = gr__deadline_min(gr__deadline_min(gr__fd_audit(hub, now), due), trim);
+		now = seen != 0 && due == GR_FOREVER ? seen : gr_now();
+		due = gr__deadline_min(gr__deadline_min(gr__fd_audit_next(hub, now), due), trim);
 	}
 	if (!gr__list_empty(&hub->next))
 		return 0;
@@ -295,6 +303,7 @@ static void hub_main(gr__transfer t)
 	struct gr__hub *hub = tls_hub;
 
 	gr__switch_arrived(hub, hub->loop, t);
+	int64_t seen = 0; /* the clock when the last turn ended; 0 once a wait came */
 	for (;;) {
 		gr__hub_drain_inbox(hub);
 		gr__offload_reap(hub);
@@ -313,7 +322,7 @@ static void hub_main(gr__transfer t)
 			int64_t since = 0;
 
 			if (!spell || !gr__hub_spin(hub, &since)) {
-				int r = gr__hub_backend_wait(hub, wait_timeout(hub));
+				int r = gr__hub_backend_wait(hub, wait_timeout(hub, seen));
 
 				if (r < 0 && !transient_wait_error(r))
 					wait_failed(hub, r);
@@ -322,6 +331,7 @@ static void hub_main(gr__transfer t)
 				if (spell)
 					gr__hub_slept(hub, since);
 			}
+			seen = 0; /* time passed: spinning or asleep */
 			gr__hub_drain_inbox(hub);
 			gr__offload_reap(hub);
 		}
@@ -340,7 +350,8 @@ static void hub_main(gr__transfer t)
 		hub->turns++;
 		gr_fiber *f = gr__runq_pop(&hub->now);
 		gr__switch_to(hub, hub->loop, f, false);
-		int64_t ran = gr_now() - start;
+		seen = gr_now();
+		int64_t ran = seen - start;
 		if (ran > hub->counters.longest_run_ns)
 			hub->counters.longest_run_ns = ran;
 	}

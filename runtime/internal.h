@@ -85,6 +85,9 @@ struct gr__op {
 	struct gr__park *park;            /* the wait it serves */
 	void (*on_complete)(struct gr__op *o);
 	struct gr__link fd_link;          /* on its fd's list while in flight */
+	struct gr__fdstate *fd_st;        /* its fd's state once looked up, or NULL:
+					     the table never moves, so the state
+					     found once serves the whole call */
 	struct gr__offload *offload;      /* not NULL: the thread pool performs it,
 					     not the backend (offload.c) */
 	uint8_t cancel_errno;             /* why the core cancelled it: 0, ECANCELED,
@@ -415,8 +418,9 @@ struct gr__offloads {
 int gr__offload_submit(struct gr__hub *hub, struct gr__op *o);
 void gr__offload_cancel(struct gr__hub *hub, struct gr__op *o);
 /* The hub loop: complete what workers finished, and cancel (ETIMEDOUT)
- * those whose deadline has passed. */
-void gr__offload_reap(struct gr__hub *hub);
+ * those whose deadline has passed (through gr__offload_reap, below the
+ * hub's struct). */
+void gr__offload_reap_used(struct gr__hub *hub);
 /* When the next offloaded deadline passes (GR_FOREVER: none). */
 int64_t gr__offload_next_deadline(const struct gr__hub *hub);
 /* Hub teardown: nothing is in flight any more; wait out workers still in
@@ -524,6 +528,15 @@ struct gr__hub {
 	unsigned spin_skip;               /* idle spells to sleep through unspun */
 	unsigned spin_backoff;            /* the next skip if a spin fails */
 };
+
+/* offload.c's reap (gr__offload_reap_used, above), called twice per loop
+ * turn: a hub that never offloaded anything (no worker can have finished
+ * one for it, no deadline of one is pending) asks nothing more. */
+static inline void gr__offload_reap(struct gr__hub *hub)
+{
+	if (__builtin_expect(hub->offload.used, 0))
+		gr__offload_reap_used(hub);
+}
 
 /* The hub moved along (see gr__hub.progress). */
 static inline void gr__hub_progress(struct gr__hub *hub, unsigned n)
@@ -699,7 +712,8 @@ static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *h
 			hub->turns++;
 			next = gr__runq_pop(&hub->now);
 		} else {
-			next = gr__hub_loop_fiber(hub);
+			/* Made by the gate's first check: no call out of line. */
+			next = hub->loop ? hub->loop : gr__hub_loop_fiber(hub);
 		}
 	}
 	if (next == self) {
@@ -759,7 +773,10 @@ static inline int gr__park_check(const gr_fiber *self, int64_t deadline, bool un
 	return 0;
 }
 
-static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline)
+/* The gate's part of the record, but for the deadline: gr__park_begin's
+ * first half, alone for a call that ran gr__park_check before it knew it
+ * would park (io.c's first try of a socket call). */
+static inline void gr__park_fill(struct gr__hub *hub, struct gr__park *p)
 {
 	p->fiber = hub->current;
 	p->queue = NULL;
@@ -768,6 +785,11 @@ static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_
 	p->status = 0;
 	p->kind = GR__PARK_OP;
 	p->cond = NULL;
+}
+
+static inline int gr__park_begin(struct gr__hub *hub, struct gr__park *p, int64_t deadline)
+{
+	gr__park_fill(hub, p);
 	return gr__park_check(p->fiber, deadline, p->uncancellable, &p->deadline);
 }
 
@@ -854,8 +876,8 @@ void gr__fd_forget(struct gr__fdstate *st);
 
 /* fd's state, made on first use for an open fd. NULL with errno: EBADF (a
  * negative or unopened fd), ENOMEM. The address is stable for the hub's
- * life. */
-struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd);
+ * life. gr__fd_state_make is the first use (out of line). */
+struct gr__fdstate *gr__fd_state_make(struct gr__hub *hub, int fd);
 #define GR__FD_CHUNK 256
 
 /* fd's state if it was ever made, else NULL. Inline: every green call
@@ -868,11 +890,53 @@ static inline struct gr__fdstate *gr__fd_peek(struct gr__hub *hub, int fd)
 		return NULL;
 	return &hub->fd_chunks[c][(size_t)fd % GR__FD_CHUNK];
 }
+
+static inline struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
+{
+	struct gr__fdstate *st = gr__fd_peek(hub, fd);
+
+	return __builtin_expect(st != NULL, 1) ? st : gr__fd_state_make(hub, fd);
+}
+
 /* List o on its fd (before submit). 0; -EBADF (a gr_close of fd is under
- * way, or fd is not open); -ENOMEM. */
-int gr__fd_link(struct gr__hub *hub, struct gr__op *o);
-/* Take o off its fd's list (at completion, or a failed submit). */
-void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o);
+ * way, or fd is not open); -ENOMEM. Inline for the common case (the fd's
+ * state exists, no close is under way, this hub's claim on the fd is
+ * recorded); gr__fd_link_slow does the rest: every operation passes here,
+ * and the call out of line with a second lookup cost ~50 instructions. */
+int gr__fd_link_slow(struct gr__hub *hub, struct gr__op *o, struct gr__fdstate *st);
+static inline int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
+{
+	struct gr__fdstate *st = o->fd_st ? o->fd_st : gr__fd_peek(hub, o->op.fd);
+
+	if (__builtin_expect(!st || st->closing || !st->claimed, 0))
+		return gr__fd_link_slow(hub, o, st);
+	if (gr__list_empty(&st->ops))
+		hub->fds_busy++;
+	gr__list_push_back(&st->ops, &o->fd_link);
+	o->fd_st = st;
+	o->on_fd = true;
+	return 0;
+}
+
+/* Take o off its fd's list (at completion, or a failed submit). Inline
+ * but for what a close needs (a gr_close of the fd under way, or its own
+ * close operation): gr__fd_unlink_close. */
+void gr__fd_unlink_close(struct gr__hub *hub, struct gr__op *o, struct gr__fdstate *st);
+static inline void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o)
+{
+	struct gr__fdstate *st = o->fd_st;
+
+	gr__list_remove(&st->ops, &o->fd_link);
+	o->on_fd = false;
+	if (__builtin_expect(st->closing != 0 || o->op.kind == GR_OP_CLOSE, 0)) {
+		gr__fd_unlink_close(hub, o, st);
+		return;
+	}
+	if (gr__list_empty(&st->ops)) {
+		hub->fds_busy--;
+		st->audit_at = 0;
+	}
+}
 /* Cancel every operation on st with `why`. Safe when a cancel completes
  * other operations of the fd synchronously. */
 void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
@@ -880,14 +944,28 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
  * back: runs the audits due at `now`, returns when the next is due
  * (GR_FOREVER: nothing to audit). */
 int64_t gr__fd_audit(struct gr__hub *hub, int64_t now);
+/* The same, asked every loop turn while fds wait: inline when the audit
+ * planned is not due yet, which is nearly always. */
+static inline int64_t gr__fd_audit_next(struct gr__hub *hub, int64_t now)
+{
+	if (hub->fds_busy != 0 && hub->audit_due != 0 && now < hub->audit_due)
+		return hub->audit_due;
+	return gr__fd_audit(hub, now);
+}
 /* Release the table (hub teardown). */
 void gr__fd_table_free(struct gr__hub *hub);
 
 /* The sooner per-fd deadline of the directions in `dirs` (GR_FD_READ,
  * GR_FD_WRITE) for calls on fd, GR_FOREVER if none is set. */
+static inline int64_t gr__fd_deadline_of(const struct gr__fdstate *st, unsigned dirs);
 static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
 {
-	const struct gr__fdstate *st = gr__fd_peek(hub, fd);
+	return gr__fd_deadline_of(gr__fd_peek(hub, fd), dirs);
+}
+
+/* The same, from the fd's state (NULL: none made yet, so none set). */
+static inline int64_t gr__fd_deadline_of(const struct gr__fdstate *st, unsigned dirs)
+{
 	int64_t d = GR_FOREVER;
 
 	if (!st)

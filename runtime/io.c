@@ -113,8 +113,10 @@ static int ensure_nonblocking(int fd)
 	return 0;
 }
 
-/* The system call itself, never blocking (given a non-blocking fd). */
-static int64_t attempt(const struct gr_op *op)
+/* The system call itself, never blocking (given a non-blocking fd).
+ * Inlined where it is called: a ready socket call's whole cost is a few
+ * dozen instructions around it. */
+static inline __attribute__((always_inline)) int64_t attempt(const struct gr_op *op)
 {
 	ssize_t r;
 
@@ -190,6 +192,20 @@ static void forget_previous_file(struct gr__hub *hub, int fd)
 		hub->ops->fd_forget(hub->backend, fd);
 }
 
+/* What o's fd names (GR__FD_*, or -EBADF, -ENOMEM): from the state the
+ * call looked up, without a second look-up or a call, once known. */
+static inline int op_fd_kind(struct gr__hub *hub, struct gr__op *o)
+{
+	const struct gr__fdstate *st = o->fd_st;
+
+	if (__builtin_expect(st && st->kind != GR__FD_UNKNOWN, 1))
+		return st->kind;
+	int kind = gr__fd_kind(hub, o->op.fd);
+	if (!o->fd_st)
+		o->fd_st = gr__fd_peek(hub, o->op.fd);
+	return kind;
+}
+
 /* read, write, readv, writev: the calls that serve regular files too. */
 static bool reads_or_writes(const struct gr_op *op)
 {
@@ -205,7 +221,7 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr_
 		/* A regular file is never "not ready": its calls would block
 		 * the thread on the disk instead of returning EAGAIN. file.c
 		 * serves it (page-cache hits here, the rest on the pool). */
-		int kind = gr__fd_kind(hub, op->fd);
+		int kind = op_fd_kind(hub, o);
 
 		if (kind < 0)
 			return kind;
@@ -266,6 +282,7 @@ int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short ev
 	if (!st)
 		return errno == EBADF ? -EBADF : -ENOMEM;
 	uint32_t closes = st->closes;
+	wait.fd_st = st;
 	r = gr__park_op(hub, p, &wait);
 	if (r < 0)
 		return r;
@@ -359,6 +376,7 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 			return r;
 		struct gr__op wait = gr__op_init(GR_OP_POLL, o->op.fd);
 		wait.op.events = op_events(&o->op);
+		wait.fd_st = o->fd_st;
 		r = gr__park_op(hub, p, &wait);
 		if (r < 0)
 			return r;
@@ -390,7 +408,7 @@ static bool write_as_send(struct gr__hub *hub, struct gr__op *o, struct msghdr *
 	struct gr_op *op = &o->op;
 
 	if ((op->kind != GR_OP_WRITE && op->kind != GR_OP_WRITEV) || op->off >= 0 ||
-	    gr__fd_kind(hub, op->fd) != GR__FD_SOCKET)
+	    op_fd_kind(hub, o) != GR__FD_SOCKET)
 		return false;
 	if (op->kind == GR_OP_WRITE) {
 		op->kind = GR_OP_SEND;
@@ -440,11 +458,47 @@ static bool names_a_path(const struct gr_op *op)
 	return (op->kind == GR_OP_OPENAT || op->kind == GR_OP_STATX) && op->fd == AT_FDCWD;
 }
 
+/* The socket calls a server makes per message, on a readiness hub: tried
+ * once before the call's park record is built, since they mostly find
+ * their data or room (callgrind, a ready gr_send+gr_recv on epoll: the
+ * record and the way down to run_stream were a quarter of the pair). They
+ * need no O_NONBLOCK (MSG_DONTWAIT) and are never files, so the try is the
+ * one run_stream would make first. */
+static bool tried_before_parking(const struct gr__hub *hub, const struct gr_op *op)
+{
+	if (hub->ops->caps & GR_HUB_CAP_COMPLETION)
+		return false;
+	return op->kind == GR_OP_RECV || op->kind == GR_OP_SEND || op->kind == GR_OP_RECVMSG ||
+	       op->kind == GR_OP_SENDMSG;
+}
+
+/* A call tried_before_parking whose try said EAGAIN (the gate's checks
+ * passed with `deadline`): its park record, then run_stream's loop for these
+ * kinds (no connect, no file, no fcntl) without the way down to it: wait
+ * for readiness, try again. Out of line, so that the record and the loop
+ * cost the calls that find their data nothing. */
+static __attribute__((noinline)) int64_t ready_then_retry(struct gr__hub *hub, struct gr__op *o,
+							   const char *what, uint8_t dirs,
+							   int64_t deadline)
+{
+	struct gr__park p = { .what = what, .limit = o->op.deadline, .fd_dirs = dirs };
+	int64_t r;
+
+	gr__park_fill(hub, &p);
+	p.deadline = deadline;
+	do {
+		r = gr__park_ready(hub, &p, o->op.fd, op_events(&o->op),
+				   trusts_registration(&o->op) ? GR_POLL_AFTER_EAGAIN : 0);
+		if (r >= 0)
+			r = attempt(&o->op);
+	} while (r == -EAGAIN || r == -EWOULDBLOCK);
+	return r;
+}
+
 /* The one path: through the gate, then the backend's way of doing it. */
 int64_t gr__run_op(struct gr__op *o, const char *what)
 {
 	struct gr__hub *hub = NULL;
-	struct gr__park p = { .what = what };
 	int err = gr__park_hub(&hub);
 
 	if (err)
@@ -452,14 +506,30 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 	int fd = o->op.fd;
 	if (fd < 0 && !names_a_path(&o->op))
 		return -EBADF;
-	p.limit = o->op.deadline;
-	p.fd_dirs = kind_dirs[o->op.kind];
-	err = gr__park_begin(hub, &p, gr__deadline_min(p.limit, gr__fd_deadline(hub, fd, p.fd_dirs)));
+	uint8_t dirs = kind_dirs[o->op.kind];
+	int64_t deadline;
+	/* The one look-up of the fd's state for the whole call (NULL the first
+	 * time: gr__fd_link makes it): the deadlines, the kind, the listing. */
+	o->fd_st = gr__fd_peek(hub, fd);
+	err = gr__park_check(hub->current,
+			     gr__deadline_min(o->op.deadline, gr__fd_deadline_of(o->fd_st, dirs)), false,
+			     &deadline);
 	if (err)
 		return err;
+	if (tried_before_parking(hub, &o->op)) {
+		int64_t r = attempt(&o->op);
+
+		if (r == -EAGAIN || r == -EWOULDBLOCK)
+			r = ready_then_retry(hub, o, what, dirs, deadline);
+		spend_budget(hub);
+		return r;
+	}
+	struct gr__park p = { .what = what, .limit = o->op.deadline, .fd_dirs = dirs };
+	gr__park_fill(hub, &p);
+	p.deadline = deadline;
+	int64_t r;
 	struct msghdr msg;
 	bool sent = write_as_send(hub, o, &msg);
-	int64_t r;
 	while ((r = run_backend(hub, &p, o)) == -ENOTSOCK && sent) {
 		send_as_write(hub, o);
 		sent = false;

@@ -86,7 +86,7 @@ void gr__offload_cancel(struct gr__hub *hub, struct gr__op *o)
 	/* Else a worker is in the system call: its completion comes. */
 }
 
-void gr__offload_reap(struct gr__hub *hub)
+void gr__offload_reap_used(struct gr__hub *hub)
 {
 	/* In finish order. The record may be gone once its operation is
 	 * complete: next is read first. */

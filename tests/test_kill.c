@@ -126,6 +126,60 @@ Test(kill, a_fiber_may_kill_itself)
 	cr_assert_eq(rc[2], -ECANCELED);
 }
 
+/* A killed fiber's socket calls that would not have to wait (data there,
+ * room to send) fail all the same, and move nothing: the readiness hubs try
+ * these calls before building a park record, after the gate's checks. */
+struct ready_calls {
+	int fd;
+	ssize_t r[4];
+	int e[4];
+	ssize_t after_ack;
+};
+
+static void *ready_calls_after_a_kill(void *arg)
+{
+	struct ready_calls *s = arg;
+	char buf[8];
+	struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	gr_kill(gr_self());
+	s->r[0] = gr_recv(s->fd, buf, sizeof(buf), 0);
+	s->e[0] = errno;
+	s->r[1] = gr_recvmsg(s->fd, &msg, 0);
+	s->e[1] = errno;
+	s->r[2] = gr_send(s->fd, "y", 1, 0);
+	s->e[2] = errno;
+	iov.iov_len = 1;
+	s->r[3] = gr_sendmsg(s->fd, &msg, 0);
+	s->e[3] = errno;
+	cr_assert_eq(gr_kill_ack(GR_FOREVER), 0);
+	s->after_ack = gr_recv(s->fd, buf, sizeof(buf), 0);
+	return NULL;
+}
+
+Test(kill, a_killed_fibers_ready_socket_calls_fail_and_move_nothing)
+{
+	int sv[2];
+	struct ready_calls s = { 0 };
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	cr_assert_eq(write(sv[0], "x", 1), 1);
+	s.fd = sv[1];
+	gr_fiber *f = gr_spawn(ready_calls_after_a_kill, &s);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	for (int i = 0; i < 4; i++) {
+		cr_assert_eq(s.r[i], -1, "call %d went through after the kill", i);
+		cr_assert_eq(s.e[i], ECANCELED, "call %d: %s", i, strerror(s.e[i]));
+	}
+	cr_assert_eq(s.after_ack, 1, "the byte waiting before the kill was lost");
+	char c;
+	cr_assert_eq(recv(sv[0], &c, 1, MSG_DONTWAIT), -1, "a send after the kill went through");
+	cr_assert_eq(errno, EAGAIN);
+	close(sv[0]);
+	gr_close(sv[1]);
+}
+
 /* ------------------------------------------------------------ blocked I/O */
 
 struct recv_state {
