@@ -89,16 +89,21 @@ void gr__hub_wake(struct gr__hub *hub)
 
 int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout)
 {
-	if (timeout != 0) {
+	bool may_block = timeout != 0;
+
+	if (may_block) {
 		atomic_store_explicit(&hub->sleeping, true, memory_order_relaxed);
 		atomic_thread_fence(memory_order_seq_cst);
-		if (posted(hub))
-			timeout = 0; /* posted before the poster could see us asleep */
+		if (posted(hub)) {
+			/* Posted before the poster could see us asleep. */
+			atomic_store_explicit(&hub->sleeping, false, memory_order_relaxed);
+			may_block = false;
+			timeout = 0;
+		}
 	}
 	/* One that may block marks the hub idle for the monitor (an odd
 	 * progress count): a hub asleep in its backend is waiting for work,
 	 * not stuck behind a fiber. */
-	bool may_block = timeout != 0;
 	if (may_block)
 		gr__hub_progress(hub, 1);
 	int r = hub->ops->wait(hub->backend, timeout);
