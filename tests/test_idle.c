@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "support.h"
+#include "tinypoll.h"
 
 GRT_SUITE(idle);
 
@@ -333,4 +334,93 @@ Test(idle, a_spin_that_keeps_missing_stops)
 	 * parked before the first post, which a loaded machine may delay:
 	 * the ping-pong tests above assert that spins happen.) */
 	cr_assert_eq(gr_chan_destroy(&lp.ch), 0);
+}
+
+/* ------------------------------------------------ only a sleeper is woken */
+
+/* Another thread posts to a hub that never sleeps (a fiber of it yields
+ * all along): the hub finds every post on its own loop turns, and nobody
+ * calls its backend's wake(). Counted on tinypoll, the third-party hub of
+ * the tests, whatever hub this run is for: before idle.c every post that
+ * found the inbox empty called wake(). */
+struct busy_hub {
+	gr_chan ch;
+	long items;
+	atomic_int busy;            /* the yielding fiber runs */
+	atomic_int stop;
+	long received;
+	int use_rc;
+};
+
+static void *yielder(void *arg)
+{
+	struct busy_hub *bh = arg;
+
+	atomic_store(&bh->busy, 1);
+	while (!atomic_load(&bh->stop))
+		if (gr_sleep(0) != 0) {
+			grt_fail("gr_sleep(0) failed");
+			break;
+		}
+	return NULL;
+}
+
+static void *busy_receiver(void *arg)
+{
+	struct busy_hub *bh = arg;
+
+	for (long i = 0; i < bh->items; i++) {
+		void *it;
+		int rc = gr_chan_recv(&bh->ch, &it, within(LONG_ENOUGH));
+
+		if (rc != 0) {
+			grt_fail("receiver, item %ld: %s", i, strerror(-rc));
+			break;
+		}
+		bh->received++;
+	}
+	return NULL;
+}
+
+static void busy_hub_main(void *arg)
+{
+	struct busy_hub *bh = arg;
+
+	bh->use_rc = gr_hub_use_ops(&grt_tinypoll_ops);
+	if (bh->use_rc != 0)
+		return;
+	gr_fiber *r = gr_spawn(busy_receiver, bh);
+	gr_fiber *y = gr_spawn(yielder, bh);
+
+	if (!r || !y) {
+		grt_fail("gr_spawn: %s", strerror(errno));
+		atomic_store(&bh->stop, 1);
+	}
+	if (r)
+		gr_join(r, NULL, GR_FOREVER);
+	atomic_store(&bh->stop, 1);
+	if (y)
+		gr_join(y, NULL, GR_FOREVER);
+}
+
+Test(idle, a_hub_that_is_running_is_not_woken)
+{
+	struct busy_hub bh = { .items = 2000 };
+	struct grt_thread t;
+
+	cr_assert_eq(gr_chan_init(&bh.ch, 0), 0);
+	grt_fail_reset();
+	grt_thread_start(&t, 1, busy_hub_main, &bh);
+	grt_await_flag(&bh.busy, "the hub's yielding fiber");
+	long wakes = atomic_load(&grt_tp_stats.wakes);
+	for (long i = 0; i < bh.items; i++)
+		cr_assert_eq(gr_chan_send(&bh.ch, (void *)1, within(LONG_ENOUGH)), 0, "item %ld", i);
+	long during = atomic_load(&grt_tp_stats.wakes) - wakes;
+	grt_thread_join(&t);
+	cr_assert_eq(bh.use_rc, 0, "gr_hub_use_ops: %s", strerror(-bh.use_rc));
+	grt_assert_no_failures();
+	cr_assert_eq(bh.received, bh.items);
+	cr_assert_eq(during, 0, "%ld wake() calls for %ld posts to a hub that never slept", during,
+		     bh.items);
+	cr_assert_eq(gr_chan_destroy(&bh.ch), 0);
 }

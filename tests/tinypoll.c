@@ -156,6 +156,7 @@ int grt_tp_wake(void *state)
 {
 	struct grt_tinypoll *t = state;
 
+	atomic_fetch_add(&grt_tp_stats.wakes, 1);
 	if (atomic_exchange(&t->wake_pending, true))
 		return 0;
 	return write(t->wake[1], "w", 1) < 0 && errno != EAGAIN ? -errno : 0;

@@ -27,6 +27,7 @@ struct grt_tinypoll {
 extern struct grt_tp_stats {
 	atomic_int inits, finis;
 	atomic_long submits, waits, cancels;
+	atomic_long wakes;        /* wake() calls, from any thread */
 } grt_tp_stats;
 
 /* The hub_ops functions (see greenring/hub_ops.h for their contracts). */
