@@ -276,8 +276,8 @@ void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
  * thread: wake the hub if it may be asleep in its backend.
  * gr__hub_backend_wait: the backend's wait(), which other threads' posts
  * interrupt (it does not block if one came first). 0 or -errno.
- * gr__hub_expects_post: nothing in the backend, and some fiber waits on
- * another thread: worth a spin before sleeping.
+ * gr__hub_expects_post: nothing but timers in the backend, and one to a
+ * few fibers wait on other threads: worth a spin before sleeping.
  * gr__hub_spin: spin for a post, unless recent spins missed; true if one
  * came. *since: when this idle spell began. Else the loop sleeps, then
  * tells gr__hub_slept, which resumes spinning if a post came soon enough. */
@@ -956,14 +956,8 @@ static inline int64_t gr__fd_audit_next(struct gr__hub *hub, int64_t now)
 void gr__fd_table_free(struct gr__hub *hub);
 
 /* The sooner per-fd deadline of the directions in `dirs` (GR_FD_READ,
- * GR_FD_WRITE) for calls on fd, GR_FOREVER if none is set. */
-static inline int64_t gr__fd_deadline_of(const struct gr__fdstate *st, unsigned dirs);
-static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
-{
-	return gr__fd_deadline_of(gr__fd_peek(hub, fd), dirs);
-}
-
-/* The same, from the fd's state (NULL: none made yet, so none set). */
+ * GR_FD_WRITE) for calls on the fd whose state is st (NULL: none made yet,
+ * so none set), GR_FOREVER if none is set. */
 static inline int64_t gr__fd_deadline_of(const struct gr__fdstate *st, unsigned dirs)
 {
 	int64_t d = GR_FOREVER;
@@ -975,6 +969,12 @@ static inline int64_t gr__fd_deadline_of(const struct gr__fdstate *st, unsigned 
 	if ((dirs & GR_FD_WRITE) && st->deadline[1])
 		d = gr__deadline_min(d, st->deadline[1]);
 	return d;
+}
+
+/* The same, for fd on this hub. */
+static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
+{
+	return gr__fd_deadline_of(gr__fd_peek(hub, fd), dirs);
 }
 
 /* fds across threads (fd_remote.c). A process-wide record says, per fd,
