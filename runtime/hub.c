@@ -345,9 +345,7 @@ static void hub_main(gr__transfer t)
 		 * fibers start themselves (nothing in flight) read nothing. */
 		int64_t start = gr_now();
 		hub->clock = start;
-		hub->now = hub->next;
-		hub->next.first = hub->next.last = NULL;
-		hub->turns++;
+		gr__runq_next_turn(hub);
 		gr_fiber *f = gr__runq_pop(&hub->now);
 		gr__switch_to(hub, hub->loop, f, false);
 		seen = gr_now();

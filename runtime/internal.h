@@ -654,6 +654,18 @@ static inline gr_fiber *gr__runq_pop(struct gr__list *q)
 	return gr__fiber_of_run(gr__list_pop_front(q));
 }
 
+/* Start the next turn: what was made runnable during this one (in `next`)
+ * becomes `now`, which is empty. A splice, not `hub->now = hub->next`: GCC
+ * turns that struct copy into one 16-byte load, which the CPU cannot
+ * forward from the two 8-byte stores of the push just before it (a yield
+ * pushes itself, then starts the turn); the stall until those stores
+ * retired was a fifth of a yield's time (perf, bench/micro's yield). */
+static inline void gr__runq_next_turn(struct gr__hub *hub)
+{
+	gr__list_splice_back(&hub->now, &hub->next);
+	hub->turns++;
+}
+
 /* Make a parked or new fiber runnable (next turn, FIFO). Does not switch. */
 static inline void gr__ready(gr_fiber *f)
 {
@@ -704,13 +716,15 @@ static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *h
 	gr_fiber *next = gr__runq_pop(&hub->now);
 
 	if (!next) {
-		if (hub->inflight == 0 && !gr__list_empty(&hub->next) &&
-		    !atomic_load_explicit(&hub->inbox, memory_order_relaxed)) {
-			/* Nothing to reap: start the next turn here. */
-			hub->now = hub->next;
-			hub->next.first = hub->next.last = NULL;
+		if (hub->inflight == 0 && !atomic_load_explicit(&hub->inbox, memory_order_relaxed) &&
+		    (next = gr__runq_pop(&hub->next)) != NULL) {
+			/* Nothing to reap: the next turn starts here, served
+			 * from `next` where it stands. Moving it to `now` first
+			 * would keep the order the same and cost a splice per
+			 * yield of two ping-ponging fibers (bench/micro); what
+			 * such a turn makes runnable queues behind it, as it
+			 * would behind `now`. */
 			hub->turns++;
-			next = gr__runq_pop(&hub->now);
 		} else {
 			/* Made by the gate's first check: no call out of line. */
 			next = hub->loop ? hub->loop : gr__hub_loop_fiber(hub);
@@ -734,8 +748,12 @@ static inline __attribute__((always_inline)) void gr__switch_out(struct gr__hub 
  * (no lazy allocation on first access). */
 extern __thread struct gr__hub *gr__tls_hub __attribute__((tls_model("initial-exec")));
 
-/* The slow half of gr__park_hub (the gate's first check, see above). */
-int gr__park_hub_slow(struct gr__hub **hubp);
+/* The slow half of gr__park_hub (the gate's first check, see above): the
+ * hub, or NULL with *err set. It returns the hub rather than storing it
+ * through the caller's pointer: a caller's `hub` whose address reached an
+ * out-of-line call lived on the stack, and every blocking call reloaded it
+ * from there after each store through a pointer (bench/micro's yield). */
+struct gr__hub *gr__park_hub_slow(int *err);
 static inline int gr__park_hub(struct gr__hub **hubp)
 {
 	struct gr__hub *hub = gr__tls_hub;
@@ -747,7 +765,12 @@ static inline int gr__park_hub(struct gr__hub **hubp)
 		*hubp = hub;
 		return 0;
 	}
-	return gr__park_hub_slow(hubp);
+	int err = 0;
+
+	hub = gr__park_hub_slow(&err);
+	if (hub)
+		*hubp = hub;
+	return err;
 }
 
 /* A deadline failed a call at the gate: counted (on this thread's hub),

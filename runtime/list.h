@@ -5,7 +5,7 @@
  * list type serve everywhere in the runtime:
  *   - zero-initialised memory (a calloc'd hub, a memset sync object) is an
  *     empty list, with no init call to forget;
- *   - a head may be moved (a realloc'd table, `hub->now = hub->next`), since
+ *   - a head may be moved (a realloc'd table), since
  *     no node points back at it.
  * The price is that removing a node needs its list, which every user has at
  * hand (a waiter records its queue; an operation its fd).

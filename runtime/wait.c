@@ -31,20 +31,21 @@
 
 #include "internal.h"
 
-int gr__park_hub_slow(struct gr__hub **hubp)
+struct gr__hub *gr__park_hub_slow(int *err)
 {
 	struct gr__hub *hub;
-	int err = gr__hub_outside(&hub);
 
-	if (err)
-		return err;
+	*err = gr__hub_outside(&hub);
+	if (*err)
+		return NULL;
 	/* The first park needs the hub's fiber. Created here, before anything
 	 * is queued, so that failing to map its stack is this call's ENOMEM
 	 * rather than a scheduler with nowhere to switch to. */
-	if (!gr__hub_loop_fiber(hub))
-		return -ENOMEM;
-	*hubp = hub;
-	return 0;
+	if (!gr__hub_loop_fiber(hub)) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	return hub;
 }
 
 /* The gate's first question asked from outside, without its side effect
