@@ -26,7 +26,10 @@
  * up to 64 epochs while it keeps waiting. The check is the backend's
  * fd_audit (epoll re-arms the registration, re-registering a number that now
  * names another file) or, without one, fcntl(F_GETFD). A closed fd's waiters
- * are woken with EBADF and one line on stderr. Short waits, which are all a
+ * are woken with EBADF and one line on stderr. On a completion backend
+ * (io_uring) an open number's waiting operations are submitted again, so
+ * that one closed with close() and reused binds them to its new file instead
+ * of leaving them on the old one, which they keep open. Short waits, which are all a
  * busy server has, are never checked: the audit costs nothing per operation,
  * and a clock read per loop turn only while fds wait.
  */
@@ -309,6 +312,35 @@ static void report_closed(struct gr__hub *hub, int fd, struct gr__fdstate *st)
 		first && first->what ? first->what : "a green call");
 }
 
+/* What a completion backend may submit again when the audit refreshes its
+ * long waits: the calls that a cancel stops without moving data (or that
+ * complete instead), made through the green calls' path (io.c), whose park
+ * record keeps the call's own deadline for the retime (fd_dirs set; the
+ * runtime's own waits, a signalfd's, keep none). Not connect: its cancel
+ * aborts the attempt. */
+static bool refreshable(struct gr__hub *hub, const struct gr__op *o, unsigned arg)
+{
+	(void)hub;
+	(void)arg;
+	if (o->cancel_errno || o->offload || !o->park->fd_dirs)
+		return false;
+	switch (o->op.kind) {
+	case GR_OP_READ:
+	case GR_OP_READV:
+	case GR_OP_RECV:
+	case GR_OP_RECVMSG:
+	case GR_OP_WRITE:
+	case GR_OP_WRITEV:
+	case GR_OP_SEND:
+	case GR_OP_SENDMSG:
+	case GR_OP_ACCEPT:
+	case GR_OP_POLL:
+		return true;
+	default:
+		return false;
+	}
+}
+
 static void audit_one(struct gr__hub *hub, int fd, struct gr__fdstate *st, uint32_t epoch)
 {
 	if (st->audit_at == 0) {
@@ -324,6 +356,16 @@ static void audit_one(struct gr__hub *hub, int fd, struct gr__fdstate *st, uint3
 	if (check_open(hub, fd) == -EBADF) {
 		report_closed(hub, fd, st);
 		gr__fd_cancel_all(hub, st, EBADF);
+	} else if (!hub->ops->fd_audit && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
+		/* An operation a completion backend holds keeps the file it was
+		 * submitted on. If the number was closed with close() and now
+		 * names another file (no check above can tell), the operation
+		 * would wait on the old one for ever, and keep it open: a
+		 * socket's peer never sees the close. Cancelled for a retime,
+		 * it moved nothing and is submitted again (wait.c), on what
+		 * the number names now; a socket call on a pipe then fails
+		 * with ENOTSOCK. On the same file, it just waits on. */
+		cancel_each(hub, st, GR__RETIME, refreshable, 0);
 	}
 }
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -188,6 +189,21 @@ int grt_connect_plain(int port)
 	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s",
 		     strerror(errno));
 	return fd;
+}
+
+void grt_enough_fds(int n)
+{
+	struct rlimit rl;
+
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur < (rlim_t)n) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+		if (rl.rlim_cur < (rlim_t)n)
+			cr_skip_test("RLIMIT_NOFILE %llu is below the %d fds this test needs",
+				     (unsigned long long)rl.rlim_cur, n);
+	}
 }
 
 bool grt_send_all(int fd, const void *buf, size_t len)

@@ -110,6 +110,10 @@ void grt_fail_reset(void);
 		cr_assert_eq(n_, 0, "%d failures in fibers; first: %s", n_, first_);      \
 	} while (0)
 
+/* Make sure this process may open n fds (raising the soft limit to the
+ * hard one if need be); skips the test when it cannot. */
+void grt_enough_fds(int n);
+
 /* Green: send all of buf / receive exactly len bytes; false on an error (or
  * EOF) first. */
 bool grt_send_all(int fd, const void *buf, size_t len);

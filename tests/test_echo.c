@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -268,26 +267,11 @@ static long expected_bytes(int n)
 	return total;
 }
 
-static void enough_fds(int n)
-{
-	struct rlimit rl;
-
-	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-	if (rl.rlim_cur < (rlim_t)(2 * n + 64)) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-		cr_assert_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
-		if (rl.rlim_cur < (rlim_t)(2 * n + 64))
-			cr_skip_test("RLIMIT_NOFILE %llu is too low for %d connections",
-				     (unsigned long long)rl.rlim_cur, n);
-	}
-}
-
 Test(echo, a_thousand_fibers_echo_over_loopback_tcp)
 {
 	static struct echo_run run;
 
-	enough_fds(1000);
+	grt_enough_fds(2 * 1000 + 64);
 	const char *err = run_echo(&run, 1000);
 	cr_assert_null(err, "%s", err);
 	cr_assert_eq(run.accepted, 1000);
@@ -346,7 +330,7 @@ Test(echo, a_four_entry_ring_under_a_thousand_fibers)
 	static struct thread_echo t;
 	pthread_t th;
 
-	enough_fds(1000);
+	grt_enough_fds(2 * 1000 + 64);
 	cr_assert_eq(setenv("GREENRING_URING_ENTRIES", "4", 1), 0);
 	cr_assert_eq(pthread_create(&th, NULL, echo_thread, &t), 0);
 	cr_assert_eq(pthread_join(th, NULL), 0);
