@@ -111,9 +111,9 @@ int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout)
 	if (may_block)
 		gr__hub_progress(hub, 1);
 	/* A new wait generation: whatever a fiber learnt of an fd's readiness
-	 * before this harvest is stale after it (drain.c). 0 means "no hint". */
-	if (++hub->waits == 0)
-		hub->waits = 1;
+	 * before this harvest is stale after it (drain.c). Counted in twos
+	 * from 1: odd, never the 0 that means "no hint", with no test. */
+	hub->waits += 2;
 	int r = hub->ops->wait(hub->backend, timeout);
 	if (may_block) {
 		gr__hub_progress(hub, 1);

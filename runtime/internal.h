@@ -528,9 +528,9 @@ struct gr__hub {
 	int64_t spin_max;                 /* GREENRING_SPIN_US, 0: never spin */
 	unsigned spin_skip;               /* idle spells to sleep through unspun */
 	unsigned spin_backoff;            /* the next skip if a spin fails */
-	uint32_t waits;                   /* backend wait() calls so far, never 0
-					     (idle.c): the "wait generation" of
-					     drain.c's hints */
+	uint32_t waits;                   /* 2 x backend wait() calls so far + 1:
+					     the "wait generation" of drain.c's
+					     hints; odd, so never 0 (no hint) */
 };
 
 /* offload.c's reap (gr__offload_reap_used, above), called twice per loop
