@@ -172,24 +172,33 @@ Test(drain, a_recv_after_a_short_read_parks_at_once_on_readiness_hubs)
 	assert_ok(gr_close(fds[1]));
 }
 
+/* `rounds` times: a short read, then more data from the peer, then
+ * (pause > 0) a sleep, then a recv that must find that data at once. */
+static void short_read_then_more(int rounds, int64_t pause, const char *more)
+{
+	int fds[2];
+	size_t n = strlen(more);
+
+	grt_tcp_pair(fds);
+	prime(fds[1]);
+	for (int i = 0; i < rounds; i++) {
+		send_plain(fds[0], "0123456789", 10);
+		recv_promptly(fds[1], 100, 10, "0123456789", 0);
+		send_plain(fds[0], more, n);
+		if (pause > 0)
+			cr_assert_eq(gr_sleep(pause), 0);
+		recv_promptly(fds[1], 100, n, more, 0);
+	}
+	close(fds[0]);
+	assert_ok(gr_close(fds[1]));
+}
+
 /* A short read, then the peer's data arrives while the reader sleeps: the
  * hub's wait during the sleep consumes the socket's edge, so the hint must
  * be dead by then. */
 Test(drain, data_arriving_during_a_sleep_after_a_short_read_is_read_promptly)
 {
-	int fds[2];
-
-	grt_tcp_pair(fds);
-	prime(fds[1]);
-	for (int i = 0; i < 5; i++) {
-		send_plain(fds[0], "0123456789", 10);
-		recv_promptly(fds[1], 100, 10, "0123456789", 0);
-		send_plain(fds[0], "abcdefg", 7);
-		cr_assert_eq(gr_sleep(2 * GR_MSEC), 0);
-		recv_promptly(fds[1], 100, 7, "abcdefg", 0);
-	}
-	close(fds[0]);
-	assert_ok(gr_close(fds[1]));
+	short_read_then_more(5, 2 * GR_MSEC, "abcdefg");
 }
 
 struct sender {
@@ -236,18 +245,7 @@ Test(drain, data_arriving_during_an_event_wait_after_a_short_read_is_read_prompt
  * wait in between: the edge it raised is still queued for the next wait. */
 Test(drain, data_arriving_before_the_hinted_park_is_reported)
 {
-	int fds[2];
-
-	grt_tcp_pair(fds);
-	prime(fds[1]);
-	for (int i = 0; i < 50; i++) {
-		send_plain(fds[0], "0123456789", 10);
-		recv_promptly(fds[1], 100, 10, "0123456789", 0);
-		send_plain(fds[0], "xy", 2);
-		recv_promptly(fds[1], 100, 2, "xy", 0);
-	}
-	close(fds[0]);
-	assert_ok(gr_close(fds[1]));
+	short_read_then_more(50, 0, "xy");
 }
 
 /* ------------------------------------------------------------ two readers */
