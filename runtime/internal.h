@@ -1002,11 +1002,17 @@ enum gr__drains {
  * peeks, reads urgent data or reads the error queue. */
 #define GR__DRAIN_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL | MSG_WAITALL | MSG_CMSG_CLOEXEC)
 
-/* Whether o (a recv) may be the drain hint's subject: it names a buffer and
- * only flags that keep a short read meaningful. */
+/* The largest recv whose short read still means "drained": the kernel
+ * cuts a call to MAX_RW_COUNT (2 GiB less a page) whatever is queued. */
+#define GR__DRAIN_MAX_LEN ((size_t)1 << 30)
+
+/* Whether o (a recv) may be the drain hint's subject: 1 byte to
+ * GR__DRAIN_MAX_LEN asked (one compare: len - 1 wraps for 0), only flags
+ * that keep a short read meaningful. */
 static inline bool gr__drain_subject(const struct gr__op *o)
 {
-	return o->op.kind == GR_OP_RECV && o->op.len > 0 && !(o->op.flags & ~GR__DRAIN_FLAGS);
+	return o->op.kind == GR_OP_RECV && o->op.len - 1 < GR__DRAIN_MAX_LEN &&
+	       !(o->op.flags & ~GR__DRAIN_FLAGS);
 }
 
 /* Learn whether st's file (fd) drains on a short read (getsockopt, once per
