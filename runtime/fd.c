@@ -44,7 +44,6 @@
 #include "internal.h"
 
 #define CHUNK GR__FD_CHUNK
-#define AUDIT_EPOCH (100 * GR_MSEC)
 #define AUDIT_GAP_MAX 64
 
 struct gr__fdstate *gr__fd_state_make(struct gr__hub *hub, int fd)
@@ -219,14 +218,20 @@ void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
 {
 	struct gr__fdstate *st = gr__fd_state(hub, fd);
 
-	if (st)
+	if (st) {
 		set_kind(st, kind);
+		/* A socket just connected: whether it drains is its own. */
+		st->drains = GR__DRAINS_UNKNOWN;
+		st->drained_at = 0;
+	}
 }
 
 void gr__fd_forget(struct gr__fdstate *st)
 {
 	st->kind = GR__FD_UNKNOWN;
 	st->nowait_refused = 0;
+	st->drains = GR__DRAINS_UNKNOWN;
+	st->drained_at = 0;
 	st->deadline[0] = st->deadline[1] = 0;
 }
 
@@ -377,7 +382,7 @@ int64_t gr__fd_audit(struct gr__hub *hub, int64_t now)
 	}
 	if (hub->audit_due == 0) {
 		/* Waits have begun since the last audit: plan one an epoch away. */
-		hub->audit_due = now + AUDIT_EPOCH;
+		hub->audit_due = now + GR__FD_AUDIT_EPOCH;
 		return hub->audit_due;
 	}
 	if (now < hub->audit_due)
@@ -404,6 +409,6 @@ int64_t gr__fd_audit(struct gr__hub *hub, int64_t now)
 		hub->audit_due = 0;
 		return GR_FOREVER;
 	}
-	hub->audit_due = now + (int64_t)(next - epoch) * AUDIT_EPOCH;
+	hub->audit_due = now + (int64_t)(next - epoch) * GR__FD_AUDIT_EPOCH;
 	return hub->audit_due;
 }

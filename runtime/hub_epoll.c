@@ -31,11 +31,13 @@
  * The cost is one epoll_ctl per such park, what a zero-timeout poll(2)
  * check of the fd would cost anyway. Two cases park with no system call:
  *   - the socket calls (recv, send, accept, connect, ...), which io.c marks
- *     GR_POLL_AFTER_EAGAIN: the caller has just seen EAGAIN, so the edge
- *     that ends the wait is still to come and the registration, if it
- *     covers the events, will report it. This is Go's netpoll rule, and
- *     what keeps an echo server's park free of epoll_ctl (it was 9% of the
- *     server's CPU). Its price is the ownership rule for sockets: one closed
+ *     GR_POLL_AFTER_EAGAIN: the caller has seen EAGAIN (or, drain.c, a
+ *     short recv of a TCP socket) and no wait has run since, so the edge
+ *     that ends the wait is still to come or still queued, and the
+ *     registration, if it covers the events, will report it. This is Go's
+ *     netpoll rule, and what keeps an echo server's park free of
+ *     epoll_ctl (it was 9% of the server's CPU). Its price is the
+ *     ownership rule for sockets: one closed
  *     with plain close() and whose number is reused must not be waited on
  *     under the dead registration, so io.c forgets the number's state for
  *     every fd born of gr_accept or gr_connect, and docs/hubs.md asks for
@@ -198,9 +200,10 @@ static int epoll_submit(void *state, struct gr_op *op)
 	if (fs->gen == 0) {
 		r = add_fd(h, op->fd, fs, want | fs->mask);
 	} else if ((op->flags & GR_POLL_AFTER_EAGAIN) && (fs->mask & want) == want) {
-		/* The caller just saw EAGAIN: the fd is not ready, and the edge
-		 * that makes it ready will be reported to the registration that
-		 * covers these events. Go's netpoll rule; no system call. */
+		/* The caller saw the fd not ready since the last wait (EAGAIN,
+		 * or a short TCP read: drain.c): the edge that makes it ready
+		 * will be reported to the registration that covers these
+		 * events. Go's netpoll rule; no system call. */
 		r = 0;
 	} else if (gr__rd_fd_idle(fs)) {
 		r = arm_fd(h, op->fd, fs, fs->mask | want);

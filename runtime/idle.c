@@ -40,6 +40,9 @@
  * by one; operations in flight in the backend, whose completions the spin
  * would not see (a timer's is only late by the spin); a thread allowed one
  * CPU, whose partner could not run meanwhile.
+ *
+ * Every backend wait() is made here, and counted (hub->waits): drain.c's
+ * hints hold only until the next one.
  */
 #define _GNU_SOURCE
 #include <sched.h>
@@ -70,6 +73,7 @@ void gr__hub_idle_init(struct gr__hub *hub)
 		us = 0;
 	hub->spin_max = (int64_t)us * 1000;
 	hub->spin_backoff = SPIN_BACKOFF_MIN;
+	hub->waits = 1;
 }
 
 /* Anything posted by another thread? A relaxed look: what was posted is
@@ -106,6 +110,10 @@ int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout)
 	 * not stuck behind a fiber. */
 	if (may_block)
 		gr__hub_progress(hub, 1);
+	/* A new wait generation: whatever a fiber learnt of an fd's readiness
+	 * before this harvest is stale after it (drain.c). Counted in twos
+	 * from 1: odd, never the 0 that means "no hint", with no test. */
+	hub->waits += 2;
 	int r = hub->ops->wait(hub->backend, timeout);
 	if (may_block) {
 		gr__hub_progress(hub, 1);

@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "greenring.h"
@@ -527,6 +528,9 @@ struct gr__hub {
 	int64_t spin_max;                 /* GREENRING_SPIN_US, 0: never spin */
 	unsigned spin_skip;               /* idle spells to sleep through unspun */
 	unsigned spin_backoff;            /* the next skip if a spin fails */
+	uint32_t waits;                   /* 2 x backend wait() calls so far + 1:
+					     the "wait generation" of drain.c's
+					     hints; odd, so never 0 (no hint) */
 };
 
 /* offload.c's reap (gr__offload_reap_used, above), called twice per loop
@@ -843,6 +847,10 @@ struct gr__fdstate {
 	 * keeps them for its next file (docs/api.md says so). */
 	uint8_t kind;                     /* enum gr__fd_kind: a hint, see below */
 	uint8_t nowait_refused;           /* GR__NOWAIT_*: this file refused RWF_NOWAIT */
+	uint8_t drains;                   /* enum gr__drains (drain.c): whether a short
+					     recv empties this file's receive queue */
+	uint32_t drained_at;              /* drain.c: hub->waits when a recv came back
+					     short, 0 = no such hint */
 	int64_t deadline[2];              /* gr_fd_set_deadline: [0] reads, [1] writes;
 					     absolute, 0 = none (a past one is kept as 1,
 					     never the 0 of a pure try) */
@@ -967,6 +975,9 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
  * back: runs the audits due at `now`, returns when the next is due
  * (GR_FOREVER: nothing to audit). */
 int64_t gr__fd_audit(struct gr__hub *hub, int64_t now);
+/* How often the audit runs: a wait on an fd is first checked after one to
+ * two epochs. */
+#define GR__FD_AUDIT_EPOCH (100 * GR_MSEC)
 /* The same, asked every loop turn while fds wait: inline when the audit
  * planned is not due yet, which is nearly always. */
 static inline int64_t gr__fd_audit_next(struct gr__hub *hub, int64_t now)
@@ -998,6 +1009,80 @@ static inline int64_t gr__fd_deadline_of(const struct gr__fdstate *st, unsigned 
 static inline int64_t gr__fd_deadline(struct gr__hub *hub, int fd, unsigned dirs)
 {
 	return gr__fd_deadline_of(gr__fd_peek(hub, fd), dirs);
+}
+
+/* ------------------------------------------------------------ drain hints (drain.c) */
+
+/* Whether a short recv on a file means its receive queue is empty
+ * (gr__fdstate.drains): learnt once per file, forgotten with its kind. */
+enum gr__drains {
+	GR__DRAINS_UNKNOWN = 0,
+	GR__DRAINS_YES, /* a TCP stream socket */
+	GR__DRAINS_NO,  /* anything else: datagrams, unix sockets, pipes... */
+};
+
+/* The recv flags under which a short read still means "drained": none that
+ * peeks, reads urgent data or reads the error queue. */
+#define GR__DRAIN_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL | MSG_WAITALL | MSG_CMSG_CLOEXEC)
+
+/* The largest recv whose short read still means "drained": the kernel
+ * cuts a call to MAX_RW_COUNT (2 GiB less a page) whatever is queued. */
+#define GR__DRAIN_MAX_LEN ((size_t)1 << 30)
+
+/* Whether o (a recv) may be the drain hint's subject: 1 byte to
+ * GR__DRAIN_MAX_LEN asked (one compare: len - 1 wraps for 0), only flags
+ * that keep a short read meaningful. */
+static inline bool gr__drain_subject(const struct gr__op *o)
+{
+	return o->op.kind == GR_OP_RECV && o->op.len - 1 < GR__DRAIN_MAX_LEN &&
+	       !(o->op.flags & ~GR__DRAIN_FLAGS);
+}
+
+/* Learn whether st's file (fd) drains on a short read (getsockopt, once per
+ * file): sets st->drains. */
+void gr__drain_learn(int fd, struct gr__fdstate *st);
+
+/* A readiness hub: o, a recv about to be tried with `deadline`, may skip
+ * the try and park at once (GR_POLL_AFTER_EAGAIN), because the last recv
+ * on its fd came back short and the hub has not waited since. The hint is
+ * used up. Never for a pure try (deadline 0): a try must try. */
+static inline bool gr__drain_hinted(const struct gr__hub *hub, const struct gr__op *o,
+				    int64_t deadline)
+{
+	struct gr__fdstate *st = o->fd_st;
+
+	if (__builtin_expect(!st || st->drained_at != hub->waits, 1) || deadline == 0 ||
+	    !gr__drain_subject(o))
+		return false;
+	st->drained_at = 0;
+	return true;
+}
+
+/* o (a recv) returned r: a short read of a file that drains leaves the
+ * hint for the next recv of the same wait generation. */
+static inline void gr__drain_note(struct gr__hub *hub, struct gr__op *o, int64_t r)
+{
+	struct gr__fdstate *st = o->fd_st;
+
+	if (r <= 0 || (size_t)r >= o->op.len || !st || !gr__drain_subject(o))
+		return;
+	if (__builtin_expect(st->drains == GR__DRAINS_UNKNOWN, 0))
+		gr__drain_learn(o->op.fd, st);
+	if (st->drains == GR__DRAINS_YES)
+		st->drained_at = hub->waits;
+}
+
+/* A hinted park that lasted an audit epoch (fd.c) or more may have been
+ * ended by the audit rather than by data: the hint may be stale (the number
+ * closed with close() and reused by a file that does not drain). The file
+ * is learnt afresh at its next short read: two getsockopt calls after a
+ * wait this long cost nothing, and a stale hint costs one stall, not one
+ * per message. */
+#define GR__DRAIN_DOUBT_NS GR__FD_AUDIT_EPOCH
+static inline void gr__drain_doubt(struct gr__fdstate *st)
+{
+	if (st)
+		st->drains = GR__DRAINS_UNKNOWN;
 }
 
 /* fds across threads (fd_remote.c). A process-wide record says, per fd,

@@ -479,7 +479,7 @@ static bool tried_before_parking(const struct gr__hub *hub, const struct gr_op *
  * cost the calls that find their data nothing. */
 static __attribute__((noinline)) int64_t ready_then_retry(struct gr__hub *hub, struct gr__op *o,
 							   const char *what, uint8_t dirs,
-							   int64_t deadline)
+							   int64_t deadline, bool hinted)
 {
 	struct gr__park p = { .what = what, .limit = o->op.deadline, .fd_dirs = dirs };
 	int64_t r;
@@ -492,6 +492,11 @@ static __attribute__((noinline)) int64_t ready_then_retry(struct gr__hub *hub, s
 		if (r >= 0)
 			r = attempt(&o->op);
 	} while (r == -EAGAIN || r == -EWOULDBLOCK);
+	/* A hinted park this long may have been ended by the audit, not by
+	 * data: the hint is doubted (drain.c). */
+	if (hinted && hub->clock - p.since >= GR__DRAIN_DOUBT_NS)
+		gr__drain_doubt(o->fd_st);
+	gr__drain_note(hub, o, r);
 	return r;
 }
 
@@ -517,10 +522,15 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 	if (err)
 		return err;
 	if (tried_before_parking(hub, &o->op)) {
-		int64_t r = attempt(&o->op);
+		/* A recv that came back short since the hub last waited has
+		 * drained the socket: this one would say EAGAIN (drain.c). */
+		bool hinted = gr__drain_hinted(hub, o, deadline);
+		int64_t r = hinted ? -EAGAIN : attempt(&o->op);
 
 		if (r == -EAGAIN || r == -EWOULDBLOCK)
-			r = ready_then_retry(hub, o, what, dirs, deadline);
+			r = ready_then_retry(hub, o, what, dirs, deadline, hinted);
+		else
+			gr__drain_note(hub, o, r);
 		spend_budget(hub);
 		return r;
 	}

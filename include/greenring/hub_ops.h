@@ -127,12 +127,14 @@ struct gr_op {
 	uintptr_t backend_data[4];
 };
 
-/* gr_op.flags of a GR_OP_POLL. GR_POLL_AFTER_EAGAIN: the core tried the
- * operation on this fd and got EAGAIN just now, with nothing run in
- * between, so the fd is not ready and the next readiness change is what
- * ends the wait. An edge-triggered backend already watching the fd for
- * these events may park without asking the kernel again. Without the flag
- * (gr_wait_fd), the fd may be ready already and must be checked. */
+/* gr_op.flags of a GR_OP_POLL. GR_POLL_AFTER_EAGAIN: the core saw the fd
+ * not ready for these events and wait() has not been called since (a try
+ * of the operation said EAGAIN just now, or a recv on a TCP socket came
+ * back short: runtime/drain.c), so any readiness since then is a change
+ * the backend's watch has been told of, and the next one ends the wait. An
+ * edge-triggered backend already watching the fd for these events may park
+ * without asking the kernel again. Without the flag (gr_wait_fd), the fd
+ * may be ready already and must be checked. */
 #define GR_POLL_AFTER_EAGAIN 0x1
 
 /* gr_op.flags of a GR_OP_FSYNC: flush the data only (fdatasync(2)). */
