@@ -965,7 +965,11 @@ static inline void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o)
 	}
 	if (gr__list_empty(&st->ops)) {
 		hub->fds_busy--;
-		st->audit_at = 0;
+		/* A retime goes on waiting: its audits keep backing off (the
+		 * audit's own resubmission on io_uring would otherwise come
+		 * again every other epoch, for ever). */
+		if (o->cancel_errno != GR__RETIME)
+			st->audit_at = 0;
 	}
 }
 /* Cancel every operation on st with `why`. Safe when a cancel completes

@@ -442,6 +442,32 @@ Test(accepted_reads, a_reader_of_a_number_closed_under_it_does_not_hang_silently
 	cr_assert_eq(gr_close(fds[0]), 0);
 }
 
+/* The audit of long waits submits a long recv again on io_uring (for a
+ * number reused behind the runtime's back), at gaps of 1, 2, 4 ... epochs
+ * of 100 ms: twice in 1.5 s (five times while each resubmission restarted
+ * the schedule; a loaded machine audits less, never more). The reader
+ * still gets the byte sent at the end. */
+Test(accepted_reads, a_long_read_is_audited_ever_less_often)
+{
+	int fds[2];
+	struct gr_hub_counters before, after;
+
+	pair(fds);
+	first_read(fds);
+	struct waiting w = { .fd = fds[1] };
+	gr_fiber *f = gr_spawn(recv_once, &w);
+	assert_ok(gr_hub_counters(&before, sizeof(before)));
+	assert_ok(gr_sleep(1500 * MSEC));
+	assert_ok(gr_hub_counters(&after, sizeof(after)));
+	send_all(fds[0], "z", 1);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(w.r, 1, "%zd: %s", w.r, strerror(w.err));
+	cr_assert_eq(w.buf[0], 'z');
+	cr_assert_leq(after.cancels - before.cancels, 3, "%llu resubmissions in 1.5 s",
+		      (unsigned long long)(after.cancels - before.cancels));
+	close_pair(fds);
+}
+
 /* ------------------------------------------------------------ kills, deadlines */
 
 Test(accepted_reads, a_killed_reader_and_a_timed_out_one_leave_the_bytes_for_the_next_call)
