@@ -181,6 +181,13 @@ enum gr__fd_kind gr__fd_kind_of_mode(unsigned mode)
 	return S_ISREG(mode) || S_ISBLK(mode) ? GR__FD_FILE : GR__FD_STREAM;
 }
 
+/* drain.c's hint and what it learnt of the file: a new file's own. */
+static void forget_drain(struct gr__fdstate *st)
+{
+	st->drains = GR__DRAINS_UNKNOWN;
+	st->drained_at = 0;
+}
+
 static void set_kind(struct gr__fdstate *st, enum gr__fd_kind kind)
 {
 	if (st->kind != kind) {
@@ -221,8 +228,7 @@ void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
 	if (st) {
 		set_kind(st, kind);
 		/* A socket just connected: whether it drains is its own. */
-		st->drains = GR__DRAINS_UNKNOWN;
-		st->drained_at = 0;
+		forget_drain(st);
 	}
 }
 
@@ -230,8 +236,7 @@ void gr__fd_forget(struct gr__fdstate *st)
 {
 	st->kind = GR__FD_UNKNOWN;
 	st->nowait_refused = 0;
-	st->drains = GR__DRAINS_UNKNOWN;
-	st->drained_at = 0;
+	forget_drain(st);
 	st->deadline[0] = st->deadline[1] = 0;
 }
 

@@ -658,12 +658,9 @@ static inline gr_fiber *gr__runq_pop(struct gr__list *q)
 	return gr__fiber_of_run(gr__list_pop_front(q));
 }
 
-/* Start the next turn: what was made runnable during this one (in `next`)
- * becomes `now`, which is empty. A splice, not `hub->now = hub->next`: GCC
- * turns that struct copy into one 16-byte load, which the CPU cannot
- * forward from the two 8-byte stores of the push just before it (a yield
- * pushes itself, then starts the turn); the stall until those stores
- * retired was a fifth of a yield's time (perf, bench/micro's yield). */
+/* The hub loop starts the next turn: what was made runnable during this one
+ * (in `next`) becomes `now`, which is empty. (A turn a fiber starts itself,
+ * gr__schedule, is served from `next` in place instead.) */
 static inline void gr__runq_next_turn(struct gr__hub *hub)
 {
 	gr__list_splice_back(&hub->now, &hub->next);
