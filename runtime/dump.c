@@ -12,9 +12,9 @@
  * monitor's business (monitor.c). The gathering is reference-counted: a hub
  * that answers after the caller gave up finds it still there.
  *
- * Times come from the hub's clock (hub->clock, read once per loop turn, see
- * hub.c): a wait's start and a spawn are known to within one turn, which
- * costs the switch path nothing. How much stack a fiber has touched is
+ * Times come from the hub's clock (hub->clock, the coarse clock read once
+ * per loop turn, see hub.c): a wait's start and a spawn are known to within
+ * one turn and one tick, which costs the switch path nothing. How much stack a fiber has touched is
  * asked of the kernel (mincore) at dump time, free on the hot path.
  */
 #define _GNU_SOURCE

@@ -275,13 +275,12 @@ static void wait_failed(struct gr__hub *hub, int r)
  * finds a closed fd completes its operations (a readiness backend at once),
  * and their fibers are runnable before the wait, which must then not block.
  *
- * `seen` is the clock as the loop last read it, when the turn just run gave
- * it the thread back (0: a wait came since, so it is stale). The audit and
- * the trim are coarse (epochs of 100 ms, seconds): that reading, a few
- * microseconds old, serves them, and a loop turn reads the clock twice
- * instead of three times (gr_now() is a vDSO call, slow on some VMs). An
- * offload deadline is not coarse: with one pending, the clock is read
- * afresh. */
+ * `seen` is the coarse clock as the loop last read it, when the turn just
+ * run gave it the thread back (0: a wait came since, so it is stale). The
+ * audit and the trim are coarse (epochs of 100 ms, seconds): that reading,
+ * at most a tick behind, serves them, and a loop turn reads no precise
+ * clock at all (gr_now() is a vDSO call, slow on some VMs). An offload
+ * deadline is not coarse: with one pending, the clock is read afresh. */
 static int64_t wait_timeout(struct gr__hub *hub, int64_t seen)
 {
 	int64_t now = 0, due = hub->offload.used ? gr__offload_next_deadline(hub) : GR_FOREVER;
@@ -340,15 +339,18 @@ static void hub_main(gr__transfer t)
 		/* The hub's clock, read when the loop starts a turn: parks and
 		 * spawns copy it (a read each would cost a yield half again).
 		 * A second read when the loop gets the thread back measures the
-		 * turn: the longest the loop has waited to reap. Both are per
-		 * loop turn, where a backend wait() costs far more; turns the
-		 * fibers start themselves (nothing in flight) read nothing. */
-		int64_t start = gr_now();
+		 * turn: the longest the loop has waited to reap. Turns the
+		 * fibers start themselves (nothing in flight) read nothing.
+		 * The coarse clock: what the stamps are for (ages in a dump, a
+		 * turn that held the thread for milliseconds) needs no finer,
+		 * and two precise reads were 2% of a pipe round trip between
+		 * two fibers (bench/micro; docs/observing.md). */
+		int64_t start = gr__coarse_now();
 		hub->clock = start;
 		gr__runq_next_turn(hub);
 		gr_fiber *f = gr__runq_pop(&hub->now);
 		gr__switch_to(hub, hub->loop, f, false);
-		seen = gr_now();
+		seen = gr__coarse_now();
 		int64_t ran = seen - start;
 		if (ran > hub->counters.longest_run_ns)
 			hub->counters.longest_run_ns = ran;
@@ -418,7 +420,7 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 	root->state = GR__FIBER_RUNNING;
 	root->deadline = GR_FOREVER;
 	root->id = gr__next_fiber_id();
-	hub->clock = gr_now();
+	hub->clock = gr__coarse_now();
 	root->spawned = hub->clock;
 	strcpy(root->name, "main");
 	gr__sanitizer_root_init(root);

@@ -35,6 +35,14 @@
  * starting up), and without this two hubs that both began by missing
  * would keep sleeping in turn, each too late for the other's spin.
  *
+ * The fence costs a locked instruction on every wait that may block, so a
+ * hub takes it only when a post may come that counts on it: one for a fiber
+ * of its own waiting on another thread (remote_waiting, counted by this
+ * thread before the fiber is on the other thread's queue) or for a job on
+ * the thread pool (offload.used, from the first). Requests (a dump, a
+ * cross-thread gr_close) are rare, and their poster wakes the hub whether
+ * or not it sleeps (gr__hub_request).
+ *
  * Not spun for: many waiters (more than SPIN_WAITERS_MAX), whose sleep
  * gathers their posts into one wake-up where a spin would take them one
  * by one; operations in flight in the backend, whose completions the spin
@@ -91,11 +99,17 @@ void gr__hub_wake(struct gr__hub *hub)
 		(void)hub->ops->wake(hub->backend);
 }
 
+/* Could a post come that wakes this hub only if it sees `sleeping`? */
+static bool posts_count_on_sleeping(const struct gr__hub *hub)
+{
+	return hub->remote_waiting > 0 || hub->offload.used;
+}
+
 int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout)
 {
 	bool may_block = timeout != 0;
 
-	if (may_block) {
+	if (may_block && posts_count_on_sleeping(hub)) {
 		atomic_store_explicit(&hub->sleeping, true, memory_order_relaxed);
 		atomic_thread_fence(memory_order_seq_cst);
 		if (posted(hub)) {

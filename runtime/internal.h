@@ -148,7 +148,8 @@ struct gr__park {
 	const char *what;                 /* the call: deadlock messages */
 	int64_t deadline;                 /* effective: the call's, the fiber's */
 	int64_t since;                    /* when it parked, on the hub's clock
-					     (hub->clock: read once per loop turn) */
+					     (hub->clock: the coarse clock, read once
+					     per loop turn) */
 	struct gr__waitq *queue;          /* the queue it is on; NULL once off it */
 	struct gr__xq *xq;                /* the cross-thread queue it waits on */
 	void *xlock;                      /* xq's lock, kept: xq may be gone once left;
@@ -513,9 +514,10 @@ struct gr__hub {
 	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */
 	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
-	int64_t clock;                    /* gr_now() when the loop last started a turn:
-					     parks and spawns copy it instead of reading
-					     the clock (docs/observing.md: how stale) */
+	int64_t clock;                    /* gr__coarse_now() when the loop last started
+					     a turn: parks and spawns copy it instead of
+					     reading the clock (docs/observing.md: how
+					     stale, how coarse) */
 	struct gr__hub_counters counters;
 	pid_t tid;                        /* its thread, for the monitor and the dump */
 	struct gr__hub_watch watch;
@@ -1235,5 +1237,6 @@ void gr__why(char *buf, size_t len, const char *what, int err);
 /* Monotonic ns <-> timespec, rounding never shortens a wait. */
 struct timespec;
 void gr__ns_to_timespec(int64_t ns, struct timespec *ts);
+int64_t gr__coarse_now(void); /* clock.c: the last tick's time, cheap */
 
 #endif

@@ -357,7 +357,11 @@ void gr__xunpark(struct gr__park *p, int status)
 void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq)
 {
 	rq->park.fiber = NULL;
-	gr__hub_post(hub, &rq->park);
+	/* Rare, and not worth the hub's fence before every wait: a hub may
+	 * sleep without saying so (idle.c), so its first poster wakes it
+	 * unasked. A later one finds the inbox taken care of. */
+	if (gr__inbox_push(&hub->inbox, &rq->park.inbox_link))
+		(void)hub->ops->wake(hub->backend);
 }
 
 void gr__hub_drain_inbox(struct gr__hub *hub)

@@ -52,7 +52,8 @@ struct gr_hub_counters {
 				      included */
 	int64_t longest_run_ns;    /* the longest turn: from the loop handing the thread to
 				      the fibers until it got it back, the longest that
-				      I/O completions waited to be reaped */
+				      I/O completions waited to be reaped; in whole
+				      ticks of CLOCK_MONOTONIC_COARSE (1-4 ms) */
 	/* Added in the second version of this struct (idle.c, GREENRING_SPIN_US): */
 	uint64_t spins_caught;     /* idle spells where the hub spun for another thread's
 				      post and got it without sleeping */
