@@ -486,3 +486,18 @@ void *grt_echo_client(void *arg)
 	free(in);
 	return NULL;
 }
+
+void grt_stream_fill(unsigned char *buf, size_t n, uint64_t pos)
+{
+	for (size_t i = 0; i < n; i++)
+		buf[i] = grt_stream_byte(pos + i);
+}
+
+void grt_stream_check(const unsigned char *buf, size_t n, uint64_t pos)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (buf[i] != grt_stream_byte(pos + i))
+			cr_assert_fail("byte %llu: %#x, expected %#x", (unsigned long long)(pos + i),
+				       buf[i], grt_stream_byte(pos + i));
+	}
+}

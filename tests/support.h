@@ -142,6 +142,20 @@ static inline unsigned char grt_pattern(unsigned seed, size_t i)
 	return (unsigned char)(seed * 131u + i * 7u + (i >> 8));
 }
 
+/* The byte at position `pos` of the one test stream that files and long
+ * socket streams carry: a hash of the position, so no period a misplaced
+ * read could hide in. grt_stream_check fails the test at the first byte
+ * that differs. */
+static inline unsigned char grt_stream_byte(uint64_t pos)
+{
+	uint64_t x = pos * 0x9e3779b97f4a7c15ull;
+
+	x ^= x >> 29;
+	return (unsigned char)(x ^ (x >> 17) ^ (pos >> 12));
+}
+void grt_stream_fill(unsigned char *buf, size_t n, uint64_t pos);
+void grt_stream_check(const unsigned char *buf, size_t n, uint64_t pos);
+
 /* An echo client fiber (gr_spawn(grt_echo_client, &c)): connects to port,
  * sends `rounds` messages of `size` bytes of stream seed + round, checks
  * each echo; failures go to grt_fail. */

@@ -29,26 +29,6 @@ GRT_SUITE(accepted_reads);
 
 #define MSEC GR_MSEC
 
-/* The byte at offset i of every stream these tests send. */
-static unsigned char pattern(size_t i)
-{
-	return (unsigned char)(i * 131u + (i >> 9) * 7u + 3u);
-}
-
-static void fill(unsigned char *b, size_t off, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		b[i] = pattern(off + i);
-}
-
-static void check(const unsigned char *b, size_t off, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (b[i] != pattern(off + i))
-			cr_assert_fail("byte %zu is %u, expected %u", off + i, b[i], pattern(off + i));
-	}
-}
-
 /* xorshift: the same sizes every run, different per seed. */
 static uint32_t rnd(uint32_t *s)
 {
@@ -128,7 +108,7 @@ static void *write_stream(void *arg)
 
 		if (n > w->total - off)
 			n = w->total - off;
-		fill(chunk, off, n);
+		grt_stream_fill(chunk, n, off);
 		send_all(w->fd, chunk, n);
 		off += n;
 		if (rnd(&w->seed) % 8 == 0)
@@ -149,7 +129,7 @@ static size_t read_some(int fd, unsigned char *buf, size_t n, size_t *off, uint3
 	case 0: { /* peek, then read what the peek saw */
 		r = gr_recv(fd, buf, n, MSG_PEEK);
 		cr_assert_geq(r, 0, "peek: %s", strerror(errno));
-		check(buf, *off, (size_t)r);
+		grt_stream_check(buf, (size_t)r, *off);
 		if (r == 0)
 			return 0;
 		unsigned char *again = malloc((size_t)r);
@@ -184,7 +164,7 @@ static size_t read_some(int fd, unsigned char *buf, size_t n, size_t *off, uint3
 		break;
 	}
 	cr_assert_geq(r, 0, "read: %s", strerror(errno));
-	check(buf, *off, (size_t)r);
+	grt_stream_check(buf, (size_t)r, *off);
 	*off += (size_t)r;
 	return (size_t)r;
 }
@@ -245,7 +225,7 @@ static void *read_runs(void *arg)
 		for (size_t i = 0; i < 256 * 1024 && start == SIZE_MAX; i++) {
 			ssize_t k = 0;
 
-			while (k < n && pattern(i + (size_t)k) == buf[k])
+			while (k < n && grt_stream_byte(i + (size_t)k) == buf[k])
 				k++;
 			if (k == n)
 				start = i;
@@ -274,7 +254,7 @@ Test(accepted_reads, two_fibers_reading_one_socket_share_its_bytes_exactly)
 	cr_assert_eq(gr_join(fb, NULL, GR_FOREVER), 0);
 	uint64_t sum = 0;
 	for (size_t i = 0; i < TOTAL; i++)
-		sum += pattern(i);
+		sum += grt_stream_byte(i);
 	cr_assert_eq(a.got + b.got, TOTAL, "%zu + %zu bytes of %d", a.got, b.got, TOTAL);
 	cr_assert_eq(a.sum + b.sum, sum, "bytes lost or received twice");
 	close_pair(fds);
@@ -346,7 +326,7 @@ Test(accepted_reads, gr_close_with_bytes_buffered_frees_them_and_closes_the_sock
 
 	pair(fds);
 	first_read(fds);
-	fill(big, 0, sizeof(big));
+	grt_stream_fill(big, sizeof(big), 0);
 	send_all(fds[0], big, sizeof(big));
 	settle();
 	cr_assert_eq(gr_close(fds[1]), 0);
@@ -531,7 +511,7 @@ static void *read_conn(void *arg)
 		ssize_t r = gr_recv(c->fd, c->buf, rnd(&c->seed) % sizeof(c->buf) + 1, 0);
 
 		cr_assert_gt(r, 0, "gr_recv: %s", r < 0 ? strerror(errno) : "end of file");
-		check(c->buf, c->got, (size_t)r);
+		grt_stream_check(c->buf, (size_t)r, c->got);
 		c->got += (size_t)r;
 	}
 	return NULL;
@@ -580,7 +560,7 @@ Test(accepted_reads, a_thousand_connections_sent_to_while_nobody_reads_lose_noth
 	for (int round = 0; round < 2; round++) {
 		for (int i = 0; round && i < CONNS; i++)
 			first_read(fds[i]); /* a read between the rounds */
-		fill(data, (size_t)round * PER_CONN, PER_CONN);
+		grt_stream_fill(data, PER_CONN, (size_t)round * PER_CONN);
 		for (int i = 0; i < CONNS; i++)
 			send_all(fds[i][0], data, PER_CONN);
 		settle_all(fds);

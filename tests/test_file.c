@@ -61,30 +61,6 @@ static void tmp_remove(struct tmp *t)
 	cr_assert_eq(rmdir(t->dir), 0, "rmdir %s: %s", t->dir, strerror(errno));
 }
 
-/* The byte at `pos` of the test pattern: no period a bug could hide in. */
-static unsigned char pattern_at(uint64_t pos)
-{
-	uint64_t x = pos * 0x9e3779b97f4a7c15ull;
-
-	x ^= x >> 29;
-	return (unsigned char)(x ^ (x >> 17) ^ (pos >> 12));
-}
-
-static void pattern_fill(unsigned char *buf, size_t n, uint64_t pos)
-{
-	for (size_t i = 0; i < n; i++)
-		buf[i] = pattern_at(pos + i);
-}
-
-static void pattern_check(const unsigned char *buf, size_t n, uint64_t pos)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (buf[i] != pattern_at(pos + i))
-			cr_assert_fail("byte %llu: %#x, expected %#x", (unsigned long long)(pos + i),
-				       buf[i], pattern_at(pos + i));
-	}
-}
-
 /* A file of `size` pattern bytes, written with plain calls. */
 static int pattern_file(const char *path, size_t size)
 {
@@ -95,7 +71,7 @@ static int pattern_file(const char *path, size_t size)
 	for (size_t at = 0; at < size; at += MIB) {
 		size_t n = size - at < MIB ? size - at : MIB;
 
-		pattern_fill(buf, n, at);
+		grt_stream_fill(buf, n, at);
 		cr_assert_eq(pwrite(fd, buf, n, (off_t)at), (ssize_t)n);
 	}
 	free(buf);
@@ -285,7 +261,7 @@ Test(file, a_64_mib_file_written_and_read_back_byte_for_byte)
 	int fd = gr_open(t.path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	cr_assert_geq(fd, 0, "gr_open: %s", strerror(errno));
 	for (size_t at = 0; at < size; at += MIB) {
-		pattern_fill(buf, MIB, at);
+		grt_stream_fill(buf, MIB, at);
 		cr_assert_eq(gr_write(fd, buf, MIB), (ssize_t)MIB, "gr_write at %zu: %s", at,
 			     strerror(errno));
 	}
@@ -300,7 +276,7 @@ Test(file, a_64_mib_file_written_and_read_back_byte_for_byte)
 			memset(buf, 0, MIB);
 			cr_assert_eq(gr_read(fd, buf, MIB), (ssize_t)MIB, "pass %d, gr_read at %zu: %s",
 				     pass, at, strerror(errno));
-			pattern_check(buf, MIB, at);
+			grt_stream_check(buf, MIB, at);
 		}
 		cr_assert_eq(gr_read(fd, buf, MIB), 0, "no end of file after 64 MiB");
 	}
@@ -326,23 +302,23 @@ Test(file, reads_at_offsets_and_at_the_position_from_the_disk_and_the_cache)
 			cr_assert_eq(gr_pread(fd, buf, sizeof(buf), offs[i]), (ssize_t)sizeof(buf),
 				     "pass %d, gr_pread at %lld: %s", pass, (long long)offs[i],
 				     strerror(errno));
-			pattern_check(buf, sizeof(buf), (uint64_t)offs[i]);
+			grt_stream_check(buf, sizeof(buf), (uint64_t)offs[i]);
 		}
 		/* Across the end: the tail, whole; at and past it: 0. */
 		off_t tail = (off_t)size - 1000;
 		cr_assert_eq(gr_pread(fd, buf, sizeof(buf), tail), 1000);
-		pattern_check(buf, 1000, (uint64_t)tail);
+		grt_stream_check(buf, 1000, (uint64_t)tail);
 		cr_assert_eq(gr_pread(fd, buf, sizeof(buf), (off_t)size), 0);
 		cr_assert_eq(gr_pread(fd, buf, sizeof(buf), (off_t)size + MIB), 0);
 		/* At the position, which each read moves on. */
 		cr_assert_eq(lseek(fd, 4000, SEEK_SET), 4000);
 		cr_assert_eq(gr_read(fd, buf, 100), 100);
 		cr_assert_eq(gr_read(fd, buf + 100, 200), 200);
-		pattern_check(buf, 300, 4000);
+		grt_stream_check(buf, 300, 4000);
 		cr_assert_eq(lseek(fd, 0, SEEK_CUR), 4300, "gr_read did not move the position");
 		struct iovec iov[3] = { { buf, 10 }, { buf + 10, 5000 }, { buf + 5010, 7 } };
 		cr_assert_eq(gr_readv(fd, iov, 3), 5017);
-		pattern_check(buf, 5017, 4300);
+		grt_stream_check(buf, 5017, 4300);
 		cr_assert_eq(gr_pread(fd, buf, 10, 0), 10);
 		cr_assert_eq(lseek(fd, 0, SEEK_CUR), 9317, "gr_pread moved the position");
 		if (pass == 0)
@@ -357,13 +333,13 @@ Test(file, reads_at_offsets_and_at_the_position_from_the_disk_and_the_cache)
 	cr_assert_eq(gr_writev(fd, wv, 2), 7);
 	cr_assert_eq(lseek(fd, 0, SEEK_CUR), 9324);
 	cr_assert_eq(gr_pread(fd, buf, 20000, 9000), 20000);
-	pattern_check(buf, 317, 9000);
+	grt_stream_check(buf, 317, 9000);
 	for (int i = 317; i < 324; i++)
 		cr_assert_eq(buf[i], 0xa5);
-	pattern_check(buf + 324, 10000 - 9324, 9324);
+	grt_stream_check(buf + 324, 10000 - 9324, 9324);
 	for (int i = 1000; i < 6000; i++)
 		cr_assert_eq(buf[i], 0xa5);
-	pattern_check(buf + 6000, 14000, 15000);
+	grt_stream_check(buf + 6000, 14000, 15000);
 	cr_assert_eq(gr_close(fd), 0);
 	tmp_remove(&t);
 }
@@ -842,7 +818,7 @@ Test(file, a_running_read_on_the_pool_is_waited_for_and_keeps_its_bytes)
 		assert_ok(gr_join(f, NULL, gr_now() + 5 * GR_SEC));
 		cr_assert_eq(r.rc, (ssize_t)h.page_size, "the read's real result: %zd, %s", r.rc,
 			     strerror(r.err));
-		pattern_check(h.page, h.page_size, 8192);
+		grt_stream_check(h.page, h.page_size, 8192);
 		if (on_a_worker)
 			cr_assert_eq(r.after_rc, -ECANCELED, "the kill did not fail the next call");
 	}
@@ -884,7 +860,7 @@ Test(file, a_number_reused_behind_our_back_for_another_kind_of_file)
 	evict(fd);
 	cr_assert_eq(gr_pread(sv[0], buf, sizeof(buf), 4096), (ssize_t)sizeof(buf), "%s",
 		     strerror(errno));
-	pattern_check(buf, sizeof(buf), 4096);
+	grt_stream_check(buf, sizeof(buf), 4096);
 
 	cr_assert_eq(gr_pread(fd, buf, sizeof(buf), 0), (ssize_t)sizeof(buf)); /* the hint: a file */
 	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
@@ -932,7 +908,7 @@ static void *drain_fn(void *arg)
 		if (n <= 0)
 			break;
 		for (ssize_t i = 0; i < n && d->ok; i++)
-			d->ok = buf[i] == pattern_at(d->from + d->got + (size_t)i);
+			d->ok = buf[i] == grt_stream_byte(d->from + d->got + (size_t)i);
 		d->got += (size_t)n;
 	}
 	free(buf);
