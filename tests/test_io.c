@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -1150,6 +1151,107 @@ Test(io, nonblocking_fds_stay_nonblocking_and_work)
 	cr_assert_eq(recv(sv[0], buf, sizeof(buf), 0), -1);
 	cr_assert_eq(errno, EAGAIN);
 	close_pair(sv);
+}
+
+/* A writer of `total` bytes to a blocking pipe: more than it holds, so it
+ * parks with part written, on every hub. */
+struct pipe_fill {
+	int fd;
+	size_t total;
+	size_t written;
+	int err;
+};
+
+static void *fill_pipe(void *arg)
+{
+	struct pipe_fill *w = arg;
+	static const char chunk[4096];
+
+	while (w->written < w->total) {
+		ssize_t n = gr_write(w->fd, chunk, sizeof(chunk));
+
+		if (n <= 0) {
+			w->err = n < 0 ? errno : EIO;
+			return NULL;
+		}
+		w->written += (size_t)n;
+	}
+	return NULL;
+}
+
+/* A green read or write of a blocking pipe waits without making the pipe
+ * O_NONBLOCK: the flag belongs to the open file description, which a shell
+ * or a child may share. (The readiness hubs try the call with RWF_NOWAIT.) */
+Test(io, green_calls_on_a_blocking_pipe_leave_its_flags_alone)
+{
+	int p[2];
+	struct rw r = { 0 };
+
+	make_pipe(p);
+	r.fd = p[0];
+	gr_fiber *f = gr_spawn(reader, &r);
+	cr_assert_eq(gr_sleep(0), 0);
+	cr_assert_eq(r.n, 0, "gr_read of an empty pipe returned %zd (%s)", r.n, strerror(r.err));
+	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(r.n, 2, "%s", strerror(r.err));
+
+	/* Four times what the pipe holds: the writer parks on a full pipe. */
+	struct pipe_fill w = { .fd = p[1], .total = 4 * (size_t)fcntl(p[1], F_GETPIPE_SZ) };
+	f = gr_spawn(fill_pipe, &w);
+	cr_assert_eq(gr_sleep(0), 0);
+	cr_assert_lt(w.written, w.total, "a full pipe took every byte at once");
+	size_t got = 0;
+	char buf[8192];
+	while (got < w.total) {
+		ssize_t n = gr_read(p[0], buf, sizeof(buf));
+
+		cr_assert_gt(n, 0, "gr_read: %zd (%s)", n, strerror(errno));
+		got += (size_t)n;
+	}
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(w.err, 0, "%s", strerror(w.err));
+	cr_assert_eq(w.written, w.total);
+	cr_assert_eq(fcntl(p[0], F_GETFL) & O_NONBLOCK, 0, "the read end was made O_NONBLOCK");
+	cr_assert_eq(fcntl(p[1], F_GETFL) & O_NONBLOCK, 0, "the write end was made O_NONBLOCK");
+	close_pair(p);
+}
+
+/* A terminal refuses RWF_NOWAIT (EOPNOTSUPP): a green read of it still
+ * waits, and keeps waiting once the refusal is remembered. */
+Test(io, a_terminal_that_refuses_rwf_nowait_still_waits)
+{
+	int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+
+	if (master < 0)
+		cr_skip_test("no pseudo-terminal here: %s", strerror(errno));
+	cr_assert_eq(grantpt(master), 0);
+	cr_assert_eq(unlockpt(master), 0);
+	int slave = open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC);
+	cr_assert_geq(slave, 0, "open %s: %s", ptsname(master), strerror(errno));
+	struct termios raw;
+	cr_assert_eq(tcgetattr(slave, &raw), 0);
+	cfmakeraw(&raw);
+	cr_assert_eq(tcsetattr(slave, TCSANOW, &raw), 0);
+
+	for (int round = 0; round < 2; round++) {
+		struct rw r = { .fd = master };
+		gr_fiber *f = gr_spawn(reader, &r);
+
+		cr_assert_eq(gr_sleep(0), 0);
+		cr_assert_eq(r.n, 0, "round %d: gr_read of a silent terminal returned %zd (%s)", round,
+			     r.n, strerror(r.err));
+		cr_assert_eq(write(slave, "hi", 2), 2);
+		cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+		cr_assert_eq(r.n, 2, "round %d: %zd (%s)", round, r.n, strerror(r.err));
+		cr_assert_eq(memcmp(r.buf, "hi", 2), 0);
+	}
+	cr_assert_eq(gr_write(master, "yo", 2), 2);
+	char buf[2];
+	cr_assert_eq(read(slave, buf, 2), 2);
+	cr_assert_eq(memcmp(buf, "yo", 2), 0);
+	close(slave);
+	close(master);
 }
 
 static void *accept_fn(void *arg)
