@@ -197,10 +197,12 @@ GR_API int64_t gr_deadline_get(void);
  * ETIMEDOUT (the fiber's deadline, or the fd's for the call's direction,
  * gr_fd_set_deadline, passed), EBADF (gr_close() of the fd while waiting),
  * EPERM (called inside the hub). A send or write on a socket whose peer went
- * away fails with EPIPE and never raises SIGPIPE. The fd's flags are left
- * alone: on the epoll and poll hubs a stream is tried with RWF_NOWAIT, and
- * only a file that refuses it (a terminal) is made O_NONBLOCK on first use
- * (docs/hubs.md); a regular file never stalls the hub (greenring/file.h). */
+ * away fails with EPIPE and never raises SIGPIPE. On the epoll and poll
+ * hubs a stream is tried with RWF_NOWAIT, leaving its flags alone (a pipe,
+ * a socket); a file that refuses it (a terminal, a FIFO, an eventfd's
+ * write) is made O_NONBLOCK on first use (docs/hubs.md). A write to a
+ * stream may return a short count, as a non-blocking write(2) does. A
+ * regular file never stalls the hub (greenring/file.h). */
 GR_API ssize_t gr_read(int fd, void *buf, size_t n);
 GR_API ssize_t gr_write(int fd, const void *buf, size_t n);
 GR_API ssize_t gr_readv(int fd, const struct iovec *iov, int iovcnt);

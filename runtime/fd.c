@@ -20,10 +20,13 @@
  * Audits. greenring takes raw fds, and a program (or a library it calls)
  * may close() one while a fiber waits on it. The readiness hubs then wait on
  * a registration the kernel has dropped (epoll) and the fiber would hang with
- * no word said. So the hub audits long waits: once per epoch (100 ms) it
- * walks the fds with operations in flight, and each fd whose operations have
- * waited since before the last epoch is checked, then again after 2, 4, ...
- * up to 64 epochs while it keeps waiting. The check is the backend's
+ * no word said. So the hub audits long waits: when the soonest check is due
+ * it walks the fds with operations in flight, and each fd whose operations
+ * have waited since before the last epoch (100 ms of the clock) is checked,
+ * then again after 2, 4, ... up to 64 epochs while it keeps waiting. An fd's
+ * first operation pulls the next walk in to an epoch away (gr__fd_busy), so
+ * a new wait is first checked after one to two epochs whatever the others'
+ * backoff. The check is the backend's
  * fd_audit (epoll re-arms the registration, re-registering a number that now
  * names another file) or, without one, fcntl(F_GETFD). A closed fd's waiters
  * are woken with EBADF and one line on stderr. On a completion backend
@@ -102,7 +105,7 @@ int gr__fd_link_slow(struct gr__hub *hub, struct gr__op *o, struct gr__fdstate *
 	if (st->closing && o->op.kind != GR_OP_CLOSE && gr__fd_still_held(o->op.fd, st))
 		return -EBADF;
 	if (gr__list_empty(&st->ops)) {
-		hub->fds_busy++;
+		gr__fd_busy(hub);
 		/* Once per fd and hub (until it closes the fd), not per
 		 * operation: the record other threads' gr_close reads. */
 		if (!st->claimed && o->op.kind != GR_OP_CLOSE)
@@ -393,7 +396,10 @@ int64_t gr__fd_audit(struct gr__hub *hub, int64_t now)
 	if (now < hub->audit_due)
 		return hub->audit_due;
 
-	uint32_t epoch = ++hub->audit_epoch;
+	/* Epochs of the clock, not walks: a walk comes when the soonest check
+	 * is due, so walks counted as epochs would stretch every gap by the
+	 * others' (a check backed off to 64 epochs came after minutes). */
+	uint32_t epoch = (uint32_t)(now / GR__FD_AUDIT_EPOCH);
 	uint32_t next = UINT32_MAX;
 	for (size_t c = 0; c < hub->fd_nchunks; c++) {
 		struct gr__fdstate *chunk = hub->fd_chunks[c];

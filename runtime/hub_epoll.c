@@ -309,8 +309,11 @@ static void epoll_fd_forget(void *state, int fd)
 	if (fs->gen == 0)
 		return;
 	/* ENOENT or EBADF: the registration is gone already (the file was
-	 * closed behind our back); either way nothing is left to remove. */
-	if (epoll_ctl(h->epfd, EPOLL_CTL_DEL, fd, NULL) < 0 && errno != ENOENT && errno != EBADF)
+	 * closed behind our back); EPERM: the number names a file epoll
+	 * cannot watch now (a regular file took it), so nothing of ours is
+	 * registered under it either. Nothing is left to remove. */
+	if (epoll_ctl(h->epfd, EPOLL_CTL_DEL, fd, NULL) < 0 && errno != ENOENT && errno != EBADF &&
+	    errno != EPERM)
 		fprintf(stderr, "greenring: epoll hub: EPOLL_CTL_DEL %d: %s\n", fd, strerror(errno));
 	fs->gen = 0;
 	fs->mask = 0;

@@ -506,7 +506,6 @@ struct gr__hub {
 	struct gr__fdstate **fd_chunks;   /* per-fd state (fd.c), in chunks that never move */
 	size_t fd_nchunks;
 	size_t fds_busy;                  /* fds with operations in flight */
-	uint32_t audit_epoch;             /* fd.c: long waits are audited per epoch */
 	int64_t audit_due;                /* when the next audit runs; 0 = not planned */
 	unsigned wait_failures;           /* backend wait() failures in a row */
 	struct gr__stack_pool *stacks;
@@ -933,7 +932,19 @@ static inline struct gr__fdstate *gr__fd_state(struct gr__hub *hub, int fd)
  * state exists, no close is under way, this hub's claim on the fd is
  * recorded); gr__fd_link_slow does the rest: every operation passes here,
  * and the call out of line with a second lookup cost ~50 instructions. */
+/* How often the audit runs: a wait on an fd is first checked after one to
+ * two epochs. */
+#define GR__FD_AUDIT_EPOCH (100 * GR_MSEC)
 int gr__fd_link_slow(struct gr__hub *hub, struct gr__op *o, struct gr__fdstate *st);
+/* An fd gets its first operation in flight. The audit planned may be far
+ * off, behind fds whose checks have backed off: this fd's wait must be seen
+ * by the walk an epoch from now, to be checked an epoch after (fd.c). */
+static inline void gr__fd_busy(struct gr__hub *hub)
+{
+	hub->fds_busy++;
+	if (hub->audit_due > hub->clock + GR__FD_AUDIT_EPOCH)
+		hub->audit_due = hub->clock + GR__FD_AUDIT_EPOCH;
+}
 static inline int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
 {
 	struct gr__fdstate *st = o->fd_st ? o->fd_st : gr__fd_peek(hub, o->op.fd);
@@ -941,7 +952,7 @@ static inline int gr__fd_link(struct gr__hub *hub, struct gr__op *o)
 	if (__builtin_expect(!st || st->closing || !st->claimed, 0))
 		return gr__fd_link_slow(hub, o, st);
 	if (gr__list_empty(&st->ops))
-		hub->fds_busy++;
+		gr__fd_busy(hub);
 	gr__list_push_back(&st->ops, &o->fd_link);
 	o->fd_st = st;
 	o->on_fd = true;
@@ -978,9 +989,6 @@ void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why);
  * back: runs the audits due at `now`, returns when the next is due
  * (GR_FOREVER: nothing to audit). */
 int64_t gr__fd_audit(struct gr__hub *hub, int64_t now);
-/* How often the audit runs: a wait on an fd is first checked after one to
- * two epochs. */
-#define GR__FD_AUDIT_EPOCH (100 * GR_MSEC)
 /* The same, asked every loop turn while fds wait: inline when the audit
  * planned is not due yet, which is nearly always. */
 static inline int64_t gr__fd_audit_next(struct gr__hub *hub, int64_t now)
@@ -1080,8 +1088,9 @@ static inline void gr__drain_note(struct gr__hub *hub, struct gr__op *o, int64_t
  * closed with close() and reused by a file that does not drain). The file
  * is learnt afresh at its next short read: two getsockopt calls after a
  * wait this long cost nothing, and a stale hint costs one stall, not one
- * per message. */
-#define GR__DRAIN_DOUBT_NS GR__FD_AUDIT_EPOCH
+ * per message. Half an epoch: the park is measured on the hub's coarse
+ * clock (hub->clock), which may read up to a tick (1-10 ms) short. */
+#define GR__DRAIN_DOUBT_NS (GR__FD_AUDIT_EPOCH / 2)
 static inline void gr__drain_doubt(struct gr__fdstate *st)
 {
 	if (st)

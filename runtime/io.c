@@ -234,21 +234,52 @@ static int64_t run_readiness(struct gr__hub *hub, struct gr__park *p, struct gr_
 
 /* A read or write at the file position of a stream, tried without
  * blocking by the call itself: preadv2/pwritev2 with RWF_NOWAIT (pipes,
- * FIFOs, sockets, eventfds, timerfds). The file's O_NONBLOCK is left as the
- * program set it, for every other user of the open file description (a
- * pipe shared with a shell, a child's stdin), and no F_GETFL is asked on
- * each call: a pipe round trip on epoll is four system calls cheaper. A
- * file that refuses the flag (a tty, inotify) answers EOPNOTSUPP; that is
- * remembered (nowait_refused) and the fd is made O_NONBLOCK instead. A
- * number closed with plain close() and reused keeps the memory: the worst a
- * stale "refused" does is the F_GETFL this saves, and a stale "accepted" is
- * refused again. */
+ * sockets, eventfd and timerfd reads, on Linux 6.18). The file's O_NONBLOCK
+ * is left as the program set it, for every other user of the open file
+ * description (a pipe shared with a shell, a child's stdin), and no F_GETFL
+ * is asked on each call: a pipe round trip on epoll is four system calls
+ * cheaper. A file that refuses the flag (a tty, a FIFO, inotify, an eventfd
+ * written to: EOPNOTSUPP; a sandbox that denies preadv2: ENOSYS or EPERM)
+ * is remembered (nowait_refused) and made O_NONBLOCK instead, as every
+ * stream was before. */
+static uint8_t nowait_dir(const struct gr_op *op)
+{
+	return kind_dirs[op->kind] == GR_FD_WRITE ? GR__NOWAIT_WRITE : GR__NOWAIT_READ;
+}
+
 static bool tries_with_nowait(const struct gr__op *o)
 {
 	const struct gr_op *op = &o->op;
-	uint8_t dir = kind_dirs[op->kind] == GR_FD_WRITE ? GR__NOWAIT_WRITE : GR__NOWAIT_READ;
 
-	return reads_or_writes(op) && op->off < 0 && !(o->fd_st && (o->fd_st->nowait_refused & dir));
+	return reads_or_writes(op) && op->off < 0 &&
+	       !(o->fd_st && (o->fd_st->nowait_refused & nowait_dir(op)));
+}
+
+static bool refuses_nowait(int64_t r)
+{
+	return r == -EOPNOTSUPP || r == -ENOSYS || r == -EPERM;
+}
+
+/* The fd must not block op's system call. A read or write whose file
+ * refused RWF_NOWAIT (tries_with_nowait said no) and that finds the fd
+ * blocking may be facing a new file: the number was closed with plain
+ * close() and reused, say by a pipe. Before it gets O_NONBLOCK, the new
+ * file is asked once (*nowait set); one that accepts forgets the refusal,
+ * one that refuses is made O_NONBLOCK then (gr__run_stream). */
+static int nonblocking_for(struct gr__op *o, bool *nowait)
+{
+	struct gr_op *op = &o->op;
+	int fl = fcntl(op->fd, F_GETFL);
+
+	if (fl < 0)
+		return -errno;
+	if (fl & O_NONBLOCK)
+		return 0;
+	if (reads_or_writes(op) && op->off < 0) {
+		*nowait = true;
+		return 0;
+	}
+	return fcntl(op->fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -errno : 0;
 }
 
 static int64_t attempt_nowait(const struct gr_op *op)
@@ -271,7 +302,7 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 	if (op->kind == GR_OP_CONNECT)
 		forget_previous_file(hub, op->fd);
 	if (needs_nonblocking_fd(op) && !nowait) {
-		int err = ensure_nonblocking(op->fd);
+		int err = nonblocking_for(o, &nowait);
 
 		if (err)
 			return err;
@@ -290,14 +321,13 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 			return soerr ? -soerr : 0;
 		}
 		r = nowait ? attempt_nowait(op) : attempt(op);
-		if (r == -EOPNOTSUPP && nowait) {
+		if (nowait && refuses_nowait(r)) {
 			/* A file without RWF_NOWAIT (a tty): O_NONBLOCK then. */
 			struct gr__fdstate *st = gr__fd_state(hub, op->fd);
 
 			if (!st)
 				return errno == EBADF ? -EBADF : -ENOMEM;
-			st->nowait_refused |= kind_dirs[op->kind] == GR_FD_WRITE ? GR__NOWAIT_WRITE
-										 : GR__NOWAIT_READ;
+			st->nowait_refused |= nowait_dir(op);
 			nowait = false;
 			int err = ensure_nonblocking(op->fd);
 
@@ -305,6 +335,8 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 				return err;
 			continue;
 		}
+		if (nowait && o->fd_st && (o->fd_st->nowait_refused & nowait_dir(op)))
+			o->fd_st->nowait_refused &= (uint8_t)~nowait_dir(op); /* a new file took the number */
 		if (op->kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY)) {
 			connecting = true;
 		} else if (r != -EAGAIN && r != -EWOULDBLOCK) {
