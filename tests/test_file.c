@@ -676,6 +676,7 @@ struct exiting {
 	unsigned char buf[4096];
 	struct call r;
 	bool ok;
+	bool served;                 /* the read ended before it was seen queued */
 };
 
 static void *exit_mid_read(void *arg)
@@ -690,9 +691,11 @@ static void *exit_mid_read(void *arg)
 	/* Wait until the read is queued on the pool, then leave. */
 	int64_t until = gr_now() + 5 * GR_SEC;
 	struct gr_tpool_stats st;
-	while (gr_tpool_stats(&st) == 0 && st.queued == 0 && gr_now() < until)
+	while (gr_tpool_stats(&st) == 0 && st.queued == 0 && !atomic_load(&e->r.done) &&
+	       gr_now() < until)
 		gr_sleep(GR_MSEC);
 	e->ok = st.queued == 1;
+	e->served = atomic_load(&e->r.done);
 	return NULL; /* the fiber is still waiting for its read */
 }
 
@@ -709,6 +712,15 @@ Test(file, a_thread_exits_while_its_fiber_waits_for_a_read_on_the_pool)
 	int64_t t0 = gr_now();
 	cr_assert_eq(pthread_create(&th, NULL, exit_mid_read, &e), 0);
 	cr_assert_eq(pthread_join(th, NULL), 0);
+	if (e.served && !e.ok) {
+		/* The page came into the cache after evict() (a loaded machine
+		 * saw it once in about ten runs): the read needed no worker. */
+		pool_unblock(&g);
+		pool_settle();
+		cr_assert_eq(gr_close(e.fd), 0);
+		tmp_remove(&t);
+		cr_skip_test("the read was served from the cache: nothing to withdraw");
+	}
 	cr_assert(e.ok, "the read was never queued");
 	cr_assert_lt(gr_now() - t0, 2 * GR_SEC, "the thread's exit waited for the pool");
 	struct gr_tpool_stats st;
