@@ -520,8 +520,10 @@ struct gr__hub {
 	struct gr__hub_counters counters;
 	pid_t tid;                        /* its thread, for the monitor and the dump */
 	struct gr__hub_watch watch;
+	uint64_t streak_at;               /* `progress` when the streak began */
 	unsigned streak;                  /* green calls the running fiber finished
-					     without a switch (io.c's budget) */
+					     without a switch (io.c's budget): counted
+					     while progress stays streak_at */
 	unsigned io_budget;               /* GREENRING_IO_BUDGET */
 	/* idle.c: set while the loop may block in wait(), so that other
 	 * threads' posts wake it only then; the spin for a post. */
@@ -685,7 +687,6 @@ static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *
 	gr__hub_progress(hub, 2);
 	atomic_signal_fence(memory_order_seq_cst);
 	hub->current = to;
-	hub->streak = 0;
 	to->state = GR__FIBER_RUNNING;
 #ifdef GR__ASAN
 	__sanitizer_start_switch_fiber(dying ? NULL : &from->san.fake_stack, to->san.stack_bottom,
