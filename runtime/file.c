@@ -52,8 +52,9 @@ static bool vectored(const struct gr_op *op)
 }
 
 /* A read or write as one preadv2/pwritev2 with `rwf`: RWF_NOWAIT (only what
- * needs no disk), or 0 (whatever it takes). */
-static int64_t rw_call(const struct gr_op *op, int rwf)
+ * needs no disk, or for a stream only what is there: io.c), or 0 (whatever
+ * it takes). */
+int64_t gr__rw_call(const struct gr_op *op, int rwf)
 {
 	struct iovec one = { .iov_base = op->buf, .iov_len = op->len };
 	const struct iovec *iov = vectored(op) ? op->iov : &one;
@@ -71,7 +72,7 @@ static int64_t rw_call(const struct gr_op *op, int rwf)
 /* A worker's call: it may wait for the disk. */
 static int64_t rw_blocking(const struct gr_op *op)
 {
-	return rw_call(op, 0);
+	return gr__rw_call(op, 0);
 }
 
 static size_t wanted(const struct gr_op *op)
@@ -138,7 +139,7 @@ int64_t gr__file_rw(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 		r = rest_of(o, done, &rest, &heap);
 		if (r < 0)
 			return partial(done, r);
-		r = rw_call(&rest.op, RWF_NOWAIT);
+		r = gr__rw_call(&rest.op, RWF_NOWAIT);
 		free(heap);
 		if (r > 0) {
 			done += (size_t)r;

@@ -445,6 +445,10 @@ int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short ev
 int gr__fd_nonblocking(int fd);
 /* file.c: a readiness hub's way for a read or write of a regular file. */
 int64_t gr__file_rw(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
+/* file.c: a read or write (or its vector form) as one preadv2/pwritev2 with
+ * `rwf` (RWF_NOWAIT or 0), at op->off or, if negative, the file position:
+ * the result, or -errno. */
+int64_t gr__rw_call(const struct gr_op *op, int rwf);
 
 /* ------------------------------------------------------------ the hub */
 

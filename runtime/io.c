@@ -41,7 +41,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -263,9 +262,9 @@ static bool refuses_nowait(int64_t r)
 /* The fd must not block op's system call. A read or write whose file
  * refused RWF_NOWAIT (tries_with_nowait said no) and that finds the fd
  * blocking may be facing a new file: the number was closed with plain
- * close() and reused, say by a pipe. Before it gets O_NONBLOCK, the new
- * file is asked once (*nowait set); one that accepts forgets the refusal,
- * one that refuses is made O_NONBLOCK then (gr__run_stream). */
+ * close() and reused, say by a pipe. Before it gets O_NONBLOCK, the refusal
+ * is forgotten and the file asked again (*nowait set); one that refuses
+ * again is remembered and made O_NONBLOCK then (gr__run_stream). */
 static int nonblocking_for(struct gr__op *o, bool *nowait)
 {
 	struct gr_op *op = &o->op;
@@ -276,22 +275,11 @@ static int nonblocking_for(struct gr__op *o, bool *nowait)
 	if (fl & O_NONBLOCK)
 		return 0;
 	if (reads_or_writes(op) && op->off < 0) {
+		o->fd_st->nowait_refused &= (uint8_t)~nowait_dir(op);
 		*nowait = true;
 		return 0;
 	}
 	return fcntl(op->fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -errno : 0;
-}
-
-static int64_t attempt_nowait(const struct gr_op *op)
-{
-	struct iovec one = { .iov_base = op->buf, .iov_len = op->len };
-	bool vectored = op->kind == GR_OP_READV || op->kind == GR_OP_WRITEV;
-	const struct iovec *iov = vectored ? op->iov : &one;
-	int cnt = vectored ? op->iovcnt : 1;
-	ssize_t r = kind_dirs[op->kind] == GR_FD_WRITE ? pwritev2(op->fd, iov, cnt, -1, RWF_NOWAIT)
-						      : preadv2(op->fd, iov, cnt, -1, RWF_NOWAIT);
-
-	return syscall_result(r);
 }
 
 int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
@@ -320,7 +308,7 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 				return -errno;
 			return soerr ? -soerr : 0;
 		}
-		r = nowait ? attempt_nowait(op) : attempt(op);
+		r = nowait ? gr__rw_call(op, RWF_NOWAIT) : attempt(op);
 		if (nowait && refuses_nowait(r)) {
 			/* A file without RWF_NOWAIT (a tty): O_NONBLOCK then. */
 			struct gr__fdstate *st = gr__fd_state(hub, op->fd);
@@ -335,8 +323,6 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 				return err;
 			continue;
 		}
-		if (nowait && o->fd_st && (o->fd_st->nowait_refused & nowait_dir(op)))
-			o->fd_st->nowait_refused &= (uint8_t)~nowait_dir(op); /* a new file took the number */
 		if (op->kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY)) {
 			connecting = true;
 		} else if (r != -EAGAIN && r != -EWOULDBLOCK) {
