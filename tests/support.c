@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pty.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -500,4 +502,30 @@ void grt_stream_check(const unsigned char *buf, size_t n, uint64_t pos)
 			cr_assert_fail("byte %llu: %#x, expected %#x", (unsigned long long)(pos + i),
 				       buf[i], grt_stream_byte(pos + i));
 	}
+}
+
+void grt_udp_pair(int fds[2])
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(sa);
+
+	fds[1] = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	fds[0] = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	cr_assert(fds[0] >= 0 && fds[1] >= 0);
+	cr_assert_eq(bind(fds[1], (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(getsockname(fds[1], (struct sockaddr *)&sa, &len), 0);
+	cr_assert_eq(connect(fds[0], (struct sockaddr *)&sa, sizeof(sa)), 0);
+}
+
+void grt_raw_pty(int *master, int *slave)
+{
+	struct termios raw;
+
+	if (openpty(master, slave, NULL, NULL, NULL) != 0)
+		cr_skip_test("no pseudo-terminal here: %s", strerror(errno));
+	cr_assert_eq(tcgetattr(*slave, &raw), 0);
+	cfmakeraw(&raw);
+	cr_assert_eq(tcsetattr(*slave, TCSANOW, &raw), 0);
+	cr_assert_eq(fcntl(*master, F_SETFD, FD_CLOEXEC), 0);
+	cr_assert_eq(fcntl(*slave, F_SETFD, FD_CLOEXEC), 0);
 }

@@ -56,6 +56,11 @@ int grt_count_zombies(void);
 
 /* A connected pair of loopback TCP sockets (fds[0] client, fds[1] server side). */
 void grt_tcp_pair(int fds[2]);
+/* A connected pair of UDP sockets on loopback: fds[0] sends to fds[1]. */
+void grt_udp_pair(int fds[2]);
+/* A pseudo-terminal in raw mode (bytes pass at once, unechoed), both ends
+ * close-on-exec; skips the test where there is none. */
+void grt_raw_pty(int *master, int *slave);
 
 /* A listening loopback TCP socket on an ephemeral port; *port gets it. */
 int grt_listener(int *port);

@@ -318,27 +318,13 @@ Test(drain, two_fibers_reading_one_socket_lose_nothing)
 
 /* ------------------------------------------------------------ other files */
 
-/* Two UDP sockets on loopback, the first connected to the second. */
-static void udp_pair(int fds[2])
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(sa);
-
-	fds[1] = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	fds[0] = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	cr_assert(fds[0] >= 0 && fds[1] >= 0);
-	cr_assert_eq(bind(fds[1], (struct sockaddr *)&sa, sizeof(sa)), 0);
-	cr_assert_eq(getsockname(fds[1], (struct sockaddr *)&sa, &len), 0);
-	cr_assert_eq(connect(fds[0], (struct sockaddr *)&sa, sizeof(sa)), 0);
-}
-
 /* Datagrams queued together raise one edge: a short read of one leaves the
  * others queued, with no edge to come for them. */
 Test(drain, udp_datagrams_queued_together_are_all_read_without_stall)
 {
 	int fds[2];
 
-	udp_pair(fds);
+	grt_udp_pair(fds);
 	prime(fds[1]);
 	for (int round = 0; round < 2; round++) {
 		/* Round 0: a buffer larger than each datagram (short reads);
@@ -401,7 +387,7 @@ Test(drain, a_tcp_number_reused_by_udp_after_plain_close_stalls_at_most_once)
 	prime(tcp[1]);
 	send_plain(tcp[0], "0123456789", 10);
 	recv_promptly(tcp[1], 100, 10, "0123456789", 0);
-	udp_pair(udp);
+	grt_udp_pair(udp);
 	int num = tcp[1];
 	cr_assert_eq(close(num), 0);
 	cr_assert_eq(dup2(udp[1], num), num);

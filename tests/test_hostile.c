@@ -32,7 +32,6 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
-#include <pty.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -55,7 +54,6 @@
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/uio.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -1036,7 +1034,7 @@ Test(hostile, a_socket_through_readv_and_writev_waits_and_never_raises_sigpipe)
 static void send_datagram(void *arg)
 {
 	int *fds = arg;
-	ssize_t r = send(fds[1], "w", 1, 0);
+	ssize_t r = send(fds[0], "w", 1, 0);
 	(void)r;
 }
 
@@ -1045,49 +1043,29 @@ static void send_datagram(void *arg)
  * included: 0, not end of anything). */
 Test(hostile, a_udp_socket_through_read_gets_one_datagram_a_call)
 {
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
 	int fds[2];
 	struct watchdog w;
 
-	fds[0] = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	fds[1] = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	cr_assert(fds[0] >= 0 && fds[1] >= 0);
-	cr_assert_eq(bind(fds[0], (struct sockaddr *)&a, sizeof(a)), 0);
-	cr_assert_eq(getsockname(fds[0], (struct sockaddr *)&a, &len), 0);
-	cr_assert_eq(connect(fds[1], (struct sockaddr *)&a, sizeof(a)), 0);
+	grt_udp_pair(fds);
 	for (int vectored = 0; vectored < 2; vectored++) {
-		struct call c = { .fd = fds[0], .n = 64, .vectored = vectored,
+		struct call c = { .fd = fds[1], .n = 64, .vectored = vectored,
 				  .deadline = gr_now() + 10 * GR_SEC };
 		gr_fiber *f = guarded_read(&c, &w, send_datagram, fds);
-		cr_assert_eq(send(fds[1], "one", 3, 0), 3);
-		cr_assert_eq(send(fds[1], "three", 5, 0), 5);
-		cr_assert_eq(send(fds[1], "", 0, 0), 0);
+		cr_assert_eq(send(fds[0], "one", 3, 0), 3);
+		cr_assert_eq(send(fds[0], "three", 5, 0), 5);
+		cr_assert_eq(send(fds[0], "", 0, 0), 0);
 		join_within(f, 5 * GR_SEC);
 		watchdog_stop(&w);
 		cr_assert_eq(c.r, 3, "%zd (%s)", c.r, strerror(c.err));
 		cr_assert_eq(memcmp(c.buf, "one", 3), 0);
 		char buf[64];
-		cr_assert_eq(gr_read(fds[0], buf, sizeof(buf)), 5);
+		cr_assert_eq(gr_read(fds[1], buf, sizeof(buf)), 5);
 		cr_assert_eq(memcmp(buf, "three", 5), 0);
-		cr_assert_eq(gr_read(fds[0], buf, sizeof(buf)), 0, "the empty datagram: %s",
+		cr_assert_eq(gr_read(fds[1], buf, sizeof(buf)), 0, "the empty datagram: %s",
 			     strerror(errno));
 	}
 	close(fds[0]);
 	close(fds[1]);
-}
-
-static void raw_pty(int *master, int *slave)
-{
-	struct termios raw;
-
-	if (openpty(master, slave, NULL, NULL, NULL) != 0)
-		cr_skip_test("no pseudo-terminal here: %s", strerror(errno));
-	cr_assert_eq(tcgetattr(*slave, &raw), 0);
-	cfmakeraw(&raw);
-	cr_assert_eq(tcsetattr(*slave, TCSANOW, &raw), 0);
-	fcntl(*master, F_SETFD, FD_CLOEXEC);
-	fcntl(*slave, F_SETFD, FD_CLOEXEC);
 }
 
 /* The slave side of a terminal (test_io covers the master's read). */
@@ -1096,7 +1074,7 @@ Test(hostile, a_terminal_slave_read_waits_and_its_write_arrives)
 	int m, s;
 	struct watchdog w;
 
-	raw_pty(&m, &s);
+	grt_raw_pty(&m, &s);
 	struct call c = { .fd = s, .n = 16, .deadline = gr_now() + 10 * GR_SEC };
 	gr_fiber *f = guarded_read(&c, &w, write_byte, &m);
 	cr_assert_eq(write(m, "hi", 2), 2);
@@ -1128,7 +1106,7 @@ static void read_through_pty(int fd_no, int *feed)
 {
 	int m, s;
 
-	raw_pty(&m, &s);
+	grt_raw_pty(&m, &s);
 	cr_assert_eq(grt_move_fd(m, fd_no), 0);
 	*feed = s;
 }

@@ -16,7 +16,6 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -1215,18 +1214,9 @@ Test(io, a_writer_waits_on_a_full_blocking_pipe_and_leaves_its_flags_alone)
  * waits, and keeps waiting once the refusal is remembered. */
 Test(io, a_terminal_that_refuses_rwf_nowait_still_waits)
 {
-	int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	int master, slave;
 
-	if (master < 0)
-		cr_skip_test("no pseudo-terminal here: %s", strerror(errno));
-	cr_assert_eq(grantpt(master), 0);
-	cr_assert_eq(unlockpt(master), 0);
-	int slave = open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC);
-	cr_assert_geq(slave, 0, "open %s: %s", ptsname(master), strerror(errno));
-	struct termios raw;
-	cr_assert_eq(tcgetattr(slave, &raw), 0);
-	cfmakeraw(&raw);
-	cr_assert_eq(tcsetattr(slave, TCSANOW, &raw), 0);
+	grt_raw_pty(&master, &slave);
 
 	for (int round = 0; round < 2; round++) {
 		struct rw r = { .fd = master };
