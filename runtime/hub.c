@@ -316,8 +316,9 @@ static void hub_main(gr__transfer t)
 		 * enough. */
 		if (hub->inflight > 0 || (idle && hub->remote_waiting > 0)) {
 			/* Only another thread can end this idle spell: spin
-			 * for its post first (idle.c). */
-			bool spell = idle && gr__hub_expects_post(hub);
+			 * for its post first (idle.c). Asked only when a fiber
+			 * waits on another thread, without a call otherwise. */
+			bool spell = idle && hub->remote_waiting > 0 && gr__hub_expects_post(hub);
 			int64_t since = 0;
 
 			if (!spell || !gr__hub_spin(hub, &since)) {

@@ -84,7 +84,7 @@ struct gr__op {
 	struct gr_op op;
 	int64_t res;
 	struct gr__park *park;            /* the wait it serves */
-	void (*on_complete)(struct gr__op *o);
+	void (*on_complete)(struct gr__op *o); /* NULL: ready park->fiber */
 	struct gr__link fd_link;          /* on its fd's list while in flight */
 	struct gr__fdstate *fd_st;        /* its fd's state once looked up, or NULL:
 					     the table never moves, so the state
@@ -290,8 +290,9 @@ bool gr__hub_expects_post(const struct gr__hub *hub);
 bool gr__hub_spin(struct gr__hub *hub, int64_t *since);
 void gr__hub_slept(struct gr__hub *hub, int64_t since);
 /* The hub takes what other threads posted, in the order they posted it:
- * woken fibers become runnable, requests are run. */
-void gr__hub_drain_inbox(struct gr__hub *hub);
+ * woken fibers become runnable, requests are run. Called through
+ * gr__hub_drain_inbox (below), which asks first whether anything came. */
+void gr__hub_take_inbox(struct gr__hub *hub);
 
 /* End f's current wait early because of `why` (ECANCELED for a kill, EIO
  * for a backend that cannot wait): a queue wait is woken with -why, an
@@ -547,6 +548,14 @@ static inline void gr__offload_reap(struct gr__hub *hub)
 {
 	if (__builtin_expect(hub->offload.used, 0))
 		gr__offload_reap_used(hub);
+}
+
+/* The loop asks twice per turn, and an inbox is nearly always empty: a
+ * load, without a call (gr__hub_take_inbox, above). */
+static inline void gr__hub_drain_inbox(struct gr__hub *hub)
+{
+	if (atomic_load_explicit(&hub->inbox, memory_order_relaxed))
+		gr__hub_take_inbox(hub);
 }
 
 /* The hub moved along (see gr__hub.progress). */

@@ -78,11 +78,6 @@ int gr__deadline_passed(void)
 
 /* ------------------------------------------------------------ operations */
 
-static void op_done(struct gr__op *o)
-{
-	gr__ready(o->park->fiber);
-}
-
 void gr_hub_complete(struct gr_op *op, int64_t res)
 {
 	struct gr__hub *hub = gr__tls_hub;
@@ -95,7 +90,13 @@ void gr_hub_complete(struct gr_op *op, int64_t res)
 	hub->counters.completed[op->kind]++;
 	if (o->park->op == o)
 		o->park->op = NULL;
-	o->on_complete(o);
+	/* The common case, an operation its fiber waits for, without a call
+	 * through a pointer: a fifth of this function's cost per completion
+	 * (callgrind, a pipe round trip on io_uring). */
+	if (o->on_complete)
+		o->on_complete(o);
+	else
+		gr__ready(o->park->fiber);
 }
 
 /* What the caller of a completed operation sees. The kernel reports a
@@ -170,7 +171,7 @@ int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 		o->res = 0;
 		o->cancel_errno = 0;
 		o->park = p;
-		o->on_complete = op_done;
+		o->on_complete = NULL; /* gr_hub_complete readies the fiber */
 		o->on_fd = false;
 		/* Parked before submit(), so that a backend completing the
 		 * operation at once finds the books in order. */
@@ -364,7 +365,7 @@ void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq)
 		(void)hub->ops->wake(hub->backend);
 }
 
-void gr__hub_drain_inbox(struct gr__hub *hub)
+void gr__hub_take_inbox(struct gr__hub *hub)
 {
 	/* In post order. A fiber made ready may run and be gone, a request
 	 * served may be freed: next is read first. */
