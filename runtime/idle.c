@@ -99,6 +99,11 @@ void gr__hub_wake(struct gr__hub *hub)
 		(void)hub->ops->wake(hub->backend);
 }
 
+void gr__hub_wake_unasked(struct gr__hub *hub)
+{
+	(void)hub->ops->wake(hub->backend);
+}
+
 /* Could a post come that wakes this hub only if it sees `sleeping`? */
 static bool posts_count_on_sleeping(const struct gr__hub *hub)
 {

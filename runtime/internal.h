@@ -285,6 +285,9 @@ void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
  * tells gr__hub_slept, which resumes spinning if a post came soon enough. */
 void gr__hub_idle_init(struct gr__hub *hub);
 void gr__hub_wake(struct gr__hub *hub);
+/* Wake hub whether or not it says it sleeps: for a request's first post
+ * (gr__hub_request), which the hub's fence does not cover. */
+void gr__hub_wake_unasked(struct gr__hub *hub);
 int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout);
 bool gr__hub_expects_post(const struct gr__hub *hub);
 bool gr__hub_spin(struct gr__hub *hub, int64_t *since);

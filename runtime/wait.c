@@ -362,7 +362,7 @@ void gr__hub_request(struct gr__hub *hub, struct gr__hub_request *rq)
 	 * sleep without saying so (idle.c), so its first poster wakes it
 	 * unasked. A later one finds the inbox taken care of. */
 	if (gr__inbox_push(&hub->inbox, &rq->park.inbox_link))
-		(void)hub->ops->wake(hub->backend);
+		gr__hub_wake_unasked(hub);
 }
 
 void gr__hub_take_inbox(struct gr__hub *hub)
