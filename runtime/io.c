@@ -319,8 +319,11 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 			return soerr ? -soerr : 0;
 		}
 		r = nowait ? gr__rw_call(op, RWF_NOWAIT) : attempt(op);
-		if (nowait && (r > 0 || r == -EAGAIN) && (hub->ops->caps & GR_HUB_CAP_COMPLETION))
+		if (nowait && (r > 0 || r == -EAGAIN) && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
 			took_nowait(o);
+			if (r == -EAGAIN)
+				return r; /* from now on the backend serves it (run_completion) */
+		}
 		if (nowait && refuses_nowait(r)) {
 			/* A file without RWF_NOWAIT (a tty): O_NONBLOCK then. */
 			struct gr__fdstate *st = gr__fd_state(hub, op->fd);
@@ -492,8 +495,17 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 	for (;;) {
 		int in_backend = completes_in_backend(hub, o);
 
-		if (in_backend <= 0)
-			return in_backend < 0 ? in_backend : gr__run_stream(hub, p, o);
+		if (in_backend < 0)
+			return in_backend;
+		if (in_backend == 0) {
+			int64_t r = gr__run_stream(hub, p, o);
+
+			/* EAGAIN: the file took RWF_NOWAIT and was not ready; the
+			 * backend waits for it as for any other. */
+			if (r != -EAGAIN)
+				return r;
+			continue;
+		}
 		int64_t r = gr__park_op(hub, p, o);
 		/* EALREADY: a connect submitted again after a retime (wait.c)
 		 * finds the first one still under way. */
