@@ -164,7 +164,7 @@ static bool not_ending(struct gr__hub *hub, const struct gr__op *o, unsigned arg
 {
 	(void)hub;
 	(void)arg;
-	return !o->cancel_errno || o->cancel_errno == GR__RETIME;
+	return !o->cancel_errno || gr__cancel_weak(o->cancel_errno);
 }
 
 void gr__fd_cancel_all(struct gr__hub *hub, struct gr__fdstate *st, int why)
@@ -196,6 +196,7 @@ static void set_kind(struct gr__fdstate *st, enum gr__fd_kind kind)
 	if (st->kind != kind) {
 		st->kind = (uint8_t)kind;
 		st->nowait_refused = 0;
+		st->nowait_taken = 0;
 	}
 }
 
@@ -235,10 +236,16 @@ void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind)
 	}
 }
 
-void gr__fd_forget(struct gr__fdstate *st)
+void gr__fd_doubt(struct gr__fdstate *st)
 {
 	st->kind = GR__FD_UNKNOWN;
 	st->nowait_refused = 0;
+	st->nowait_taken = 0;
+}
+
+void gr__fd_forget(struct gr__fdstate *st)
+{
+	gr__fd_doubt(st);
 	forget_drain(st);
 	st->deadline[0] = st->deadline[1] = 0;
 }
@@ -354,6 +361,18 @@ static bool refreshable(struct gr__hub *hub, const struct gr__op *o, unsigned ar
 	}
 }
 
+/* Of the refreshable: a read or write at the file's position, which io.c
+ * serves either through the backend or the readiness hubs' way, chosen by
+ * what it learnt of the file (io.c, completes_in_backend). */
+static bool served_by_choice(struct gr__hub *hub, const struct gr__op *o, unsigned arg)
+{
+	const struct gr_op *op = &o->op;
+
+	return refreshable(hub, o, arg) && op->off < 0 &&
+	       (op->kind == GR_OP_READ || op->kind == GR_OP_READV || op->kind == GR_OP_WRITE ||
+		op->kind == GR_OP_WRITEV);
+}
+
 static void audit_one(struct gr__hub *hub, int fd, struct gr__fdstate *st, uint32_t epoch)
 {
 	if (st->audit_at == 0) {
@@ -377,7 +396,14 @@ static void audit_one(struct gr__hub *hub, int fd, struct gr__fdstate *st, uint3
 		 * socket's peer never sees the close. Cancelled for a retime,
 		 * it moved nothing and is submitted again (wait.c), on what
 		 * the number names now; a socket call on a pipe then fails
-		 * with ENOTSOCK. On the same file, it just waits on. */
+		 * with ENOTSOCK. On the same file, it just waits on.
+		 * What was learnt of the file is doubted too: a read that
+		 * went to the backend because the number named a pipe would
+		 * wait for ever on a FIFO that never had a writer, which
+		 * read(2) answers at once. Such a call goes back to io.c
+		 * (GR__REDECIDE), which asks the file again. */
+		gr__fd_doubt(st);
+		cancel_each(hub, st, GR__REDECIDE, served_by_choice, 0);
 		cancel_each(hub, st, GR__RETIME, refreshable, 0);
 	}
 }

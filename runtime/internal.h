@@ -92,7 +92,8 @@ struct gr__op {
 	struct gr__offload *offload;      /* not NULL: the thread pool performs it,
 					     not the backend (offload.c) */
 	uint8_t cancel_errno;             /* why the core cancelled it: 0, ECANCELED,
-					     ETIMEDOUT, EBADF, EIO, or GR__RETIME */
+					     ETIMEDOUT, EBADF, EIO, GR__RETIME or
+					     GR__REDECIDE */
 	bool on_fd;                       /* linked on its fd (fd_link is live) */
 };
 
@@ -101,6 +102,19 @@ struct gr__op {
  * again under the new deadline if it moved no data; any other reason
  * cancelling it later overrides this one. */
 #define GR__RETIME 0xff
+/* Another reason that is no errno: the audit of long waits doubts how the
+ * core chose to serve the call (the number may name another file now,
+ * fd.c). The gate hands a call that moved no data back to its caller with
+ * -EAGAIN, its deadline recomputed as for a retime, and io.c chooses again.
+ * As weak as a retime, which it includes. */
+#define GR__REDECIDE 0xfe
+
+/* A reason that only asks the call to wait again (or choose again): any
+ * reason to end it replaces it. */
+static inline bool gr__cancel_weak(uint8_t why)
+{
+	return why == GR__RETIME || why == GR__REDECIDE;
+}
 
 static inline struct gr__op *gr__op_of(struct gr_op *op)
 {
@@ -862,6 +876,9 @@ struct gr__fdstate {
 	 * keeps them for its next file (docs/api.md says so). */
 	uint8_t kind;                     /* enum gr__fd_kind: a hint, see below */
 	uint8_t nowait_refused;           /* GR__NOWAIT_*: this file refused RWF_NOWAIT */
+	uint8_t nowait_taken;             /* GR__NOWAIT_*: this file took RWF_NOWAIT, so
+					     a completion backend may perform its reads
+					     (writes) itself (io.c, completes_in_backend) */
 	uint8_t drains;                   /* enum gr__drains (drain.c): whether a short
 					     recv empties this file's receive queue */
 	uint32_t drained_at;              /* drain.c: hub->waits when a recv came back
@@ -913,6 +930,10 @@ void gr__fd_set_kind(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
 void gr__fd_born(struct gr__hub *hub, int fd, enum gr__fd_kind kind);
 /* gr_close is closing st's fd: the same forgetting. */
 void gr__fd_forget(struct gr__fdstate *st);
+/* The number may name another file than the one the hints were learnt of
+ * (the audit of a long wait on a completion hub): forget the kind and the
+ * RWF_NOWAIT answers, which the next calls learn again. */
+void gr__fd_doubt(struct gr__fdstate *st);
 
 /* gr__fdstate.closing: a gr_close of this hub is under way; or another
  * thread's gr_close is, and holds the fd here until it has closed it
@@ -995,7 +1016,7 @@ static inline void gr__fd_unlink(struct gr__hub *hub, struct gr__op *o)
 		/* A retime goes on waiting: its audits keep backing off (the
 		 * audit's own resubmission on io_uring would otherwise come
 		 * again every other epoch, for ever). */
-		if (o->cancel_errno != GR__RETIME)
+		if (!gr__cancel_weak(o->cancel_errno))
 			st->audit_at = 0;
 	}
 }

@@ -282,6 +282,16 @@ static int nonblocking_for(struct gr__op *o, bool *nowait)
 	return fcntl(op->fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -errno : 0;
 }
 
+/* The file took RWF_NOWAIT: it said EAGAIN, or moved bytes, which it does
+ * only past the flag's check (a refusal comes first; a file with no read
+ * or write at all says EINVAL before it, and an empty call 0, so neither
+ * proves anything). A completion hub lets its backend perform the file's
+ * next calls in this direction (completes_in_backend). */
+static void took_nowait(struct gr__op *o)
+{
+	o->fd_st->nowait_taken |= nowait_dir(&o->op);
+}
+
 int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
 	struct gr_op *op = &o->op;
@@ -309,6 +319,11 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 			return soerr ? -soerr : 0;
 		}
 		r = nowait ? gr__rw_call(op, RWF_NOWAIT) : attempt(op);
+		if (nowait && (r > 0 || r == -EAGAIN) && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
+			took_nowait(o);
+			if (r == -EAGAIN)
+				return r; /* from now on the backend serves it (run_completion) */
+		}
 		if (nowait && refuses_nowait(r)) {
 			/* A file without RWF_NOWAIT (a tty): O_NONBLOCK then. */
 			struct gr__fdstate *st = gr__fd_state(hub, op->fd);
@@ -439,14 +454,58 @@ static void mark_defined(const struct gr_op *op, int64_t res)
 #endif
 }
 
+/* Whether a completion backend performs o itself (1), or the core serves
+ * it as the readiness hubs do (0: gr__run_stream), or -errno. io_uring
+ * tries a read of a file that cannot be tried without blocking (no
+ * RWF_NOWAIT) only once poll(2) calls the file ready, and some such files
+ * never become ready although read(2) or write(2) answers them at once: a
+ * FIFO that never had a writer (end of file), a pidfd or an epoll fd
+ * (EINVAL), a terminal with VMIN 0 (0); IOSQE_ASYNC does not help, the
+ * kernel's worker polls the same way (measured on Linux 6.18). So a read
+ * or write at a stream's position goes to the backend only once the file
+ * has taken RWF_NOWAIT (learnt by gr__run_stream's first try, once per fd
+ * and direction); until then, and for a file that refused it, the call
+ * itself is tried without blocking and the fiber parks on GR_OP_POLL.
+ * Sockets and regular files always go to the backend. Asked on every call:
+ * the fast path is two loads of the fd's state, already looked up. */
+static inline int completes_in_backend(struct gr__hub *hub, struct gr__op *o)
+{
+	const struct gr_op *op = &o->op;
+
+	if (!reads_or_writes(op) || op->off >= 0)
+		return 1;
+	const struct gr__fdstate *st = o->fd_st;
+	if (__builtin_expect(st && (st->nowait_taken & nowait_dir(op)), 1))
+		return 1;
+	int kind = op_fd_kind(hub, o);
+	if (kind < 0)
+		return kind;
+	return kind != GR__FD_STREAM;
+}
+
 /* A completion backend runs the call in the kernel, which honours the
  * file's own O_NONBLOCK (a signalfd made with SFD_NONBLOCK, a socket the
  * program set non-blocking): the call comes back with EAGAIN (EINPROGRESS
  * for a connect) instead of waiting. A green call waits on every hub, so
- * here it waits for readiness, as the readiness hubs do, and tries again. */
+ * here it waits for readiness, as the readiness hubs do, and tries again.
+ * EAGAIN is also what the gate returns for a call the audit of long waits
+ * doubted (GR__REDECIDE): the way to serve it is chosen again first. */
 static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
 	for (;;) {
+		int in_backend = completes_in_backend(hub, o);
+
+		if (in_backend < 0)
+			return in_backend;
+		if (in_backend == 0) {
+			int64_t r = gr__run_stream(hub, p, o);
+
+			/* EAGAIN: the file took RWF_NOWAIT and was not ready; the
+			 * backend waits for it as for any other. */
+			if (r != -EAGAIN)
+				return r;
+			continue;
+		}
 		int64_t r = gr__park_op(hub, p, o);
 		/* EALREADY: a connect submitted again after a retime (wait.c)
 		 * finds the first one still under way. */
@@ -456,6 +515,8 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 			mark_defined(&o->op, r);
 			return r;
 		}
+		if (!connecting && completes_in_backend(hub, o) == 0)
+			continue; /* doubted by the audit: the file is asked again */
 		r = gr__park_again(p);
 		if (r < 0)
 			return r;

@@ -15,7 +15,9 @@
  * and the result is mapped back here (op_result): one place decides what a
  * cancelled or timed-out operation returns. An operation cancelled because
  * its per-fd deadline moved (GR__RETIME, fd.c) and that moved no data is
- * submitted again here, under the new deadline, without the caller knowing.
+ * submitted again here, under the new deadline, without the caller knowing;
+ * one the audit of long waits doubts (GR__REDECIDE, fd.c) goes back to its
+ * caller with -EAGAIN, to be served again as what the fd names now.
  *
  * The record of the call, struct gr__park, lives on the parked fiber's stack
  * and is reachable from the fiber (f->park) for as long as the call lasts,
@@ -186,7 +188,7 @@ int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 		gr__switch_out(hub);
 		self->park = NULL;
 		bool moved_nothing = o->res == -ECANCELED || o->res == -EINTR;
-		if (o->cancel_errno != GR__RETIME || !moved_nothing) {
+		if (!gr__cancel_weak(o->cancel_errno) || !moved_nothing) {
 			int64_t r = op_result(o);
 
 			if (r == -ETIMEDOUT)
@@ -196,14 +198,19 @@ int64_t gr__park_op(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 		err = retime(hub, p, o); /* a deadline passed meanwhile is counted there */
 		if (err)
 			return err;
+		if (o->cancel_errno == GR__REDECIDE)
+			return -EAGAIN; /* the caller chooses again how to serve it */
 	}
 }
 
 void gr__op_cancel(struct gr__hub *hub, struct gr__op *o, int why)
 {
 	/* The first reason wins, but a retime only asks the call to wait
-	 * again: a reason to end it (kill, deadline, close) replaces it. */
-	if (!o->cancel_errno || o->cancel_errno == GR__RETIME)
+	 * again: a reason to end it (kill, deadline, close) replaces it, and
+	 * so does a redecide (which retimes too); a retime does not replace a
+	 * redecide. */
+	uint8_t was = o->cancel_errno;
+	if (!was || (gr__cancel_weak(was) && !(was == GR__REDECIDE && why == GR__RETIME)))
 		o->cancel_errno = (uint8_t)why;
 	hub->counters.cancels++;
 	if (o->offload)

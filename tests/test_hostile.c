@@ -24,8 +24,9 @@
  * Written as an adversarial review; these failed then, and were fixed:
  * the audit's late first check beside a backed-off wait (fd.c), a
  * remembered refusal making a later pipe O_NONBLOCK, and EPERM from a
- * sandbox's preadv2 (io.c). Two differences of io_uring from read(2) are
- * skipped there and documented (docs/hubs.md, "Files io_uring waits on"). */
+ * sandbox's preadv2 (io.c); and, on io_uring, a read of a FIFO that never
+ * had a writer, or of a pidfd, that waited for a readiness that never comes
+ * (a file refusing RWF_NOWAIT now goes the readiness hubs' way there too). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -871,10 +872,6 @@ Test(hostile, a_fifo_read_before_any_writer_is_end_of_file_at_once)
 	struct tmpdir d;
 	char path[96], b;
 
-	if (strcmp(grt_hub(), "io_uring") == 0)
-		cr_skip_test("io_uring polls a FIFO that never had a writer for a readiness "
-			     "that never comes (docs/hubs.md, \"Files io_uring waits on\")");
-
 	fifo_make(&d, path, sizeof(path));
 	int rfd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	cr_assert_geq(rfd, 0);
@@ -977,9 +974,6 @@ Test(hostile, a_pidfd_read_fails_at_once_as_read_does)
 
 	if (pfd < 0)
 		cr_skip_test("no pidfd_open here: %s", strerror(errno));
-	if (strcmp(grt_hub(), "io_uring") == 0)
-		cr_skip_test("io_uring polls a pidfd read for a readiness that never comes "
-			     "(docs/hubs.md, \"Files io_uring waits on\")");
 	cr_assert_eq(read(pfd, buf, 8), -1);
 	cr_assert_eq(errno, EINVAL);
 	gr_deadline_set(gr_now() + GR_SEC);
