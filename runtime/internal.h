@@ -770,7 +770,8 @@ static inline __attribute__((always_inline)) gr_fiber *gr__runq_take(struct gr__
 		hub->now = next->next;
 		return gr__fiber_of_run(next);
 	}
-	if (hub->inflight != 0 || atomic_load_explicit(&hub->inbox, memory_order_relaxed)) {
+	/* Anything in flight, anything posted? One test for both. */
+	if ((hub->inflight | (uintptr_t)atomic_load_explicit(&hub->inbox, memory_order_relaxed)) != 0) {
 		*reap = true;
 		return NULL;
 	}
