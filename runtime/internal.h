@@ -624,10 +624,11 @@ int gr__hub_outside(struct gr__hub **hubp);
 struct gr__hub *gr__hub_peek(void);
 
 /* fiber.c: switching and fiber bookkeeping the hub needs. */
-/* The rare halves of gr__switch_arrived (below), out of line so that a
- * switch keeps nothing alive across the jump (no register to save and
- * restore around it): telling ASan the switch is over, and releasing the
- * stack of a detached fiber that switched away for good. */
+/* The parts of gr__switch_arrived (below) that a release build's common
+ * switch does not run, out of line so that a switch keeps nothing alive
+ * across the jump (no register to save and restore around it): telling
+ * ASan the switch is over, and releasing the stack of a detached fiber
+ * that switched away for good. */
 void gr__switch_arrived_asan(gr_fiber *self, gr_fiber *prev);
 __attribute__((cold, noinline)) void gr__switch_left_dead(gr_fiber *prev);
 /* First thing a context does after a jump: finish the switch (sanitizers,

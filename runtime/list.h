@@ -1,8 +1,12 @@
-/* list.h — the runtime's one intrusive list.
+/* list.h — the runtime's intrusive lists: the list (below), for anything
+ * that may leave from the middle; and two singly linked kinds for what
+ * never does: the inbox stack other threads push onto, and the FIFO of the
+ * run queues (at the end), where a second pointer per node would be stores
+ * on every switch for nothing.
  *
- * A doubly linked list whose head is two pointers, {first, last}, and whose
- * ends are NULL rather than the head itself. That choice is what lets one
- * list type serve everywhere in the runtime:
+ * The list: doubly linked, its head two pointers, {first, last}, and its
+ * ends NULL rather than the head itself. That choice is what lets one list
+ * type serve everywhere a node may leave from the middle:
  *   - zero-initialised memory (a calloc'd hub, a memset sync object) is an
  *     empty list, with no init call to forget;
  *   - a head may be moved (a realloc'd table), since
