@@ -268,9 +268,9 @@ static void dump_hub(struct gr__hub *hub, struct text *t)
 	int64_t now = gr_now();
 	size_t runnable = 0;
 
-	gr__list_foreach(it, &hub->now)
+	for (struct gr__slink *l = hub->now; l; l = l->next)
 		runnable++;
-	gr__list_foreach(it, &hub->next)
+	for (struct gr__slink *l = hub->next.first; l; l = l->next)
 		runnable++;
 	text_printf(t,
 		    "hub tid=%d backend=%s fibers=%zu runnable=%zu inflight=%zu remote_waiting=%zu "

@@ -259,7 +259,7 @@ static void wait_failed(struct gr__hub *hub, int r)
 			hub->ops->name, n, strerror(-r), hub->inflight);
 		for_each_fiber(hub, cancel_inflight, EIO);
 	}
-	if (!gr__list_empty(&hub->next))
+	if (!gr__fifo_empty(&hub->next))
 		return; /* fibers can run meanwhile */
 	int64_t pause = GR_MSEC << (n < 10 ? n : 10);
 	struct timespec ts;
@@ -290,7 +290,7 @@ static int64_t wait_timeout(struct gr__hub *hub, int64_t seen)
 		now = seen != 0 && due == GR_FOREVER ? seen : gr_now();
 		due = gr__deadline_min(gr__deadline_min(gr__fd_audit_next(hub, now), due), trim);
 	}
-	if (!gr__list_empty(&hub->next))
+	if (!gr__fifo_empty(&hub->next))
 		return 0;
 	if (due == GR_FOREVER)
 		return -1;
@@ -301,12 +301,12 @@ static void hub_main(gr__transfer t)
 {
 	struct gr__hub *hub = tls_hub;
 
-	gr__switch_arrived(hub, hub->loop, t);
+	gr__switch_arrived(hub->loop, t);
 	int64_t seen = 0; /* the clock when the last turn ended; 0 once a wait came */
 	for (;;) {
 		gr__hub_drain_inbox(hub);
 		gr__offload_reap(hub);
-		bool idle = gr__list_empty(&hub->next);
+		bool idle = gr__fifo_empty(&hub->next);
 		if (idle)
 			gr__stack_pool_idle(hub->stacks);
 		if (idle && hub->inflight == 0 && hub->remote_waiting == 0)
@@ -335,7 +335,7 @@ static void hub_main(gr__transfer t)
 			gr__hub_drain_inbox(hub);
 			gr__offload_reap(hub);
 		}
-		if (gr__list_empty(&hub->next))
+		if (gr__fifo_empty(&hub->next))
 			continue;
 		/* The hub's clock, read when the loop starts a turn: parks and
 		 * spawns copy it (a read each would cost a yield half again).
@@ -348,8 +348,7 @@ static void hub_main(gr__transfer t)
 		 * two fibers (bench/micro; docs/observing.md). */
 		int64_t start = gr__coarse_now();
 		hub->clock = start;
-		gr__runq_next_turn(hub);
-		gr_fiber *f = gr__runq_pop(&hub->now);
+		gr_fiber *f = gr__runq_next_turn(hub);
 		gr__switch_to(hub, hub->loop, f, false);
 		seen = gr__coarse_now();
 		int64_t ran = seen - start;

@@ -330,25 +330,32 @@ enum gr__fiber_state {
 	GR__FIBER_DEAD,       /* fn returned (or killed before start) */
 };
 
+/* A spawned fiber's struct is 64-byte aligned at the top of its stack
+ * (fiber.c): what a switch reads and writes (the run queue link, the
+ * context, the gate's kill and deadline, the state), with what a park
+ * and a wake-up touch, comes first, in one cache line, so that switching
+ * among many fibers costs one line of each, not two (static_assert below). */
 struct gr_fiber {
+	struct gr__slink run_link;        /* run queue (hub->now or hub->next); first, so
+					     that a link is its fiber (no offset to take) */
 	gr__fcontext ctx;                 /* saved context while not running */
 	struct gr__hub *hub;
-	struct gr__link run_link;         /* run queue */
-	struct gr__link all_link;         /* the hub's list of fibers whose stack it holds */
+	int64_t deadline;                 /* gr_deadline_set; GR_FOREVER */
+	struct gr__park *park;            /* the call it is blocked in (and draining) */
+	uint8_t state;                    /* enum gr__fiber_state */
+	bool killed;                      /* gr_kill, not yet acknowledged */
+	bool detached;
+	bool is_root;                     /* a thread's main context */
 	uint32_t magic;                   /* FIBER_MAGIC while the handle is valid */
+	struct gr__link all_link;         /* the hub's list of fibers whose stack it holds */
+	/* Second line: spawn, end, join, names. */
 	void *(*fn)(void *);
 	void (*void_fn)(void *);          /* gr_spawn_n's function */
 	void *arg;
 	void *result;
 	struct gr__stack *stack;          /* NULL for a thread's main context */
 	uint64_t id;
-	int64_t deadline;                 /* gr_deadline_set; GR_FOREVER */
 	int64_t spawned;                  /* when, on the hub's clock (hub->clock) */
-	uint8_t state;                    /* enum gr__fiber_state */
-	bool killed;                      /* gr_kill, not yet acknowledged */
-	bool detached;
-	bool is_root;                     /* a thread's main context */
-	struct gr__park *park;            /* the call it is blocked in (and draining) */
 	struct gr__fiber_link *links;     /* gr_link callbacks to run when it ends (link.c) */
 	struct gr__waitq joiners;         /* the gr_join caller, while it waits */
 	gr_fiber *joined_by;              /* whose gr_join has claimed this fiber */
@@ -356,13 +363,17 @@ struct gr_fiber {
 	char name[GR__NAME_MAX];
 	struct gr__sanitizer_fiber san;   /* ASan/TSan bookkeeping (context.h) */
 };
+_Static_assert(offsetof(gr_fiber, all_link) + sizeof(struct gr__link) <= 64,
+	       "a switch's fields of gr_fiber fit in its first cache line");
 
 /* The fiber running on this thread; NULL before the thread's first use. */
 gr_fiber *gr__self(void);
 
-static inline gr_fiber *gr__fiber_of_run(struct gr__link *l)
+/* The fiber of a run queue link; NULL for NULL (the link is first). */
+_Static_assert(offsetof(gr_fiber, run_link) == 0, "a run queue link is its fiber");
+static inline gr_fiber *gr__fiber_of_run(struct gr__slink *l)
 {
-	return l ? gr__container(l, gr_fiber, run_link) : NULL;
+	return (gr_fiber *)(void *)l;
 }
 
 /* ------------------------------------------------------------ thread pool */
@@ -514,8 +525,12 @@ struct gr__hub {
 	 * means one fiber has been running all along. Written by this thread
 	 * only: a relaxed load and store, no locked instruction. */
 	_Atomic uint64_t progress;
-	struct gr__list now;              /* run queue: runs in this turn */
-	struct gr__list next;             /* run queue: runs in the next turn */
+	/* The run queue, singly linked (list.h, "FIFOs"): `now`, the rest of
+	 * this turn, is `next` taken whole when the loop starts a turn, which
+	 * it does only once `now` is empty (gr__schedule goes to the loop
+	 * only then); a fiber made runnable goes to the back of `next`. */
+	struct gr__slink *now;            /* runs in this turn, in order */
+	struct gr__fifo next;             /* runs in the next turn */
 	struct gr__list all;              /* spawned fibers whose stack we hold */
 	size_t nfibers;                   /* live spawned fibers (not root) */
 	size_t inflight;                  /* operations submitted and not completed */
@@ -626,9 +641,30 @@ int gr__hub_outside(struct gr__hub **hubp);
 struct gr__hub *gr__hub_peek(void);
 
 /* fiber.c: switching and fiber bookkeeping the hub needs. */
+/* The parts of gr__switch_arrived (below) that a release build's common
+ * switch does not run, out of line so that a switch keeps nothing alive
+ * across the jump (no register to save and restore around it): telling
+ * ASan the switch is over, and releasing the stack of a detached fiber
+ * that switched away for good. */
+void gr__switch_arrived_asan(gr_fiber *self, gr_fiber *prev);
+__attribute__((cold, noinline)) void gr__switch_left_dead(gr_fiber *prev);
 /* First thing a context does after a jump: finish the switch (sanitizers,
- * saving the context of the fiber we came from, releasing it if it died). */
-void gr__switch_arrived(struct gr__hub *hub, gr_fiber *self, gr__transfer t);
+ * saving the context of the fiber we came from, releasing it if it died:
+ * we are off its stack now). */
+static inline __attribute__((always_inline)) void gr__switch_arrived(gr_fiber *self, gr__transfer t)
+{
+	gr_fiber *prev = t.data;
+
+#ifdef GR__ASAN
+	gr__switch_arrived_asan(self, prev);
+#else
+	(void)self;
+#endif
+	if (__builtin_expect(prev->state != GR__FIBER_DEAD, 1))
+		prev->ctx = t.fctx;
+	else
+		gr__switch_left_dead(prev);
+}
 void gr__sanitizer_fiber_init(gr_fiber *f);
 void gr__sanitizer_root_init(gr_fiber *root);
 /* Give f's stack back (f must not be running on it). */
@@ -681,30 +717,29 @@ int gr__hub_destroy_idle(void);
 int gr__hub_create_with(const struct gr_hub_ops *ops, struct gr__hub **out);
 
 /* Run queues. */
-static inline void gr__runq_push(struct gr__list *q, gr_fiber *f)
+static inline void gr__runq_push(struct gr__hub *hub, gr_fiber *f)
 {
-	gr__list_push_back(q, &f->run_link);
+	gr__fifo_push_back(&hub->next, &f->run_link);
 }
 
-static inline gr_fiber *gr__runq_pop(struct gr__list *q)
+/* The hub loop starts the next turn, which must have a fiber: what was
+ * made runnable during this one (in `next`) becomes `now`, which is empty,
+ * and its first fiber is returned, taken off. (A turn a fiber starts
+ * itself, gr__runq_take, is served from `next` in place instead.) */
+static inline gr_fiber *gr__runq_next_turn(struct gr__hub *hub)
 {
-	return gr__fiber_of_run(gr__list_pop_front(q));
-}
+	struct gr__slink *first = gr__fifo_take_all(&hub->next);
 
-/* The hub loop starts the next turn: what was made runnable during this one
- * (in `next`) becomes `now`, which is empty. (A turn a fiber starts itself,
- * gr__schedule, is served from `next` in place instead.) */
-static inline void gr__runq_next_turn(struct gr__hub *hub)
-{
-	gr__list_splice_back(&hub->now, &hub->next);
+	hub->now = first->next;
 	hub->turns++;
+	return gr__fiber_of_run(first);
 }
 
 /* Make a parked or new fiber runnable (next turn, FIFO). Does not switch. */
 static inline void gr__ready(gr_fiber *f)
 {
 	f->state = GR__FIBER_RUNNABLE;
-	gr__runq_push(&f->hub->next, f);
+	gr__runq_push(f->hub, f);
 }
 
 /* Jump from `from` to `to`, telling the sanitizers. */
@@ -728,12 +763,41 @@ static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *
 	__tsan_switch_to_fiber(to->san.tsan, 0);
 #endif
 	gr__transfer t = jump_fcontext(to->ctx, from);
-	gr__switch_arrived(hub, from, t);
+	gr__switch_arrived(from, t);
 }
 
 /* The hub fiber, created by the first park check (gr__park_hub); NULL if
  * its stack cannot be mapped. */
 gr_fiber *gr__hub_loop_fiber(struct gr__hub *hub);
+
+/* The fiber to run after the current one, taken off the run queue: the
+ * next of this turn; once the turn is over and the hub has nothing to reap
+ * (nothing in flight, nothing posted), the first of the next turn, which
+ * starts here rather than in the hub loop (the loop's step 2 would have
+ * nothing to do). It is served from `next` where it stands: moving it to
+ * `now` first would keep the order and cost a splice per yield of two
+ * ping-ponging fibers; what such a turn makes runnable queues behind it,
+ * as it would behind `now`. NULL: the hub loop must run (*reap true), or
+ * nothing else is runnable and nothing is there to reap (*reap false). */
+static inline __attribute__((always_inline)) gr_fiber *gr__runq_take(struct gr__hub *hub, bool *reap)
+{
+	struct gr__slink *next = hub->now;
+
+	*reap = false;
+	if (next) {
+		hub->now = next->next;
+		return gr__fiber_of_run(next);
+	}
+	/* Anything in flight, anything posted? One test for both. */
+	if ((hub->inflight | (uintptr_t)atomic_load_explicit(&hub->inbox, memory_order_relaxed)) != 0) {
+		*reap = true;
+		return NULL;
+	}
+	next = gr__fifo_pop_front(&hub->next);
+	if (next)
+		hub->turns++;
+	return gr__fiber_of_run(next);
+}
 
 /* Switch away from the current fiber, which must already be queued
  * somewhere (a run queue, a wait queue, or an operation in flight), to the
@@ -746,22 +810,12 @@ gr_fiber *gr__hub_loop_fiber(struct gr__hub *hub);
 static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *hub, bool dying)
 {
 	gr_fiber *self = hub->current;
-	gr_fiber *next = gr__runq_pop(&hub->now);
+	bool reap;
+	gr_fiber *next = gr__runq_take(hub, &reap);
 
 	if (!next) {
-		if (hub->inflight == 0 && !atomic_load_explicit(&hub->inbox, memory_order_relaxed) &&
-		    (next = gr__runq_pop(&hub->next)) != NULL) {
-			/* Nothing to reap: the next turn starts here, served
-			 * from `next` where it stands. Moving it to `now` first
-			 * would keep the order the same and cost a splice per
-			 * yield of two ping-ponging fibers (bench/micro); what
-			 * such a turn makes runnable queues behind it, as it
-			 * would behind `now`. */
-			hub->turns++;
-		} else {
-			/* Made by the gate's first check: no call out of line. */
-			next = hub->loop ? hub->loop : gr__hub_loop_fiber(hub);
-		}
+		/* Made by the gate's first check: no call out of line. */
+		next = hub->loop ? hub->loop : gr__hub_loop_fiber(hub);
 	}
 	if (next == self) {
 		/* A lone fiber yielding goes on without a switch: still progress. */
@@ -770,6 +824,34 @@ static inline __attribute__((always_inline)) void gr__schedule(struct gr__hub *h
 		return;
 	}
 	gr__switch_to(hub, self, next, dying);
+}
+
+/* The current fiber yields: it runs again in the next turn, behind every
+ * fiber runnable now, after the hub has reaped if anything is in flight.
+ * The same as gr__ready(self) and gr__switch_out, but the next fiber is
+ * taken before the current one is queued, which is the same order (the
+ * current one goes to the back) without the push and pop of a lone fiber,
+ * and without reading back, in the pop, the link the push just wrote
+ * (bench/micro's yield). The caller has passed the gate (gr__park_hub,
+ * gr__park_check). */
+static inline __attribute__((always_inline)) void gr__yield(struct gr__hub *hub)
+{
+	gr_fiber *self = hub->current;
+	bool reap;
+	gr_fiber *next = gr__runq_take(hub, &reap);
+
+	if (!next) {
+		if (!reap) {
+			/* Alone, nothing to reap: a turn of one, without a switch. */
+			hub->turns++;
+			gr__hub_progress(hub, 2);
+			return;
+		}
+		next = hub->loop; /* made by gr__park_hub */
+	}
+	self->state = GR__FIBER_RUNNABLE;
+	gr__runq_push(hub, self);
+	gr__switch_to(hub, self, next, false);
 }
 
 static inline __attribute__((always_inline)) void gr__switch_out(struct gr__hub *hub)
@@ -787,14 +869,23 @@ extern __thread struct gr__hub *gr__tls_hub __attribute__((tls_model("initial-ex
  * out-of-line call lived on the stack, and every blocking call reloaded it
  * from there after each store through a pointer (bench/micro's yield). */
 struct gr__hub *gr__park_hub_slow(int *err);
-static inline int gr__park_hub(struct gr__hub **hubp)
+/* gr__park_hub's answer when it needs no call: this thread's hub if the
+ * caller may park there, else NULL (ask the slow path). The loop fiber runs
+ * backend code: parking it would leave nobody to reap completions. Before
+ * the loop fiber exists, the slow path makes it (every switch starts with
+ * this check, so it exists by then). */
+static inline struct gr__hub *gr__park_hub_quick(void)
 {
 	struct gr__hub *hub = gr__tls_hub;
 
-	/* The loop fiber runs backend code: parking it would leave nobody to
-	 * reap completions. Before the loop fiber exists, the slow path makes
-	 * it (every switch starts with this check, so it exists by then). */
-	if (hub && hub->loop && hub->current != hub->loop) {
+	return hub && hub->loop && hub->current != hub->loop ? hub : NULL;
+}
+
+static inline int gr__park_hub(struct gr__hub **hubp)
+{
+	struct gr__hub *hub = gr__park_hub_quick();
+
+	if (hub) {
 		*hubp = hub;
 		return 0;
 	}

@@ -1,8 +1,12 @@
-/* list.h — the runtime's one intrusive list.
+/* list.h — the runtime's intrusive lists: the list (below), for anything
+ * that may leave from the middle; and two singly linked kinds for what
+ * never does: the inbox stack other threads push onto, and the FIFO of the
+ * run queues (at the end), where a second pointer per node would be stores
+ * on every switch for nothing.
  *
- * A doubly linked list whose head is two pointers, {first, last}, and whose
- * ends are NULL rather than the head itself. That choice is what lets one
- * list type serve everywhere in the runtime:
+ * The list: doubly linked, its head two pointers, {first, last}, and its
+ * ends NULL rather than the head itself. That choice is what lets one list
+ * type serve everywhere a node may leave from the middle:
  *   - zero-initialised memory (a calloc'd hub, a memset sync object) is an
  *     empty list, with no init call to forget;
  *   - a head may be moved (a realloc'd table), since
@@ -157,6 +161,56 @@ static inline struct gr__slink *gr__inbox_take(_Atomic(struct gr__slink *) *inbo
 		l = next;
 	}
 	return fifo;
+}
+
+/* ------------------------------------------------------------ FIFOs */
+
+/* A queue singly linked through struct gr__slink, for nodes that are only
+ * ever appended and taken from the front: the run queues (internal.h). A
+ * node needs one pointer, not two, and taking the front writes nothing into
+ * the node behind it, which on a run queue is another fiber's struct, a
+ * cache line the switch would not touch otherwise. Zero-initialised is
+ * empty. */
+struct gr__fifo {
+	struct gr__slink *first, *last;
+};
+
+static inline bool gr__fifo_empty(const struct gr__fifo *q)
+{
+	return q->first == NULL;
+}
+
+static inline void gr__fifo_push_back(struct gr__fifo *q, struct gr__slink *n)
+{
+	n->next = NULL;
+	if (q->last)
+		q->last->next = n;
+	else
+		q->first = n;
+	q->last = n;
+}
+
+/* The first node, removed (its `next` is left as it was: a push sets it);
+ * NULL when q is empty. */
+static inline struct gr__slink *gr__fifo_pop_front(struct gr__fifo *q)
+{
+	struct gr__slink *n = q->first;
+
+	if (n) {
+		q->first = n->next;
+		if (!q->first)
+			q->last = NULL;
+	}
+	return n;
+}
+
+/* Every node, as a chain in order that ends with NULL; q is left empty. */
+static inline struct gr__slink *gr__fifo_take_all(struct gr__fifo *q)
+{
+	struct gr__slink *chain = q->first;
+
+	q->first = q->last = NULL;
+	return chain;
 }
 
 #endif

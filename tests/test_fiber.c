@@ -127,6 +127,90 @@ Test(fiber, sleep0_runs_every_runnable_fiber_exactly_once_in_fifo_order)
 	cr_assert_eq(log.n, 15);
 }
 
+/* A yield and a wake-up both put a fiber at the back of the next turn: a
+ * fiber woken during a turn runs in the next one, between the yielders
+ * that queued before and after its wake-up, whether a yielder took the
+ * gate's fast path (nothing to check) or its slow one (a deadline of its
+ * own). Each turn here starts inside a fiber (nothing is in flight), and
+ * the last starts in the hub loop (the sleeper's timer). */
+struct turn_log {
+	char log[32];
+	int n;
+	gr_event ev;
+};
+
+struct turn_arg {
+	struct turn_log *t;
+	char name;
+	bool wakes;
+};
+
+static void *turn_yielder(void *arg)
+{
+	struct turn_arg *a = arg;
+
+	a->t->log[a->t->n++] = a->name;
+	if (a->wakes)
+		cr_assert_eq(gr_event_set(&a->t->ev), 1); /* the waiter */
+	assert_ok(gr_sleep(0));
+	a->t->log[a->t->n++] = (char)(a->name - 'A' + 'a');
+	return NULL;
+}
+
+static void *turn_waiter(void *arg)
+{
+	struct turn_log *t = arg;
+
+	assert_ok(gr_event_wait(&t->ev, GR_FOREVER));
+	t->log[t->n++] = 'w';
+	/* A timer in flight: the yield behind it goes through the hub loop,
+	 * which reaps before the next turn. */
+	assert_ok(gr_sleep(GR_MSEC));
+	t->log[t->n++] = 's';
+	return NULL;
+}
+
+Test(fiber, yields_and_wake_ups_queue_for_the_next_turn_in_the_order_they_came)
+{
+	struct turn_log t = { .n = 0 };
+	struct turn_arg a = { &t, 'A', false }, b = { &t, 'B', true }, c = { &t, 'C', false };
+	struct gr_spawn_opts with_deadline = { .deadline = gr_now() + 60 * GR_SEC };
+
+	assert_ok(gr_event_init(&t.ev));
+	gr_fiber *f[4] = {
+		gr_spawn(turn_waiter, &t),
+		gr_spawn(turn_yielder, &a),
+		gr_spawn_with(&with_deadline, turn_yielder, &b), /* the gate's slow path */
+		gr_spawn(turn_yielder, &c),
+	};
+	for (int i = 0; i < 4; i++)
+		cr_assert_not_null(f[i]);
+	for (int i = 0; i < 4; i++)
+		assert_ok(gr_join(f[i], NULL, GR_FOREVER));
+	t.log[t.n] = '\0';
+	/* Turn 1: the waiter parks, A, B (waking it), C yield. Turn 2: A, then
+	 * the waiter (woken after A's yield, before B's), B, C. */
+	cr_assert_str_eq(t.log, "ABCawbcs");
+	assert_ok(gr_event_destroy(&t.ev));
+}
+
+/* A fiber alone yields without a switch, and each such yield is a turn of
+ * its own (gr_hub_counters' count moves, and the monitor's with it). */
+Test(fiber, a_lone_yield_is_a_turn_without_a_switch)
+{
+	struct gr_hub_counters c0, c1;
+
+	assert_ok(gr_sleep(0)); /* the hub and its loop exist */
+	assert_ok(gr_hub_counters(&c0, sizeof(c0)));
+	gr_fiber *self = gr_self();
+	for (int i = 0; i < 100; i++)
+		assert_ok(gr_sleep(0));
+	assert_ok(gr_hub_counters(&c1, sizeof(c1)));
+	cr_assert_eq(gr_self(), self);
+	cr_assert_eq(c1.turns - c0.turns, 100, "%llu turns for 100 lone yields",
+		     (unsigned long long)(c1.turns - c0.turns));
+}
+
 struct nested {
 	int order[8];
 	int n;
