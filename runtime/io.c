@@ -603,8 +603,7 @@ static void spend_budget(struct gr__hub *hub)
 	if (++hub->streak < hub->io_budget)
 		return;
 	hub->streak = 0; /* a yield with nobody else to run does not switch */
-	gr__ready(hub->current);
-	gr__switch_out(hub);
+	gr__yield(hub);
 }
 
 /* An open or stat relative to the working directory names no fd. */
