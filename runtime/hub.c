@@ -139,11 +139,6 @@ static void make_key(void)
 		atexit(counters_at_exit);
 }
 
-struct gr__hub *gr__hub_peek(void)
-{
-	return tls_hub;
-}
-
 gr_fiber *gr__self(void)
 {
 	return tls_hub ? tls_hub->current : NULL;
@@ -372,7 +367,7 @@ struct gr__hub *gr__hub_get(int *err)
 	return hub;
 }
 
-int gr__hub_outside(struct gr__hub **hubp)
+int gr__hub_outside_slow(struct gr__hub **hubp)
 {
 	int err = 0;
 	struct gr__hub *hub = gr__hub_get(&err);
