@@ -612,8 +612,11 @@ Test(file, a_queued_read_on_the_pool_is_dropped_by_a_kill_or_a_deadline)
 
 	memset(buf, 0xee, sizeof(buf));
 	struct call killed = { .fd = fd, .buf = buf, .len = sizeof(buf), .deadline = GR_FOREVER };
+	/* Two seconds: both must be seen queued before the deadline drops
+	 * one (500 ms was once too short under ASan on a loaded machine: one
+	 * read had left the queue before the second was counted). */
 	struct call timed = { .fd = fd, .buf = buf, .len = sizeof(buf), .off = 32768,
-			      .deadline = gr_now() + 500 * GR_MSEC };
+			      .deadline = gr_now() + 2 * GR_SEC };
 	gr_fiber *fk = gr_spawn(pread_fn, &killed);
 	gr_fiber *ft = gr_spawn(pread_fn, &timed);
 	await_queued(2);
