@@ -698,11 +698,7 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 		send_as_write(hub, o);
 		sent = false;
 	}
-	/* A completion backend's call that succeeded has waited for its
-	 * completion, a switch that ends any streak: only its failures (which
-	 * may come back without one) need counting. */
-	if (r < 0 || !(hub->ops->caps & GR_HUB_CAP_COMPLETION))
-		spend_budget(hub);
+	spend_budget(hub);
 	return r;
 }
 
