@@ -166,11 +166,11 @@ static inline struct gr__slink *gr__inbox_take(_Atomic(struct gr__slink *) *inbo
 /* ------------------------------------------------------------ FIFOs */
 
 /* A queue singly linked through struct gr__slink, for nodes that are only
- * ever appended and taken from the front: the run queues (internal.h). A
- * node needs one pointer, not two, and taking the front writes nothing into
- * the node behind it, which on a run queue is another fiber's struct, a
- * cache line the switch would not touch otherwise. Zero-initialised is
- * empty. */
+ * ever appended and taken from the front: the run queues (internal.h), a
+ * pile's unread items (pool.c). A node needs one pointer, not two, and
+ * taking the front writes nothing into the node behind it, which on a run
+ * queue is another fiber's struct, a cache line the switch would not touch
+ * otherwise. Zero-initialised is empty. */
 struct gr__fifo {
 	struct gr__slink *first, *last;
 };
@@ -211,6 +211,27 @@ static inline struct gr__slink *gr__fifo_take_all(struct gr__fifo *q)
 
 	q->first = q->last = NULL;
 	return chain;
+}
+
+/* ------------------------------------------------------------ LIFOs */
+
+/* A stack singly linked through struct gr__slink, `*top` its newest node
+ * (NULL: empty): records kept for reuse, where the most recently freed is
+ * the warmest to hand out again (pool.c's spare slots and pile items). */
+static inline void gr__lifo_push(struct gr__slink **top, struct gr__slink *n)
+{
+	n->next = *top;
+	*top = n;
+}
+
+/* The newest node, removed; NULL when the stack is empty. */
+static inline struct gr__slink *gr__lifo_pop(struct gr__slink **top)
+{
+	struct gr__slink *n = *top;
+
+	if (n)
+		*top = n->next;
+	return n;
 }
 
 #endif

@@ -41,7 +41,8 @@ struct pool_slot {
 	void *arg;
 	void (*done)(void *arg);    /* after the slot is freed, even if fn was skipped */
 	gr_fiber *fiber;
-	struct pool_slot *next, *prev;  /* the active list; next: the spare list */
+	struct gr__link link;       /* on the pool's active list */
+	struct gr__slink spare_link; /* on its spares */
 	bool started;
 	bool cancel;                /* killed before it started: skip fn */
 };
@@ -52,8 +53,8 @@ struct pool {
 	struct gr__waitq idle;      /* gr_pool_wait callers */
 	size_t size;
 	size_t running;             /* slots taken: fibers running or being spawned */
-	struct pool_slot *active;
-	struct pool_slot *spare;
+	struct gr__list active;     /* slots whose fiber was spawned */
+	struct gr__slink *spare;    /* slots to reuse, a LIFO */
 };
 GR__SYNC_STORAGE(gr_pool, struct pool);
 
@@ -69,36 +70,37 @@ static void pool_setup(struct pool *pl, size_t size)
 	pl->size = size;
 }
 
+static struct pool_slot *slot_of(struct gr__link *l)
+{
+	return gr__container(l, struct pool_slot, link);
+}
+
+static struct pool_slot *spare_slot_of(struct gr__slink *l)
+{
+	return l ? gr__container(l, struct pool_slot, spare_link) : NULL;
+}
+
 static int pool_teardown(struct pool *pl)
 {
 	if (pl->h.users || pl->running || !gr__waitq_empty(&pl->spawners) ||
 	    !gr__waitq_empty(&pl->idle))
 		return -EBUSY;
-	while (pl->spare) {
-		struct pool_slot *s = pl->spare;
-
-		pl->spare = s->next;
-		free(s);
-	}
+	for (struct gr__slink *l; (l = gr__lifo_pop(&pl->spare));)
+		free(spare_slot_of(l));
 	pl->h.magic = 0;
 	return 0;
 }
 
 static struct pool_slot *slot_get(struct pool *pl)
 {
-	struct pool_slot *s = pl->spare;
+	struct pool_slot *s = spare_slot_of(gr__lifo_pop(&pl->spare));
 
-	if (s) {
-		pl->spare = s->next;
-		return s;
-	}
-	return malloc(sizeof(*s));
+	return s ? s : malloc(sizeof(*s));
 }
 
 static void slot_put(struct pool *pl, struct pool_slot *s)
 {
-	s->next = pl->spare;
-	pl->spare = s;
+	gr__lifo_push(&pl->spare, &s->spare_link);
 }
 
 /* Give free slots to waiting spawners, first come first served. */
@@ -150,12 +152,7 @@ static void *pool_main(void *arg)
 	s->started = true;
 	if (!s->cancel)
 		s->fn(s->arg);
-	if (s->prev)
-		s->prev->next = s->next;
-	else
-		pl->active = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
+	gr__list_remove(&pl->active, &s->link);
 	void (*done)(void *) = s->done;
 	void *done_arg = s->arg;
 	slot_put(pl, s);
@@ -186,11 +183,7 @@ static int pool_launch(struct pool *pl, struct pool_slot *s, void (*fn)(void *),
 	s->fiber = gr_spawn_with(&opts, pool_main, s);
 	if (!s->fiber)
 		return -errno;
-	s->prev = NULL;
-	s->next = pl->active;
-	if (pl->active)
-		pl->active->prev = s;
-	pl->active = s;
+	gr__list_push_front(&pl->active, &s->link);
 	return 0;
 }
 
@@ -323,8 +316,8 @@ ssize_t gr_pool_kill(gr_pool *p)
 	if (err)
 		return err;
 	ssize_t n = 0;
-	for (struct pool_slot *s = pl->active; s; s = s->next)
-		n += slot_kill(s);
+	gr__list_foreach(l, &pl->active)
+		n += slot_kill(slot_of(l));
 	return n;
 }
 
@@ -339,7 +332,7 @@ struct pile_item {
 	void *value;
 	size_t index;               /* in the imap's args, or GR_PILE_SPAWNED */
 	struct pool_slot *slot;     /* while its fiber runs */
-	struct pile_item *next;     /* spawn order; the spare list */
+	struct gr__slink link;      /* on the pile's unread FIFO, or its spares */
 	bool done;
 	bool ran;                   /* fn was called (killed before it started: not) */
 };
@@ -348,8 +341,8 @@ struct pile {
 	struct gr__sync_head h;
 	struct pool *pool;          /* the caller's, or &own */
 	struct gr__waitq readers;   /* each holds a claim on one unread item */
-	struct pile_item *head, *tail;  /* spawned and unread, oldest first */
-	struct pile_item *spare;
+	struct gr__fifo unread_items;   /* spawned and unread, oldest first */
+	struct gr__slink *spare;        /* items to reuse, a LIFO */
 	size_t unread;
 	size_t running;             /* items whose fiber has not finished */
 	void *(*feed_fn)(void *);   /* gr_pile_imap: args[feed_next..feed_n) to start */
@@ -364,21 +357,34 @@ static inline struct pile *PI(gr_pile *p)
 	return (struct pile *)(void *)p;
 }
 
+static struct pile_item *item_of(struct gr__slink *l)
+{
+	return l ? gr__container(l, struct pile_item, link) : NULL;
+}
+
+/* The oldest unread item, or NULL. */
+static struct pile_item *pile_head(const struct pile *pi)
+{
+	return item_of(pi->unread_items.first);
+}
+
 static struct pile_item *item_get(struct pile *pi)
 {
-	struct pile_item *it = pi->spare;
+	struct pile_item *it = item_of(gr__lifo_pop(&pi->spare));
 
-	if (it) {
-		pi->spare = it->next;
-		return it;
-	}
-	return malloc(sizeof(*it));
+	return it ? it : malloc(sizeof(*it));
 }
 
 static void item_put(struct pile *pi, struct pile_item *it)
 {
-	it->next = pi->spare;
-	pi->spare = it;
+	gr__lifo_push(&pi->spare, &it->link);
+}
+
+/* Take the oldest unread item, finished, off the pile. */
+static struct pile_item *pile_take_head(struct pile *pi)
+{
+	pi->unread--;
+	return item_of(gr__fifo_pop_front(&pi->unread_items));
 }
 
 static void pile_run(void *arg)
@@ -407,15 +413,10 @@ static size_t pile_claims(const struct pile *pi)
 /* Hand finished items at the head to waiting readers, in order. */
 static void pile_deliver(struct pile *pi)
 {
-	while (pi->head && pi->head->done && !gr__waitq_empty(&pi->readers)) {
-		struct pile_item *it = pi->head;
+	while (pile_head(pi) && pile_head(pi)->done && !gr__waitq_empty(&pi->readers)) {
 		struct gr__park *w = gr__waitq_first(&pi->readers);
 
-		pi->head = it->next;
-		if (!pi->head)
-			pi->tail = NULL;
-		pi->unread--;
-		w->data = (uintptr_t)it;
+		w->data = (uintptr_t)pile_take_head(pi);
 		gr__unpark(w, 0);
 	}
 }
@@ -456,7 +457,6 @@ static int pile_launch(struct pile *pi, void *(*fn)(void *), void *arg, size_t i
 	it->index = index;
 	it->ran = false;
 	it->done = false;
-	it->next = NULL;
 	int err = pool_launch(pi->pool, s, pile_run, it, pile_done);
 	if (err) {
 		slot_put(pi->pool, s);
@@ -464,11 +464,7 @@ static int pile_launch(struct pile *pi, void *(*fn)(void *), void *arg, size_t i
 		return err;
 	}
 	it->slot = s;
-	if (pi->tail)
-		pi->tail->next = it;
-	else
-		pi->head = it;
-	pi->tail = it;
+	gr__fifo_push_back(&pi->unread_items, &it->link);
 	pi->unread++;
 	pi->running++;
 	return 0;
@@ -519,19 +515,12 @@ int gr_pile_destroy(gr_pile *pile)
 	err = pool_teardown(&pi->own);
 	if (err)
 		return err;
-	while (pi->head) {
-		struct pile_item *it = pi->head;
-
-		pi->head = it->next;
-		free(it);
+	for (struct gr__slink *l = gr__fifo_take_all(&pi->unread_items), *next; l; l = next) {
+		next = l->next;
+		free(item_of(l));
 	}
-	while (pi->spare) {
-		struct pile_item *it = pi->spare;
-
-		pi->spare = it->next;
-		free(it);
-	}
-	pi->tail = NULL;
+	for (struct gr__slink *l; (l = gr__lifo_pop(&pi->spare));)
+		free(item_of(l));
 	pi->h.magic = 0;
 	return 0;
 }
@@ -622,14 +611,8 @@ int gr_pile_next_item(gr_pile *pile, struct gr_pile_item *out, int64_t deadline)
 		err = pile_feed(pi);
 		/* Readers parked before us have claims on the oldest items. */
 		size_t claims = pile_claims(pi);
-		if (claims == 0 && pi->head && pi->head->done) {
-			struct pile_item *it = pi->head;
-
-			pi->head = it->next;
-			if (!pi->head)
-				pi->tail = NULL;
-			pi->unread--;
-			item_read(pi, it, out);
+		if (claims == 0 && pile_head(pi) && pile_head(pi)->done) {
+			item_read(pi, pile_take_head(pi), out);
 			pi->h.users--;
 			return 0;
 		}
@@ -697,7 +680,9 @@ ssize_t gr_pile_kill(gr_pile *pile)
 		return err;
 	pi->feed_n = pi->feed_next;
 	ssize_t n = 0;
-	for (struct pile_item *it = pi->head; it; it = it->next) {
+	for (struct gr__slink *l = pi->unread_items.first; l; l = l->next) {
+		struct pile_item *it = item_of(l);
+
 		if (it->slot)
 			n += slot_kill(it->slot);
 	}
