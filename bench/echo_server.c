@@ -26,13 +26,8 @@ static void echo_conn(int fd, const struct sockaddr *peer, void *arg)
 		 * either way, and the server closes fd. */
 		if (n <= 0)
 			return;
-		for (ssize_t off = 0; off < n;) {
-			ssize_t w = gr_send(fd, buf + off, (size_t)(n - off), 0);
-
-			if (w < 0)
-				return;
-			off += w;
-		}
+		if (gr_send_all(fd, buf, (size_t)n, 0) != n)
+			return;
 	}
 }
 

@@ -182,7 +182,7 @@ static void http_conn(int fd, const struct sockaddr *peer, void *arg)
 			}
 			if (outlen + MAX_RESPONSE > sizeof(out)) {
 				/* A deep pipeline: flush whole responses so far. */
-				if (!srv_send_all(fd, out, outlen))
+				if (gr_send_all(fd, out, outlen, 0) != (ssize_t)outlen)
 					return;
 				outlen = 0;
 			}
@@ -193,7 +193,7 @@ static void http_conn(int fd, const struct sockaddr *peer, void *arg)
 			outlen += len;
 			closing = !keep;
 		}
-		if (outlen && !srv_send_all(fd, out, outlen))
+		if (outlen && gr_send_all(fd, out, outlen, 0) != (ssize_t)outlen)
 			return;
 		memmove(in, in + pos, have - pos);
 		have -= pos;

@@ -322,7 +322,7 @@ static void reply_error(struct kv_conn *c, const char *fmt, ...)
  * the fiber was killed). */
 static bool flush(struct kv_conn *c)
 {
-	if (!srv_send_all(c->fd, c->out.p, c->out.len))
+	if (gr_send_all(c->fd, c->out.p, c->out.len, 0) != (ssize_t)c->out.len)
 		return false;
 	c->out.len = 0;
 	return true;

@@ -124,24 +124,6 @@ static inline int srv_use_hub(const struct srv_opts *o)
 	return r;
 }
 
-/* Write all of buf (gr_send may write less). Switches. true when all is
- * written; false if the connection failed (errno set), or the fiber was
- * killed (ECANCELED). */
-static inline bool srv_send_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t w = gr_send(fd, p, len, 0);
-
-		if (w < 0)
-			return false;
-		p += w;
-		len -= (size_t)w;
-	}
-	return true;
-}
-
 /* How long a closing server keeps reading what the client still sends. */
 #define SRV_LINGER (1 * GR_SEC)
 

@@ -201,7 +201,8 @@ GR_API int64_t gr_deadline_get(void);
  * hubs a stream is tried with RWF_NOWAIT, leaving its flags alone (a pipe,
  * a socket); a file that refuses it (a terminal, a FIFO, an eventfd's
  * write) is made O_NONBLOCK on first use (docs/hubs.md). A write to a
- * stream may return a short count, as a non-blocking write(2) does. A
+ * stream may return a short count, as a non-blocking write(2) does
+ * (gr_write_all and gr_send_all, below, loop until all is out). A
  * regular file never stalls the hub (greenring/file.h). */
 GR_API ssize_t gr_read(int fd, void *buf, size_t n);
 GR_API ssize_t gr_write(int fd, const void *buf, size_t n);
@@ -213,6 +214,17 @@ GR_API ssize_t gr_recv(int fd, void *buf, size_t n, int flags);
 GR_API ssize_t gr_send(int fd, const void *buf, size_t n, int flags);
 GR_API ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags);
 GR_API ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags);
+
+/* Send or write all n bytes, looping over short counts as a blocking
+ * send(2) or write(2) on a stream does (gevent's sendall, Go's Write). n
+ * when all went out. When an error, a deadline (the fiber's, the fd's write
+ * deadline) or a kill stops it: the bytes that went out before, a short
+ * count with errno set (as write(2) interrupted by a signal), or -1 with
+ * errno if none did; the errno values are gr_send's or gr_write's, and EIO
+ * for a stream that took nothing without an error. `r != n` is the test
+ * for failure. gr_send_all passes MSG_NOSIGNAL. Switches. */
+GR_API ssize_t gr_send_all(int fd, const void *buf, size_t n, int flags);
+GR_API ssize_t gr_write_all(int fd, const void *buf, size_t n);
 GR_API int gr_accept(int fd, struct sockaddr *sa, socklen_t *len);
 GR_API int gr_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags);
 GR_API int gr_connect(int fd, const struct sockaddr *sa, socklen_t len);

@@ -822,6 +822,46 @@ ssize_t gr_send(int fd, const void *buf, size_t n, int flags)
 	return gr__posix_result(gr__run_op(&o, "gr_send"));
 }
 
+/* All of buf with one kind of operation (a write or a send), looping over
+ * short counts as a blocking write(2) or send(2) on a stream does. The
+ * count moved is never lost: on a failure after some bytes went out it is
+ * returned (short), errno saying why; -1 only when nothing moved. */
+static ssize_t move_all(uint8_t kind, int fd, const void *buf, size_t n, int flags, const char *what)
+{
+	size_t done = 0;
+	int64_t r;
+
+	do {
+		struct gr__op o = gr__op_init(kind, fd);
+		o.op.buf = done ? (char *)buf + done : (void *)buf;
+		o.op.len = n - done;
+		o.op.flags = flags;
+		r = gr__run_op(&o, what);
+		/* A stream that takes nothing and says nothing would keep the
+		 * loop going for ever. */
+		if (r == 0 && n > 0)
+			r = -EIO;
+		if (r < 0)
+			break;
+		done += (size_t)r;
+	} while (done < n);
+	if (r < 0) {
+		errno = (int)-r;
+		return done ? (ssize_t)done : -1;
+	}
+	return (ssize_t)done;
+}
+
+ssize_t gr_send_all(int fd, const void *buf, size_t n, int flags)
+{
+	return move_all(GR_OP_SEND, fd, buf, n, flags | MSG_NOSIGNAL, "gr_send_all");
+}
+
+ssize_t gr_write_all(int fd, const void *buf, size_t n)
+{
+	return move_all(GR_OP_WRITE, fd, buf, n, 0, "gr_write_all");
+}
+
 ssize_t gr_recvmsg(int fd, struct msghdr *msg, int flags)
 {
 	if (!msg) {

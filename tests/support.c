@@ -210,17 +210,7 @@ void grt_enough_fds(int n)
 
 bool grt_send_all(int fd, const void *buf, size_t len)
 {
-	const char *p = buf;
-
-	while (len) {
-		ssize_t w = gr_send(fd, p, len, 0);
-
-		if (w < 0)
-			return false;
-		p += w;
-		len -= (size_t)w;
-	}
-	return true;
+	return gr_send_all(fd, buf, len, 0) == (ssize_t)len;
 }
 
 void grt_tcp_pair(int fds[2])

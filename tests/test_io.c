@@ -254,6 +254,164 @@ Test(io, recv_and_send_on_a_socketpair)
 	cr_assert_eq(close(sv[0]), 0);
 }
 
+/* ------------------------------------------------------------ whole writes */
+
+/* gr_send_all or gr_write_all of `total` bytes, from a fiber. */
+struct whole {
+	int fd;
+	bool send;                  /* gr_send_all, else gr_write_all */
+	const unsigned char *data;
+	size_t total;
+	int64_t deadline;           /* the writer's own, through gr_deadline_set */
+	ssize_t rc;
+	int err;
+};
+
+static void *whole_writer(void *arg)
+{
+	struct whole *w = arg;
+
+	if (w->deadline)
+		gr_deadline_set(w->deadline);
+	errno = 0;
+	w->rc = w->send ? gr_send_all(w->fd, w->data, w->total, 0) : gr_write_all(w->fd, w->data, w->total);
+	w->err = errno;
+	return NULL;
+}
+
+/* Read fd until end of file or `max` bytes; check they are data's prefix.
+ * The count read. */
+static size_t drain_and_check(int fd, const unsigned char *data, size_t max)
+{
+	unsigned char buf[7000];
+	size_t have = 0;
+
+	while (have < max) {
+		size_t want = max - have < sizeof(buf) ? max - have : sizeof(buf);
+		ssize_t n = gr_read(fd, buf, want);
+
+		cr_assert_geq(n, 0, "read at %zu: %s", have, strerror(errno));
+		if (n == 0)
+			break;
+		cr_assert_eq(memcmp(buf, data + have, (size_t)n), 0, "the bytes at %zu differ", have);
+		have += (size_t)n;
+	}
+	return have;
+}
+
+static unsigned char *pattern(size_t n)
+{
+	unsigned char *d = malloc(n);
+
+	cr_assert(d);
+	for (size_t i = 0; i < n; i++)
+		d[i] = (unsigned char)(i * 131 + (i >> 9));
+	return d;
+}
+
+/* Far more than the pipe or a small socket buffer holds: each whole write
+ * takes many turns and returns every byte, where one gr_send or gr_write
+ * returns what the buffer took. */
+Test(io, send_all_and_write_all_move_every_byte_past_full_buffers)
+{
+	enum { TOTAL = 1 << 20 };
+	unsigned char *data = pattern(TOTAL);
+	int p[2], sv[2], small = 4096;
+
+	make_pipe(p);
+	make_socketpair(sv);
+	cr_assert_eq(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	struct whole wp = { .fd = p[1], .data = data, .total = TOTAL };
+	struct whole ws = { .fd = sv[0], .send = true, .data = data, .total = TOTAL };
+	gr_fiber *fp = gr_spawn(whole_writer, &wp), *fs = gr_spawn(whole_writer, &ws);
+	cr_assert_eq(drain_and_check(p[0], data, TOTAL), TOTAL);
+	cr_assert_eq(drain_and_check(sv[1], data, TOTAL), TOTAL);
+	cr_assert_eq(gr_join(fp, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(gr_join(fs, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(wp.rc, TOTAL, "gr_write_all: %zd (%s)", wp.rc, strerror(wp.err));
+	cr_assert_eq(ws.rc, TOTAL, "gr_send_all: %zd (%s)", ws.rc, strerror(ws.err));
+	close_pair(p);
+	close_pair(sv);
+	free(data);
+}
+
+/* A whole write that a kill or a deadline stops returns the bytes that went
+ * out, errno saying why: the reader gets exactly that many, nothing is lost
+ * or counted twice. */
+Test(io, a_whole_write_stopped_by_a_kill_or_a_deadline_returns_what_went_out)
+{
+	enum { TOTAL = 1 << 20 };
+	unsigned char *data = pattern(TOTAL);
+	int p[2], sv[2], small = 4096;
+
+	make_pipe(p);
+	make_socketpair(sv);
+	cr_assert_eq(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	struct whole killed = { .fd = p[1], .data = data, .total = TOTAL };
+	struct whole timed = { .fd = sv[0], .send = true, .data = data, .total = TOTAL,
+			       .deadline = gr_now() + 100 * GR_MSEC };
+	gr_fiber *fk = gr_spawn(whole_writer, &killed), *ft = gr_spawn(whole_writer, &timed);
+	/* Both fill their buffer and park: nobody reads yet. */
+	cr_assert_eq(gr_sleep(0), 0);
+	cr_assert_eq(gr_kill(fk), 0);
+	cr_assert_eq(gr_join(fk, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(gr_join(ft, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(killed.err, ECANCELED, "killed: %s", strerror(killed.err));
+	cr_assert_eq(timed.err, ETIMEDOUT, "timed: %s", strerror(timed.err));
+	cr_assert(killed.rc > 0 && killed.rc < TOTAL, "killed: %zd (the pipe took some, not all)", killed.rc);
+	cr_assert(timed.rc > 0 && timed.rc < TOTAL, "timed: %zd (the socket took some, not all)", timed.rc);
+	cr_assert_eq(close(p[1]), 0);
+	cr_assert_eq(close(sv[0]), 0);
+	cr_assert_eq(drain_and_check(p[0], data, TOTAL), (size_t)killed.rc);
+	cr_assert_eq(drain_and_check(sv[1], data, TOTAL), (size_t)timed.rc);
+	cr_assert_eq(close(p[0]), 0);
+	cr_assert_eq(close(sv[1]), 0);
+	free(data);
+}
+
+/* The peer goes away mid-way: EPIPE or ECONNRESET, never SIGPIPE, and the
+ * count says what went out before. */
+Test(io, a_whole_send_to_a_peer_that_goes_away_fails_without_sigpipe)
+{
+	enum { TOTAL = 1 << 20, TAKEN = 10000 };
+	unsigned char *data = pattern(TOTAL);
+	int sv[2], small = 4096;
+
+	make_socketpair(sv);
+	cr_assert_eq(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	struct whole w = { .fd = sv[0], .send = true, .data = data, .total = TOTAL };
+	gr_fiber *f = gr_spawn(whole_writer, &w);
+	cr_assert_eq(drain_and_check(sv[1], data, TAKEN), TAKEN);
+	cr_assert_eq(close(sv[1]), 0);
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert(w.err == EPIPE || w.err == ECONNRESET, "%s", strerror(w.err));
+	cr_assert(w.rc >= TAKEN && w.rc < TOTAL, "%zd", w.rc);
+	cr_assert_eq(close(sv[0]), 0);
+	free(data);
+}
+
+Test(io, whole_writes_of_nothing_and_to_bad_fds)
+{
+	int p[2];
+
+	make_pipe(p);
+	cr_assert_eq(gr_write_all(p[1], "x", 0), 0);
+	cr_assert_eq(gr_write_all(p[1], NULL, 0), 0);
+	errno = 0;
+	cr_assert_eq(gr_write_all(closed_fd(), "x", 1), -1);
+	cr_assert_eq(errno, EBADF);
+	errno = 0;
+	cr_assert_eq(gr_send_all(closed_fd(), "x", 1, 0), -1);
+	cr_assert_eq(errno, EBADF);
+	errno = 0;
+	cr_assert_eq(gr_send_all(p[1], "x", 1, 0), -1, "a send on a pipe");
+	cr_assert_eq(errno, ENOTSOCK);
+	errno = 0;
+	cr_assert_eq(gr_write_all(p[1], NULL, 1), -1);
+	cr_assert_eq(errno, EFAULT);
+	close_pair(p);
+}
+
 Test(io, recvmsg_and_sendmsg_with_fd_passing)
 {
 	int sv[2], p[2];

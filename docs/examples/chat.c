@@ -12,6 +12,7 @@
  * it on every hub.)
  */
 #include <greenring.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,13 +80,10 @@ static void *sender(void *arg)
 
 	while (gr_queue_get(&c->out, &item, GR_FOREVER) == 0) {
 		struct line *l = item;
-		size_t off = 0;
-		ssize_t w = 0;
+		bool sent = gr_send_all(c->fd, l->text, l->len, 0) == (ssize_t)l->len;
 
-		while (off < l->len && (w = gr_send(c->fd, l->text + off, l->len - off, 0)) >= 0)
-			off += (size_t)w;
 		line_put(l);
-		if (w < 0)
+		if (!sent)
 			break; /* the client went away, or it was dropped */
 	}
 	return NULL;

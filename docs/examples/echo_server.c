@@ -21,13 +21,10 @@ static void echo(int fd, const struct sockaddr *peer, void *arg)
 	(void)peer;
 	(void)arg;
 	while ((n = gr_recv(fd, buf, sizeof buf, 0)) > 0) {
-		for (ssize_t off = 0; off < n;) { /* a send may be short */
-			ssize_t w = gr_send(fd, buf + off, (size_t)(n - off), 0);
-
-			if (w < 0)
-				return; /* the client went away (EPIPE, not a SIGPIPE) */
-			off += w;
-		}
+		/* All n bytes, however many sends that takes; short only if
+		 * the client went away (EPIPE, not a SIGPIPE). */
+		if (gr_send_all(fd, buf, (size_t)n, 0) != n)
+			return;
 	}
 	/* n == 0: the client closed; n < 0: an error (or the server is stopping). */
 }

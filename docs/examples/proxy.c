@@ -32,19 +32,6 @@ struct pump {
 	int64_t *last;
 };
 
-static int send_all(int fd, const char *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t w = gr_send(fd, p, len, 0);
-
-		if (w < 0)
-			return -1;
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Until end of file, an error, or idleness: returns 1 for a clean end of
  * file (passed on as a half-close), 0 otherwise. */
 static void *pump(void *arg)
@@ -69,7 +56,7 @@ static void *pump(void *arg)
 		*p->last = gr_now();
 		/* A peer that stops reading must not hold us forever either. */
 		gr_fd_set_deadline(p->to, GR_FD_WRITE, *p->last + idle);
-		if (send_all(p->to, buf, (size_t)n) < 0)
+		if (gr_send_all(p->to, buf, (size_t)n, 0) != n)
 			return NULL;
 	}
 }
