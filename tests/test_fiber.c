@@ -1236,3 +1236,92 @@ Test(fiber, hub_use_is_ebusy_while_an_ended_fiber_is_unjoined_and_free_after)
 	cr_assert_eq(gr_join(f, NULL, 0), 0);
 	cr_assert_eq(gr_hub_use(grt_hub()), 0, "every fiber released, the hub is idle");
 }
+
+/* ------------------------------------------------------------ a lone yielder and other threads */
+
+/* The only runnable fiber yields without a switch when nothing is in flight
+ * (review s20a): a wake-up another thread posts meanwhile must still reach
+ * the fiber it wakes, at the yielder's next yield. Here the main context
+ * waits in gr_join (no operation in flight), one fiber ping-pongs with a
+ * plain thread through notifiers, and another yields all along. Nothing
+ * here has a deadline: a timer in flight would send every yield through
+ * the hub loop, which is not the path under test. */
+enum { PINGS = 300 };
+
+struct lone {
+	gr_notifier to_fiber, to_thread;
+	atomic_int stop;
+	int got, thread_got, err;
+	long yields;
+};
+
+static void lone_thread(void *arg)
+{
+	struct lone *l = arg;
+
+	for (int i = 0; i < PINGS; i++) {
+		int r = gr_notifier_wait(&l->to_thread, gr_now() + 10 * GR_SEC);
+
+		if (r < 0) {
+			grt_fail("the thread's wait: %s", strerror(-r));
+			return;
+		}
+		l->thread_got++;
+		gr_notifier_fire(&l->to_fiber);
+	}
+}
+
+static void *lone_pinger(void *arg)
+{
+	struct lone *l = arg;
+
+	for (int i = 0; i < PINGS; i++) {
+		gr_notifier_fire(&l->to_thread);
+		/* No deadline: its timer would be in flight, and the yields
+		 * would go through the hub loop anyway. */
+		int r = gr_notifier_wait(&l->to_fiber, GR_FOREVER);
+
+		if (r < 0) {
+			l->err = r;
+			break;
+		}
+		l->got++;
+	}
+	atomic_store(&l->stop, 1);
+	return NULL;
+}
+
+static void *lone_yielder(void *arg)
+{
+	struct lone *l = arg;
+
+	while (!atomic_load(&l->stop)) {
+		if (gr_sleep(0) != 0)
+			break;
+		l->yields++;
+	}
+	return NULL;
+}
+
+Test(fiber, wake_ups_from_another_thread_reach_a_hub_whose_only_runnable_fiber_yields)
+{
+	struct lone l = { .got = 0 };
+	struct grt_thread t;
+
+	assert_ok(gr_notifier_init(&l.to_fiber));
+	assert_ok(gr_notifier_init(&l.to_thread));
+	gr_fiber *y = gr_spawn(lone_yielder, &l);
+	gr_fiber *p = gr_spawn(lone_pinger, &l);
+	grt_thread_start(&t, 0, lone_thread, &l);
+	/* No deadline either (a stall is the suite's timeout). */
+	cr_assert_eq(gr_join(p, NULL, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(y, NULL, GR_FOREVER), 0);
+	grt_thread_join(&t);
+	grt_assert_no_failures();
+	cr_assert_eq(l.err, 0, "the fiber's wait: %s", strerror(-l.err));
+	cr_assert_eq(l.got, PINGS);
+	cr_assert_eq(l.thread_got, PINGS);
+	cr_assert_gt(l.yields, 0);
+	assert_ok(gr_notifier_destroy(&l.to_fiber));
+	assert_ok(gr_notifier_destroy(&l.to_thread));
+}
