@@ -1057,3 +1057,271 @@ Test(fiber, no_memory_for_the_hubs_stack_is_enomem_not_an_abort)
 	cr_assert_eq(WEXITSTATUS(status), 0, "child check %d failed", WEXITSTATUS(status));
 #endif
 }
+
+/* ------------------------------------------------------------ races on one ended fiber */
+
+/* The target ends while its joiner is woken but has not run: the claim holds
+ * (review s20a: a fiber's end no longer calls out unless gr_hub_join waits). */
+struct ended_race {
+	gr_fiber *t;
+	int rdetach, rkill, rjoin;
+};
+
+static void *yield_once_ret(void *arg)
+{
+	gr_sleep(0);
+	return arg;
+}
+
+static void *poke_ended_target(void *arg)
+{
+	struct ended_race *r = arg;
+
+	gr_sleep(0); /* turn 2: the target has ended, its joiner is queued behind us */
+	r->rdetach = gr_detach(r->t);
+	r->rkill = gr_kill(r->t);
+	r->rjoin = gr_join(r->t, NULL, 0);
+	return NULL;
+}
+
+Test(fiber, detach_kill_and_join_of_an_ended_fiber_whose_joiner_has_not_run_yet)
+{
+	struct ended_race r = { 0 };
+	void *res = NULL;
+
+	r.t = gr_spawn(yield_once_ret, (void *)(intptr_t)42);
+	gr_fiber *j = gr_spawn(join_other, r.t);
+	gr_fiber *p = gr_spawn(poke_ended_target, &r);
+	cr_assert_eq(gr_join(j, &res, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(p, NULL, GR_FOREVER), 0);
+	cr_assert_eq(r.rdetach, -EBUSY, "gr_detach under a woken joiner: %d", r.rdetach);
+	cr_assert_eq(r.rkill, -ESRCH, "gr_kill of an ended fiber: %d", r.rkill);
+	cr_assert_eq(r.rjoin, -EINVAL, "a second join under a woken joiner: %d", r.rjoin);
+	cr_assert_eq(res, (void *)(intptr_t)42, "the woken joiner lost the result");
+}
+
+struct edge_join {
+	gr_fiber *t;
+	int64_t deadline;
+	int r;
+	void *res;
+};
+
+static void *join_until(void *arg)
+{
+	struct edge_join *e = arg;
+
+	e->r = gr_join(e->t, &e->res, e->deadline);
+	return NULL;
+}
+
+static void *sleep_until_arg(void *arg)
+{
+	gr_sleep_until(*(int64_t *)arg);
+	return arg;
+}
+
+Test(fiber, a_joiner_whose_deadline_passes_as_the_target_ends_gets_one_answer)
+{
+	int timeouts = 0, joined = 0;
+
+	for (int i = 0; i < 60; i++) {
+		int64_t end = gr_now() + 200 * (GR_MSEC / 1000);
+		struct edge_join e = { .deadline = end + (i % 5 - 2) * 20 * (GR_MSEC / 1000) };
+
+		e.t = gr_spawn(sleep_until_arg, &end);
+		gr_fiber *j = gr_spawn(join_until, &e);
+		cr_assert_eq(gr_join(j, NULL, GR_FOREVER), 0);
+		if (e.r == 0) {
+			cr_assert_eq(e.res, &end);
+			joined++;
+			continue;
+		}
+		cr_assert_eq(e.r, -ETIMEDOUT, "round %d: %s", i, strerror(-e.r));
+		timeouts++;
+		/* Timed out: the target is still ours to join, ended or not. */
+		void *res = NULL;
+		cr_assert_eq(gr_join(e.t, &res, GR_FOREVER), 0, "round %d: the target was lost", i);
+		cr_assert_eq(res, &end);
+	}
+	cr_assert_eq(joined + timeouts, 60);
+}
+
+/* ------------------------------------------------------------ hub join: every way to end */
+
+struct ends {
+	gr_fiber *parked;      /* parked forever until killed */
+	int grandchild_ran;
+	int hub_join_saw;      /* grandchild_ran when the fiber's own gr_hub_join returned */
+	int spawned_in_kill;
+};
+
+static void *kill_arg_later(void *arg)
+{
+	struct ends *e = arg;
+
+	gr_sleep(GR_MSEC);
+	gr_kill(e->parked);
+	return NULL;
+}
+
+static void grandchild(void *arg)
+{
+	gr_sleep(2 * GR_MSEC);
+	((struct ends *)arg)->grandchild_ran = 1;
+}
+
+/* Killed while parked, it spawns before acknowledging: a spawn does not
+ * switch, so it works for a killed fiber. */
+static void *spawn_when_killed(void *arg)
+{
+	struct ends *e = arg;
+
+	e->parked = gr_self();
+	if (gr_sleep(INT64_MAX) == -ECANCELED)
+		e->spawned_in_kill = gr_spawn_n(grandchild, e) == 0;
+	return NULL;
+}
+
+static void *hub_join_then_look(void *arg)
+{
+	struct ends *e = arg;
+	int r = gr_hub_join(GR_FOREVER);
+
+	e->hub_join_saw = e->grandchild_ran;
+	return (void *)(intptr_t)r;
+}
+
+Test(fiber, hub_join_callers_wake_whichever_way_the_last_fibers_end)
+{
+	struct ends e = { 0 };
+	struct gr_hub_stats st;
+	void *r_hj = NULL;
+	int flags[3] = { 0 };
+
+	gr_fiber *ended = gr_spawn(set_flag, &flags[0]);     /* ends, never joined until after */
+	gr_fiber *unstarted = gr_spawn(set_flag, &flags[1]); /* killed before it runs */
+	cr_assert_eq(gr_kill(unstarted), 0);
+	gr_fiber *spawner = gr_spawn(spawn_when_killed, &e);
+	cr_assert_eq(gr_detach(gr_spawn(kill_arg_later, &e)), 0);
+	cr_assert_eq(gr_spawn_n(count_up, &flags[2]), 0);
+	gr_fiber *hj = gr_spawn(hub_join_then_look, &e);
+	cr_assert_eq(gr_hub_join(gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(gr_hub_stats(&st), 0);
+	cr_assert_eq(st.fibers, 0, "gr_hub_join returned with %zu fibers alive", st.fibers);
+	cr_assert_eq(e.spawned_in_kill, 1);
+	cr_assert_eq(e.grandchild_ran, 1);
+	cr_assert(flags[0] == 1 && flags[1] == 0 && flags[2] == 1, "%d %d %d", flags[0], flags[1],
+		  flags[2]);
+	/* The ended ones stay joinable: their handles are valid. */
+	cr_assert_eq(gr_join(ended, NULL, 0), 0);
+	cr_assert_eq(gr_join(unstarted, NULL, 0), 0);
+	cr_assert_eq(gr_join(spawner, NULL, 0), 0);
+	cr_assert_eq(gr_join(hj, &r_hj, 0), 0);
+	cr_assert_eq((intptr_t)r_hj, 0);
+	cr_assert_eq(e.hub_join_saw, 1, "a fiber's gr_hub_join returned before a grandchild ended");
+	/* Nothing is left at all: the hub may be replaced. */
+	cr_assert_eq(gr_hub_use(grt_hub()), 0);
+}
+
+Test(fiber, hub_use_is_ebusy_while_an_ended_fiber_is_unjoined_and_free_after)
+{
+	int ran = 0, ran_detached = 0;
+	gr_fiber *f = gr_spawn(set_flag, &ran);
+	cr_assert_eq(gr_detach(gr_spawn(set_flag, &ran_detached)), 0);
+
+	cr_assert_eq(gr_hub_join(GR_FOREVER), 0);
+	cr_assert_eq(ran, 1);
+	cr_assert_eq(gr_hub_use(grt_hub()), -EBUSY, "an ended fiber's handle would dangle");
+	cr_assert_eq(gr_join(f, NULL, 0), 0);
+	cr_assert_eq(gr_hub_use(grt_hub()), 0, "every fiber released, the hub is idle");
+}
+
+/* ------------------------------------------------------------ a lone yielder and other threads */
+
+/* The only runnable fiber yields without a switch when nothing is in flight
+ * (review s20a): a wake-up another thread posts meanwhile must still reach
+ * the fiber it wakes, at the yielder's next yield. Here the main context
+ * waits in gr_join (no operation in flight), one fiber ping-pongs with a
+ * plain thread through notifiers, and another yields all along. Nothing
+ * here has a deadline: a timer in flight would send every yield through
+ * the hub loop, which is not the path under test. */
+enum { PINGS = 300 };
+
+struct lone {
+	gr_notifier to_fiber, to_thread;
+	atomic_int stop;
+	int got, thread_got, err;
+	long yields;
+};
+
+static void lone_thread(void *arg)
+{
+	struct lone *l = arg;
+
+	for (int i = 0; i < PINGS; i++) {
+		int r = gr_notifier_wait(&l->to_thread, gr_now() + 10 * GR_SEC);
+
+		if (r < 0) {
+			grt_fail("the thread's wait: %s", strerror(-r));
+			return;
+		}
+		l->thread_got++;
+		gr_notifier_fire(&l->to_fiber);
+	}
+}
+
+static void *lone_pinger(void *arg)
+{
+	struct lone *l = arg;
+
+	for (int i = 0; i < PINGS; i++) {
+		gr_notifier_fire(&l->to_thread);
+		/* No deadline: its timer would be in flight, and the yields
+		 * would go through the hub loop anyway. */
+		int r = gr_notifier_wait(&l->to_fiber, GR_FOREVER);
+
+		if (r < 0) {
+			l->err = r;
+			break;
+		}
+		l->got++;
+	}
+	atomic_store(&l->stop, 1);
+	return NULL;
+}
+
+static void *lone_yielder(void *arg)
+{
+	struct lone *l = arg;
+
+	while (!atomic_load(&l->stop)) {
+		if (gr_sleep(0) != 0)
+			break;
+		l->yields++;
+	}
+	return NULL;
+}
+
+Test(fiber, wake_ups_from_another_thread_reach_a_hub_whose_only_runnable_fiber_yields)
+{
+	struct lone l = { .got = 0 };
+	struct grt_thread t;
+
+	assert_ok(gr_notifier_init(&l.to_fiber));
+	assert_ok(gr_notifier_init(&l.to_thread));
+	gr_fiber *y = gr_spawn(lone_yielder, &l);
+	gr_fiber *p = gr_spawn(lone_pinger, &l);
+	grt_thread_start(&t, 0, lone_thread, &l);
+	/* No deadline either (a stall is the suite's timeout). */
+	cr_assert_eq(gr_join(p, NULL, GR_FOREVER), 0);
+	cr_assert_eq(gr_join(y, NULL, GR_FOREVER), 0);
+	grt_thread_join(&t);
+	grt_assert_no_failures();
+	cr_assert_eq(l.err, 0, "the fiber's wait: %s", strerror(-l.err));
+	cr_assert_eq(l.got, PINGS);
+	cr_assert_eq(l.thread_got, PINGS);
+	cr_assert_gt(l.yields, 0);
+	assert_ok(gr_notifier_destroy(&l.to_fiber));
+	assert_ok(gr_notifier_destroy(&l.to_thread));
+}

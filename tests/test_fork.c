@@ -253,6 +253,83 @@ Test(fork, fork_from_inside_a_fiber)
 	cr_assert_eq(gr_sleep(GR_MSEC), 0, "the parent's hub after the fork");
 }
 
+/* A fiber forks mid-turn, with fibers queued behind it in this turn and the
+ * next and a timer in flight (the loop started the turn): none of them runs
+ * in the child, where the forking fiber's yields find a fresh, empty run
+ * queue; each runs once in the parent (review s20a: the singly linked run
+ * queue and the yield that takes the next fiber first). */
+static void *sleep_ms(void *arg)
+{
+	gr_sleep((int64_t)(intptr_t)arg * GR_MSEC);
+	return NULL;
+}
+
+struct queued_fork {
+	struct forker fk;
+	int ran; /* queued fibers that ran, in this process's copy */
+};
+
+static void *count_run(void *arg)
+{
+	((struct queued_fork *)arg)->ran++;
+	return NULL;
+}
+
+static void *fork_with_others_queued(void *arg)
+{
+	struct queued_fork *q = arg;
+	int rep[2];
+
+	if (pipe2(rep, O_CLOEXEC) != 0) {
+		q->fk.err = errno;
+		return NULL;
+	}
+	int ran_at_fork = q->ran;
+	fflush(NULL);
+	q->fk.c.pid = fork();
+	if (q->fk.c.pid == 0) {
+		grt_report_fd = rep[1];
+		child_work(q->fk.hub, -1);
+		for (int i = 0; i < 8; i++) {
+			if (gr_sleep(0) != 0)
+				grt_child_exit("a yield in the child failed");
+		}
+		if (q->ran != ran_at_fork)
+			grt_child_exit("the child ran %d fibers queued in the parent's run queue",
+				       q->ran - ran_at_fork);
+		grt_child_exit("ok");
+	}
+	close(rep[1]);
+	q->fk.c.rd = rep[0];
+	if (q->fk.c.pid < 0) {
+		q->fk.err = errno;
+		close(rep[0]);
+	}
+	return NULL;
+}
+
+Test(fork, a_fiber_forks_with_others_queued_behind_it)
+{
+	struct queued_fork q = { .fk = { .hub = grt_hub() } };
+	gr_fiber *m[4];
+
+	gr_fiber *sleeper = gr_spawn(sleep_ms, (void *)(intptr_t)50);
+	cr_assert_eq(gr_sleep(0), 0); /* the sleeper's timer is in flight */
+	m[0] = gr_spawn(count_run, &q);
+	gr_fiber *f = gr_spawn(fork_with_others_queued, &q);
+	m[1] = gr_spawn(count_run, &q);
+	m[2] = gr_spawn(count_run, &q);
+	cr_assert_eq(gr_sleep(0), 0);
+	m[3] = gr_spawn(count_run, &q); /* queued in the next turn */
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+	cr_assert_eq(q.fk.err, 0, "fork: %s", strerror(q.fk.err));
+	expect_child_ok(&q.fk.c);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(gr_join(m[i], NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(gr_join(sleeper, NULL, GR_FOREVER), 0);
+	cr_assert_eq(q.ran, 4, "the parent's queued fibers ran %d times, not once each", q.ran);
+}
+
 Test(fork, a_grandchild_gets_its_own_hub_too)
 {
 	int rep[2];

@@ -565,3 +565,139 @@ Test(pile, destroy_drops_unread_results)
 	assert_ok(gr_pile_destroy(&pile));
 	assert_err(gr_pile_next(&pile, NULL, 0), EINVAL);
 }
+
+/* ------------------------------------------------------------ the spawn's fast path (review s20a) */
+
+/* gr_pool_spawn checks the gate without a park record and builds one only
+ * when it must wait: the checks must still refuse a killed caller, and one
+ * past its own deadline, when a slot is free; a try (deadline 0) works for
+ * a killed fiber and never waits. */
+struct gate_probe {
+	gr_pool *p;
+	struct load *l;
+	int killed_forever, killed_try, past_own_deadline;
+};
+
+static void *probe_gate(void *arg)
+{
+	struct gate_probe *g = arg;
+
+	gr_sleep(3600 * GR_SEC); /* parked until killed */
+	g->killed_forever = gr_pool_spawn(g->p, work, g->l, GR_FOREVER);
+	g->killed_try = gr_pool_spawn(g->p, work, g->l, 0);
+	gr_kill_ack(GR_FOREVER);
+	gr_deadline_set(gr_now() - 1);
+	g->past_own_deadline = gr_pool_spawn(g->p, work, g->l, GR_FOREVER);
+	gr_deadline_set(GR_FOREVER);
+	return NULL;
+}
+
+Test(pool, the_gate_refuses_a_killed_or_late_spawner_even_with_a_free_slot)
+{
+	gr_pool p;
+	struct load l = { 0 };
+	struct gate_probe g = { .p = &p, .l = &l };
+
+	assert_ok(gr_pool_init(&p, 4));
+	gr_fiber *f = gr_spawn(probe_gate, &g);
+	settle();
+	assert_ok(gr_kill(f));
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	cr_assert_eq(g.killed_forever, -ECANCELED);
+	cr_assert_eq(g.killed_try, 0, "a killed fiber's try must still spawn");
+	cr_assert_eq(g.past_own_deadline, -ETIMEDOUT);
+	assert_ok(gr_pool_wait(&p, GR_FOREVER));
+	cr_assert_eq(l.done, 1);
+	assert_ok(gr_pool_destroy(&p));
+}
+
+/* Spawners whose deadlines pass around the moment the slot frees: each
+ * either spawned (its work ran) or timed out, none is lost or counted twice,
+ * and the pool never runs more than its size. */
+static void sleep_200us(void *arg)
+{
+	struct load *l = arg;
+
+	l->started++;
+	if (++l->running > l->max_running)
+		l->max_running = l->running;
+	gr_sleep(200 * (GR_MSEC / 1000));
+	l->running--;
+	l->done++;
+}
+
+Test(pool, spawner_deadlines_racing_the_slots_release_lose_nothing)
+{
+	gr_pool p;
+	struct load l = { 0 };
+	enum { ROUNDS = 40, N = 4 };
+	int spawned = 0;
+
+	assert_ok(gr_pool_init(&p, 1));
+	for (int round = 0; round < ROUNDS; round++) {
+		struct spawner s[N];
+		gr_fiber *f[N];
+		int64_t base = gr_now();
+
+		assert_ok(gr_pool_spawn(&p, sleep_200us, &l, GR_FOREVER)); /* holds the slot */
+		for (int i = 0; i < N; i++) {
+			s[i] = (struct spawner){ .p = &p, .l = &l, .r = 1,
+						 .deadline = base + (150 + 25 * ((round + i) % 5)) *
+									    (GR_MSEC / 1000) };
+			f[i] = gr_spawn(spawner_fiber, &s[i]);
+		}
+		for (int i = 0; i < N; i++) {
+			assert_ok(gr_join(f[i], NULL, GR_FOREVER));
+			cr_assert(s[i].r == 0 || s[i].r == -ETIMEDOUT, "round %d: %s", round,
+				  strerror(-s[i].r));
+			spawned += s[i].r == 0;
+		}
+		assert_ok(gr_pool_wait(&p, GR_FOREVER));
+		cr_assert_eq(gr_pool_running(&p), 0);
+	}
+	cr_assert_eq(l.max_running, 1);
+	cr_assert_eq(l.done, l.started);
+	cr_assert_eq(l.done, ROUNDS + spawned, "%d ran, %d rounds + %d spawns", l.done, ROUNDS,
+		     spawned);
+	assert_ok(gr_pool_destroy(&p));
+}
+
+/* A spawner handed the slot and then killed, with its deadline timer still
+ * in flight, and one killed while it waits with a deadline: the first uses
+ * its slot, the second gives up, the third waiter gets the next slot. */
+Test(pool, kill_of_a_deadline_spawner_before_and_after_the_handoff)
+{
+	gr_pool p;
+	gr_event gate;
+	struct load l = { 0 };
+	struct spawner a, b, c;
+
+	assert_ok(gr_event_init(&gate));
+	l.gate = &gate;
+	assert_ok(gr_pool_init(&p, 1));
+	assert_ok(gr_pool_spawn(&p, work, &l, GR_FOREVER));
+	int64_t later = gr_now() + 10 * GR_SEC;
+	a = (struct spawner){ .p = &p, .l = &l, .deadline = later, .r = 1 };
+	b = (struct spawner){ .p = &p, .l = &l, .deadline = later, .r = 1 };
+	c = (struct spawner){ .p = &p, .l = &l, .deadline = later, .r = 1 };
+	gr_fiber *fa = gr_spawn(spawner_fiber, &a);
+	gr_fiber *fb = gr_spawn(spawner_fiber, &b);
+	gr_fiber *fc = gr_spawn(spawner_fiber, &c);
+	settle();
+	gr_event_set(&gate); /* the running work ends: the slot goes to a */
+	while (l.done < 1)
+		assert_ok(gr_sleep(0));
+	assert_ok(gr_kill(fa)); /* handed the slot, not yet run */
+	assert_ok(gr_kill(fb)); /* still waiting */
+	assert_ok(gr_join(fa, NULL, GR_FOREVER));
+	assert_ok(gr_join(fb, NULL, GR_FOREVER));
+	cr_assert_eq(a.r, 0, "a slot handed over was lost to a kill");
+	cr_assert_eq(b.r, -ECANCELED);
+	assert_ok(gr_join(fc, NULL, GR_FOREVER));
+	cr_assert_eq(c.r, 0);
+	assert_ok(gr_pool_wait(&p, GR_FOREVER));
+	cr_assert_eq(l.done, 3);
+	cr_assert_eq(l.max_running, 1);
+	assert_ok(gr_pool_destroy(&p));
+	assert_ok(gr_event_destroy(&gate));
+}

@@ -204,6 +204,131 @@ Test(thread, a_thread_may_exit_with_fibers_blocked)
 	close(sv[1]);
 }
 
+/* ------------------------------------------------------------ exit mid-turn (review s20a) */
+
+/* The thread's main context returns in the middle of a turn the loop started
+ * (fibers still queued in it and the next), with every kind of fiber the
+ * fast paths touch: yielding, ended and unjoined, a woken joiner that has
+ * not run, gr_hub_join callers, a pool at its limit (its spawns tried once,
+ * deadline 0: a spawner left waiting at the exit would leak the slot it
+ * allocated, which only its discarded stack points to), a killed fiber that
+ * spawned, and fibers that never ran. The pool is static: its slots stay
+ * reachable (no leak report), and its fibers never end. */
+static gr_pool exit_pool;
+
+struct midturn {
+	int yields;
+	int spawned_in_kill;
+	int pool_waiting;
+	int hub_joining;
+};
+
+static void *yield_forever(void *arg)
+{
+	struct midturn *m = arg;
+
+	while (gr_sleep(0) == 0)
+		m->yields++;
+	return NULL;
+}
+
+static void *return_at_once(void *arg)
+{
+	return arg;
+}
+
+static void *sleep_ms_arg(void *arg)
+{
+	gr_sleep((int64_t)(intptr_t)arg * GR_MSEC);
+	return NULL;
+}
+
+static void *join_arg(void *arg)
+{
+	gr_join(arg, NULL, gr_now() + 3600 * GR_SEC);
+	return NULL;
+}
+
+static void *hub_join_long(void *arg)
+{
+	struct midturn *m = arg;
+
+	m->hub_joining++;
+	gr_hub_join(gr_now() + 3600 * GR_SEC);
+	return NULL;
+}
+
+static void pool_work_forever(void *arg)
+{
+	(void)arg;
+	gr_sleep(3600 * GR_SEC);
+}
+
+static void *pool_spawner(void *arg)
+{
+	struct midturn *m = arg;
+
+	if (gr_pool_spawn(&exit_pool, pool_work_forever, NULL, 0) == -ETIMEDOUT)
+		m->pool_waiting++;
+	return NULL;
+}
+
+static void *spawn_once_killed(void *arg)
+{
+	struct midturn *m = arg;
+
+	if (gr_sleep(3600 * GR_SEC) == -ECANCELED)
+		m->spawned_in_kill = gr_spawn(yield_forever, m) != NULL;
+	return NULL;
+}
+
+static void *exit_mid_turn(void *arg)
+{
+	struct midturn *m = arg;
+	struct gr_spawn_opts det = { .detached = 1 };
+
+	if (gr_pool_init(&exit_pool, 1) != 0)
+		return NULL;
+	gr_pool_spawn(&exit_pool, pool_work_forever, NULL, GR_FOREVER);
+	gr_spawn(sleep_ms_arg, (void *)(intptr_t)3600000); /* in flight: the loop starts turns */
+	gr_spawn(return_at_once, NULL);
+	gr_spawn_with(&det, return_at_once, NULL);
+	gr_fiber *short_one = gr_spawn(sleep_ms_arg, (void *)(intptr_t)1);
+	gr_spawn(join_arg, short_one);
+	gr_spawn(hub_join_long, m);
+	gr_spawn(hub_join_long, m);
+	for (int i = 0; i < 3; i++)
+		gr_spawn(pool_spawner, m);
+	gr_fiber *k = gr_spawn(spawn_once_killed, m);
+	for (int i = 0; i < 2; i++)
+		gr_spawn(yield_forever, m);
+	/* Until the short sleeper ended and its joiner is woken. */
+	int64_t until = gr_now() + 5 * GR_MSEC;
+	while (gr_now() < until)
+		gr_sleep(0);
+	gr_kill(k);
+	gr_sleep(0); /* k spawns: that fiber is queued */
+	gr_spawn(return_at_once, NULL); /* never runs */
+	/* Main first in a turn the loop starts: the yielders are queued behind. */
+	gr_sleep(0);
+	return NULL;
+}
+
+Test(thread, a_thread_may_exit_mid_turn_with_fibers_of_every_kind)
+{
+	struct midturn m = { 0 };
+	int base_fds = grt_count_fds();
+	int64_t t0 = gr_now();
+
+	run_thread(exit_mid_turn, &m);
+	cr_assert_lt(gr_now() - t0, 2 * GR_SEC, "the thread's exit waited for its fibers");
+	cr_assert_gt(m.yields, 0);
+	cr_assert_eq(m.spawned_in_kill, 1);
+	cr_assert_eq(m.pool_waiting, 3);
+	cr_assert_eq(m.hub_joining, 2);
+	cr_assert_eq(grt_count_fds(), base_fds, "the exited thread's hub left fds open");
+}
+
 /* ------------------------------------------------------------ two hubs at once */
 
 struct worker {
