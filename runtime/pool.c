@@ -235,16 +235,19 @@ int gr_pool_spawn(gr_pool *p, void (*fn)(void *), void *arg, int64_t deadline)
 		return err;
 	if (!fn)
 		return -EINVAL;
-	/* Allocate before waiting: a slot won after a wait is never wasted on
-	 * an allocation failure. */
-	struct pool_slot *s = slot_get(pl);
-	if (!s)
-		return -ENOMEM;
-	if (!pool_try_acquire(pl))
+	if (!pool_try_acquire(pl)) {
 		err = pool_spawn_wait(hub, pl, deadline);
-	if (err) {
-		slot_put(pl, s);
-		return err;
+		if (err)
+			return err;
+	}
+	/* The slot's record is taken once the slot is ours, not before the
+	 * wait: a spawner still waiting when its thread exits is discarded
+	 * with its stack, and a record only that stack pointed to would leak.
+	 * Without memory, the slot goes to the next spawner in line. */
+	struct pool_slot *s = slot_get(pl);
+	if (!s) {
+		pool_unacquire(pl);
+		return -ENOMEM;
 	}
 	err = pool_launch(pl, s, fn, arg, NULL);
 	if (err) {
