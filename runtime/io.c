@@ -296,15 +296,18 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 {
 	struct gr_op *op = &o->op;
 	bool nowait = tries_with_nowait(o);
+	/* Whether the fd was seen O_NONBLOCK since this call last parked. A
+	 * park lets other fibers (and threads) run: the program may have
+	 * cleared the flag (fcntl), or closed the number and reused it for a
+	 * blocking file, and a read(2) or write(2) the wake-up no longer
+	 * covers (another reader took the byte, a pipe with less room than
+	 * the write) would block the thread. So the flag is asked again after
+	 * every park; only files without RWF_NOWAIT pay (a FIFO, a terminal),
+	 * and accept. */
+	bool checked = false;
 
 	if (op->kind == GR_OP_CONNECT)
 		forget_previous_file(hub, op->fd);
-	if (needs_nonblocking_fd(op) && !nowait) {
-		int err = nonblocking_for(o, &nowait);
-
-		if (err)
-			return err;
-	}
 	bool connecting = false;
 	for (;;) {
 		int64_t r;
@@ -317,6 +320,13 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 			if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
 				return -errno;
 			return soerr ? -soerr : 0;
+		}
+		if (!nowait && !checked && needs_nonblocking_fd(op)) {
+			int err = nonblocking_for(o, &nowait);
+
+			if (err)
+				return err;
+			checked = !nowait;
 		}
 		r = nowait ? gr__rw_call(op, RWF_NOWAIT) : attempt(op);
 		if (nowait && (r > 0 || r == -EAGAIN) && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
@@ -336,6 +346,7 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 
 			if (err)
 				return err;
+			checked = true;
 			continue;
 		}
 		if (op->kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY)) {
@@ -347,6 +358,7 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 				   trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0);
 		if (r < 0)
 			return r;
+		checked = false;
 	}
 }
 
