@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -729,4 +730,104 @@ Test(fifo, a_parked_write_whose_number_is_reused_by_a_blocking_pipe_blocks_no_th
 	assert_ok(gr_close(wfd));
 	assert_ok(gr_close(p[0]));
 	fifo_remove(&f);
+}
+
+/* A read parked on `fd` (a FIFO with a writer, or a pipe), and the number
+ * reused behind the runtime's back (dup2) by a FIFO no writer has opened:
+ * the read, which waits on what the number names now, must find what
+ * read(2) says of it, end of file, within the audit of long waits, not
+ * wait for a readiness that never comes. */
+static void parked_read_then_reused_by_a_fifo_without_writer(int fd)
+{
+	struct fifo g;
+
+	fifo_make(&g);
+	struct call c = { .fd = fd, .n = 16, .deadline = gr_now() + 5 * GR_SEC };
+	gr_fiber *rf = parked(&c);
+	int64_t t0 = gr_now();
+	cr_assert_eq(grt_move_fd(reader_without_writer(&g, false), fd), 0);
+	join_within(rf, 6 * GR_SEC);
+	cr_assert_eq(c.r, 0, "%zd (%s) after %lld ms, where read(2) says 0 at once", c.r,
+		     strerror(c.err), (long long)((c.ended - t0) / MSEC));
+	cr_assert_lt(c.ended - t0, GR_SEC, "end of file after %lld ms",
+		     (long long)((c.ended - t0) / MSEC));
+	assert_ok(gr_close(fd));
+	fifo_remove(&g);
+}
+
+Test(fifo, a_parked_fifo_read_whose_number_is_reused_by_a_fifo_without_writer_ends)
+{
+	struct fifo f;
+	int rw, wfd;
+
+	fifo_make(&f);
+	reader_then_writer(&f, &rw, &wfd);
+	parked_read_then_reused_by_a_fifo_without_writer(rw);
+	assert_ok(gr_close(wfd));
+	fifo_remove(&f);
+}
+
+Test(fifo, a_parked_pipe_read_whose_number_is_reused_by_a_fifo_without_writer_ends)
+{
+	int p[2];
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
+	char b[2];
+	cr_assert_eq(gr_read(p[0], b, 2), 2);
+	parked_read_then_reused_by_a_fifo_without_writer(p[0]);
+	assert_ok(gr_close(p[1]));
+}
+
+/* A pipe the runtime has read and written (and learnt: it takes
+ * RWF_NOWAIT), its number reused by a pidfd with no call parked: a read
+ * and a write say EINVAL, as read(2) and write(2) do, within the audit. */
+Test(fifo, a_learnt_pipes_number_reused_by_a_pidfd_fails_with_einval)
+{
+	int p[2];
+	char b[2];
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
+	cr_assert_eq(gr_read(p[0], b, 2), 2);
+	cr_assert_eq(grt_move_fd(pidfd_open_or_skip(getpid()), p[0]), 0);
+	cr_assert_eq(grt_move_fd(dup(p[0]), p[1]), 0);
+	for (int i = 0; i < 2; i++) {
+		struct call c = { .fd = p[i], .n = 2, .write = i == 1 };
+
+		call_now(&c);
+		cr_assert_eq(c.err, EINVAL, "%s: %zd (%s)", i ? "write" : "read", c.r,
+			     strerror(c.err));
+		cr_assert_lt(c.ended - c.began, 500 * MSEC, "answered after %lld ms",
+			     (long long)((c.ended - c.began) / MSEC));
+	}
+	assert_ok(gr_close(p[0]));
+	assert_ok(gr_close(p[1]));
+}
+
+/* The same with an eventfd (whose read takes RWF_NOWAIT, and whose write
+ * refuses it): a write of a count adds it, a read takes it back. */
+Test(fifo, a_learnt_pipes_number_reused_by_an_eventfd_counts)
+{
+	int p[2];
+	char b[2];
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
+	cr_assert_eq(gr_read(p[0], b, 2), 2);
+	int ev = eventfd(0, EFD_CLOEXEC);
+	cr_assert_geq(ev, 0);
+	cr_assert_eq(grt_move_fd(dup(ev), p[0]), 0);
+	cr_assert_eq(grt_move_fd(ev, p[1]), 0);
+	uint64_t v = 5;
+	int64_t t0 = gr_now();
+	gr_deadline_set(t0 + GR_SEC);
+	cr_assert_eq(gr_write(p[1], &v, sizeof(v)), (ssize_t)sizeof(v), "%s", strerror(errno));
+	v = 0;
+	cr_assert_eq(gr_read(p[0], &v, sizeof(v)), (ssize_t)sizeof(v), "%s", strerror(errno));
+	gr_deadline_set(GR_FOREVER);
+	cr_assert_eq(v, 5);
+	cr_assert_lt(gr_now() - t0, 500 * MSEC);
+	assert_ok(gr_close(p[0]));
+	assert_ok(gr_close(p[1]));
 }
