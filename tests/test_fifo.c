@@ -767,29 +767,33 @@ Test(fifo, a_parked_fifo_read_whose_number_is_reused_by_a_fifo_without_writer_en
 	fifo_remove(&f);
 }
 
+/* A pipe the runtime has written and read: it has learnt that the pipe
+ * takes RWF_NOWAIT both ways (on io_uring its calls go to the ring). */
+static void learnt_pipe(int p[2])
+{
+	char b[2];
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
+	cr_assert_eq(gr_read(p[0], b, 2), 2);
+}
+
 Test(fifo, a_parked_pipe_read_whose_number_is_reused_by_a_fifo_without_writer_ends)
 {
 	int p[2];
 
-	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
-	char b[2];
-	cr_assert_eq(gr_read(p[0], b, 2), 2);
+	learnt_pipe(p);
 	parked_read_then_reused_by_a_fifo_without_writer(p[0]);
 	assert_ok(gr_close(p[1]));
 }
 
-/* A pipe the runtime has read and written (and learnt: it takes
- * RWF_NOWAIT), its number reused by a pidfd with no call parked: a read
+/* A learnt pipe's number reused by a pidfd with no call parked: a read
  * and a write say EINVAL, as read(2) and write(2) do, within the audit. */
 Test(fifo, a_learnt_pipes_number_reused_by_a_pidfd_fails_with_einval)
 {
 	int p[2];
-	char b[2];
 
-	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
-	cr_assert_eq(gr_read(p[0], b, 2), 2);
+	learnt_pipe(p);
 	cr_assert_eq(grt_move_fd(pidfd_open_or_skip(getpid()), p[0]), 0);
 	cr_assert_eq(grt_move_fd(dup(p[0]), p[1]), 0);
 	for (int i = 0; i < 2; i++) {
@@ -810,11 +814,8 @@ Test(fifo, a_learnt_pipes_number_reused_by_a_pidfd_fails_with_einval)
 Test(fifo, a_learnt_pipes_number_reused_by_an_eventfd_counts)
 {
 	int p[2];
-	char b[2];
 
-	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
-	cr_assert_eq(gr_read(p[0], b, 2), 2);
+	learnt_pipe(p);
 	int ev = eventfd(0, EFD_CLOEXEC);
 	cr_assert_geq(ev, 0);
 	cr_assert_eq(grt_move_fd(dup(ev), p[0]), 0);
