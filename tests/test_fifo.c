@@ -832,3 +832,33 @@ Test(fifo, a_learnt_pipes_number_reused_by_an_eventfd_counts)
 	assert_ok(gr_close(p[0]));
 	assert_ok(gr_close(p[1]));
 }
+
+/* Two readers of one FIFO: one killed, the other's deadline passes; each
+ * ends as asked, on time, and the byte written next goes to the next
+ * read whole (neither ended reader took it). */
+Test(fifo, two_readers_one_killed_one_timed_out_lose_no_byte)
+{
+	struct fifo f;
+	int rw, wfd;
+
+	fifo_make(&f);
+	reader_then_writer(&f, &rw, &wfd);
+	struct call k = { .fd = rw, .n = 4, .deadline = gr_now() + 10 * GR_SEC };
+	struct call t = { .fd = rw, .n = 4, .deadline = gr_now() + 100 * MSEC };
+	gr_fiber *kf = parked(&k);
+	gr_fiber *tf = parked(&t);
+	assert_ok(gr_kill(kf));
+	join_within(kf, GR_SEC);
+	join_within(tf, GR_SEC);
+	cr_assert_eq(k.err, ECANCELED, "%zd (%s)", k.r, strerror(k.err));
+	cr_assert_eq(t.err, ETIMEDOUT, "%zd (%s)", t.r, strerror(t.err));
+	cr_assert_lt(t.ended - t.began, 400 * MSEC);
+	cr_assert_eq(write(wfd, "abcd", 4), 4);
+	struct call c = { .fd = rw, .n = 4 };
+	call_now(&c);
+	cr_assert_eq(c.r, 4, "%zd (%s)", c.r, strerror(c.err));
+	cr_assert_eq(memcmp(c.buf, "abcd", 4), 0);
+	assert_ok(gr_close(rw));
+	assert_ok(gr_close(wfd));
+	fifo_remove(&f);
+}
