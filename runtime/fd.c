@@ -373,6 +373,16 @@ static bool served_by_choice(struct gr__hub *hub, const struct gr__op *o, unsign
 		op->kind == GR_OP_WRITEV);
 }
 
+/* A wait for readiness that a read or write of a stream makes before it
+ * tries its call again (io.c, gr__park_ready): ended early, it only tries
+ * once more. */
+static bool tries_again(struct gr__hub *hub, const struct gr__op *o, unsigned arg)
+{
+	(void)hub;
+	(void)arg;
+	return o->tries_again && !o->cancel_errno;
+}
+
 static void audit_one(struct gr__hub *hub, int fd, struct gr__fdstate *st, uint32_t epoch)
 {
 	if (st->audit_at == 0) {
@@ -388,7 +398,16 @@ static void audit_one(struct gr__hub *hub, int fd, struct gr__fdstate *st, uint3
 	if (check_open(hub, fd) == -EBADF) {
 		report_closed(hub, fd, st);
 		gr__fd_cancel_all(hub, st, EBADF);
-	} else if (!hub->ops->fd_audit && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
+		return;
+	}
+	/* On every hub: a stream's read or write waiting for readiness tries
+	 * its call again. The number may name another file now (closed with
+	 * close() and reused, dup2), one that read(2) answers at once but
+	 * that never becomes ready: a FIFO no writer has opened (end of
+	 * file). On the same file the try says EAGAIN and the call waits
+	 * again; the audit backs off as for any long wait. */
+	cancel_each(hub, st, GR__REDECIDE, tries_again, 0);
+	if (!hub->ops->fd_audit && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
 		/* An operation a completion backend holds keeps the file it was
 		 * submitted on. If the number was closed with close() and now
 		 * names another file (no check above can tell), the operation

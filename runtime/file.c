@@ -546,7 +546,7 @@ static int64_t sendfile_by_chunks(struct gr__hub *hub, int out, int in, off_t of
 			r = gr__park_op(hub, &p, &o);
 		}
 		if (r == -EAGAIN) {
-			r = gr__park_ready(hub, &p, out, POLLOUT, 0);
+			r = gr__park_ready(hub, &p, out, POLLOUT, 0, false);
 			if (r == 0)
 				continue;
 		}

@@ -95,6 +95,10 @@ struct gr__op {
 					     ETIMEDOUT, EBADF, EIO, GR__RETIME or
 					     GR__REDECIDE */
 	bool on_fd;                       /* linked on its fd (fd_link is live) */
+	bool tries_again;                 /* a GR_OP_POLL a read or write at a stream's
+					     position waits on before it tries its call
+					     again: the audit of long waits may end it
+					     early (GR__REDECIDE, fd.c) */
 };
 
 /* A cancel reason that is no errno: the deadline of the call moved (a per-fd
@@ -465,10 +469,13 @@ int64_t gr__run_op(struct gr__op *o, const char *what);
  * try again. p has passed the gate. */
 int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o);
 /* io.c: park p until fd is ready for `events` (GR_OP_POLL; flags
- * GR_POLL_*), after the caller saw EAGAIN. 0; -EBADF (the fd was closed
- * with gr_close meanwhile: its number may name a new file), the gate's
- * errors. */
-int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags);
+ * GR_POLL_*), after the caller saw EAGAIN. With tries_again the audit of
+ * long waits may end the wait before (fd.c): the caller's call must be
+ * one that tries itself again and parks anew on EAGAIN. 0; -EBADF (the fd
+ * was closed with gr_close meanwhile: its number may name a new file), the
+ * gate's errors. */
+int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags,
+		       bool tries_again);
 /* io.c: make fd O_NONBLOCK if it is not (asked every time: a number reused
  * by plain close() and open() may name a new, blocking file). 0 or -errno. */
 int gr__fd_nonblocking(int fd);

@@ -296,15 +296,18 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 {
 	struct gr_op *op = &o->op;
 	bool nowait = tries_with_nowait(o);
+	/* Whether the fd was seen O_NONBLOCK since this call last parked. A
+	 * park lets other fibers (and threads) run: the program may have
+	 * cleared the flag (fcntl), or closed the number and reused it for a
+	 * blocking file, and a read(2) or write(2) the wake-up no longer
+	 * covers (another reader took the byte, a pipe with less room than
+	 * the write) would block the thread. So the flag is asked again after
+	 * every park; only files without RWF_NOWAIT pay (a FIFO, a terminal),
+	 * and accept. */
+	bool checked = false;
 
 	if (op->kind == GR_OP_CONNECT)
 		forget_previous_file(hub, op->fd);
-	if (needs_nonblocking_fd(op) && !nowait) {
-		int err = nonblocking_for(o, &nowait);
-
-		if (err)
-			return err;
-	}
 	bool connecting = false;
 	for (;;) {
 		int64_t r;
@@ -317,6 +320,13 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 			if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
 				return -errno;
 			return soerr ? -soerr : 0;
+		}
+		if (!nowait && !checked && needs_nonblocking_fd(op)) {
+			int err = nonblocking_for(o, &nowait);
+
+			if (err)
+				return err;
+			checked = !nowait;
 		}
 		r = nowait ? gr__rw_call(op, RWF_NOWAIT) : attempt(op);
 		if (nowait && (r > 0 || r == -EAGAIN) && (hub->ops->caps & GR_HUB_CAP_COMPLETION)) {
@@ -336,6 +346,7 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 
 			if (err)
 				return err;
+			checked = true;
 			continue;
 		}
 		if (op->kind == GR_OP_CONNECT && (r == -EINPROGRESS || r == -EALREADY)) {
@@ -344,13 +355,16 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 			return r;
 		}
 		r = gr__park_ready(hub, p, op->fd, op_events(op),
-				   trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0);
+				   trusts_registration(op) ? GR_POLL_AFTER_EAGAIN : 0,
+				   reads_or_writes(op) && op->off < 0);
 		if (r < 0)
 			return r;
+		checked = false;
 	}
 }
 
-int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags)
+int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags,
+		       bool tries_again)
 {
 	int64_t r = gr__park_again(p);
 
@@ -364,8 +378,10 @@ int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short ev
 		return errno == EBADF ? -EBADF : -ENOMEM;
 	uint32_t closes = st->closes;
 	wait.fd_st = st;
+	wait.tries_again = tries_again;
 	r = gr__park_op(hub, p, &wait);
-	if (r < 0)
+	/* -EAGAIN: the audit of long waits ended the wait (tries_again). */
+	if (r < 0 && r != -EAGAIN)
 		return r;
 	/* The wait ended, but other fibers ran before this one: if one of them
 	 * gr_closed the fd, the number may already name a new file. */
@@ -523,7 +539,10 @@ static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr
 		struct gr__op wait = gr__op_init(GR_OP_POLL, o->op.fd);
 		wait.op.events = op_events(&o->op);
 		wait.fd_st = o->fd_st;
+		wait.tries_again = !connecting;
 		r = gr__park_op(hub, p, &wait);
+		if (r == -EAGAIN)
+			continue; /* the audit ended the wait: the call chooses again */
 		if (r < 0)
 			return r;
 		if (r & POLLNVAL)
@@ -642,7 +661,7 @@ static __attribute__((noinline)) int64_t ready_then_retry(struct gr__hub *hub, s
 	p.deadline = deadline;
 	do {
 		r = gr__park_ready(hub, &p, o->op.fd, op_events(&o->op),
-				   trusts_registration(&o->op) ? GR_POLL_AFTER_EAGAIN : 0);
+				   trusts_registration(&o->op) ? GR_POLL_AFTER_EAGAIN : 0, false);
 		if (r >= 0)
 			r = attempt(&o->op);
 	} while (r == -EAGAIN || r == -EWOULDBLOCK);

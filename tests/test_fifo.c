@@ -22,16 +22,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -560,4 +563,302 @@ Test(fifo, a_terminal_with_vmin_0_reads_0_at_once_and_waits_with_vmin_1)
 	cr_assert_eq(c.r, 1, "%zd (%s)", c.r, strerror(c.err));
 	assert_ok(gr_close(s));
 	assert_ok(gr_close(m));
+}
+
+/* ------------------------------------------------------------ hostile */
+
+/* A watchdog for a wait that would block the hub's thread, which no green
+ * deadline can end: a plain thread that, unless told the call returned
+ * within `after`, frees the blocked system call itself (writes a byte to
+ * `feed`, or drains `drain`) and says so. The test then fails with that
+ * message instead of hanging. */
+struct watchdog {
+	pthread_t t;
+	int64_t after;
+	int feed;                       /* >= 0: write a byte here to rescue */
+	int drain;                      /* >= 0: read everything here to rescue */
+	atomic_int done;                /* the test: the call returned */
+	atomic_int rescued;             /* the watchdog had to free the thread */
+};
+
+static void *watchdog_main(void *arg)
+{
+	struct watchdog *w = arg;
+	int64_t until = gr_now() + w->after;
+
+	while (!atomic_load(&w->done) && gr_now() < until) {
+		struct timespec ts = { 0, 2 * 1000 * 1000 };
+
+		nanosleep(&ts, NULL);
+	}
+	if (atomic_load(&w->done))
+		return NULL;
+	atomic_store(&w->rescued, 1);
+	if (w->feed >= 0)
+		(void)!write(w->feed, "!", 1);
+	while (w->drain >= 0 && !atomic_load(&w->done)) {
+		static char sink[1 << 16];
+		struct pollfd pfd = { .fd = w->drain, .events = POLLIN };
+
+		if (poll(&pfd, 1, 10) > 0)
+			(void)!read(w->drain, sink, sizeof(sink));
+	}
+	return NULL;
+}
+
+static void watchdog_start(struct watchdog *w, int64_t after, int feed, int drain)
+{
+	w->after = after;
+	w->feed = feed;
+	w->drain = drain;
+	atomic_init(&w->done, 0);
+	atomic_init(&w->rescued, 0);
+	cr_assert_eq(pthread_create(&w->t, NULL, watchdog_main, w), 0);
+}
+
+/* Stops the watchdog; whether it had to free the thread. */
+static bool watchdog_stop(struct watchdog *w)
+{
+	atomic_store(&w->done, 1);
+	cr_assert_eq(pthread_join(w->t, NULL), 0);
+	return atomic_load(&w->rescued) != 0;
+}
+
+/* Two fibers read one FIFO, and the program clears the O_NONBLOCK the
+ * runtime set (a library that "fixes" its fd, fcntl behind the runtime's
+ * back). One byte comes: both readers wake, one takes it, and the other
+ * must park again, not call a read(2) that now blocks the thread (and
+ * every fiber on it) until the next byte. */
+Test(fifo, two_readers_and_o_nonblock_cleared_behind_the_back_block_no_thread)
+{
+	struct fifo f;
+	int rw, wfd;
+
+	fifo_make(&f);
+	reader_then_writer(&f, &rw, &wfd);
+	cr_assert(nonblocking(rw), "the runtime did not make the FIFO O_NONBLOCK");
+	struct call c1 = { .fd = rw, .n = 1, .deadline = gr_now() + 10 * GR_SEC };
+	struct call c2 = c1;
+	gr_fiber *f1 = parked(&c1);
+	gr_fiber *f2 = parked(&c2);
+	cr_assert_eq(fcntl(rw, F_SETFL, fcntl(rw, F_GETFL) & ~O_NONBLOCK), 0);
+
+	struct watchdog w;
+	watchdog_start(&w, 2 * GR_SEC, wfd, -1);
+	cr_assert_eq(write(wfd, "a", 1), 1);
+	int64_t until = gr_now() + 5 * GR_SEC;
+	while (!c1.ended && !c2.ended) {
+		cr_assert_lt(gr_now(), until, "neither reader got the byte");
+		assert_ok(gr_sleep(GR_MSEC));
+	}
+	/* The test's own fiber runs again with one reader still waiting. */
+	bool rescued = watchdog_stop(&w);
+	cr_assert(!rescued, "a reader blocked the hub's thread in read(2) for 2 s "
+			    "(the FIFO made blocking again behind the runtime's back)");
+	cr_assert_eq(gr_write(wfd, "b", 1), 1);
+	join_within(f1, 5 * GR_SEC);
+	join_within(f2, 5 * GR_SEC);
+	cr_assert(c1.r == 1 && c2.r == 1, "%zd (%s), %zd (%s)", c1.r, strerror(c1.err), c2.r,
+		  strerror(c2.err));
+	assert_ok(gr_close(rw));
+	assert_ok(gr_close(wfd));
+	fifo_remove(&f);
+}
+
+struct big_write {
+	int fd;
+	const char *buf;
+	size_t n;
+	ssize_t r;
+	int err;
+};
+
+static void *big_write_fiber(void *arg)
+{
+	struct big_write *bw = arg;
+
+	gr_deadline_set(gr_now() + 10 * GR_SEC);
+	bw->r = gr_write(bw->fd, bw->buf, bw->n);
+	bw->err = bw->r < 0 ? errno : 0;
+	return NULL;
+}
+
+/* A write parked on a full FIFO, and the number is reused (dup2) by a
+ * blocking pipe's write end with room for less than the write: the write
+ * goes on on the pipe (the audit of long waits), and takes what the pipe
+ * takes, as gr_write on a blocking pipe does; it must not become a
+ * write(2) that blocks the thread until a reader takes it all. */
+Test(fifo, a_parked_write_whose_number_is_reused_by_a_blocking_pipe_blocks_no_thread)
+{
+	static char big[256 << 10];
+	struct fifo f;
+	int rfd, wfd;
+	int p[2];
+
+	cr_assert_neq(signal(SIGPIPE, SIG_IGN), SIG_ERR);
+	fifo_make(&f);
+	reader_then_writer(&f, &rfd, &wfd);
+	for (;;) {
+		int64_t d = gr_now() + 50 * MSEC;
+
+		gr_deadline_set(d);
+		ssize_t n = gr_write(wfd, big, sizeof(big));
+		int err = errno;
+		gr_deadline_set(GR_FOREVER);
+		if (n < 0) {
+			cr_assert_eq(err, ETIMEDOUT, "%s", strerror(err));
+			break;
+		}
+	}
+	struct big_write bw = { .fd = wfd, .buf = big, .n = sizeof(big), .r = 1 };
+	gr_fiber *wf = gr_spawn(big_write_fiber, &bw);
+	cr_assert_not_null(wf);
+	assert_ok(gr_sleep(2 * MSEC));
+	cr_assert_eq(bw.r, 1, "the write returned %zd (%s) instead of waiting", bw.r,
+		     strerror(bw.err));
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(grt_move_fd(p[1], wfd), 0);
+	struct watchdog w;
+	watchdog_start(&w, 3 * GR_SEC, -1, p[0]);
+	join_within(wf, 5 * GR_SEC);
+	bool rescued = watchdog_stop(&w);
+	cr_assert(!rescued, "the write blocked the hub's thread in write(2) for 3 s "
+			    "(the number now names a blocking pipe)");
+	cr_assert_gt(bw.r, 0, "%zd (%s)", bw.r, strerror(bw.err));
+	cr_assert_lt(bw.r, (ssize_t)sizeof(big), "the pipe took all %zd bytes", bw.r);
+	assert_ok(gr_close(rfd));
+	assert_ok(gr_close(wfd));
+	assert_ok(gr_close(p[0]));
+	fifo_remove(&f);
+}
+
+/* A read parked on `fd` (a FIFO with a writer, or a pipe), and the number
+ * reused behind the runtime's back (dup2) by a FIFO no writer has opened:
+ * the read, which waits on what the number names now, must find what
+ * read(2) says of it, end of file, within the audit of long waits, not
+ * wait for a readiness that never comes. */
+static void parked_read_then_reused_by_a_fifo_without_writer(int fd)
+{
+	struct fifo g;
+
+	fifo_make(&g);
+	struct call c = { .fd = fd, .n = 16, .deadline = gr_now() + 5 * GR_SEC };
+	gr_fiber *rf = parked(&c);
+	int64_t t0 = gr_now();
+	cr_assert_eq(grt_move_fd(reader_without_writer(&g, false), fd), 0);
+	join_within(rf, 6 * GR_SEC);
+	cr_assert_eq(c.r, 0, "%zd (%s) after %lld ms, where read(2) says 0 at once", c.r,
+		     strerror(c.err), (long long)((c.ended - t0) / MSEC));
+	cr_assert_lt(c.ended - t0, GR_SEC, "end of file after %lld ms",
+		     (long long)((c.ended - t0) / MSEC));
+	assert_ok(gr_close(fd));
+	fifo_remove(&g);
+}
+
+Test(fifo, a_parked_fifo_read_whose_number_is_reused_by_a_fifo_without_writer_ends)
+{
+	struct fifo f;
+	int rw, wfd;
+
+	fifo_make(&f);
+	reader_then_writer(&f, &rw, &wfd);
+	parked_read_then_reused_by_a_fifo_without_writer(rw);
+	assert_ok(gr_close(wfd));
+	fifo_remove(&f);
+}
+
+/* A pipe the runtime has written and read: it has learnt that the pipe
+ * takes RWF_NOWAIT both ways (on io_uring its calls go to the ring). */
+static void learnt_pipe(int p[2])
+{
+	char b[2];
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	cr_assert_eq(gr_write(p[1], "ab", 2), 2);
+	cr_assert_eq(gr_read(p[0], b, 2), 2);
+}
+
+Test(fifo, a_parked_pipe_read_whose_number_is_reused_by_a_fifo_without_writer_ends)
+{
+	int p[2];
+
+	learnt_pipe(p);
+	parked_read_then_reused_by_a_fifo_without_writer(p[0]);
+	assert_ok(gr_close(p[1]));
+}
+
+/* A learnt pipe's number reused by a pidfd with no call parked: a read
+ * and a write say EINVAL, as read(2) and write(2) do, within the audit. */
+Test(fifo, a_learnt_pipes_number_reused_by_a_pidfd_fails_with_einval)
+{
+	int p[2];
+
+	learnt_pipe(p);
+	cr_assert_eq(grt_move_fd(pidfd_open_or_skip(getpid()), p[0]), 0);
+	cr_assert_eq(grt_move_fd(dup(p[0]), p[1]), 0);
+	for (int i = 0; i < 2; i++) {
+		struct call c = { .fd = p[i], .n = 2, .write = i == 1 };
+
+		call_now(&c);
+		cr_assert_eq(c.err, EINVAL, "%s: %zd (%s)", i ? "write" : "read", c.r,
+			     strerror(c.err));
+		cr_assert_lt(c.ended - c.began, 500 * MSEC, "answered after %lld ms",
+			     (long long)((c.ended - c.began) / MSEC));
+	}
+	assert_ok(gr_close(p[0]));
+	assert_ok(gr_close(p[1]));
+}
+
+/* The same with an eventfd (whose read takes RWF_NOWAIT, and whose write
+ * refuses it): a write of a count adds it, a read takes it back. */
+Test(fifo, a_learnt_pipes_number_reused_by_an_eventfd_counts)
+{
+	int p[2];
+
+	learnt_pipe(p);
+	int ev = eventfd(0, EFD_CLOEXEC);
+	cr_assert_geq(ev, 0);
+	cr_assert_eq(grt_move_fd(dup(ev), p[0]), 0);
+	cr_assert_eq(grt_move_fd(ev, p[1]), 0);
+	uint64_t v = 5;
+	int64_t t0 = gr_now();
+	gr_deadline_set(t0 + GR_SEC);
+	cr_assert_eq(gr_write(p[1], &v, sizeof(v)), (ssize_t)sizeof(v), "%s", strerror(errno));
+	v = 0;
+	cr_assert_eq(gr_read(p[0], &v, sizeof(v)), (ssize_t)sizeof(v), "%s", strerror(errno));
+	gr_deadline_set(GR_FOREVER);
+	cr_assert_eq(v, 5);
+	cr_assert_lt(gr_now() - t0, 500 * MSEC);
+	assert_ok(gr_close(p[0]));
+	assert_ok(gr_close(p[1]));
+}
+
+/* Two readers of one FIFO: one killed, the other's deadline passes; each
+ * ends as asked, on time, and the byte written next goes to the next
+ * read whole (neither ended reader took it). */
+Test(fifo, two_readers_one_killed_one_timed_out_lose_no_byte)
+{
+	struct fifo f;
+	int rw, wfd;
+
+	fifo_make(&f);
+	reader_then_writer(&f, &rw, &wfd);
+	struct call k = { .fd = rw, .n = 4, .deadline = gr_now() + 10 * GR_SEC };
+	struct call t = { .fd = rw, .n = 4, .deadline = gr_now() + 100 * MSEC };
+	gr_fiber *kf = parked(&k);
+	gr_fiber *tf = parked(&t);
+	assert_ok(gr_kill(kf));
+	join_within(kf, GR_SEC);
+	join_within(tf, GR_SEC);
+	cr_assert_eq(k.err, ECANCELED, "%zd (%s)", k.r, strerror(k.err));
+	cr_assert_eq(t.err, ETIMEDOUT, "%zd (%s)", t.r, strerror(t.err));
+	cr_assert_lt(t.ended - t.began, 400 * MSEC);
+	cr_assert_eq(write(wfd, "abcd", 4), 4);
+	struct call c = { .fd = rw, .n = 4 };
+	call_now(&c);
+	cr_assert_eq(c.r, 4, "%zd (%s)", c.r, strerror(c.err));
+	cr_assert_eq(memcmp(c.buf, "abcd", 4), 0);
+	assert_ok(gr_close(rw));
+	assert_ok(gr_close(wfd));
+	fifo_remove(&f);
 }
