@@ -526,8 +526,12 @@ static int64_t sendfile_by_chunks(struct gr__hub *hub, int out, int in, off_t of
 	int kind = gr__fd_kind_check(hub, out);
 	if (kind < 0)
 		return kind;
-	if (gr__fd_kind_polls(kind) && (r = gr__fd_nonblocking(out)) < 0)
-		return r;
+	/* A stream out is made O_NONBLOCK before the first chunk and again
+	 * after every park, not once: while this fiber waited, the program may
+	 * have cleared the flag (fcntl) or reused the number for a blocking
+	 * file, and a chunk sent here would then block the thread, one sent by
+	 * a worker the worker for as long as nobody reads (as io.c's streams). */
+	bool checked = false;
 	while (sent < count) {
 		struct gr__op o = gr__op_init(GR_OP_SPLICE, out);
 		size_t chunk = count - sent < SENDFILE_CHUNK ? count - sent : SENDFILE_CHUNK;
@@ -537,6 +541,11 @@ static int64_t sendfile_by_chunks(struct gr__hub *hub, int out, int in, off_t of
 		o.op.len = chunk;
 		/* A killed caller stops between chunks, even when none waits. */
 		r = gr__park_again(&p);
+		if (r == 0 && !checked && gr__fd_kind_polls(kind)) {
+			if ((r = gr__fd_nonblocking(out)) < 0)
+				return partial(sent, r);
+			checked = true;
+		}
 		if (r == 0 && gr__fd_kind_polls(kind) && in_page_cache(in, o.op.off_in, chunk, size)) {
 			r = sendfile_blocking(&o.op); /* nothing in it waits */
 		} else if (r == 0) {
@@ -544,9 +553,11 @@ static int64_t sendfile_by_chunks(struct gr__hub *hub, int out, int in, off_t of
 
 			o.offload = &work;
 			r = gr__park_op(hub, &p, &o);
+			checked = false;
 		}
 		if (r == -EAGAIN) {
 			r = gr__park_ready(hub, &p, out, POLLOUT, 0, false);
+			checked = false;
 			if (r == 0)
 				continue;
 		}

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pty.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -518,4 +520,46 @@ void grt_raw_pty(int *master, int *slave)
 	cr_assert_eq(tcsetattr(*slave, TCSANOW, &raw), 0);
 	cr_assert_eq(fcntl(*master, F_SETFD, FD_CLOEXEC), 0);
 	cr_assert_eq(fcntl(*slave, F_SETFD, FD_CLOEXEC), 0);
+}
+
+static void *watchdog_main(void *arg)
+{
+	struct grt_watchdog *w = arg;
+	int64_t until = gr_now() + w->after;
+
+	while (!atomic_load(&w->done) && gr_now() < until) {
+		struct timespec ts = { 0, 2 * 1000 * 1000 };
+
+		nanosleep(&ts, NULL);
+	}
+	if (atomic_load(&w->done))
+		return NULL;
+	atomic_store(&w->rescued, 1);
+	if (w->feed >= 0)
+		(void)!write(w->feed, "!", 1);
+	while (w->drain >= 0 && !atomic_load(&w->done)) {
+		static char sink[1 << 16];
+		struct pollfd pfd = { .fd = w->drain, .events = POLLIN };
+
+		if (poll(&pfd, 1, 10) > 0)
+			(void)!read(w->drain, sink, sizeof(sink));
+	}
+	return NULL;
+}
+
+void grt_watchdog_start(struct grt_watchdog *w, int64_t after, int feed, int drain)
+{
+	w->after = after;
+	w->feed = feed;
+	w->drain = drain;
+	atomic_init(&w->done, 0);
+	atomic_init(&w->rescued, 0);
+	cr_assert_eq(pthread_create(&w->t, NULL, watchdog_main, w), 0);
+}
+
+bool grt_watchdog_stop(struct grt_watchdog *w)
+{
+	atomic_store(&w->done, 1);
+	cr_assert_eq(pthread_join(w->t, NULL), 0);
+	return atomic_load(&w->rescued) != 0;
 }

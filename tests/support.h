@@ -179,4 +179,21 @@ int grt_move_fd(int from, int to);
 /* Yield (1 ms naps) until *flag is nonzero; fails the test after 5 s. */
 void grt_await_flag(atomic_int *flag, const char *what);
 
+/* A watchdog for a wait that would block the hub's thread, which no green
+ * deadline can end: a plain thread that, unless told the call returned
+ * within `after`, frees the blocked system call itself (writes a byte to
+ * `feed`, or drains `drain`) and says so. The test then fails with that
+ * message instead of hanging. */
+struct grt_watchdog {
+	pthread_t t;
+	int64_t after;
+	int feed;                       /* >= 0: write a byte here to rescue */
+	int drain;                      /* >= 0: read everything here to rescue */
+	atomic_int done;                /* the test: the call returned */
+	atomic_int rescued;             /* the watchdog had to free the thread */
+};
+void grt_watchdog_start(struct grt_watchdog *w, int64_t after, int feed, int drain);
+/* Stops the watchdog; whether it had to free the thread. */
+bool grt_watchdog_stop(struct grt_watchdog *w);
+
 #endif

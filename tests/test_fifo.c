@@ -567,63 +567,6 @@ Test(fifo, a_terminal_with_vmin_0_reads_0_at_once_and_waits_with_vmin_1)
 
 /* ------------------------------------------------------------ hostile */
 
-/* A watchdog for a wait that would block the hub's thread, which no green
- * deadline can end: a plain thread that, unless told the call returned
- * within `after`, frees the blocked system call itself (writes a byte to
- * `feed`, or drains `drain`) and says so. The test then fails with that
- * message instead of hanging. */
-struct watchdog {
-	pthread_t t;
-	int64_t after;
-	int feed;                       /* >= 0: write a byte here to rescue */
-	int drain;                      /* >= 0: read everything here to rescue */
-	atomic_int done;                /* the test: the call returned */
-	atomic_int rescued;             /* the watchdog had to free the thread */
-};
-
-static void *watchdog_main(void *arg)
-{
-	struct watchdog *w = arg;
-	int64_t until = gr_now() + w->after;
-
-	while (!atomic_load(&w->done) && gr_now() < until) {
-		struct timespec ts = { 0, 2 * 1000 * 1000 };
-
-		nanosleep(&ts, NULL);
-	}
-	if (atomic_load(&w->done))
-		return NULL;
-	atomic_store(&w->rescued, 1);
-	if (w->feed >= 0)
-		(void)!write(w->feed, "!", 1);
-	while (w->drain >= 0 && !atomic_load(&w->done)) {
-		static char sink[1 << 16];
-		struct pollfd pfd = { .fd = w->drain, .events = POLLIN };
-
-		if (poll(&pfd, 1, 10) > 0)
-			(void)!read(w->drain, sink, sizeof(sink));
-	}
-	return NULL;
-}
-
-static void watchdog_start(struct watchdog *w, int64_t after, int feed, int drain)
-{
-	w->after = after;
-	w->feed = feed;
-	w->drain = drain;
-	atomic_init(&w->done, 0);
-	atomic_init(&w->rescued, 0);
-	cr_assert_eq(pthread_create(&w->t, NULL, watchdog_main, w), 0);
-}
-
-/* Stops the watchdog; whether it had to free the thread. */
-static bool watchdog_stop(struct watchdog *w)
-{
-	atomic_store(&w->done, 1);
-	cr_assert_eq(pthread_join(w->t, NULL), 0);
-	return atomic_load(&w->rescued) != 0;
-}
-
 /* Two fibers read one FIFO, and the program clears the O_NONBLOCK the
  * runtime set (a library that "fixes" its fd, fcntl behind the runtime's
  * back). One byte comes: both readers wake, one takes it, and the other
@@ -643,8 +586,8 @@ Test(fifo, two_readers_and_o_nonblock_cleared_behind_the_back_block_no_thread)
 	gr_fiber *f2 = parked(&c2);
 	cr_assert_eq(fcntl(rw, F_SETFL, fcntl(rw, F_GETFL) & ~O_NONBLOCK), 0);
 
-	struct watchdog w;
-	watchdog_start(&w, 2 * GR_SEC, wfd, -1);
+	struct grt_watchdog w;
+	grt_watchdog_start(&w, 2 * GR_SEC, wfd, -1);
 	cr_assert_eq(write(wfd, "a", 1), 1);
 	int64_t until = gr_now() + 5 * GR_SEC;
 	while (!c1.ended && !c2.ended) {
@@ -652,7 +595,7 @@ Test(fifo, two_readers_and_o_nonblock_cleared_behind_the_back_block_no_thread)
 		assert_ok(gr_sleep(GR_MSEC));
 	}
 	/* The test's own fiber runs again with one reader still waiting. */
-	bool rescued = watchdog_stop(&w);
+	bool rescued = grt_watchdog_stop(&w);
 	cr_assert(!rescued, "a reader blocked the hub's thread in read(2) for 2 s "
 			    "(the FIFO made blocking again behind the runtime's back)");
 	cr_assert_eq(gr_write(wfd, "b", 1), 1);
@@ -718,10 +661,10 @@ Test(fifo, a_parked_write_whose_number_is_reused_by_a_blocking_pipe_blocks_no_th
 		     strerror(bw.err));
 	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
 	cr_assert_eq(grt_move_fd(p[1], wfd), 0);
-	struct watchdog w;
-	watchdog_start(&w, 3 * GR_SEC, -1, p[0]);
+	struct grt_watchdog w;
+	grt_watchdog_start(&w, 3 * GR_SEC, -1, p[0]);
 	join_within(wf, 5 * GR_SEC);
-	bool rescued = watchdog_stop(&w);
+	bool rescued = grt_watchdog_stop(&w);
 	cr_assert(!rescued, "the write blocked the hub's thread in write(2) for 3 s "
 			    "(the number now names a blocking pipe)");
 	cr_assert_gt(bw.r, 0, "%zd (%s)", bw.r, strerror(bw.err));

@@ -1017,6 +1017,47 @@ static void *send_fn(void *arg)
 	return NULL;
 }
 
+/* The program clears the O_NONBLOCK the runtime set on the socket while a
+ * gr_sendfile waits for room in it (fcntl behind the runtime's back). When
+ * room comes, the next chunk must not be a sendfile(2) that blocks the
+ * hub's thread, and every fiber on it, until the whole chunk is sent. */
+Test(file, sendfile_to_a_socket_made_blocking_behind_the_back_blocks_no_thread)
+{
+	const size_t size = 4 * MIB;
+	struct tmp t;
+	int sock[2], small = 64 * 1024;
+
+	tmp_make(&t);
+	int fd = pattern_file(t.path, size); /* in the page cache: sent at once */
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sock), 0);
+	cr_assert_eq(setsockopt(sock[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	cr_assert_eq(lseek(fd, 0, SEEK_SET), 0);
+	struct sender s = { .out = sock[0], .in = fd, .count = size };
+	gr_fiber *fs = gr_spawn(send_fn, &s);
+	assert_ok(gr_sleep(0)); /* it fills the socket and waits for room */
+	cr_assert_eq(s.rc, 0, "gr_sendfile returned %zd before anyone read", s.rc);
+	int fl = fcntl(sock[0], F_GETFL);
+	cr_assert_eq(fcntl(sock[0], F_SETFL, fl & ~O_NONBLOCK), 0);
+
+	struct grt_watchdog w;
+	grt_watchdog_start(&w, 2 * GR_SEC, -1, sock[1]);
+	struct drain d = { .fd = sock[1], .want = size };
+	struct gr_spawn_opts opts = { .deadline = gr_now() + 10 * GR_SEC };
+	gr_fiber *fd_drain = gr_spawn_with(&opts, drain_fn, &d);
+	assert_ok(gr_join(fd_drain, NULL, gr_now() + 20 * GR_SEC));
+	assert_ok(gr_join(fs, NULL, gr_now() + 20 * GR_SEC));
+	bool rescued = grt_watchdog_stop(&w);
+	cr_assert(!rescued, "gr_sendfile blocked the hub's thread in sendfile(2) for 2 s "
+			    "(the socket made blocking again behind the runtime's back)");
+	cr_assert_eq(s.rc, (ssize_t)size, "gr_sendfile: %zd (%s)", s.rc, strerror(s.err));
+	cr_assert_eq(d.got, size);
+	cr_assert(d.ok, "the bytes received are not the file's");
+	cr_assert_eq(gr_close(sock[0]), 0);
+	cr_assert_eq(gr_close(sock[1]), 0);
+	cr_assert_eq(gr_close(fd), 0);
+	tmp_remove(&t);
+}
+
 /* Nobody reads the socket: the sender parks until it is killed, and
  * reports what it sent; the file's position says the same. */
 Test(file, a_kill_during_sendfile_returns_what_was_sent)
