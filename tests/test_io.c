@@ -309,6 +309,16 @@ static unsigned char *pattern(size_t n)
 	return d;
 }
 
+/* A pipe, and a socket pair whose sv[0] sends through a small buffer. */
+static void make_small_buffers(int p[2], int sv[2])
+{
+	int small = 4096;
+
+	make_pipe(p);
+	make_socketpair(sv);
+	cr_assert_eq(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+}
+
 /* Far more than the pipe or a small socket buffer holds: each whole write
  * takes many turns and returns every byte, where one gr_send or gr_write
  * returns what the buffer took. */
@@ -316,11 +326,9 @@ Test(io, send_all_and_write_all_move_every_byte_past_full_buffers)
 {
 	enum { TOTAL = 1 << 20 };
 	unsigned char *data = pattern(TOTAL);
-	int p[2], sv[2], small = 4096;
+	int p[2], sv[2];
 
-	make_pipe(p);
-	make_socketpair(sv);
-	cr_assert_eq(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	make_small_buffers(p, sv);
 	struct whole wp = { .fd = p[1], .data = data, .total = TOTAL };
 	struct whole ws = { .fd = sv[0], .send = true, .data = data, .total = TOTAL };
 	gr_fiber *fp = gr_spawn(whole_writer, &wp), *fs = gr_spawn(whole_writer, &ws);
@@ -342,11 +350,9 @@ Test(io, a_whole_write_stopped_by_a_kill_or_a_deadline_returns_what_went_out)
 {
 	enum { TOTAL = 1 << 20 };
 	unsigned char *data = pattern(TOTAL);
-	int p[2], sv[2], small = 4096;
+	int p[2], sv[2];
 
-	make_pipe(p);
-	make_socketpair(sv);
-	cr_assert_eq(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	make_small_buffers(p, sv);
 	struct whole killed = { .fd = p[1], .data = data, .total = TOTAL };
 	struct whole timed = { .fd = sv[0], .send = true, .data = data, .total = TOTAL,
 			       .deadline = gr_now() + 100 * GR_MSEC };
