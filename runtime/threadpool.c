@@ -89,6 +89,9 @@ static void fork_child(void)
 	pool.releases.first = pool.releases.last = NULL;
 	pool.queued = 0;
 	pool.threads = pool.idle = pool.nested = 0;
+	/* A job that forked: its thread is the child's only one, and no
+	 * worker of the child's pool (which would never grow for it). */
+	on_worker = false;
 }
 
 static void pool_init(void)

@@ -532,3 +532,34 @@ Test(tpool, jobs_that_wait_on_the_pool_themselves_never_starve_it)
 	 * hold a worker blocked in its own gr_tpool_run. */
 	cr_assert_leq(st.threads, st.max + N, "%u workers for a pool of %u", st.threads, st.max);
 }
+
+/* A job that forks: the fork child's only thread was a worker of the
+ * parent's pool, not of its own (empty) one; a job it runs must get a
+ * worker of its own, whatever the parent counted. */
+static void *fork_and_run(void *unused)
+{
+	(void)unused;
+	pid_t pid = fork();
+	if (pid == 0) {
+		void *r = NULL;
+		int err = gr_tpool_run(inner, (void *)41, &r, gr_now() + 3 * GR_SEC);
+
+		_exit(err == 0 && (uintptr_t)r == 42 ? 0 : err == -ETIMEDOUT ? 3 : 4);
+	}
+	int status = 0;
+	if (pid < 0 || waitpid(pid, &status, 0) != pid)
+		return (void *)(intptr_t)-1;
+	return (void *)(intptr_t)status;
+}
+
+Test(tpool, a_job_that_forks_leaves_its_child_a_pool_that_works)
+{
+	void *r = NULL;
+
+	assert_ok(gr_tpool_run(fork_and_run, NULL, &r, gr_now() + 10 * GR_SEC));
+	int status = (int)(intptr_t)r;
+	cr_assert(status != -1, "fork or waitpid failed");
+	cr_assert(WIFEXITED(status), "the child died of signal %d", WTERMSIG(status));
+	cr_assert_eq(WEXITSTATUS(status), 0, "the child's job: %s",
+		     WEXITSTATUS(status) == 3 ? "no worker ever ran it" : "failed");
+}
