@@ -662,7 +662,6 @@ struct crowd {
 	int rc[CROWD];
 	gr_fiber *f[CROWD];
 	atomic_int ready;     /* the crowd's fibers are spawned */
-	atomic_int go;        /* the test is done with them: join */
 };
 
 struct crowd_member {
