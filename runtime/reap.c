@@ -183,7 +183,14 @@ int gr__child_spawn(struct gr__child *c, const char *file, const posix_spawn_fil
 	err = posix_spawnp(&pid, file, fa, attr, argv, envp);
 	if (err == 0) {
 		c->pidfd = pidfd_open(pid, 0);
-		if (c->pidfd < 0) {
+		if (c->pidfd < 0 && errno == ESRCH) {
+			/* It has ended and was reaped already, not by us: by the
+			 * kernel if the program ignores SIGCHLD, or by a waitpid(-1)
+			 * of its own. Its status is gone, as for a wait that finds
+			 * it so later; and its pid may name another process by
+			 * now, which nothing here may signal or wait for. */
+			err = ECHILD;
+		} else if (c->pidfd < 0) {
 			/* Untrackable: it must not outlive this call as a zombie
 			 * nobody knows of. It dies at once; the wait is short. */
 			err = errno;

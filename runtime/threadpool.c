@@ -59,10 +59,14 @@ static struct {
 	struct gr__list releases;       /* withdrawn before they ran: release() due */
 	size_t queued;
 	unsigned threads, idle, max;
+	unsigned nested;                /* workers blocked in gr_tpool_run themselves */
 	uint64_t completed;
 } pool = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+/* This thread is one of the pool's workers. */
+static _Thread_local bool on_worker;
 
 static void fork_prepare(void)
 {
@@ -84,7 +88,10 @@ static void fork_child(void)
 	pool.queue.first = pool.queue.last = NULL;
 	pool.releases.first = pool.releases.last = NULL;
 	pool.queued = 0;
-	pool.threads = pool.idle = 0;
+	pool.threads = pool.idle = pool.nested = 0;
+	/* A job that forked: its thread is the child's only one, and no
+	 * worker of the child's pool (which would never grow for it). */
+	on_worker = false;
 }
 
 static void pool_init(void)
@@ -105,6 +112,7 @@ static void *worker_main(void *unused)
 	struct timespec ts;
 
 	(void)unused;
+	on_worker = true;
 	pthread_mutex_lock(&pool.lock);
 	for (;;) {
 		while (nothing_to_do()) {
@@ -171,14 +179,17 @@ int gr__thread_start(void *(*fn)(void *), void *arg)
 }
 
 /* A worker for work just queued: an idle one, else a new one if the pool
- * may grow. -EAGAIN if there is none at all and none can be started. */
+ * may grow. -EAGAIN if there is none at all and none can be started.
+ * Workers blocked in a gr_tpool_run of their own do not count against the
+ * size: were they all such, the jobs they wait for would wait in the FIFO
+ * for a worker that never comes. */
 static int find_worker(void)
 {
 	if (pool.idle > pool.queued - 1) {
 		pthread_cond_signal(&pool.work);
 		return 0;
 	}
-	if (pool.threads >= pool.max)
+	if (pool.threads - pool.nested >= pool.max)
 		return 0; /* it waits its turn in the FIFO */
 	int r = gr__thread_start(worker_main, NULL);
 	if (r == 0) {
@@ -190,11 +201,15 @@ static int find_worker(void)
 	return pool.threads > 0 ? 0 : -EAGAIN;
 }
 
-/* Lock held: queue w and find it a worker. 0 or -EAGAIN (not queued). */
-static int queue_locked(struct gr__work *w)
+/* Lock held: queue w and find it a worker. 0 or -EAGAIN (not queued).
+ * `first`: ahead of everything queued (a job a worker waits for). */
+static int queue_locked(struct gr__work *w, bool first)
 {
 	w->state = GR__WORK_QUEUED;
-	gr__list_push_back(&pool.queue, &w->link);
+	if (first)
+		gr__list_push_front(&pool.queue, &w->link);
+	else
+		gr__list_push_back(&pool.queue, &w->link);
 	pool.queued++;
 	int err = find_worker();
 	if (err < 0) {
@@ -208,7 +223,7 @@ int gr__tpool_submit(struct gr__work *w)
 {
 	pthread_once(&pool_once, pool_init);
 	pthread_mutex_lock(&pool.lock);
-	int err = queue_locked(w);
+	int err = queue_locked(w, false);
 	pthread_mutex_unlock(&pool.lock);
 	return err;
 }
@@ -347,13 +362,21 @@ int gr_tpool_run_cleanup(void *(*fn)(void *), void *arg, void (*cleanup)(void *r
 
 	pthread_once(&pool_once, pool_init);
 	pthread_mutex_lock(&pool.lock);
-	err = queue_locked(&j->work);
+	/* A job that runs a job: counted before it queues, so that the pool
+	 * grows by one for it (find_worker), and queued first, so that the
+	 * worker that comes runs what frees a blocked worker rather than
+	 * another job that may block one more (the pool would grow by one
+	 * for every such job queued). */
+	pool.nested += on_worker;
+	err = queue_locked(&j->work, on_worker);
 	if (err < 0) {
+		pool.nested -= on_worker;
 		pthread_mutex_unlock(&pool.lock);
 		free(j);
 		return err;
 	}
 	err = gr__xpark(hub, &p, &j->waiter);
+	pool.nested -= on_worker;
 	if (err == 0 && result)
 		*result = j->result;
 	pthread_mutex_unlock(&pool.lock);

@@ -645,3 +645,144 @@ Test(chan, notifier_serves_several_waiters_one_fire_each_in_order)
 	cr_assert_eq(w[2].rc, 1, "the fire went past the killed waiter to the next");
 	assert_ok(gr_notifier_destroy(&n));
 }
+
+/* ------------------------------------------------------------ crowds */
+
+/* Thousands of fibers of another hub wait on one channel at once: senders
+ * on a full one, then receivers on an empty one, some with deadlines that
+ * pass mid-crowd, some killed; the test's thread drains the senders' items
+ * one by one, then closes under the receivers. Every item arrives exactly
+ * once, every waiter gets an answer that matches what happened to it. */
+enum { CROWD = 3000 };
+
+struct crowd {
+	gr_chan c;
+	int send;
+	atomic_int parked;
+	int rc[CROWD];
+	gr_fiber *f[CROWD];
+	atomic_int ready;     /* the crowd's fibers are spawned */
+};
+
+struct crowd_member {
+	struct crowd *cr;
+	int i;
+};
+
+static void *crowd_wait(void *arg)
+{
+	struct crowd_member *m = arg;
+	struct crowd *cr = m->cr;
+	/* Every seventh waits only 5 ms: its deadline passes while others
+	 * are handed items around it. */
+	int64_t deadline = m->i % 7 == 3 ? gr_now() + 5 * GR_MSEC : gr_now() + 30 * GR_SEC;
+	void *got = NULL;
+
+	atomic_fetch_add(&cr->parked, 1);
+	if (cr->send) {
+		cr->rc[m->i] = gr_chan_send(&cr->c, item((uintptr_t)m->i), deadline);
+	} else {
+		cr->rc[m->i] = gr_chan_recv(&cr->c, &got, deadline);
+		if (cr->rc[m->i] == 0)
+			grt_fail("receiver %d got %p from a channel nobody sent to", m->i, got);
+	}
+	return NULL;
+}
+
+static void crowd_thread(void *arg)
+{
+	struct crowd *cr = arg;
+	struct crowd_member *m = calloc(CROWD, sizeof(*m));
+
+	for (int i = 0; i < CROWD; i++) {
+		m[i] = (struct crowd_member){ .cr = cr, .i = i };
+		cr->f[i] = gr_spawn(crowd_wait, &m[i]);
+		if (!cr->f[i])
+			grt_fail("spawn %d: %s", i, strerror(errno));
+	}
+	atomic_store(&cr->ready, 1);
+	/* Every eleventh is killed once they all wait. */
+	while (atomic_load(&cr->parked) < CROWD)
+		gr_sleep(GR_MSEC);
+	gr_sleep(10 * GR_MSEC);
+	for (int i = 5; i < CROWD; i += 11)
+		if (cr->f[i])
+			gr_kill(cr->f[i]);
+	for (int i = 0; i < CROWD; i++)
+		if (cr->f[i] && gr_join(cr->f[i], NULL, gr_now() + 30 * GR_SEC) != 0)
+			grt_fail("fiber %d never ended", i);
+	free(m);
+}
+
+static void crowd_run(int send)
+{
+	struct crowd *cr = calloc(1, sizeof(*cr));
+	struct grt_thread t;
+	char *seen = calloc(CROWD, 1);
+	int delivered = 0;
+	void *it;
+
+	cr->send = send;
+	assert_ok(gr_chan_init(&cr->c, 1));
+	if (send)
+		assert_ok(gr_chan_trysend(&cr->c, item(CROWD))); /* full */
+	grt_thread_start(&t, 1, crowd_thread, cr);
+	grt_await_flag(&cr->ready, "the crowd to be spawned");
+	while (atomic_load(&cr->parked) < CROWD)
+		assert_ok(gr_sleep(GR_MSEC));
+	assert_ok(gr_sleep(30 * GR_MSEC)); /* they park; the short deadlines pass */
+	if (send) {
+		/* Drain until every sender has answered: those left waiting at
+		 * the end are the killed and timed-out ones, already gone. */
+		int r;
+		while ((r = gr_chan_recv(&cr->c, &it, gr_now() + 300 * GR_MSEC)) == 0) {
+			uintptr_t i = (uintptr_t)it - 1;
+
+			cr_assert_leq(i, CROWD, "item %p", it);
+			if (i < CROWD) {
+				cr_assert_eq(seen[i], 0, "item %zu delivered twice", (size_t)i);
+				seen[i] = 1;
+			}
+			delivered++;
+		}
+		cr_assert_eq(r, -ETIMEDOUT);
+	} else {
+		assert_ok(gr_chan_close(&cr->c));
+	}
+	grt_thread_join(&t);
+	grt_assert_no_failures();
+	int ok = 0, late = 0, killed = 0;
+	for (int i = 0; i < CROWD; i++) {
+		int rc = cr->rc[i];
+		if (rc == 0)
+			ok++;
+		else if (rc == -ETIMEDOUT)
+			late++;
+		else if (rc == -ECANCELED)
+			killed++;
+		else
+			cr_assert_eq(rc, send ? 0 : -EPIPE, "waiter %d: %d (%s)", i, rc, strerror(-rc));
+		if (send)
+			cr_assert_eq(seen[i], rc == 0, "sender %d: rc %d, item %s", i, rc,
+				     seen[i] ? "delivered" : "not delivered");
+		if (rc == -ETIMEDOUT)
+			cr_assert_eq(i % 7, 3, "waiter %d timed out", i);
+	}
+	cr_assert_gt(late, 0, "no short deadline passed mid-crowd");
+	cr_assert_gt(killed, 0, "no kill landed mid-wait");
+	if (send)
+		cr_assert_eq(delivered, ok + 1, "%d delivered, %d senders ok", delivered, ok);
+	assert_ok(gr_chan_destroy(&cr->c));
+	free(seen);
+	free(cr);
+}
+
+Test(chan, thousands_of_senders_of_another_hub_wait_on_a_full_channel)
+{
+	crowd_run(1);
+}
+
+Test(chan, thousands_of_receivers_of_another_hub_are_closed_under)
+{
+	crowd_run(0);
+}

@@ -655,3 +655,108 @@ Test(process, the_child_starts_with_an_empty_mask_and_default_dispositions)
 	cr_assert_eq(ignored & ~internal, 0, "the child ignores signals: %llx", ignored);
 	gr_process_output_free(&out);
 }
+
+/* ------------------------------------------------------------ behind our back */
+
+/* The program reaps with a plain waitpid(-1) on a thread of its own while
+ * fibers wait for the same child: the waits fail with ECHILD (process.h),
+ * they never hang. */
+struct stealer {
+	pid_t pid;
+	int status;
+};
+
+static void *steal_any(void *arg)
+{
+	struct stealer *s = arg;
+
+	do
+		s->pid = waitpid(-1, &s->status, 0);
+	while (s->pid < 0 && errno == EINTR);
+	return NULL;
+}
+
+struct any_waiter {
+	pid_t pid;
+};
+
+static void *wait_any_fiber(void *arg)
+{
+	struct any_waiter *a = arg;
+
+	a->pid = gr_process_wait_any(NULL, gr_now() + 5 * GR_SEC);
+	return NULL;
+}
+
+Test(process, a_waitpid_behind_our_back_fails_parked_waits_with_echild)
+{
+	for (int round = 0; round < 5; round++) {
+		gr_process *p = spawn_on_cue();
+		struct waiter w = { .p = p };
+		struct any_waiter a = { 0 };
+		struct stealer s = { 0 };
+		pthread_t t;
+
+		gr_fiber *f = gr_spawn(wait_proc, &w);
+		gr_fiber *g = gr_spawn(wait_any_fiber, &a);
+		cr_assert(f && g);
+		assert_ok(gr_sleep(5 * GR_MSEC)); /* both park */
+		cr_assert_eq(pthread_create(&t, NULL, steal_any, &s), 0);
+		assert_ok(gr_sleep(round * GR_MSEC));
+		cue(p);
+		cr_assert_eq(pthread_join(t, NULL), 0);
+		int64_t t0 = gr_now();
+		assert_ok(gr_join(f, NULL, t0 + 5 * GR_SEC));
+		assert_ok(gr_join(g, NULL, t0 + 5 * GR_SEC));
+		cr_assert_lt(gr_now() - t0, 2 * GR_SEC, "the waits hung on a child reaped elsewhere");
+		/* Whoever got there first: the plain waitpid, or our waits. */
+		if (s.pid == gr_process_pid(p)) {
+			cr_assert_eq(exit_code(s.status), 11);
+			cr_assert_eq(w.result, -ECHILD, "%d (%s)", w.result, strerror(-w.result));
+			cr_assert_eq(a.pid, -ECHILD, "%d", a.pid);
+		} else {
+			cr_assert_eq(s.pid, -1, "waitpid: %d", s.pid);
+			cr_assert_eq(w.result, 0, "%s", strerror(-w.result));
+		}
+		assert_ok(gr_process_free(p));
+	}
+}
+
+/* A program that ignores SIGCHLD: the kernel reaps its children itself and
+ * no status is kept for anyone. Every wait ends with ECHILD once the child
+ * is gone, gr_process_run too; none hangs, and nothing is left behind. */
+Test(process, sigchld_ignored_makes_waits_fail_with_echild_not_hang)
+{
+	struct sigaction ign = { .sa_handler = SIG_IGN }, old;
+	cr_assert_eq(sigaction(SIGCHLD, &ign, &old), 0);
+
+	gr_process *p = spawn_on_cue();
+	struct waiter w = { .p = p };
+	struct any_waiter a = { 0 };
+	gr_fiber *f = gr_spawn(wait_proc, &w);
+	gr_fiber *g = gr_spawn(wait_any_fiber, &a);
+	cr_assert(f && g);
+	assert_ok(gr_sleep(5 * GR_MSEC));
+	cue(p);
+	int64_t t0 = gr_now();
+	assert_ok(gr_join(f, NULL, t0 + 5 * GR_SEC));
+	assert_ok(gr_join(g, NULL, t0 + 5 * GR_SEC));
+	cr_assert_lt(gr_now() - t0, 2 * GR_SEC, "the waits hung");
+	cr_assert_eq(w.result, -ECHILD, "%d (%s)", w.result, strerror(-w.result));
+	cr_assert_eq(a.pid, -ECHILD, "%d", a.pid);
+	assert_ok(gr_process_free(p));
+
+	/* The child may end before its pidfd is opened (the spawn fails, and
+	 * nothing may signal its pid: it may name another process by now),
+	 * or after (the wait fails): ECHILD either way. A child that exits at
+	 * once makes the first case common. */
+	for (int i = 0; i < 30; i++) {
+		struct gr_process_output out;
+		int r = gr_process_run(ARGV("true"), NULL, NULL, 0, &out, gr_now() + 5 * GR_SEC);
+
+		cr_assert_eq(r, -ECHILD, "gr_process_run #%d: %d (%s)", i, r, strerror(-r));
+		gr_process_output_free(&out);
+	}
+	cr_assert_lt(gr_now() - t0, 4 * GR_SEC, "gr_process_run hung");
+	cr_assert_eq(sigaction(SIGCHLD, &old, NULL), 0);
+}

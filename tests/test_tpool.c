@@ -478,3 +478,88 @@ Test(tpool, a_fork_child_gets_a_pool_of_its_own)
 	assert_ok(gr_tpool_run(twice, (void *)2, &r, GR_FOREVER));
 	cr_assert_eq((uintptr_t)r, 4);
 }
+
+/* ------------------------------------------------------------ exhaustion */
+
+/* A job that itself runs a job on the pool and waits for it (a library
+ * that offloads internally, called from offloaded code). With every worker
+ * busy in such an outer job, the inner jobs would wait in the FIFO for a
+ * worker that never comes: a silent deadlock. A worker that waits on the
+ * pool must not count against its size. */
+static void *inner(void *arg)
+{
+	return (void *)((uintptr_t)arg + 1);
+}
+
+static void *outer(void *arg)
+{
+	void *r = NULL;
+	int err = gr_tpool_run(inner, arg, &r, gr_now() + 3 * GR_SEC);
+
+	return err ? (void *)(intptr_t)err : r;
+}
+
+static void *run_outer(void *arg)
+{
+	void *r = NULL;
+	int err = gr_tpool_run(outer, arg, &r, gr_now() + 10 * GR_SEC);
+
+	if (err)
+		grt_fail("outer job %zu: %s", (size_t)(uintptr_t)arg, strerror(-err));
+	else if ((uintptr_t)r != (uintptr_t)arg + 1)
+		grt_fail("outer job %zu: the inner one returned %zd", (size_t)(uintptr_t)arg,
+			 (ssize_t)(intptr_t)r);
+	return NULL;
+}
+
+Test(tpool, jobs_that_wait_on_the_pool_themselves_never_starve_it)
+{
+	struct gr_tpool_stats st;
+	enum { N = 40 }; /* more outer jobs than the pool has workers */
+	gr_fiber *f[N];
+
+	assert_ok(gr_tpool_stats(&st));
+	cr_assert_lt(st.max, N, "GREENRING_THREADS %u: not exhausted", st.max);
+	for (uintptr_t i = 0; i < N; i++) {
+		f[i] = gr_spawn(run_outer, (void *)(i * 10));
+		cr_assert_not_null(f[i]);
+	}
+	for (int i = 0; i < N; i++)
+		assert_ok(gr_join(f[i], NULL, gr_now() + 20 * GR_SEC));
+	grt_assert_no_failures();
+	assert_ok(gr_tpool_stats(&st));
+	/* At most one worker more than the size for each outer job, which may
+	 * hold a worker blocked in its own gr_tpool_run. */
+	cr_assert_leq(st.threads, st.max + N, "%u workers for a pool of %u", st.threads, st.max);
+}
+
+/* A job that forks: the fork child's only thread was a worker of the
+ * parent's pool, not of its own (empty) one; a job it runs must get a
+ * worker of its own, whatever the parent counted. */
+static void *fork_and_run(void *unused)
+{
+	(void)unused;
+	pid_t pid = fork();
+	if (pid == 0) {
+		void *r = NULL;
+		int err = gr_tpool_run(inner, (void *)41, &r, gr_now() + 3 * GR_SEC);
+
+		_exit(err == 0 && (uintptr_t)r == 42 ? 0 : err == -ETIMEDOUT ? 3 : 4);
+	}
+	int status = 0;
+	if (pid < 0 || waitpid(pid, &status, 0) != pid)
+		return (void *)(intptr_t)-1;
+	return (void *)(intptr_t)status;
+}
+
+Test(tpool, a_job_that_forks_leaves_its_child_a_pool_that_works)
+{
+	void *r = NULL;
+
+	assert_ok(gr_tpool_run(fork_and_run, NULL, &r, gr_now() + 10 * GR_SEC));
+	int status = (int)(intptr_t)r;
+	cr_assert(status != -1, "fork or waitpid failed");
+	cr_assert(WIFEXITED(status), "the child died of signal %d", WTERMSIG(status));
+	cr_assert_eq(WEXITSTATUS(status), 0, "the child's job: %s",
+		     WEXITSTATUS(status) == 3 ? "no worker ever ran it" : "failed");
+}

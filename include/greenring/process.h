@@ -28,7 +28,11 @@
  * also collect a child started here: the status is then kept for that
  * child's gr_process_wait() too. A plain wait()/waitpid(-1) by the
  * program takes statuses out from under the handles, whose waits then fail
- * with ECHILD: use gr_process_wait_any() instead.
+ * with ECHILD: use gr_process_wait_any() instead. So does a program that
+ * ignores SIGCHLD (SIG_IGN): the kernel then reaps every child itself and
+ * keeps no status, so every wait for one that has ended, gr_process_run's
+ * too, fails with ECHILD (none hangs), and a child that ends before
+ * gr_process_spawn could open its pidfd makes the spawn fail so.
  *
  * Threads: a handle belongs to the thread that made it (EPERM elsewhere);
  * gr_process_wait_any() works from any thread with a hub. A handle its
@@ -84,7 +88,9 @@ struct gr_process_opts {
  * NULL or empty, a bad stdio mode or fd); ENOENT, EACCES, ENOEXEC, ...
  * (what exec or the working directory's chdir failed with: the failed
  * child is reaped, no zombie is left); EMFILE, ENFILE, ENOMEM, EAGAIN (no
- * fds, memory or process for it); EPERM (inside the hub). */
+ * fds, memory or process for it); ECHILD (the child ran and was reaped
+ * before it could be tracked: the program ignores SIGCHLD, or a plain
+ * waitpid(-1) of its own took it; see below); EPERM (inside the hub). */
 GR_API gr_process *gr_process_spawn(char *const argv[], const struct gr_process_opts *opts);
 
 /* The child's pid (valid while the handle lives; once the child has been

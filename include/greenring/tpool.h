@@ -8,7 +8,10 @@
  *
  * The pool is started lazily and grows on demand, one worker per job waiting
  * while no worker is idle, up to GREENRING_THREADS workers (default 10, as
- * gevent's; 1 to 1024). Jobs run first come, first served. A worker idle for
+ * gevent's; 1 to 1024), not counting workers that wait in a gr_tpool_run
+ * of their own (a job that runs a job): the pool grows by one for each, so
+ * such jobs never starve it. Jobs run first come, first served, except
+ * that a job a worker waits for goes ahead of the others. A worker idle for
  * 10 s exits. A fork() child starts with an empty pool of its own. Workers
  * run with every signal blocked: a signal sent to the process never lands
  * on one (see greenring/signal.h).
