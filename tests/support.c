@@ -563,3 +563,26 @@ bool grt_watchdog_stop(struct grt_watchdog *w)
 	cr_assert_eq(pthread_join(w->t, NULL), 0);
 	return atomic_load(&w->rescued) != 0;
 }
+
+int grt_exhaust_fds(int *fill, int max, int room, struct rlimit *old)
+{
+	int high = 0, n = 0;
+
+	for (int fd = 0; fd < 4096; fd++)
+		if (fcntl(fd, F_GETFD) >= 0)
+			high = fd;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, old), 0);
+	struct rlimit low = { .rlim_cur = (rlim_t)(high + 1 + room), .rlim_max = old->rlim_max };
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+	while (n < max && (fill[n] = dup(0)) >= 0)
+		n++;
+	cr_assert_eq(errno, EMFILE, "%d fillers were not enough", max);
+	return n;
+}
+
+void grt_restore_fds(const int *fill, int n, const struct rlimit *old)
+{
+	for (int i = 0; i < n; i++)
+		cr_assert_eq(close(fill[i]), 0);
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, old), 0);
+}

@@ -14,6 +14,7 @@
 
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -178,6 +179,14 @@ int grt_move_fd(int from, int to);
 
 /* Yield (1 ms naps) until *flag is nonzero; fails the test after 5 s. */
 void grt_await_flag(atomic_int *flag, const char *what);
+
+/* Run out of fds: lower RLIMIT_NOFILE to `room` numbers above the highest
+ * open fd and take every free number below it with dup(0) (at most `max`,
+ * into fill[]); *old keeps the limit. How many fillers: every call that
+ * makes an fd fails with EMFILE until some are closed. */
+int grt_exhaust_fds(int *fill, int max, int room, struct rlimit *old);
+/* Close fill[0..n) and restore the limit. */
+void grt_restore_fds(const int *fill, int n, const struct rlimit *old);
 
 /* A watchdog for a wait that would block the hub's thread, which no green
  * deadline can end: a plain thread that, unless told the call returned

@@ -211,25 +211,6 @@ Test(process, a_spawn_that_fails_is_an_error_and_leaves_no_zombie)
 	cr_assert_eq(errno, EINVAL);
 }
 
-/* Fill every free fd number below a lowered RLIMIT_NOFILE; returns how many
- * fillers were opened (in fill[]). */
-static int exhaust_fds(int *fill, int max, struct rlimit *old)
-{
-	int high = 0, n = 0;
-
-	for (int fd = 0; fd < 4096; fd++)
-		if (fcntl(fd, F_GETFD) >= 0)
-			high = fd;
-	cr_assert_eq(getrlimit(RLIMIT_NOFILE, old), 0);
-	/* Room for 16 more, all taken by fillers (and any holes below). */
-	struct rlimit low = { .rlim_cur = (rlim_t)high + 17, .rlim_max = old->rlim_max };
-	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
-	while (n < max && (fill[n] = dup(0)) >= 0)
-		n++;
-	cr_assert_eq(errno, EMFILE);
-	return n;
-}
-
 Test(process, running_out_of_fds_fails_cleanly_at_every_step)
 {
 	int fill[64];
@@ -239,7 +220,7 @@ Test(process, running_out_of_fds_fails_cleanly_at_every_step)
 	for (int n = 0; n < 3; n++)
 		o.stdio[n].mode = GR_STDIO_PIPE;
 	int before = grt_count_fds();
-	int n = exhaust_fds(fill, 64, &old);
+	int n = grt_exhaust_fds(fill, 64, 16, &old);
 	/* Give back one fd at a time: the spawn fails at the first pipe, at the
 	 * second, ..., at the pidfd (the child then exists and must be killed
 	 * and reaped), until it has all it needs. */

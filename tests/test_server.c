@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -211,6 +212,47 @@ static void *cap_client(void *arg)
 		gr_sleep(GR_MSEC);
 	gr_close(fd);
 	return NULL;
+}
+
+static int64_t cpu_ns(void)
+{
+	struct rusage ru;
+
+	cr_assert_eq(getrusage(RUSAGE_SELF, &ru), 0);
+	return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * GR_SEC +
+	       (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
+}
+
+/* Out of fds, a client waits in the listener's backlog and every accept
+ * fails with EMFILE at once: the acceptor must back off, not spin on it
+ * (the classic busy loop), and must serve that client once fds come back. */
+Test(server, out_of_fds_the_acceptor_backs_off_and_then_serves)
+{
+	int port, fill[64];
+	struct rlimit old;
+	gr_server *s = start_echo(NULL, &port);
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0); /* before the fds run out */
+
+	cr_assert_geq(c, 0);
+	int n = grt_exhaust_fds(fill, 64, 0, &old);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(connect(c, (struct sockaddr *)&a, sizeof(a)), 0, "%s", strerror(errno));
+	cr_assert_eq(send(c, "x", 1, 0), 1);
+	int64_t cpu0 = cpu_ns();
+	assert_ok(gr_sleep(300 * GR_MSEC)); /* the acceptor meets EMFILE meanwhile */
+	int64_t cpu = cpu_ns() - cpu0;
+	cr_assert_eq(gr_server_conns(s), 0, "a connection was accepted without an fd");
+	cr_assert_lt(cpu, 100 * GR_MSEC, "the acceptor spun on EMFILE: %lld ms of CPU in 300 ms",
+		     (long long)(cpu / GR_MSEC));
+	grt_restore_fds(fill, n, &old);
+	char b = 0;
+	gr_deadline_set(gr_now() + 5 * GR_SEC);
+	cr_assert_eq(gr_recv(c, &b, 1, 0), 1, "no echo once fds came back: %s", strerror(errno));
+	gr_deadline_set(GR_FOREVER);
+	cr_assert_eq(b, 'x');
+	cr_assert_eq(gr_close(c), 0);
+	stop_and_free(s);
 }
 
 Test(server, max_conns_is_respected)

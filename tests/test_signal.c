@@ -236,26 +236,17 @@ Test(signal, sets_that_would_wait_for_ever_are_refused)
 
 Test(signal, no_fd_for_the_signalfd_is_an_error_not_a_hang)
 {
-	struct rlimit old, low;
+	struct rlimit old;
 	sigset_t s = set_of(SIGUSR1, 0);
-	int fill[64], n = 0, high = 0;
+	int fill[64];
 
 	block(SIGUSR1, 0);
-	for (int fd = 0; fd < 4096; fd++)
-		if (fcntl(fd, F_GETFD) >= 0)
-			high = fd;
-	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
-	low = (struct rlimit){ .rlim_cur = (rlim_t)high + 1, .rlim_max = old.rlim_max };
-	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
-	while (n < 64 && (fill[n] = dup(0)) >= 0)
-		n++;
+	int n = grt_exhaust_fds(fill, 64, 0, &old);
 	cr_assert_eq(gr_signal_wait(&s, NULL, gr_now() + GR_SEC), -EMFILE);
 	close(fill[--n]);
 	kill(getpid(), SIGUSR1);
 	cr_assert_eq(gr_signal_wait(&s, NULL, gr_now() + 5 * GR_SEC), SIGUSR1);
-	while (n > 0)
-		close(fill[--n]);
-	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+	grt_restore_fds(fill, n, &old);
 }
 
 /* Many real-time signals to several waiters that each take several: every
