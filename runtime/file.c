@@ -526,6 +526,7 @@ static int64_t sendfile_by_chunks(struct gr__hub *hub, int out, int in, off_t of
 	int kind = gr__fd_kind_check(hub, out);
 	if (kind < 0)
 		return kind;
+	bool stream = gr__fd_kind_polls(kind);
 	/* A stream out is made O_NONBLOCK before the first chunk and again
 	 * after every park, not once: while this fiber waited, the program may
 	 * have cleared the flag (fcntl) or reused the number for a blocking
@@ -541,12 +542,12 @@ static int64_t sendfile_by_chunks(struct gr__hub *hub, int out, int in, off_t of
 		o.op.len = chunk;
 		/* A killed caller stops between chunks, even when none waits. */
 		r = gr__park_again(&p);
-		if (r == 0 && !checked && gr__fd_kind_polls(kind)) {
+		if (r == 0 && !checked && stream) {
 			if ((r = gr__fd_nonblocking(out)) < 0)
 				return partial(sent, r);
 			checked = true;
 		}
-		if (r == 0 && gr__fd_kind_polls(kind) && in_page_cache(in, o.op.off_in, chunk, size)) {
+		if (r == 0 && stream && in_page_cache(in, o.op.off_in, chunk, size)) {
 			r = sendfile_blocking(&o.op); /* nothing in it waits */
 		} else if (r == 0) {
 			struct gr__offload work = { .perform = sendfile_blocking };

@@ -518,10 +518,8 @@ int gr_pile_destroy(gr_pile *pile)
 	err = pool_teardown(&pi->own);
 	if (err)
 		return err;
-	for (struct gr__slink *l = gr__fifo_take_all(&pi->unread_items), *next; l; l = next) {
-		next = l->next;
+	for (struct gr__slink *l; (l = gr__fifo_pop_front(&pi->unread_items));)
 		free(item_of(l));
-	}
 	for (struct gr__slink *l; (l = gr__lifo_pop(&pi->spare));)
 		free(item_of(l));
 	pi->h.magic = 0;
