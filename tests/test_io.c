@@ -174,6 +174,36 @@ Test(io, pread_and_pwrite_on_a_file)
 	cr_assert_eq(gr_close(fd), 0);
 }
 
+/* Read fd until end of file or `max` bytes; check they are data's prefix.
+ * The count read. */
+static size_t drain_and_check(int fd, const unsigned char *data, size_t max)
+{
+	unsigned char buf[7000];
+	size_t have = 0;
+
+	while (have < max) {
+		size_t want = max - have < sizeof(buf) ? max - have : sizeof(buf);
+		ssize_t n = gr_read(fd, buf, want);
+
+		cr_assert_geq(n, 0, "read at %zu: %s", have, strerror(errno));
+		if (n == 0)
+			break;
+		cr_assert_eq(memcmp(buf, data + have, (size_t)n), 0, "the bytes at %zu differ", have);
+		have += (size_t)n;
+	}
+	return have;
+}
+
+static unsigned char *pattern(size_t n)
+{
+	unsigned char *d = malloc(n);
+
+	cr_assert(d);
+	for (size_t i = 0; i < n; i++)
+		d[i] = (unsigned char)(i * 131 + (i >> 9));
+	return d;
+}
+
 struct bulk {
 	int fd;
 	size_t total;
@@ -203,28 +233,15 @@ Test(io, a_large_transfer_through_a_pipe_with_partial_writes)
 	enum { TOTAL = 1 << 20 };
 	int p[2];
 	struct bulk b = { .total = TOTAL };
-	unsigned char *got = malloc(TOTAL);
 
 	make_pipe(p);
 	b.fd = p[1];
-	b.data = malloc(TOTAL);
-	cr_assert(b.data && got);
-	for (size_t i = 0; i < TOTAL; i++)
-		b.data[i] = (unsigned char)(i * 131 + (i >> 9));
+	b.data = pattern(TOTAL);
 	gr_fiber *w = gr_spawn(bulk_writer, &b);
-	size_t have = 0;
-	while (have < TOTAL) {
-		size_t want = TOTAL - have < 7000 ? TOTAL - have : 7000;
-		ssize_t n = gr_read(p[0], got + have, want);
-
-		cr_assert_gt(n, 0, "read at %zu: %zd (%s)", have, n, strerror(errno));
-		have += (size_t)n;
-	}
+	cr_assert_eq(drain_and_check(p[0], b.data, TOTAL), TOTAL, "the pipe ended early");
 	cr_assert_eq(gr_join(w, NULL, GR_FOREVER), 0);
 	cr_assert_eq(b.err, 0, "writer: %s", strerror(b.err));
-	cr_assert_eq(memcmp(got, b.data, TOTAL), 0, "the bytes differ");
 	free(b.data);
-	free(got);
 	close_pair(p);
 }
 
@@ -277,36 +294,6 @@ static void *whole_writer(void *arg)
 	w->rc = w->send ? gr_send_all(w->fd, w->data, w->total, 0) : gr_write_all(w->fd, w->data, w->total);
 	w->err = errno;
 	return NULL;
-}
-
-/* Read fd until end of file or `max` bytes; check they are data's prefix.
- * The count read. */
-static size_t drain_and_check(int fd, const unsigned char *data, size_t max)
-{
-	unsigned char buf[7000];
-	size_t have = 0;
-
-	while (have < max) {
-		size_t want = max - have < sizeof(buf) ? max - have : sizeof(buf);
-		ssize_t n = gr_read(fd, buf, want);
-
-		cr_assert_geq(n, 0, "read at %zu: %s", have, strerror(errno));
-		if (n == 0)
-			break;
-		cr_assert_eq(memcmp(buf, data + have, (size_t)n), 0, "the bytes at %zu differ", have);
-		have += (size_t)n;
-	}
-	return have;
-}
-
-static unsigned char *pattern(size_t n)
-{
-	unsigned char *d = malloc(n);
-
-	cr_assert(d);
-	for (size_t i = 0; i < n; i++)
-		d[i] = (unsigned char)(i * 131 + (i >> 9));
-	return d;
 }
 
 /* A pipe, and a socket pair whose sv[0] sends through a small buffer. */
