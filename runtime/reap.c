@@ -31,6 +31,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -179,8 +180,22 @@ int gr__child_spawn(struct gr__child *c, const char *file, const posix_spawn_fil
 	int err;
 
 	pthread_once(&once, init_once);
+	/* A number for the pidfd, held across the spawn and given back just
+	 * before pidfd_open, which then has a free one: with no fd free the
+	 * spawn fails here, before any child exists, rather than after, when
+	 * the child can only be killed and waited for by its bare pid (which
+	 * a waitpid(-1) of the program's own could reap first, freeing the pid
+	 * for another process). Only another thread opening an fd between the
+	 * close and pidfd_open can still take it. A failure for any other
+	 * reason (a sandbox that denies the open) reserves nothing. */
+	int slot = open("/", O_PATH | O_CLOEXEC);
+
+	if (slot < 0 && (errno == EMFILE || errno == ENFILE))
+		return -errno;
 	pthread_rwlock_rdlock(&spawn_lock);
 	err = posix_spawnp(&pid, file, fa, attr, argv, envp);
+	if (slot >= 0)
+		close(slot);
 	if (err == 0) {
 		c->pidfd = pidfd_open(pid, 0);
 		if (c->pidfd < 0 && errno == ESRCH) {

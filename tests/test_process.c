@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -222,8 +223,8 @@ Test(process, running_out_of_fds_fails_cleanly_at_every_step)
 	int before = grt_count_fds();
 	int n = grt_exhaust_fds(fill, 64, 16, &old);
 	/* Give back one fd at a time: the spawn fails at the first pipe, at the
-	 * second, ..., at the pidfd (the child then exists and must be killed
-	 * and reaped), until it has all it needs. */
+	 * second, ..., at the number held for the pidfd (before any child
+	 * exists), until it has all it needs. */
 	int ok = 0;
 	for (int k = 0; k <= 8 && k <= n; k++) {
 		if (k > 0)
@@ -244,6 +245,80 @@ Test(process, running_out_of_fds_fails_cleanly_at_every_step)
 	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
 	cr_assert_eq(grt_count_fds(), before);
 	cr_assert_eq(grt_count_zombies(), 0);
+}
+
+/* An executable of our own, watched for the open that exec makes of it:
+ * whether a child ever started, told without racing the child. */
+static void copy_executable(const char *from, const char *to)
+{
+	char buf[65536];
+	int in = open(from, O_RDONLY | O_CLOEXEC);
+	int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ssize_t n;
+
+	cr_assert(in >= 0 && out >= 0, "%s", strerror(errno));
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		cr_assert_eq(write(out, buf, (size_t)n), n);
+	cr_assert_eq(n, 0);
+	close(in);
+	close(out);
+}
+
+static bool exec_seen(int watch)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	ssize_t n = read(watch, buf, sizeof(buf));
+
+	if (n < 0) {
+		cr_assert_eq(errno, EAGAIN, "%s", strerror(errno));
+		return false;
+	}
+	for (char *at = buf; at < buf + n;) {
+		const struct inotify_event *ev = (const struct inotify_event *)(void *)at;
+
+		if (ev->mask & IN_OPEN)
+			return true;
+		at += sizeof(*ev) + ev->len;
+	}
+	return false;
+}
+
+Test(process, with_no_fd_left_for_its_pidfd_no_child_is_started)
+{
+	char dir[] = "/tmp/grt-spawn-XXXXXX", prog[64];
+	int fill[64];
+	struct rlimit old;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(prog, sizeof(prog), "%s/true", dir);
+	copy_executable("/bin/true", prog);
+	int watch = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	cr_assert_geq(watch, 0, "%s", strerror(errno));
+	cr_assert_geq(inotify_add_watch(watch, prog, IN_OPEN), 0, "%s", strerror(errno));
+
+	/* The watch sees a spawn that starts the program. */
+	gr_process *p = gr_process_spawn(ARGV(prog), NULL);
+	cr_assert_not_null(p, "%s", strerror(errno));
+	assert_ok(gr_process_wait(p, NULL, gr_now() + 5 * GR_SEC));
+	assert_ok(gr_process_free(p));
+	cr_assert(exec_seen(watch), "the watch did not see the program start");
+
+	/* With no fd free, the spawn fails before the child exists: it would
+	 * otherwise run, and then be killed by its bare pid. */
+	int before = grt_count_fds();
+	int n = grt_exhaust_fds(fill, 64, 0, &old);
+	p = gr_process_spawn(ARGV(prog), NULL);
+	int err = errno;
+	grt_restore_fds(fill, n, &old);
+	cr_assert_null(p);
+	cr_assert_eq(err, EMFILE, "%s", strerror(err));
+	cr_assert_not(exec_seen(watch), "the program ran although its spawn failed");
+	cr_assert_eq(grt_count_fds(), before);
+	cr_assert_eq(grt_count_zombies(), 0);
+
+	close(watch);
+	cr_assert_eq(unlink(prog), 0);
+	cr_assert_eq(rmdir(dir), 0);
 }
 
 /* ------------------------------------------------------------ handles */
