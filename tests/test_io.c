@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -381,6 +383,122 @@ Test(io, a_whole_send_to_a_peer_that_goes_away_fails_without_sigpipe)
 	cr_assert(w.rc >= TAKEN && w.rc < TOTAL, "%zd", w.rc);
 	cr_assert_eq(close(sv[0]), 0);
 	free(data);
+}
+
+/* Between two calls of a whole write another fiber gr_closes the fd and a
+ * new file takes the number. The whole write must stop there (EBADF, the
+ * count of what reached the first file), never send the rest into the new
+ * file. The window is a yield between two calls: with GREENRING_IO_BUDGET=1
+ * every call ends with one, so the test runs in a fork child whose fresh hub
+ * reads that budget. */
+struct reuse {
+	int fd;                     /* the number the whole write uses */
+	int old_peer;               /* reads the first file: FIONREAD > 0 once a call moved bytes */
+	bool send;                  /* the new file is a socket (else a pipe) */
+	int new_peer;               /* reads the file that took the number */
+	int closed;                 /* gr_close's result */
+	const char *failed;         /* why the closer gave up, NULL if it did its part */
+};
+
+static void *close_and_reuse(void *arg)
+{
+	struct reuse *r = arg;
+	int queued = 0;
+
+	/* Until the writer's first call has moved bytes: the writer runs
+	 * first, and a call that moved them ends with a yield (the budget of
+	 * 1), so this runs between its two calls. */
+	for (int i = 0; i < 100000; i++) {
+		if (ioctl(r->old_peer, FIONREAD, &queued) == 0 && queued > 0)
+			break;
+		gr_sleep(0);
+	}
+	if (queued == 0) {
+		r->failed = "the whole write never moved a byte";
+		return NULL;
+	}
+	/* The new file is made first, so that none of its numbers is the one
+	 * closed: its writing end then takes that number, its reader stays. */
+	int pair[2];
+	if (r->send ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) : pipe2(pair, O_CLOEXEC)) {
+		r->failed = "no new file";
+		return NULL;
+	}
+	r->closed = gr_close(r->fd);
+	/* A pipe's write end is pair[1]; either end of a socket pair writes. */
+	if (grt_move_fd(r->send ? pair[0] : pair[1], r->fd) != 0) {
+		r->failed = "the new file could not take the number";
+		return NULL;
+	}
+	r->new_peer = r->send ? pair[1] : pair[0];
+	return NULL;
+}
+
+static void whole_write_across_a_reuse(bool send)
+{
+	enum { TOTAL = 96 * 1024 };
+	unsigned char *data = pattern(TOTAL);
+	int old[2], small = 4096;
+
+	if (send ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, old) : pipe2(old, O_CLOEXEC))
+		grt_child_exit("pair: %s", strerror(errno));
+	if (send && setsockopt(old[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)))
+		grt_child_exit("SO_SNDBUF: %s", strerror(errno));
+	int wfd = send ? old[0] : old[1], rfd = send ? old[1] : old[0];
+	struct whole w = { .fd = wfd, .send = send, .data = data, .total = TOTAL,
+			   .deadline = gr_now() + 5 * GR_SEC };
+	struct reuse r = { .fd = wfd, .old_peer = rfd, .send = send, .new_peer = -1 };
+	gr_fiber *fw = gr_spawn(whole_writer, &w), *fr = gr_spawn(close_and_reuse, &r);
+	if (!fw || !fr || gr_join(fw, NULL, gr_now() + 10 * GR_SEC) || gr_join(fr, NULL, gr_now() + 10 * GR_SEC))
+		grt_child_exit("%s: the fibers did not end", send ? "send" : "write");
+	if (r.failed)
+		grt_child_exit("%s: %s", send ? "send" : "write", r.failed);
+	int old_bytes = -1, new_bytes = -1;
+	ioctl(rfd, FIONREAD, &old_bytes);
+	ioctl(r.new_peer, FIONREAD, &new_bytes);
+	if (r.closed != 0)
+		grt_child_exit("%s: gr_close: %s", send ? "send" : "write", strerror(errno));
+	if (new_bytes != 0)
+		grt_child_exit("%s: %d bytes went into the file that took the number (returned %zd, %s)",
+			       send ? "gr_send_all" : "gr_write_all", new_bytes, w.rc, strerror(w.err));
+	if (w.rc != old_bytes || w.err != EBADF)
+		grt_child_exit("%s: returned %zd (%s), the first file got %d",
+			       send ? "gr_send_all" : "gr_write_all", w.rc, strerror(w.err), old_bytes);
+	close(wfd);
+	close(rfd);
+	close(r.new_peer);
+	free(data);
+}
+
+Test(io, a_whole_write_stops_when_its_fd_is_closed_and_reused_between_two_calls)
+{
+	int rep[2];
+
+	cr_assert_eq(pipe2(rep, O_CLOEXEC), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		grt_report_fd = rep[1];
+		alarm(20); /* a hang ends as a death by SIGALRM, reported below */
+		setenv("GREENRING_IO_BUDGET", "1", 1);
+		if (gr_hub_use(grt_hub()) < 0)
+			grt_child_exit("the child's hub: %s", gr_hub_why());
+		whole_write_across_a_reuse(false);
+		whole_write_across_a_reuse(true);
+		grt_child_exit("ok");
+	}
+	close(rep[1]);
+	char msg[512];
+	ssize_t n, total = 0;
+	while ((n = read(rep[0], msg + total, sizeof(msg) - 1 - (size_t)total)) > 0)
+		total += n;
+	msg[total] = '\0';
+	close(rep[0]);
+	int ws;
+	cr_assert_eq(waitpid(pid, &ws, 0), pid);
+	cr_assert(WIFEXITED(ws), "the child died of signal %d (%s)", WTERMSIG(ws), msg);
+	cr_assert_str_eq(msg, "ok", "child: %s", msg);
 }
 
 Test(io, whole_writes_of_nothing_and_to_bad_fds)
