@@ -8,7 +8,9 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -470,6 +472,125 @@ static void whole_write_across_a_reuse(bool send)
 	free(data);
 }
 
+/* The same across threads: thread A's fiber is between two calls of a
+ * whole write (A's thread held in read(2) by another of its fibers), and
+ * this thread gr_closes the fd and puts a new file on the number. A call
+ * that never waited has listed nothing on the fd, so unless the whole write
+ * told the record it uses the fd, the close would not reach A's hub. */
+struct remote_reuse {
+	int fd, old_peer;
+	int go[2];                  /* A's blocker reads it */
+	atomic_int between, closed;
+	int close_rc;
+	struct whole w;
+	const char *failed;
+};
+
+static void *block_between_calls(void *arg)
+{
+	struct remote_reuse *rr = arg;
+	int queued = 0;
+	char c;
+
+	for (int i = 0; i < 100000; i++) {
+		if (ioctl(rr->old_peer, FIONREAD, &queued) == 0 && queued > 0)
+			break;
+		gr_sleep(0);
+	}
+	atomic_store(&rr->between, queued > 0 ? 1 : -1);
+	if (read(rr->go[0], &c, 1) != 1)
+		rr->failed = "the blocker's read";
+	return NULL;
+}
+
+static void *remote_writer_thread(void *arg)
+{
+	struct remote_reuse *rr = arg;
+
+	if (gr_hub_use(grt_hub()) < 0) {
+		rr->failed = "A's hub";
+		atomic_store(&rr->between, -1);
+		return NULL;
+	}
+	gr_fiber *fw = gr_spawn(whole_writer, &rr->w), *fb = gr_spawn(block_between_calls, rr);
+	if (!fw || !fb || gr_join(fw, NULL, gr_now() + 10 * GR_SEC) || gr_join(fb, NULL, gr_now() + 10 * GR_SEC))
+		rr->failed = "A's fibers did not end";
+	return NULL;
+}
+
+static void *remote_closer_thread(void *arg)
+{
+	struct remote_reuse *rr = arg;
+
+	rr->close_rc = gr_close(rr->fd);
+	atomic_store(&rr->closed, 1);
+	return NULL;
+}
+
+/* Plain waits (1 ms naps) for *flag, at most `ms`: whether it came. */
+static bool flag_within(atomic_int *flag, int ms)
+{
+	for (int i = 0; i < ms && !atomic_load(flag); i++)
+		usleep(1000);
+	return atomic_load(flag) != 0;
+}
+
+static void whole_write_across_a_remote_reuse(void)
+{
+	enum { TOTAL = 96 * 1024 };
+	unsigned char *data = pattern(TOTAL);
+	static struct remote_reuse rr;
+	int old[2], fresh[2];
+	pthread_t a, closer;
+
+	memset(&rr, 0, sizeof(rr));
+	if (pipe2(old, O_CLOEXEC) || pipe2(rr.go, O_CLOEXEC) || pipe2(fresh, O_CLOEXEC))
+		grt_child_exit("pipes: %s", strerror(errno));
+	rr.fd = old[1];
+	rr.old_peer = old[0];
+	rr.w = (struct whole){ .fd = old[1], .data = data, .total = TOTAL, .deadline = gr_now() + 5 * GR_SEC };
+	if (pthread_create(&a, NULL, remote_writer_thread, &rr))
+		grt_child_exit("thread A");
+	if (!flag_within(&rr.between, 5000) || atomic_load(&rr.between) < 0)
+		grt_child_exit("remote: A's whole write never got between two calls (%s)",
+			       rr.failed ? rr.failed : "");
+	if (pthread_create(&closer, NULL, remote_closer_thread, &rr))
+		grt_child_exit("the closer thread");
+	/* A close that does not wait for A's hub is done by now: the new file
+	 * takes the number before A runs again. One that waits is answered by
+	 * A's hub once A runs. */
+	bool at_once = flag_within(&rr.closed, 200);
+	if (at_once && grt_move_fd(fresh[1], rr.fd))
+		grt_child_exit("move: %s", strerror(errno));
+	if (write(rr.go[1], "g", 1) != 1)
+		grt_child_exit("go");
+	if (!flag_within(&rr.closed, 5000))
+		grt_child_exit("remote: the close never returned");
+	if (!at_once && grt_move_fd(fresh[1], rr.fd))
+		grt_child_exit("move: %s", strerror(errno));
+	pthread_join(a, NULL);
+	pthread_join(closer, NULL);
+	if (rr.failed)
+		grt_child_exit("remote: %s", rr.failed);
+	int old_bytes = -1, new_bytes = -1;
+	ioctl(old[0], FIONREAD, &old_bytes);
+	ioctl(fresh[0], FIONREAD, &new_bytes);
+	if (rr.close_rc != 0)
+		grt_child_exit("remote: gr_close: %d", rr.close_rc);
+	if (new_bytes != 0)
+		grt_child_exit("remote: %d bytes went into the file that took the number (returned %zd, %s)",
+			       new_bytes, rr.w.rc, strerror(rr.w.err));
+	if (rr.w.rc != old_bytes || rr.w.err != EBADF)
+		grt_child_exit("remote: returned %zd (%s), the first file got %d", rr.w.rc,
+			       strerror(rr.w.err), old_bytes);
+	close(old[0]);
+	close(rr.fd);
+	close(fresh[0]);
+	close(rr.go[0]);
+	close(rr.go[1]);
+	free(data);
+}
+
 Test(io, a_whole_write_stops_when_its_fd_is_closed_and_reused_between_two_calls)
 {
 	int rep[2];
@@ -486,6 +607,7 @@ Test(io, a_whole_write_stops_when_its_fd_is_closed_and_reused_between_two_calls)
 			grt_child_exit("the child's hub: %s", gr_hub_why());
 		whole_write_across_a_reuse(false);
 		whole_write_across_a_reuse(true);
+		whole_write_across_a_remote_reuse();
 		grt_child_exit("ok");
 	}
 	close(rep[1]);
