@@ -860,11 +860,16 @@ static ssize_t move_all(uint8_t kind, int fd, const void *buf, size_t n, int fla
 	 * its end). One of them may gr_close fd and a new file take the
 	 * number: the rest must not go there. So the fd's close count is taken
 	 * before the first call (a close during that call's yield counts too)
-	 * and checked before each next one. Its state is made here if need be:
-	 * a number without one is closed without being counted. */
+	 * and checked before each next one. Its state is made here if need be
+	 * (a number without one is closed without being counted), and this
+	 * hub's claim on fd recorded: calls that never wait list nothing on
+	 * the fd, and another thread's gr_close must come through this hub to
+	 * be counted (fd_remote.c). */
 	struct gr__hub *hub = NULL;
 	struct gr__fdstate *st = gr__park_hub(&hub) == 0 ? gr__fd_state(hub, fd) : NULL;
 	uint32_t closes = st ? st->closes : 0;
+	if (st && !st->claimed && !st->closing)
+		gr__fd_claim(hub, fd, st);
 
 	do {
 		if (done && st && closed_since(fd, st, closes)) {
