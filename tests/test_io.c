@@ -593,15 +593,11 @@ static void whole_write_across_a_remote_reuse(void)
 
 Test(io, a_whole_write_stops_when_its_fd_is_closed_and_reused_between_two_calls)
 {
-	int rep[2];
+	int report;
+	pid_t pid = grt_fork_reporting(&report);
 
-	cr_assert_eq(pipe2(rep, O_CLOEXEC), 0);
-	fflush(NULL);
-	pid_t pid = fork();
-	cr_assert_geq(pid, 0);
 	if (pid == 0) {
-		grt_report_fd = rep[1];
-		alarm(20); /* a hang ends as a death by SIGALRM, reported below */
+		alarm(20); /* a hang ends as a death by SIGALRM, reported */
 		setenv("GREENRING_IO_BUDGET", "1", 1);
 		if (gr_hub_use(grt_hub()) < 0)
 			grt_child_exit("the child's hub: %s", gr_hub_why());
@@ -610,17 +606,7 @@ Test(io, a_whole_write_stops_when_its_fd_is_closed_and_reused_between_two_calls)
 		whole_write_across_a_remote_reuse();
 		grt_child_exit("ok");
 	}
-	close(rep[1]);
-	char msg[512];
-	ssize_t n, total = 0;
-	while ((n = read(rep[0], msg + total, sizeof(msg) - 1 - (size_t)total)) > 0)
-		total += n;
-	msg[total] = '\0';
-	close(rep[0]);
-	int ws;
-	cr_assert_eq(waitpid(pid, &ws, 0), pid);
-	cr_assert(WIFEXITED(ws), "the child died of signal %d (%s)", WTERMSIG(ws), msg);
-	cr_assert_str_eq(msg, "ok", "child: %s", msg);
+	grt_child_expect_ok(pid, report);
 }
 
 Test(io, whole_writes_of_nothing_and_to_bad_fds)
