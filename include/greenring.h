@@ -220,9 +220,11 @@ GR_API ssize_t gr_sendmsg(int fd, const struct msghdr *msg, int flags);
  * when all went out. When an error, a deadline (the fiber's, the fd's write
  * deadline) or a kill stops it: the bytes that went out before, a short
  * count with errno set (as write(2) interrupted by a signal), or -1 with
- * errno if none did; the errno values are gr_send's or gr_write's, and EIO
- * for a stream that took nothing without an error. `r != n` is the test
- * for failure. gr_send_all passes MSG_NOSIGNAL. Switches. */
+ * errno if none did; the errno values are gr_send's or gr_write's, EIO
+ * for a stream that took nothing without an error, and EBADF when another
+ * fiber or thread gr_closed fd between two of its calls (the rest never
+ * goes to a file that took the number since). `r != n` is the test for
+ * failure. gr_send_all passes MSG_NOSIGNAL. Switches. */
 GR_API ssize_t gr_send_all(int fd, const void *buf, size_t n, int flags);
 GR_API ssize_t gr_write_all(int fd, const void *buf, size_t n);
 GR_API int gr_accept(int fd, struct sockaddr *sa, socklen_t *len);

@@ -8,7 +8,8 @@
  *
  * The record. One process-wide entry per fd number holds a bit per hub
  * slot: "this hub may have operations on the fd". A hub sets its bit when
- * it first lists an operation on the fd (fd.c, gr__fd_link) and clears it
+ * it first lists an operation on the fd (fd.c, gr__fd_link), or starts a
+ * whole write on it (io.c, move_all, whose calls may list nothing), and clears it
  * when it closes the fd. The bit outlives the operations (it is cleared by
  * a close, not when the last operation ends), so recording costs one atomic
  * operation per fd and hub, not one per operation, and a plain close()

@@ -363,6 +363,15 @@ int64_t gr__run_stream(struct gr__hub *hub, struct gr__park *p, struct gr__op *o
 	}
 }
 
+/* Whether fd was gr_closed (here, or by another thread through this hub)
+ * since its state counted `closes`, or a close of it is under way: a call
+ * that let other fibers run across that must not touch the number again,
+ * which may name a new file by now. */
+static inline bool closed_since(int fd, struct gr__fdstate *st, uint32_t closes)
+{
+	return st->closes != closes || (st->closing && gr__fd_still_held(fd, st));
+}
+
 int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short events, int flags,
 		       bool tries_again)
 {
@@ -385,9 +394,7 @@ int64_t gr__park_ready(struct gr__hub *hub, struct gr__park *p, int fd, short ev
 		return r;
 	/* The wait ended, but other fibers ran before this one: if one of them
 	 * gr_closed the fd, the number may already name a new file. */
-	if (st->closes != closes || (st->closing && gr__fd_still_held(fd, st)))
-		return -EBADF;
-	return 0;
+	return closed_since(fd, st, closes) ? -EBADF : 0;
 }
 
 int gr__fd_nonblocking(int fd)
@@ -849,8 +856,26 @@ static ssize_t move_all(uint8_t kind, int fd, const void *buf, size_t n, int fla
 {
 	size_t done = 0;
 	int64_t r;
+	/* Each call may let other fibers run (its wait, the budget's yield at
+	 * its end). One of them may gr_close fd and a new file take the
+	 * number: the rest must not go there. So the fd's close count is taken
+	 * before the first call (a close during that call's yield counts too)
+	 * and checked before each next one. Its state is made here if need be
+	 * (a number without one is closed without being counted), and this
+	 * hub's claim on fd recorded: calls that never wait list nothing on
+	 * the fd, and another thread's gr_close must come through this hub to
+	 * be counted (fd_remote.c). */
+	struct gr__hub *hub = NULL;
+	struct gr__fdstate *st = gr__park_hub(&hub) == 0 ? gr__fd_state(hub, fd) : NULL;
+	uint32_t closes = st ? st->closes : 0;
+	if (st && !st->claimed && !st->closing)
+		gr__fd_claim(hub, fd, st);
 
 	do {
+		if (done && st && closed_since(fd, st, closes)) {
+			r = -EBADF;
+			break;
+		}
 		struct gr__op o = gr__op_init(kind, fd);
 		o.op.buf = done ? (char *)buf + done : (void *)buf;
 		o.op.len = n - done;

@@ -395,6 +395,40 @@ void grt_child_exit(const char *fmt, ...)
 	_exit(strcmp(msg, "ok") == 0 ? 0 : 1);
 }
 
+pid_t grt_fork_reporting(int *report)
+{
+	int rep[2];
+
+	cr_assert_eq(pipe2(rep, O_CLOEXEC), 0, "pipe2: %s", strerror(errno));
+	fflush(NULL); /* no buffered output duplicated into the child */
+	pid_t pid = fork();
+	cr_assert_geq(pid, 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		close(rep[0]);
+		grt_report_fd = rep[1];
+		return 0;
+	}
+	close(rep[1]);
+	*report = rep[0];
+	return pid;
+}
+
+void grt_child_expect_ok(pid_t pid, int report)
+{
+	char msg[512];
+	ssize_t n, total = 0;
+	int ws;
+
+	while ((n = read(report, msg + total, sizeof(msg) - 1 - (size_t)total)) > 0)
+		total += n;
+	msg[total] = '\0';
+	close(report);
+	cr_assert_eq(waitpid(pid, &ws, 0), pid);
+	cr_assert(WIFEXITED(ws), "the child died of signal %d (%s)", WTERMSIG(ws), msg);
+	cr_assert_str_eq(msg, "ok", "child: %s (exit %d)", msg, WEXITSTATUS(ws));
+	cr_assert_eq(WEXITSTATUS(ws), 0);
+}
+
 int grt_connect_green(int port)
 {
 	int fd = grt_dial(port, 0);

@@ -84,6 +84,12 @@ int grt_dial(int port, int rcvbuf);
  * 0 if the report is "ok", else 1. It never returns into Criterion. */
 extern int grt_report_fd;
 _Noreturn void grt_child_exit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Fork such a child: 0 in the child (grt_report_fd set), its pid in the
+ * parent, with the report's read end in *report. grt_child_expect_ok reads
+ * the report, reaps the child and fails the test unless it said "ok" and
+ * exited 0 (a child killed by a signal is named). */
+pid_t grt_fork_reporting(int *report);
+void grt_child_expect_ok(pid_t pid, int report);
 
 /* A thread running fn(arg), on a hub of this run's kind (with_hub) or with
  * no hub at all. The thread only records; grt_thread_join asserts: the hub

@@ -93,18 +93,7 @@ struct child {
 
 static void expect_child_ok(struct child *c)
 {
-	char msg[512];
-	ssize_t n, total = 0;
-	int status;
-
-	while ((n = read(c->rd, msg + total, sizeof(msg) - 1 - (size_t)total)) > 0)
-		total += n;
-	msg[total] = '\0';
-	close(c->rd);
-	cr_assert_eq(waitpid(c->pid, &status, 0), c->pid);
-	cr_assert(WIFEXITED(status), "the child died of signal %d: %s", WTERMSIG(status), msg);
-	cr_assert_str_eq(msg, "ok", "child: %s (exit %d)", msg, WEXITSTATUS(status));
-	cr_assert_eq(WEXITSTATUS(status), 0);
+	grt_child_expect_ok(c->pid, c->rd);
 }
 
 struct rw {

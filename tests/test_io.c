@@ -8,7 +8,9 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,8 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "support.h"
@@ -381,6 +385,228 @@ Test(io, a_whole_send_to_a_peer_that_goes_away_fails_without_sigpipe)
 	cr_assert(w.rc >= TAKEN && w.rc < TOTAL, "%zd", w.rc);
 	cr_assert_eq(close(sv[0]), 0);
 	free(data);
+}
+
+/* Between two calls of a whole write another fiber gr_closes the fd and a
+ * new file takes the number. The whole write must stop there (EBADF, the
+ * count of what reached the first file), never send the rest into the new
+ * file. The window is a yield between two calls: with GREENRING_IO_BUDGET=1
+ * every call ends with one, so the test runs in a fork child whose fresh hub
+ * reads that budget. */
+struct reuse {
+	int fd;                     /* the number the whole write uses */
+	int old_peer;               /* reads the first file: FIONREAD > 0 once a call moved bytes */
+	bool send;                  /* the new file is a socket (else a pipe) */
+	int new_peer;               /* reads the file that took the number */
+	int closed;                 /* gr_close's result */
+	const char *failed;         /* why the closer gave up, NULL if it did its part */
+};
+
+static void *close_and_reuse(void *arg)
+{
+	struct reuse *r = arg;
+	int queued = 0;
+
+	/* Until the writer's first call has moved bytes: the writer runs
+	 * first, and a call that moved them ends with a yield (the budget of
+	 * 1), so this runs between its two calls. */
+	for (int i = 0; i < 100000; i++) {
+		if (ioctl(r->old_peer, FIONREAD, &queued) == 0 && queued > 0)
+			break;
+		gr_sleep(0);
+	}
+	if (queued == 0) {
+		r->failed = "the whole write never moved a byte";
+		return NULL;
+	}
+	/* The new file is made first, so that none of its numbers is the one
+	 * closed: its writing end then takes that number, its reader stays. */
+	int pair[2];
+	if (r->send ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) : pipe2(pair, O_CLOEXEC)) {
+		r->failed = "no new file";
+		return NULL;
+	}
+	r->closed = gr_close(r->fd);
+	/* A pipe's write end is pair[1]; either end of a socket pair writes. */
+	if (grt_move_fd(r->send ? pair[0] : pair[1], r->fd) != 0) {
+		r->failed = "the new file could not take the number";
+		return NULL;
+	}
+	r->new_peer = r->send ? pair[1] : pair[0];
+	return NULL;
+}
+
+static void whole_write_across_a_reuse(bool send)
+{
+	enum { TOTAL = 96 * 1024 };
+	unsigned char *data = pattern(TOTAL);
+	int old[2], small = 4096;
+
+	if (send ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, old) : pipe2(old, O_CLOEXEC))
+		grt_child_exit("pair: %s", strerror(errno));
+	if (send && setsockopt(old[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)))
+		grt_child_exit("SO_SNDBUF: %s", strerror(errno));
+	int wfd = send ? old[0] : old[1], rfd = send ? old[1] : old[0];
+	struct whole w = { .fd = wfd, .send = send, .data = data, .total = TOTAL,
+			   .deadline = gr_now() + 5 * GR_SEC };
+	struct reuse r = { .fd = wfd, .old_peer = rfd, .send = send, .new_peer = -1 };
+	gr_fiber *fw = gr_spawn(whole_writer, &w), *fr = gr_spawn(close_and_reuse, &r);
+	if (!fw || !fr || gr_join(fw, NULL, gr_now() + 10 * GR_SEC) || gr_join(fr, NULL, gr_now() + 10 * GR_SEC))
+		grt_child_exit("%s: the fibers did not end", send ? "send" : "write");
+	if (r.failed)
+		grt_child_exit("%s: %s", send ? "send" : "write", r.failed);
+	int old_bytes = -1, new_bytes = -1;
+	ioctl(rfd, FIONREAD, &old_bytes);
+	ioctl(r.new_peer, FIONREAD, &new_bytes);
+	if (r.closed != 0)
+		grt_child_exit("%s: gr_close: %s", send ? "send" : "write", strerror(errno));
+	if (new_bytes != 0)
+		grt_child_exit("%s: %d bytes went into the file that took the number (returned %zd, %s)",
+			       send ? "gr_send_all" : "gr_write_all", new_bytes, w.rc, strerror(w.err));
+	if (w.rc != old_bytes || w.err != EBADF)
+		grt_child_exit("%s: returned %zd (%s), the first file got %d",
+			       send ? "gr_send_all" : "gr_write_all", w.rc, strerror(w.err), old_bytes);
+	close(wfd);
+	close(rfd);
+	close(r.new_peer);
+	free(data);
+}
+
+/* The same across threads: thread A's fiber is between two calls of a
+ * whole write (A's thread held in read(2) by another of its fibers), and
+ * this thread gr_closes the fd and puts a new file on the number. A call
+ * that never waited has listed nothing on the fd, so unless the whole write
+ * told the record it uses the fd, the close would not reach A's hub. */
+struct remote_reuse {
+	int fd, old_peer;
+	int go[2];                  /* A's blocker reads it */
+	atomic_int between, closed;
+	int close_rc;
+	struct whole w;
+	const char *failed;
+};
+
+static void *block_between_calls(void *arg)
+{
+	struct remote_reuse *rr = arg;
+	int queued = 0;
+	char c;
+
+	for (int i = 0; i < 100000; i++) {
+		if (ioctl(rr->old_peer, FIONREAD, &queued) == 0 && queued > 0)
+			break;
+		gr_sleep(0);
+	}
+	atomic_store(&rr->between, queued > 0 ? 1 : -1);
+	if (read(rr->go[0], &c, 1) != 1)
+		rr->failed = "the blocker's read";
+	return NULL;
+}
+
+static void *remote_writer_thread(void *arg)
+{
+	struct remote_reuse *rr = arg;
+
+	if (gr_hub_use(grt_hub()) < 0) {
+		rr->failed = "A's hub";
+		atomic_store(&rr->between, -1);
+		return NULL;
+	}
+	gr_fiber *fw = gr_spawn(whole_writer, &rr->w), *fb = gr_spawn(block_between_calls, rr);
+	if (!fw || !fb || gr_join(fw, NULL, gr_now() + 10 * GR_SEC) || gr_join(fb, NULL, gr_now() + 10 * GR_SEC))
+		rr->failed = "A's fibers did not end";
+	return NULL;
+}
+
+static void *remote_closer_thread(void *arg)
+{
+	struct remote_reuse *rr = arg;
+
+	rr->close_rc = gr_close(rr->fd);
+	atomic_store(&rr->closed, 1);
+	return NULL;
+}
+
+/* Plain waits (1 ms naps) for *flag, at most `ms`: whether it came. */
+static bool flag_within(atomic_int *flag, int ms)
+{
+	for (int i = 0; i < ms && !atomic_load(flag); i++)
+		usleep(1000);
+	return atomic_load(flag) != 0;
+}
+
+static void whole_write_across_a_remote_reuse(void)
+{
+	enum { TOTAL = 96 * 1024 };
+	unsigned char *data = pattern(TOTAL);
+	static struct remote_reuse rr;
+	int old[2], fresh[2];
+	pthread_t a, closer;
+
+	memset(&rr, 0, sizeof(rr));
+	if (pipe2(old, O_CLOEXEC) || pipe2(rr.go, O_CLOEXEC) || pipe2(fresh, O_CLOEXEC))
+		grt_child_exit("pipes: %s", strerror(errno));
+	rr.fd = old[1];
+	rr.old_peer = old[0];
+	rr.w = (struct whole){ .fd = old[1], .data = data, .total = TOTAL, .deadline = gr_now() + 5 * GR_SEC };
+	if (pthread_create(&a, NULL, remote_writer_thread, &rr))
+		grt_child_exit("thread A");
+	if (!flag_within(&rr.between, 5000) || atomic_load(&rr.between) < 0)
+		grt_child_exit("remote: A's whole write never got between two calls (%s)",
+			       rr.failed ? rr.failed : "");
+	if (pthread_create(&closer, NULL, remote_closer_thread, &rr))
+		grt_child_exit("the closer thread");
+	/* A close that does not wait for A's hub is done by now: the new file
+	 * takes the number before A runs again. One that waits is answered by
+	 * A's hub once A runs. */
+	bool at_once = flag_within(&rr.closed, 200);
+	if (at_once && grt_move_fd(fresh[1], rr.fd))
+		grt_child_exit("move: %s", strerror(errno));
+	if (write(rr.go[1], "g", 1) != 1)
+		grt_child_exit("go");
+	if (!flag_within(&rr.closed, 5000))
+		grt_child_exit("remote: the close never returned");
+	if (!at_once && grt_move_fd(fresh[1], rr.fd))
+		grt_child_exit("move: %s", strerror(errno));
+	pthread_join(a, NULL);
+	pthread_join(closer, NULL);
+	if (rr.failed)
+		grt_child_exit("remote: %s", rr.failed);
+	int old_bytes = -1, new_bytes = -1;
+	ioctl(old[0], FIONREAD, &old_bytes);
+	ioctl(fresh[0], FIONREAD, &new_bytes);
+	if (rr.close_rc != 0)
+		grt_child_exit("remote: gr_close: %d", rr.close_rc);
+	if (new_bytes != 0)
+		grt_child_exit("remote: %d bytes went into the file that took the number (returned %zd, %s)",
+			       new_bytes, rr.w.rc, strerror(rr.w.err));
+	if (rr.w.rc != old_bytes || rr.w.err != EBADF)
+		grt_child_exit("remote: returned %zd (%s), the first file got %d", rr.w.rc,
+			       strerror(rr.w.err), old_bytes);
+	close(old[0]);
+	close(rr.fd);
+	close(fresh[0]);
+	close(rr.go[0]);
+	close(rr.go[1]);
+	free(data);
+}
+
+Test(io, a_whole_write_stops_when_its_fd_is_closed_and_reused_between_two_calls)
+{
+	int report;
+	pid_t pid = grt_fork_reporting(&report);
+
+	if (pid == 0) {
+		alarm(20); /* a hang ends as a death by SIGALRM, reported */
+		setenv("GREENRING_IO_BUDGET", "1", 1);
+		if (gr_hub_use(grt_hub()) < 0)
+			grt_child_exit("the child's hub: %s", gr_hub_why());
+		whole_write_across_a_reuse(false);
+		whole_write_across_a_reuse(true);
+		whole_write_across_a_remote_reuse();
+		grt_child_exit("ok");
+	}
+	grt_child_expect_ok(pid, report);
 }
 
 Test(io, whole_writes_of_nothing_and_to_bad_fds)

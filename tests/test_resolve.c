@@ -748,3 +748,45 @@ Test(resolve, a_kill_or_a_deadline_during_a_hung_lookup_or_dial_returns_at_once_
 {
 	in_namespaces(kill_and_deadline_in_hung_lookups, NULL);
 }
+
+/* ------------------------------------------------------------ no fd left */
+
+/* Out of fds, a lookup (the hosts file cannot be opened, nor a socket to
+ * the name server) and a dial (no socket) fail with a clear answer, within
+ * their deadline; once fds are back they work. */
+static void lookups_with_no_fd_left(void *unused)
+{
+	struct dns d;
+	int fill[64];
+	struct rlimit old;
+	struct addrinfo *res = NULL;
+	(void)unused;
+
+	CHECK(dns_start(&d, false), "no name server");
+	int n = grt_exhaust_fds(fill, 64, 0, &old);
+	int64_t t0 = gr_now();
+	errno = 0;
+	int rc = gr_getaddrinfo("localhost", "80", &inet_stream, &res, t0 + 5 * GR_SEC);
+	int err = errno;
+	int dialled = gr_dial("127.0.0.1", "80", gr_now() + 5 * GR_SEC);
+	int64_t took = gr_now() - t0;
+	grt_restore_fds(fill, n, &old);
+	if (rc == 0)
+		freeaddrinfo(res);
+	if (dialled >= 0)
+		close(dialled);
+	CHECK(took < 4 * GR_SEC, "out of fds, the lookup and dial took %lld ms", (long long)(took / GR_MSEC));
+	CHECK(rc == EAI_SYSTEM && err == EMFILE, "a lookup out of fds: %s (errno %s)", gai_strerror(rc),
+	      strerror(err));
+	CHECK(dialled == -EMFILE, "a dial out of fds: %d (%s)", dialled, strerror(-dialled));
+	rc = gr_getaddrinfo("localhost", "80", &inet_stream, &res, gr_now() + 5 * GR_SEC);
+	CHECK(rc == 0, "localhost once fds are back: %s", gai_strerror(rc));
+	freeaddrinfo(res);
+	pool_settle_child();
+	dns_stop(&d);
+}
+
+Test(resolve, a_lookup_and_a_dial_with_no_fd_left_fail_clearly_and_work_after)
+{
+	in_namespaces(lookups_with_no_fd_left, NULL);
+}

@@ -549,3 +549,83 @@ Test(signal, a_fork_child_starts_afresh_and_waits_for_its_own_signals)
 	cr_assert_eq(a.result, SIGUSR1);
 	gr_close(pfd[0]);
 }
+
+/* ------------------------------------------------------------ behind the runtime's back */
+
+static atomic_int handled;
+
+static void count_handled(int sig)
+{
+	(void)sig;
+	atomic_fetch_add(&handled, 1);
+}
+
+/* The program installs a handler for a signal a fiber waits for. The
+ * signal is blocked, so the handler never runs: the waiter gets it. */
+Test(signal, a_handler_installed_while_a_fiber_waits_never_steals_the_signal)
+{
+	struct waiter w;
+	struct sigaction sa = { .sa_handler = count_handled }, old;
+
+	block(SIGUSR1, 0);
+	gr_fiber *f = start_waiter(&w, SIGUSR1, 0, gr_now() + 5 * GR_SEC);
+	assert_ok(gr_sleep(GR_MSEC));
+	sigemptyset(&sa.sa_mask);
+	cr_assert_eq(sigaction(SIGUSR1, &sa, &old), 0);
+	send_value(SIGUSR1, 7);
+	assert_ok(gr_join(f, NULL, gr_now() + 10 * GR_SEC));
+	cr_assert_eq(sigaction(SIGUSR1, &old, NULL), 0);
+	cr_assert_eq(w.result, SIGUSR1, "gr_signal_wait: %d", w.result);
+	cr_assert_eq(w.info.ssi_int, 7);
+	cr_assert_eq(atomic_load(&handled), 0, "the handler ran");
+}
+
+/* fork() in a fiber while another fiber of the thread waits for a signal:
+ * the child has no waiter and no signalfd, and waits for its own; the
+ * parent's waiter still gets the parent's. */
+struct forker {
+	int rep[2];
+	pid_t pid;
+};
+
+static void *fork_in_a_fiber(void *arg)
+{
+	struct forker *fk = arg;
+
+	fflush(NULL);
+	fk->pid = fork();
+	if (fk->pid != 0)
+		return NULL;
+	sigset_t s = set_of(SIGUSR2, 0);
+	grt_report_fd = fk->rep[1];
+	if (count_signalfds() != 0)
+		grt_child_exit("the child kept the parent's signalfd");
+	if (kill(getpid(), SIGUSR2) != 0 || gr_signal_wait(&s, NULL, gr_now() + 5 * GR_SEC) != SIGUSR2)
+		grt_child_exit("the child could not wait for its own signal");
+	grt_child_exit("ok");
+}
+
+Test(signal, a_fork_in_a_fiber_while_another_waits_leaves_both_sides_working)
+{
+	struct waiter a;
+	struct forker fk = { 0 };
+
+	block(SIGUSR1, SIGUSR2);
+	gr_fiber *fa = start_waiter(&a, SIGUSR1, 0, gr_now() + 10 * GR_SEC);
+	assert_ok(gr_sleep(GR_MSEC));
+	cr_assert_eq(pipe2(fk.rep, O_CLOEXEC), 0);
+	gr_fiber *ff = gr_spawn(fork_in_a_fiber, &fk);
+	assert_ok(gr_join(ff, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_geq(fk.pid, 0, "fork: %s", strerror(errno));
+	close(fk.rep[1]);
+	char msg[128] = "";
+	ssize_t n = gr_read(fk.rep[0], msg, sizeof(msg) - 1);
+	msg[n > 0 ? n : 0] = '\0';
+	int st;
+	cr_assert_eq(waitpid(fk.pid, &st, 0), fk.pid);
+	cr_assert_str_eq(msg, "ok", "child: %s", msg);
+	kill(getpid(), SIGUSR1);
+	assert_ok(gr_join(fa, NULL, gr_now() + 5 * GR_SEC));
+	cr_assert_eq(a.result, SIGUSR1);
+	gr_close(fk.rep[0]);
+}

@@ -591,3 +591,85 @@ Test(thread, threads_may_run_different_hubs_at_once)
 	}
 	cr_assert_str_eq(gr_hub_name(), grt_hub(), "another thread's choice changed this thread's hub");
 }
+
+/* ------------------------------------------------------------ no fd left */
+
+/* A thread's first greenring call makes its hub: an io_uring ring, an epoll
+ * fd, an eventfd for wake-ups from other threads. With no fd number left
+ * that must fail with EMFILE (never abort, never leave half a hub's fds
+ * open), and the same thread's next call, once fds are back, must make the
+ * hub and run fibers. `room` numbers are left free: 0 fails every backend,
+ * a few may let some of a hub's fds be made before one fails. */
+struct no_fds {
+	pthread_barrier_t step;
+	int room;
+	const char *first;          /* gr_hub_name() with fds exhausted */
+	int first_err;
+	gr_fiber *spawned;          /* gr_spawn then */
+	int spawn_err;
+	const char *second;         /* gr_hub_name() once fds are back */
+	void *joined;
+};
+
+static void *returns_arg(void *arg)
+{
+	return arg;
+}
+
+static void *hub_without_fds(void *arg)
+{
+	struct no_fds *t = arg;
+
+	errno = 0;
+	t->first = gr_hub_name();
+	t->first_err = errno;
+	errno = 0;
+	t->spawned = gr_spawn(returns_arg, t);
+	t->spawn_err = errno;
+	if (t->spawned)
+		gr_join(t->spawned, NULL, gr_now() + 5 * GR_SEC);
+	pthread_barrier_wait(&t->step); /* the test gives the fds back */
+	pthread_barrier_wait(&t->step);
+	t->second = gr_hub_name();
+	gr_fiber *f = gr_spawn(returns_arg, t);
+	if (f)
+		gr_join(f, &t->joined, gr_now() + 5 * GR_SEC);
+	return NULL;
+}
+
+Test(thread, a_hub_made_with_no_fd_left_fails_with_emfile_and_is_made_once_fds_are_back)
+{
+	int fill[64];
+	struct rlimit old;
+
+	for (int room = 0; room < 4; room++) {
+		struct no_fds t = { .room = room };
+		pthread_t th;
+		int before = grt_count_fds();
+
+		cr_assert_eq(pthread_barrier_init(&t.step, NULL, 2), 0);
+		int n = grt_exhaust_fds(fill, 64, room, &old);
+		int made = pthread_create(&th, NULL, hub_without_fds, &t);
+		if (made == 0)
+			pthread_barrier_wait(&t.step);
+		grt_restore_fds(fill, n, &old);
+		cr_assert_eq(made, 0, "pthread_create: %s", strerror(made));
+		pthread_barrier_wait(&t.step);
+		cr_assert_eq(pthread_join(th, NULL), 0);
+		pthread_barrier_destroy(&t.step);
+		if (room == 0) {
+			cr_assert_null(t.first, "room 0: a %s hub with no fd left", t.first);
+			cr_assert_eq(t.first_err, EMFILE, "room 0: %s (%s)", strerror(t.first_err),
+				     gr_hub_why());
+		}
+		if (!t.first) {
+			cr_assert(t.first_err == EMFILE, "room %d: %s", room, strerror(t.first_err));
+			cr_assert_null(t.spawned, "room %d: a fiber without a hub", room);
+			cr_assert_eq(t.spawn_err, EMFILE, "room %d: gr_spawn: %s", room, strerror(t.spawn_err));
+		}
+		cr_assert_not_null(t.second, "room %d: no hub once fds were back", room);
+		cr_assert_str_eq(t.second, grt_hub(), "room %d", room);
+		cr_assert_eq(t.joined, &t, "room %d: the fiber did not run", room);
+		cr_assert_eq(grt_count_fds(), before, "room %d: the thread's fds were not all closed", room);
+	}
+}

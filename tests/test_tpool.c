@@ -563,3 +563,47 @@ Test(tpool, a_job_that_forks_leaves_its_child_a_pool_that_works)
 	cr_assert_eq(WEXITSTATUS(status), 0, "the child's job: %s",
 		     WEXITSTATUS(status) == 3 ? "no worker ever ran it" : "failed");
 }
+
+/* With no fd number left: starting the pool's first workers, and every wake-up
+ * of a fiber by a worker, must need none (the hub's wake-up fd was made with
+ * the hub), so that a program out of fds can still hand work to the pool. */
+static void *twice_in_a_fiber(void *arg)
+{
+	void *r = NULL;
+	int rc = gr_tpool_run(twice, arg, &r, gr_now() + 5 * GR_SEC);
+
+	return rc == 0 && r == (void *)(2 * (uintptr_t)arg) ? NULL : (void *)(intptr_t)(rc ? rc : -1);
+}
+
+Test(tpool, jobs_run_and_their_callers_wake_with_no_fd_left)
+{
+	enum { N = 20 };
+	int fill[64];
+	struct rlimit old;
+	gr_fiber *f[N];
+	void *res[N];
+	struct gr_tpool_stats st;
+
+	assert_ok(gr_tpool_stats(&st));
+	cr_assert_eq(st.threads, 0, "the pool has workers already: the test would not start any");
+	int n = grt_exhaust_fds(fill, 64, 0, &old);
+	for (uintptr_t i = 0; i < N; i++)
+		f[i] = gr_spawn(twice_in_a_fiber, (void *)(i + 1));
+	for (int i = 0; i < N; i++)
+		res[i] = f[i] ? (void *)1 : (void *)2;
+	for (int i = 0; i < N; i++)
+		if (f[i])
+			gr_join(f[i], &res[i], gr_now() + 10 * GR_SEC);
+	struct plain pl = { .deadline = gr_now() + 5 * GR_SEC };
+	pthread_t t;
+	int made = pthread_create(&t, NULL, plain_thread, &pl);
+	if (made == 0)
+		pthread_join(t, NULL);
+	grt_restore_fds(fill, n, &old);
+	for (int i = 0; i < N; i++)
+		cr_assert_null(res[i], "fiber %d: %d (%s)", i, (int)(intptr_t)res[i],
+			       strerror(-(int)(intptr_t)res[i]));
+	cr_assert_eq(made, 0);
+	assert_ok(pl.rc);
+	cr_assert_eq((uintptr_t)pl.result, 100);
+}

@@ -448,3 +448,102 @@ Test(xthread, another_threads_objects_are_eperm_and_untouched)
 	close(o.go[0]);
 	close(o.go[1]);
 }
+
+/* ------------------------------------------------------------ the waiter's thread exits */
+
+/* A's fiber waits in gr_recv on fd; a plain thread gr_closes fd while A's
+ * thread exits (A sits in read(2), so the close's request waits in its
+ * inbox, then A returns at a time the test varies: before, while or after
+ * the request lands). The close must return 0 at once or as A goes, never
+ * hang; the fd is closed exactly once: a file that takes the number after
+ * the close must still be open once A is gone. */
+struct exit_during_close {
+	int fd;
+	int go[2];                  /* A reads it, then exits */
+	struct waiter w;
+	atomic_int parked;
+	int close_rc, close_err;
+};
+
+static void exiting_waiter_run(void *arg)
+{
+	struct exit_during_close *e = arg;
+	char c;
+
+	gr_spawn(wait_on_fd, &e->w);
+	gr_sleep(0);
+	gr_sleep(GR_MSEC);
+	atomic_store(&e->parked, 1);
+	if (read(e->go[0], &c, 1) != 1)
+		grt_fail("A's read: %s", strerror(errno));
+	/* Return: the thread exits with its fiber inside gr_recv. */
+}
+
+static void plain_closer_run(void *arg)
+{
+	struct exit_during_close *e = arg;
+
+	e->close_rc = gr_close(e->fd);
+	e->close_err = e->close_rc < 0 ? errno : 0;
+}
+
+/* grt_thread_join, but a thread that does not end within 10 s fails the
+ * test with `what` instead of hanging it. */
+static void join_within(struct grt_thread *t, const char *what)
+{
+	int64_t until = gr_now() + 10 * GR_SEC;
+
+	while (!atomic_load(&t->done)) {
+		cr_assert_lt(gr_now(), until, "%s did not end within 10 s", what);
+		cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	}
+	grt_thread_join(t);
+}
+
+Test(xthread, a_close_while_the_waiters_thread_exits_closes_once_and_never_hangs)
+{
+	for (int round = 0; round < 12; round++) {
+		struct exit_during_close e = { 0 };
+		struct grt_thread a, closer;
+		int sv[2], p[2];
+
+		cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+		cr_assert_eq(pipe2(e.go, O_CLOEXEC), 0);
+		e.fd = sv[0];
+		e.w = (struct waiter){ .fd = sv[0], .rc = 1 };
+		grt_thread_start(&a, 1, exiting_waiter_run, &e);
+		grt_await_flag(&e.parked, "A's fiber to wait");
+		/* Rounds 0-3: A exits first; 4-11: the close first, A exiting
+		 * 0 to 700 us later. */
+		if (round < 4) {
+			cr_assert_eq(write(e.go[1], "g", 1), 1);
+			if (round & 1)
+				join_within(&a, "A");
+		}
+		grt_thread_start(&closer, 0, plain_closer_run, &e);
+		if (round >= 4) {
+			int64_t until = gr_now() + (round - 4) * 100 * 1000;
+			while (gr_now() < until)
+				;
+			cr_assert_eq(write(e.go[1], "g", 1), 1);
+		}
+		join_within(&closer, "the close");
+		cr_assert_eq(e.close_rc, 0, "round %d: gr_close: %s", round, strerror(e.close_err));
+		cr_assert(!fd_open(sv[0]), "round %d: the fd is open after its close", round);
+		/* A new file on the number, before A is surely gone. */
+		cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+		cr_assert_eq(grt_move_fd(p[0], sv[0]), 0);
+		if (!(round < 4 && (round & 1)))
+			join_within(&a, "A");
+		cr_assert(fd_open(sv[0]), "round %d: the new file on the number was closed", round);
+		cr_assert_eq(write(p[1], "k", 1), 1);
+		char c = 0;
+		cr_assert_eq(read(sv[0], &c, 1), 1, "round %d: the number names another file", round);
+		close(sv[0]);
+		close(p[1]);
+		close(sv[1]);
+		close(e.go[0]);
+		close(e.go[1]);
+		grt_assert_no_failures();
+	}
+}
