@@ -1057,6 +1057,7 @@ static inline __attribute__((always_inline)) int close_here(struct gr__hub *hub,
 			return -EPERM;
 		gr__fd_forget(st);
 		gr__fd_unclaim(hub, fd, st);
+		st->closes++; /* a fiber between two calls on fd must not go on */
 		if (how == GR__CLOSE_HOLD) {
 			gr__fd_hold(fd, st);
 			return 0;
