@@ -82,6 +82,28 @@ static uint64_t kernel_mask(const sigset_t *set)
 	return m;
 }
 
+/* The signals thread tid blocks (its SigBlk line in /proc/self/task), in
+ * kernel_mask's form; false if it cannot be read (the thread has exited,
+ * no /proc). */
+static bool thread_blocked(pid_t tid, uint64_t *blk)
+{
+	char path[64], line[256];
+	bool found = false;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/status", (int)tid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "SigBlk:", 7) == 0) {
+			*blk = strtoull(line + 7, NULL, 16);
+			found = true;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
 /* How many threads other than the caller do not block all of `want`, from
  * their SigBlk lines in /proc/self/task (0 if /proc cannot be read). */
 static int threads_not_blocking(uint64_t want)
@@ -93,24 +115,11 @@ static int threads_not_blocking(uint64_t want)
 	if (!d)
 		return 0;
 	for (struct dirent *e; (e = readdir(d)) != NULL;) {
-		char path[64], line[256];
 		int tid = atoi(e->d_name);
+		uint64_t blk;
 
-		if (tid <= 0 || tid == self)
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%d/status", tid);
-		FILE *f = fopen(path, "re");
-		if (!f)
-			continue; /* the thread has exited since */
-		while (fgets(line, sizeof(line), f)) {
-			if (strncmp(line, "SigBlk:", 7) == 0) {
-				uint64_t blk = strtoull(line + 7, NULL, 16);
-
-				n += (blk & want) != want;
-				break;
-			}
-		}
-		fclose(f);
+		if (tid > 0 && tid != self && thread_blocked(tid, &blk))
+			n += (blk & want) != want;
 	}
 	closedir(d);
 	return n;
@@ -126,10 +135,27 @@ int gr_signal_block(const sigset_t *set)
 	return threads_not_blocking(kernel_mask(set));
 }
 
+/* Whether an ignored signal (SIG_IGN) still reaches a signalfd. The kernel
+ * discards an ignored signal when it is sent unless the thread it is sent
+ * to blocks it: for one sent to the process (kill, a terminal, systemd),
+ * the main thread, whatever thread then takes it. (Setting SIG_IGN also
+ * discards the instances pending then.) So an ignored signal may be waited
+ * for when the main thread blocks it, as gr_signal_block in main() does;
+ * a program started by nohup has SIGHUP ignored, and a server waiting for
+ * it to reload must work. */
+static bool ignored_yet_kept(int sig)
+{
+	uint64_t blk;
+
+	if (gettid() == getpid())
+		return true; /* the caller is the main thread, and blocks it */
+	return thread_blocked(getpid(), &blk) && (blk >> (sig - 1) & 1);
+}
+
 /* A set a fiber may wait for: not empty, nothing that cannot be caught,
- * and every signal blocked here and not ignored; otherwise the signal would
- * run its handler or default action, or be discarded, and the fiber would
- * wait for ever without a word. */
+ * and every signal blocked here and, if ignored, in the main thread too;
+ * otherwise the signal would run its handler or default action, or be
+ * discarded, and the fiber would wait for ever without a word. */
 static int check_set(const sigset_t *set)
 {
 	sigset_t blocked;
@@ -146,7 +172,7 @@ static int check_set(const sigset_t *set)
 		any = true;
 		if (sigismember(&blocked, sig) != 1)
 			return -EINVAL;
-		if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+		if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN && !ignored_yet_kept(sig))
 			return -EINVAL;
 	}
 	return any ? 0 : -EINVAL;

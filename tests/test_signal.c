@@ -223,15 +223,62 @@ Test(signal, sets_that_would_wait_for_ever_are_refused)
 	cr_assert_eq(gr_signal_wait(&s, NULL, 0), -EINVAL, "SIGKILL");
 	s = set_of(SIGWINCH, 0);
 	cr_assert_eq(gr_signal_wait(&s, NULL, 0), -EINVAL, "not blocked");
-	/* Ignored: the kernel drops it even while blocked. */
-	struct sigaction ign = { .sa_handler = SIG_IGN }, old;
-	sigaction(SIGURG, &ign, &old);
-	block(SIGURG, 0);
-	s = set_of(SIGURG, 0);
-	cr_assert_eq(gr_signal_wait(&s, NULL, 0), -EINVAL, "ignored");
-	sigaction(SIGURG, &old, NULL);
 	cr_assert_eq(gr_signal_block(NULL), -EINVAL);
 	cr_assert_eq(count_signalfds(), 0);
+}
+
+static void *send_sighup(void *arg)
+{
+	(void)arg;
+	gr_sleep(0);
+	cr_assert_eq(kill(getpid(), SIGHUP), 0);
+	return NULL;
+}
+
+/* nohup starts a program with SIGHUP ignored; a server that reloads on it
+ * blocks it and waits. The kernel keeps an ignored signal that the thread
+ * it is sent to (the main thread, for kill) blocks. */
+Test(signal, an_ignored_signal_the_main_thread_blocks_is_waited_for)
+{
+	struct sigaction ign = { .sa_handler = SIG_IGN };
+	sigset_t s = set_of(SIGHUP, 0);
+
+	cr_assert_eq(gettid(), getpid(), "the test must run on the main thread");
+	cr_assert_eq(sigaction(SIGHUP, &ign, NULL), 0);
+	block(SIGHUP, 0);
+	cr_assert_eq(gr_signal_wait(&s, NULL, 0), -ETIMEDOUT, "nothing pending yet");
+	gr_fiber *f = gr_spawn(send_sighup, NULL);
+	cr_assert_eq(gr_signal_wait(&s, NULL, gr_now() + 5 * GR_SEC), SIGHUP);
+	cr_assert_eq(gr_join(f, NULL, GR_FOREVER), 0);
+}
+
+struct ignored_elsewhere {
+	int result;
+};
+
+static void *wait_ignored_unblocked_in_main(void *arg)
+{
+	struct ignored_elsewhere *ie = arg;
+	sigset_t s = set_of(SIGUSR2, 0);
+
+	pthread_sigmask(SIG_BLOCK, &s, NULL);
+	ie->result = gr_signal_wait(&s, NULL, gr_now() + 5 * GR_SEC);
+	return NULL;
+}
+
+/* Ignored, and not blocked by the main thread: a kill() of the process is
+ * discarded by the kernel whatever this thread blocks. A wait would never
+ * end; it is refused instead. */
+Test(signal, an_ignored_signal_the_main_thread_does_not_block_is_refused)
+{
+	struct sigaction ign = { .sa_handler = SIG_IGN };
+	struct ignored_elsewhere ie = { 0 };
+	pthread_t t;
+
+	cr_assert_eq(sigaction(SIGUSR2, &ign, NULL), 0);
+	cr_assert_eq(pthread_create(&t, NULL, wait_ignored_unblocked_in_main, &ie), 0);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	cr_assert_eq(ie.result, -EINVAL, "%s", strerror(-ie.result));
 }
 
 Test(signal, no_fd_for_the_signalfd_is_an_error_not_a_hang)

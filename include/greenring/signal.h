@@ -64,12 +64,15 @@ GR_API int gr_signal_block(const sigset_t *set);
  * "Delivery" above) and take it: its number is returned and, if info is
  * not NULL, what the kernel knows of it (sender, value, ...) is stored in
  * *info. Every signal of the set must be blocked in the calling thread
- * (gr_signal_block) and have a disposition other than SIG_IGN (the kernel
- * discards an ignored signal at once, blocked or not).
+ * (gr_signal_block); one ignored (SIG_IGN, as nohup leaves SIGHUP) also in
+ * the main thread, since the kernel discards an ignored signal that the
+ * thread it is sent to (the main thread, for one sent to the process) does
+ * not block.
  * Switches. The signal number (> 0); -ETIMEDOUT (deadline passed; with
  * deadline 0 the call only takes a signal already pending); -ECANCELED
  * (killed); -EINVAL (set NULL or empty, holds SIGKILL or SIGSTOP, a signal
- * not blocked in this thread, or one whose disposition is SIG_IGN);
+ * not blocked in this thread, or one ignored that the main thread does
+ * not block);
  * -EPERM (inside the hub); -EMFILE, -ENFILE, -ENOMEM (no signalfd). A
  * signal handed to a fiber is returned even if the fiber was killed or its
  * deadline passed before it ran again: a signal taken is never lost. */
