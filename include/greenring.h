@@ -127,9 +127,9 @@ GR_API gr_fiber *gr_spawn_with(const struct gr_spawn_opts *opts, void *(*fn)(voi
  * caller, so a killed parent can always reap its ended children), else
  * -ETIMEDOUT. 0; -ETIMEDOUT (f stays joinable); -EDEADLK (the caller itself,
  * or f can never end, e.g. a join cycle); -ECANCELED (the caller was killed;
- * f stays joinable); -EINVAL (f is NULL, detached, or another fiber is
- * joining it, or has been woken by its end and not yet run); -EPERM (f
- * belongs to another thread). */
+ * f stays joinable); -EINVAL (f is NULL, a thread's main context, detached,
+ * or another fiber is joining it, or has been woken by its end and not yet
+ * run); -EPERM (f belongs to another thread). */
 GR_API int gr_join(gr_fiber *f, void **result, int64_t deadline);
 
 /* Release f when it ends; f must not be used afterwards.

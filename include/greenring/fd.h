@@ -7,7 +7,7 @@
  *     gr_fd_set_deadline(fd, GR_FD_READ, gr_now() + 30 * GR_SEC);
  *     n = gr_recv(fd, buf, sizeof buf, 0);      // -1/ETIMEDOUT after 30 s of silence
  *
- * Rules (docs/api.md, "Deadlines", has the why):
+ * Rules (docs/api.md, "Deadlines per fd", has the why):
  *   - Every green call on fd honours the deadline of its direction: reads
  *     (gr_read, gr_readv, gr_pread, gr_recv, gr_recvmsg, gr_accept, gr_accept4,
  *     gr_wait_fd for POLLIN/POLLPRI/POLLRDHUP) and writes (gr_write, gr_writev,
