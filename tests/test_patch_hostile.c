@@ -1,0 +1,508 @@
+/* test_patch_hostile.c — libgreenring-patch.so against careless programs and
+ * the unmodified libraries it serves: two fibers on one fd, closes behind a
+ * waiter's back, the program's own fcntl games, fds the library never saw
+ * created, awkward timeouts, calls from places that must not park (a
+ * thread-pool worker, a fork child, a signal handler), kills and deadlines
+ * at every patched call, errno across switches.
+ *
+ * Like test_patch.c, the binary is linked with the library and preloaded
+ * with it (ctest sets LD_PRELOAD): every read(), poll(), sleep() below is the
+ * patched one. A scenario whose failure would block the whole thread (a
+ * real blocking call no fiber can end) runs under a watchdog thread, which
+ * unblocks it after a while and makes the test fail with a clear message
+ * instead of hanging. Runs once per hub. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "support.h"
+
+GRT_SUITE(patch_hostile);
+
+#define MS GR_MSEC
+
+static bool kernel_nonblocking(int fd)
+{
+	/* The raw system call: fcntl() shows the program's view. */
+	long fl = syscall(SYS_fcntl, fd, F_GETFL);
+
+	cr_assert_geq(fl, 0);
+	return fl & O_NONBLOCK;
+}
+
+static bool fd_open(int fd)
+{
+	return syscall(SYS_fcntl, fd, F_GETFD) >= 0;
+}
+
+/* ------------------------------------------------------------ watchdog */
+
+/* A plain thread (no hub) that, unless stopped within `after`, calls
+ * rescue(arg) — which must unblock whatever real call holds the test's
+ * thread — and records that it had to. */
+struct watchdog {
+	pthread_t t;
+	int64_t after;
+	void (*rescue)(void *arg);
+	void *arg;
+	atomic_bool stop;
+	atomic_bool fired;
+};
+
+static void *watchdog_run(void *arg)
+{
+	struct watchdog *w = arg;
+	struct timespec start, now;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		if (atomic_load(&w->stop))
+			return NULL;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		int64_t el = (now.tv_sec - start.tv_sec) * GR_SEC + (now.tv_nsec - start.tv_nsec);
+		if (el >= w->after)
+			break;
+		usleep(5000); /* no hub here: the real usleep */
+	}
+	atomic_store(&w->fired, true);
+	w->rescue(w->arg);
+	return NULL;
+}
+
+static void watchdog_start(struct watchdog *w, int64_t after, void (*rescue)(void *), void *arg)
+{
+	w->after = after;
+	w->rescue = rescue;
+	w->arg = arg;
+	atomic_init(&w->stop, false);
+	atomic_init(&w->fired, false);
+	cr_assert_eq(pthread_create(&w->t, NULL, watchdog_run, w), 0);
+}
+
+/* Whether it had to rescue the thread. */
+static bool watchdog_stop(struct watchdog *w)
+{
+	atomic_store(&w->stop, true);
+	cr_assert_eq(pthread_join(w->t, NULL), 0);
+	return atomic_load(&w->fired);
+}
+
+static void rescue_eventfd(void *arg)
+{
+	uint64_t one = 1;
+
+	(void)!write(*(int *)arg, &one, sizeof(one));
+}
+
+/* ------------------------------------------------------------ helpers */
+
+struct rd {
+	int fd;
+	ssize_t n;
+	int err;
+	char buf[64];
+	size_t want;
+};
+
+static void *read_into(void *arg)
+{
+	struct rd *r = arg;
+
+	r->n = read(r->fd, r->buf, r->want ? r->want : sizeof(r->buf));
+	r->err = errno;
+	return NULL;
+}
+
+static void *recv_into(void *arg)
+{
+	struct rd *r = arg;
+
+	r->n = recv(r->fd, r->buf, r->want ? r->want : sizeof(r->buf), 0);
+	r->err = errno;
+	return NULL;
+}
+
+static void *accept_into(void *arg)
+{
+	struct rd *r = arg;
+
+	r->n = accept(r->fd, NULL, NULL);
+	r->err = errno;
+	return NULL;
+}
+
+/* ------------------------------------------------------------ two fibers, one fd */
+
+Test(patch_hostile, two_readers_on_one_socket_each_get_their_own_bytes)
+{
+	int s[2];
+	struct rd a = { .want = 1 }, b = { .want = 1 };
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	a.fd = b.fd = s[0];
+	gr_fiber *fa = gr_spawn(recv_into, &a);
+	gr_fiber *fb = gr_spawn(read_into, &b);
+	gr_sleep(10 * MS);
+	cr_assert_eq(write(s[1], "x", 1), 1);
+	gr_sleep(10 * MS);
+	cr_assert_eq(write(s[1], "y", 1), 1);
+	assert_ok(gr_join(fa, NULL, GR_FOREVER));
+	assert_ok(gr_join(fb, NULL, GR_FOREVER));
+	cr_assert_eq(a.n, 1, "a: %zd %s", a.n, strerror(a.err));
+	cr_assert_eq(b.n, 1, "b: %zd %s", b.n, strerror(b.err));
+	cr_assert(a.buf[0] != b.buf[0], "both got '%c'", a.buf[0]);
+	close(s[0]);
+	close(s[1]);
+}
+
+struct closer {
+	int fd;
+	int r;
+	int err;
+	int reused;          /* the second closer's new fd, if it got one */
+};
+
+static void *close_it(void *arg)
+{
+	struct closer *c = arg;
+
+	c->r = close(c->fd);
+	c->err = errno;
+	return NULL;
+}
+
+/* The second closer closes the same number, then makes a new fd, which
+ * gets the lowest free number: the one just closed, if it is free. */
+static void *close_it_and_reuse(void *arg)
+{
+	struct closer *c = arg;
+	int s[2];
+
+	c->r = close(c->fd);
+	c->err = errno;
+	c->reused = -1;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s) == 0) {
+		if (s[0] == c->fd) {
+			c->reused = s[0];
+			close(s[1]);
+		} else if (s[1] == c->fd) {
+			c->reused = s[1];
+			close(s[0]);
+		} else {
+			close(s[0]);
+			close(s[1]);
+		}
+	}
+	return NULL;
+}
+
+Test(patch_hostile, two_closers_and_a_reader_never_close_a_reused_number)
+{
+	int s[2];
+	struct rd r = { 0 };
+	struct closer c1 = { 0 }, c2 = { 0 };
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	r.fd = c1.fd = c2.fd = s[0];
+	gr_fiber *fr = gr_spawn(read_into, &r);
+	gr_sleep(10 * MS);
+	/* c1 closes (gr_close: wakes the reader, may wait for the backend to
+	 * let go); c2, a careless second close of the same number, runs while
+	 * c1 is still inside, then creates an fd. */
+	gr_fiber *f1 = gr_spawn(close_it, &c1);
+	gr_fiber *f2 = gr_spawn(close_it_and_reuse, &c2);
+	assert_ok(gr_join(fr, NULL, GR_FOREVER));
+	assert_ok(gr_join(f1, NULL, GR_FOREVER));
+	assert_ok(gr_join(f2, NULL, GR_FOREVER));
+	cr_assert_eq(r.n, -1);
+	cr_assert_eq(r.err, EBADF, "reader: %s", strerror(r.err));
+	cr_assert_eq(c1.r, 0, "first close: %s", strerror(c1.err));
+	bool reused_alive = c2.reused < 0 || fd_open(c2.reused);
+	if (c2.reused >= 0 && reused_alive)
+		close(c2.reused);
+	cr_assert(reused_alive,
+		  "the number %d, closed twice and reused by a new socket in between, was closed "
+		  "under the new socket (second close returned %d %s)",
+		  c2.reused, c2.r, c2.r ? strerror(c2.err) : "");
+	close(s[1]);
+}
+
+Test(patch_hostile, close_wakes_every_fiber_in_a_patched_call_on_the_fd)
+{
+	int port, s[2];
+	int l = grt_listener(&port);
+	struct rd a1 = { .fd = l }, a2 = { .fd = l }, rr = { 0 }, rv = { 0 };
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	rr.fd = rv.fd = s[0];
+	gr_fiber *f[4] = { gr_spawn(accept_into, &a1), gr_spawn(accept_into, &a2),
+			   gr_spawn(read_into, &rr), gr_spawn(recv_into, &rv) };
+	gr_sleep(10 * MS);
+	int64_t t0 = gr_now();
+	cr_assert_eq(close(l), 0);
+	cr_assert_eq(close(s[0]), 0);
+	for (int i = 0; i < 4; i++)
+		assert_ok(gr_join(f[i], NULL, gr_now() + 2 * GR_SEC));
+	cr_assert_lt(gr_now() - t0, GR_SEC);
+	struct rd *all[4] = { &a1, &a2, &rr, &rv };
+	for (int i = 0; i < 4; i++) {
+		cr_assert_eq(all[i]->n, -1, "%d: %zd", i, all[i]->n);
+		cr_assert_eq(all[i]->err, EBADF, "%d: %s", i, strerror(all[i]->err));
+	}
+	close(s[1]);
+}
+
+/* ------------------------------------------------------------ poll, select */
+
+struct poller {
+	struct pollfd pfd[3];
+	nfds_t n;
+	int timeout;
+	int r;
+	int err;
+};
+
+static void *poll_it(void *arg)
+{
+	struct poller *p = arg;
+
+	p->r = poll(p->pfd, p->n, p->timeout);
+	p->err = errno;
+	return NULL;
+}
+
+Test(patch_hostile, a_poll_whose_fds_are_closed_behind_its_back_ends_as_poll_would)
+{
+	int a[2], b[2];
+
+	cr_assert_eq(pipe2(a, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(b, O_CLOEXEC), 0);
+
+	/* One fd: the wait is on the fd itself. */
+	struct poller one = { .pfd = { { .fd = a[0], .events = POLLIN } }, .n = 1, .timeout = 3000 };
+	gr_fiber *f = gr_spawn(poll_it, &one);
+	gr_sleep(10 * MS);
+	cr_assert_eq(close(a[0]), 0);
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	/* poll(2) never fails with EBADF: a closed fd is POLLNVAL. */
+	cr_assert(one.r == 1 && one.pfd[0].revents == POLLNVAL,
+		  "poll of an fd closed while it waited: %d (%s), revents %#x", one.r,
+		  one.r < 0 ? strerror(one.err) : "", (unsigned)one.pfd[0].revents);
+	close(a[1]);
+	close(b[0]);
+	close(b[1]);
+}
+
+/* ------------------------------------------------------------ non-blocking games */
+
+Test(patch_hostile, fcntl_games_between_calls_keep_the_programs_view)
+{
+	int s[2];
+	char c;
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	int fl = fcntl(s[0], F_GETFL);
+	cr_assert_eq(fl & O_NONBLOCK, 0);
+	/* Non-blocking, then another flag set the usual way (GETFL | x). */
+	cr_assert_eq(fcntl(s[0], F_SETFL, fl | O_NONBLOCK), 0);
+	cr_assert_eq(fcntl(s[0], F_SETFL, fcntl(s[0], F_GETFL) | O_ASYNC), 0);
+	cr_assert_eq(fcntl(s[0], F_SETFL, fcntl(s[0], F_GETFL) & ~O_ASYNC), 0);
+	cr_assert_eq(read(s[0], &c, 1), -1);
+	cr_assert_eq(errno, EAGAIN);
+	/* A dup2 of the non-blocking fd over a number, a dup3 with O_CLOEXEC. */
+	int hi = dup2(s[0], 900);
+	cr_assert_eq(hi, 900);
+	cr_assert_eq(recv(hi, &c, 1, 0), -1);
+	cr_assert_eq(errno, EAGAIN);
+	int hi3 = dup3(s[0], 901, O_CLOEXEC);
+	cr_assert_eq(hi3, 901);
+	cr_assert(fcntl(hi3, F_GETFL) & O_NONBLOCK);
+	/* Blocking again through the dup: the kernel's flag (one per open
+	 * file description) is cleared. The library's view is kept per fd
+	 * number (docs/patching.md, a known limit): s[0] keeps its own. */
+	cr_assert_eq(fcntl(hi, F_SETFL, fl), 0);
+	cr_assert(!kernel_nonblocking(s[0]));
+	cr_assert_eq(fcntl(hi, F_GETFL) & O_NONBLOCK, 0);
+	struct rd r = { .fd = hi, .want = 1 };
+	gr_fiber *f = gr_spawn(read_into, &r);
+	gr_sleep(10 * MS);
+	cr_assert_eq(write(s[1], "z", 1), 1);
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	cr_assert_eq(r.n, 1, "read: %zd %s", r.n, strerror(r.err));
+	close(hi);
+	close(hi3);
+	close(s[0]);
+	close(s[1]);
+}
+
+/* An fd the library never saw created (eventfd), on which greenring's own
+ * call set O_NONBLOCK (an eventfd's write refuses RWF_NOWAIT, so the
+ * readiness hubs set the flag): the program's view is still blocking. */
+Test(patch_hostile, greenrings_flag_on_an_fd_the_library_never_saw_is_not_the_programs)
+{
+	int efd = eventfd(0, EFD_CLOEXEC);
+	uint64_t one = 1, got = 0;
+
+	cr_assert_geq(efd, 0);
+	cr_assert_eq(gr_write(efd, &one, sizeof(one)), (ssize_t)sizeof(one));
+	cr_assert_eq(gr_read(efd, &got, sizeof(got)), (ssize_t)sizeof(got));
+	cr_assert_eq(fcntl(efd, F_GETFL) & O_NONBLOCK, 0,
+		     "fcntl(F_GETFL) shows greenring's O_NONBLOCK as the program's");
+	struct rd r = { .fd = efd, .want = sizeof(uint64_t) };
+	gr_fiber *f = gr_spawn(read_into, &r);
+	gr_sleep(20 * MS);
+	cr_assert_eq(write(efd, &one, sizeof(one)), (ssize_t)sizeof(one));
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	cr_assert_eq(r.n, (ssize_t)sizeof(uint64_t),
+		     "a blocking read of an eventfd got %zd (%s): greenring's O_NONBLOCK was "
+		     "learned as the program's",
+		     r.n, strerror(r.err));
+	close(efd);
+}
+
+/* Two fibers blocked in read() on an fd whose reads are made green by
+ * "wait for readiness, then the plain call": one event wakes both. The
+ * loser must go back to waiting, not block the thread in a real read that
+ * only a fiber of this thread could end. */
+static void two_readers_one_event(int rfd, int wfd, size_t sz, const char *what)
+{
+	struct rd a = { .fd = rfd, .want = sz }, b = { .fd = rfd, .want = sz };
+	struct watchdog w;
+	int wfd_copy = wfd;
+	uint64_t one = 1;
+
+	gr_fiber *fa = gr_spawn(read_into, &a);
+	gr_fiber *fb = gr_spawn(read_into, &b);
+	gr_sleep(10 * MS);
+	watchdog_start(&w, 2 * GR_SEC, rescue_eventfd, &wfd_copy);
+	cr_assert_eq(write(wfd, &one, sz), (ssize_t)sz);
+	gr_sleep(50 * MS); /* the loser must park again, and let this run */
+	bool fired = watchdog_stop(&w);
+	if (!fired)
+		cr_assert_eq(write(wfd, &one, sz), (ssize_t)sz);
+	assert_ok(gr_join(fa, NULL, GR_FOREVER));
+	assert_ok(gr_join(fb, NULL, GR_FOREVER));
+	cr_assert(!fired, "%s: the second reader blocked the thread in a real read()", what);
+	cr_assert_eq(a.n, (ssize_t)sz);
+	cr_assert_eq(b.n, (ssize_t)sz);
+}
+
+Test(patch_hostile, two_readers_of_an_eventfd_never_block_the_thread)
+{
+	int efd = eventfd(0, EFD_CLOEXEC);
+	uint64_t one = 1;
+
+	cr_assert_geq(efd, 0);
+	/* A write first: an eventfd's write refuses RWF_NOWAIT, which may
+	 * change how the library treats every call on the fd. */
+	cr_assert_eq(write(efd, &one, sizeof(one)), (ssize_t)sizeof(one));
+	cr_assert_eq(read(efd, &one, sizeof(one)), (ssize_t)sizeof(one));
+	two_readers_one_event(efd, efd, sizeof(uint64_t), "eventfd");
+	close(efd);
+}
+
+Test(patch_hostile, two_readers_of_a_fifo_never_block_the_thread)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/tmp/grt-fifo-%d", (int)getpid());
+	unlink(path);
+	cr_assert_eq(mkfifo(path, 0600), 0);
+	int fd = open(path, O_RDWR | O_CLOEXEC); /* unseen by the library */
+	unlink(path);
+	cr_assert_geq(fd, 0);
+	two_readers_one_event(fd, fd, 1, "FIFO");
+	close(fd);
+}
+
+struct big_write {
+	int fd;
+	size_t len;
+	ssize_t n;
+	int err;
+};
+
+static void *write_it_all(void *arg)
+{
+	struct big_write *w = arg;
+	char *buf = malloc(w->len);
+
+	memset(buf, 'w', w->len);
+	w->n = write(w->fd, buf, w->len);
+	w->err = errno;
+	free(buf);
+	return NULL;
+}
+
+static void rescue_drain(void *arg)
+{
+	int fd = *(int *)arg;
+	char buf[65536];
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	/* Drain until the writer is through: no fiber can read meanwhile. */
+	while (poll(&p, 1, 200) == 1 && read(fd, buf, sizeof(buf)) > 0)
+		;
+}
+
+Test(patch_hostile, a_large_write_to_a_fifo_read_by_a_fiber_of_the_same_thread)
+{
+	char path[64];
+	char buf[65536];
+
+	snprintf(path, sizeof(path), "/tmp/grt-fifo-w-%d", (int)getpid());
+	unlink(path);
+	cr_assert_eq(mkfifo(path, 0600), 0);
+	int rfd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	cr_assert_geq(rfd, 0);
+	int wfd = open(path, O_WRONLY | O_CLOEXEC);
+	unlink(path);
+	cr_assert_geq(wfd, 0);
+	/* The program's reader is blocking (it opened it non-blocking only
+	 * so that the open would not wait for a writer). */
+	cr_assert_eq(fcntl(rfd, F_SETFL, fcntl(rfd, F_GETFL) & ~O_NONBLOCK), 0);
+
+	struct big_write w = { .fd = wfd, .len = 1 << 20 };
+	struct watchdog dog;
+	int rfd_copy = rfd;
+	watchdog_start(&dog, 3 * GR_SEC, rescue_drain, &rfd_copy);
+	gr_fiber *f = gr_spawn(write_it_all, &w);
+	size_t got = 0;
+	/* If the watchdog had to drain the FIFO, this read would wait for
+	 * bytes that never come: the deadline ends it. */
+	int64_t old = gr_deadline_set(gr_now() + 5 * GR_SEC);
+	while (got < w.len) {
+		ssize_t n = read(rfd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	gr_deadline_set(old);
+	bool fired = watchdog_stop(&dog);
+	assert_ok(gr_join(f, NULL, GR_FOREVER));
+	cr_assert(!fired, "a blocking write() of 1 MiB to a FIFO blocked the thread (read %zu)", got);
+	cr_assert_eq(w.n, (ssize_t)w.len, "write: %zd (%s)", w.n, strerror(w.err));
+	cr_assert_eq(got, w.len);
+	close(rfd);
+	close(wfd);
+}
