@@ -8,9 +8,11 @@
  *               ...): no flag of the file is touched;
  *   stream      a pipe, FIFO or eventfd: preadv2/pwritev2 with RWF_NOWAIT,
  *               again without touching the file's flags;
- *   poll-first  a device without RWF_NOWAIT (a tty): wait for readiness,
- *               then the plain call. Another reader of the same fd may win
- *               the race and block the thread (docs/patching.md);
+ *   poll-first  a file without RWF_NOWAIT (a tty, a FIFO): the plain call
+ *               once poll(2) says the fd is ready now, writes in pieces of
+ *               PIPE_BUF (try_pollfirst). A reader in another thread or
+ *               process may still win the race and block the thread
+ *               (docs/patching.md);
  *   file        regular files, directories, block devices: the plain call.
  *               Never "not ready", so nothing to wait for; a cold read
  *               blocks the thread (greenring's own gr_read does not: it
@@ -31,6 +33,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -145,6 +148,33 @@ static ssize_t try_stream(const struct io *io, size_t done)
 				 : neg_errno(preadv2(io->fd, iov, n, -1, RWF_NOWAIT));
 }
 
+/* On a file without RWF_NOWAIT (a tty, a FIFO, an eventfd's write): the
+ * plain call, made only if the kernel says the fd is ready now. A wake-up
+ * only says it was: a second fiber woken by the same event finds it taken
+ * by the first, and its plain read would block the thread until a writer
+ * comes — maybe a fiber of this very thread. Between this poll and the call
+ * no other fiber of the thread runs. A write goes in pieces of PIPE_BUF: a
+ * writable pipe has room for that much, while a larger blocking write
+ * waits for a reader; a full write loops over the pieces. Another thread or
+ * process reading the same fd can still win the race (docs/patching.md). */
+static ssize_t try_pollfirst(const struct io *io, size_t done)
+{
+	bool out = is_output(io->op);
+	struct pollfd p = { .fd = io->fd, .events = out ? POLLOUT : POLLIN };
+	int ready = REAL(poll)(&p, 1, 0);
+
+	if (ready <= 0)
+		return ready < 0 ? -errno : -EAGAIN;
+	struct io part = *io;
+	if (io->op == IO_READ || io->op == IO_WRITE) {
+		part.buf = (char *)io->buf + done;
+		part.len = io->len - done;
+		if (out && part.len > PIPE_BUF)
+			part.len = PIPE_BUF;
+	}
+	return io_plain(&part);
+}
+
 /* The end of the wait SO_RCVTIMEO or SO_SNDTIMEO allow, asked of the
  * kernel at the first wait of a call (none: GR_FOREVER). */
 static int64_t socket_timeout(struct io *io, int option)
@@ -242,8 +272,8 @@ static ssize_t green_io(struct io *io)
 			}
 			break;
 		case FD_KIND_POLLFIRST:
-			err = wait_io(io, kind);
-			return err ? err : io_plain(io);
+			r = try_pollfirst(io, done);
+			break;
 		default:
 			return io_plain(io);
 		}

@@ -126,6 +126,12 @@ extern __thread int patch_in_signal __attribute__((tls_model("initial-exec")));
  * libc). */
 bool patch_runtime_caller(const void *ra);
 
+/* Whether patch_runtime_caller can be trusted to recognise greenring's own
+ * calls: the library comes first in symbol lookup, so nothing (a
+ * sanitizer's interceptor) sits between greenring's call and the library
+ * and hides the return address. Known from the constructor on. */
+bool patch_callers_known(void);
+
 /* Where the calling interposed function runs. A thread that never used
  * greenring pays for one call that reads one thread-local variable. */
 static inline __attribute__((always_inline)) enum patch_ctx patch_ctx(const void *ra)
@@ -187,9 +193,9 @@ unsigned fdv_get(int fd);
 void fdv_set(int fd, unsigned v);
 /* Clear then set bits, atomically. */
 void fdv_update(int fd, unsigned clear, unsigned set);
-/* Set to `to` only if it still holds `from` (an fd number reused meanwhile
- * by another thread keeps its new state). */
-void fdv_replace(int fd, unsigned from, unsigned to);
+/* Forget fd's record if it holds `bit` (whatever else was added to it
+ * meanwhile); a record without it is another fd's, and stays. */
+void fdv_clear_if(int fd, unsigned bit);
 /* A new fd: the program asked for `nonblock`. */
 void fdv_created(int fd, bool nonblock, enum fd_kind kind);
 /* The state of fd, learning the program's view from the kernel the first

@@ -114,6 +114,31 @@ static bool own_timeout(int64_t deadline)
 
 /* ------------------------------------------------------------ poll */
 
+/* The wait ended with EBADF: the one fd it was on was closed meanwhile
+ * (close() from another fiber is gr_close, which wakes it so). poll(2)
+ * never fails with EBADF: a closed fd is POLLNVAL. The kernel is not asked
+ * again: the close may still be under way (gr_close holds the number until
+ * the backend lets go of it), and the number is not the caller's anyway.
+ * Several fds are waited on through an epoll set of the library's own,
+ * which no close of theirs ends with EBADF: EBADF then stays an error. */
+static int closed_while_waiting(struct pollfd *fds, nfds_t n)
+{
+	nfds_t only = n;
+
+	for (nfds_t i = 0; i < n; i++) {
+		if (fds[i].fd < 0)
+			continue;
+		if (only != n)
+			return -EBADF;
+		only = i;
+	}
+	if (only == n)
+		return -EBADF;
+	for (nfds_t i = 0; i < n; i++)
+		fds[i].revents = i == only ? POLLNVAL : 0;
+	return 1;
+}
+
 static int green_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
 {
 	int err = patch_green_check();
@@ -128,6 +153,8 @@ static int green_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
 		err = patch_wait_any(fds, n, deadline);
 		if (err == -ETIMEDOUT && own_timeout(deadline))
 			return 0;
+		if (err == -EBADF)
+			return closed_while_waiting(fds, n);
 		if (err)
 			return err;
 	}
