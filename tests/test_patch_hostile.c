@@ -20,6 +20,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -505,4 +507,422 @@ Test(patch_hostile, a_large_write_to_a_fifo_read_by_a_fiber_of_the_same_thread)
 	cr_assert_eq(got, w.len);
 	close(rfd);
 	close(wfd);
+}
+
+/* ------------------------------------------------------------ awkward waits */
+
+static void *write_one_later(void *arg)
+{
+	int fd = *(int *)arg;
+
+	gr_sleep(400 * MS);
+	if (write(fd, "!", 1) != 1)
+		grt_fail("write: %s", strerror(errno));
+	return NULL;
+}
+
+Test(patch_hostile, select_with_a_huge_timeout_waits_as_long_as_it_must)
+{
+	int p[2];
+	fd_set rs;
+
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	/* tv_sec * 10^9 wraps to about 0.29 s in 64 bits: a select that
+	 * computed it so would return 0 long before the write. */
+	struct timeval tv = { .tv_sec = 18446744074LL, .tv_usec = 0 };
+	gr_fiber *w = gr_spawn(write_one_later, &p[1]);
+	FD_ZERO(&rs);
+	FD_SET(p[0], &rs);
+	int r = select(p[0] + 1, &rs, NULL, NULL, &tv);
+	assert_ok(gr_join(w, NULL, GR_FOREVER));
+	cr_assert_eq(r, 1, "select with a timeout of 584 years returned %d (%s) before the fd was ready",
+		     r, r < 0 ? strerror(errno) : "timed out");
+	cr_assert(FD_ISSET(p[0], &rs));
+	grt_assert_no_failures();
+
+	/* pselect and ppoll with the largest timespec: the same. */
+	char c;
+	cr_assert_eq(read(p[0], &c, 1), 1);
+	struct timespec big = { .tv_sec = LONG_MAX, .tv_nsec = 999999999 };
+	w = gr_spawn(write_one_later, &p[1]);
+	FD_ZERO(&rs);
+	FD_SET(p[0], &rs);
+	cr_assert_eq(pselect(p[0] + 1, &rs, NULL, NULL, &big, NULL), 1);
+	assert_ok(gr_join(w, NULL, GR_FOREVER));
+	cr_assert_eq(read(p[0], &c, 1), 1);
+	w = gr_spawn(write_one_later, &p[1]);
+	struct pollfd pf = { .fd = p[0], .events = POLLIN };
+	cr_assert_eq(ppoll(&pf, 1, &big, NULL), 1);
+	assert_ok(gr_join(w, NULL, GR_FOREVER));
+	grt_assert_no_failures();
+	close(p[0]);
+	close(p[1]);
+}
+
+Test(patch_hostile, poll_and_select_at_the_edges)
+{
+	int p[2];
+
+	grt_enough_fds(5100);
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	/* An fd beyond FD_SETSIZE in poll, and FD_SETSIZE - 1 in select. */
+	int hi = dup3(p[0], 5000, O_CLOEXEC);
+	int top = dup3(p[0], FD_SETSIZE - 1, O_CLOEXEC);
+	cr_assert_eq(hi, 5000);
+	cr_assert_eq(top, FD_SETSIZE - 1);
+	gr_fiber *w = gr_spawn(write_one_later, &p[1]);
+	struct pollfd pf[3] = { { .fd = -1, .events = POLLIN },
+				{ .fd = hi, .events = POLLIN },
+				{ .fd = -7, .events = POLLOUT } };
+	int64_t t0 = gr_now();
+	cr_assert_eq(poll(pf, 3, -1), 1);
+	cr_assert_geq(gr_now() - t0, 300 * MS);
+	cr_assert_eq(pf[1].revents, POLLIN);
+	cr_assert_eq(pf[0].revents | pf[2].revents, 0);
+	assert_ok(gr_join(w, NULL, GR_FOREVER));
+	fd_set rs;
+	FD_ZERO(&rs);
+	FD_SET(top, &rs);
+	struct timeval tv = { 1, 0 };
+	cr_assert_eq(select(FD_SETSIZE, &rs, NULL, NULL, &tv), 1);
+	cr_assert(FD_ISSET(top, &rs));
+	char c;
+	cr_assert_eq(read(p[0], &c, 1), 1);
+
+	/* Only negative fds: a sleep; nfds 0 with a NULL array: the same. */
+	struct pollfd none[2] = { { .fd = -1 }, { .fd = -2 } };
+	t0 = gr_now();
+	cr_assert_eq(poll(none, 2, 30), 0);
+	cr_assert_geq(gr_now() - t0, 30 * MS);
+	cr_assert_eq(poll(NULL, 0, 0), 0);
+	/* A closed number among open ones: POLLNVAL at once, timeout or not. */
+	struct pollfd mixed[2] = { { .fd = p[0], .events = POLLIN }, { .fd = 4999, .events = POLLIN } };
+	t0 = gr_now();
+	cr_assert_eq(poll(mixed, 2, 5000), 1);
+	cr_assert_eq(mixed[1].revents, POLLNVAL);
+	cr_assert_lt(gr_now() - t0, GR_SEC);
+	/* select of a closed fd: EBADF, as select(2). */
+	FD_ZERO(&rs);
+	FD_SET(4000 % FD_SETSIZE, &rs);
+	FD_SET(p[0], &rs);
+	tv = (struct timeval){ 5, 0 };
+	cr_assert(!fd_open(4000 % FD_SETSIZE));
+	cr_assert_eq(select(FD_SETSIZE, &rs, NULL, NULL, &tv), -1);
+	cr_assert_eq(errno, EBADF);
+	/* Bad timeouts are the kernel's to refuse. */
+	struct timespec bad = { 0, -1 };
+	cr_assert_eq(ppoll(pf, 1, &bad, NULL), -1);
+	cr_assert_eq(errno, EINVAL);
+	tv = (struct timeval){ -1, 0 };
+	FD_ZERO(&rs);
+	FD_SET(p[0], &rs);
+	cr_assert_eq(select(p[0] + 1, &rs, NULL, NULL, &tv), -1);
+	cr_assert_eq(errno, EINVAL);
+	/* A signal mask: the real call (it blocks the thread, briefly). */
+	sigset_t mask;
+	sigemptyset(&mask);
+	struct timespec ms20 = { 0, 20 * 1000 * 1000 };
+	pf[1].revents = 0;
+	cr_assert_eq(ppoll(&pf[1], 1, &ms20, &mask), 0);
+	close(hi);
+	close(top);
+	close(p[0]);
+	close(p[1]);
+}
+
+/* ------------------------------------------------------------ sleeps */
+
+struct sleeper {
+	int which;
+	int r;
+	int err;
+	struct timespec rem;
+	unsigned left;
+};
+
+static void *sleep_long(void *arg)
+{
+	struct sleeper *s = arg;
+	struct timespec req = { .tv_sec = LONG_MAX / 2, .tv_nsec = 0 };
+
+	s->rem = (struct timespec){ -1, -1 };
+	errno = 0;
+	switch (s->which) {
+	case 0:
+		s->r = nanosleep(&req, &s->rem);
+		break;
+	case 1:
+		s->r = clock_nanosleep(CLOCK_MONOTONIC, 0, &req, &s->rem);
+		break;
+	case 2:
+		s->left = sleep(UINT_MAX);
+		s->r = s->left ? -1 : 0;
+		break;
+	case 3:
+		s->r = usleep(999999);
+		break;
+	}
+	s->err = errno;
+	return NULL;
+}
+
+Test(patch_hostile, sleeps_killed_or_timed_out_report_what_is_left)
+{
+	for (int which = 0; which < 4; which++) {
+		struct sleeper s = { .which = which };
+		gr_fiber *f = gr_spawn(sleep_long, &s);
+
+		gr_sleep(5 * MS);
+		assert_ok(gr_kill(f));
+		int64_t t0 = gr_now();
+		assert_ok(gr_join(f, NULL, gr_now() + 2 * GR_SEC));
+		cr_assert_lt(gr_now() - t0, GR_SEC);
+		if (which == 1) {
+			/* clock_nanosleep returns the error, errno untouched. */
+			cr_assert_eq(s.r, ECANCELED, "clock_nanosleep: %d", s.r);
+		} else {
+			cr_assert_eq(s.r, -1, "sleep %d returned %d", which, s.r);
+			cr_assert_eq(s.err, ECANCELED, "sleep %d: %s", which, strerror(s.err));
+		}
+		if (which <= 1)
+			cr_assert_gt(s.rem.tv_sec, LONG_MAX / 4, "rem: %lld", (long long)s.rem.tv_sec);
+		if (which == 2)
+			cr_assert_gt(s.left, UINT_MAX - 10);
+	}
+
+	/* Invalid requests: EINVAL, as the real ones. */
+	struct timespec neg = { -1, 0 }, nsec = { 0, 1000000000L };
+	cr_assert_eq(nanosleep(&neg, NULL), -1);
+	cr_assert_eq(errno, EINVAL);
+	cr_assert_eq(nanosleep(&nsec, NULL), -1);
+	cr_assert_eq(errno, EINVAL);
+	cr_assert_eq(clock_nanosleep(CLOCK_MONOTONIC, 0, &neg, NULL), EINVAL);
+	/* An absolute time already past, on every clock: at once. */
+	clockid_t clocks[] = { CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME, CLOCK_TAI };
+	for (size_t i = 0; i < sizeof(clocks) / sizeof(clocks[0]); i++) {
+		struct timespec now;
+		cr_assert_eq(clock_gettime(clocks[i], &now), 0);
+		now.tv_sec -= 5;
+		int64_t t0 = gr_now();
+		int64_t old = gr_deadline_set(gr_now() + 2 * GR_SEC);
+		int r = clock_nanosleep(clocks[i], TIMER_ABSTIME, &now, NULL);
+		gr_deadline_set(old);
+		cr_assert_eq(r, 0, "clock %d: %s", (int)clocks[i], strerror(r));
+		cr_assert_lt(gr_now() - t0, 100 * MS);
+	}
+	/* A deadline: ETIMEDOUT, never EINTR. */
+	int64_t old = gr_deadline_set(gr_now() + 20 * MS);
+	struct timespec sec = { 1, 0 }, rem = { 0, 0 };
+	cr_assert_eq(nanosleep(&sec, &rem), -1);
+	cr_assert_eq(errno, ETIMEDOUT);
+	gr_deadline_set(old);
+	cr_assert(rem.tv_sec == 0 && rem.tv_nsec > 500 * 1000 * 1000, "rem %ld.%09ld",
+		  (long)rem.tv_sec, rem.tv_nsec);
+}
+
+/* ------------------------------------------------------------ kills at every call */
+
+enum call { C_WRITE, C_SEND, C_ACCEPT, C_CONNECT, C_EPOLL, C_SELECT, C_POLL2, C_RECVFROM, C_NCALLS };
+
+struct victim {
+	enum call call;
+	int fd;
+	int fd2;
+	const struct sockaddr *sa;
+	socklen_t salen;
+	ssize_t r;
+	int err;
+	size_t len;
+};
+
+static void *be_a_victim(void *arg)
+{
+	struct victim *v = arg;
+	char *big = NULL;
+
+	errno = 0;
+	switch (v->call) {
+	case C_WRITE:
+	case C_SEND:
+		big = calloc(1, v->len);
+		v->r = v->call == C_WRITE ? write(v->fd, big, v->len) : send(v->fd, big, v->len, 0);
+		break;
+	case C_ACCEPT:
+		v->r = accept(v->fd, NULL, NULL);
+		break;
+	case C_CONNECT:
+		v->r = connect(v->fd, v->sa, v->salen);
+		break;
+	case C_EPOLL: {
+		struct epoll_event ev;
+		v->r = epoll_wait(v->fd, &ev, 1, -1);
+		break;
+	}
+	case C_SELECT: {
+		fd_set rs;
+		FD_ZERO(&rs);
+		FD_SET(v->fd, &rs);
+		FD_SET(v->fd2, &rs);
+		v->r = select((v->fd > v->fd2 ? v->fd : v->fd2) + 1, &rs, NULL, NULL, NULL);
+		break;
+	}
+	case C_POLL2: {
+		struct pollfd pf[2] = { { .fd = v->fd, .events = POLLIN }, { .fd = v->fd2, .events = POLLIN } };
+		v->r = poll(pf, 2, -1);
+		break;
+	}
+	case C_RECVFROM: {
+		char buf[16];
+		struct sockaddr_storage from;
+		socklen_t fl = sizeof(from);
+		v->r = recvfrom(v->fd, buf, sizeof(buf), 0, (struct sockaddr *)&from, &fl);
+		break;
+	}
+	default:
+		break;
+	}
+	v->err = errno;
+	free(big);
+	return NULL;
+}
+
+/* Everything a victim needs, made afresh, and closed with close_world. */
+struct world {
+	int s[2];        /* a stream socketpair (write, send: its buffer fills) */
+	int u[2];        /* a datagram pair (recvfrom) */
+	int ul;          /* a unix listener with a full backlog (connect), or accept */
+	int uc[2];       /* connecting sockets that fill that backlog */
+	struct sockaddr_un addr;
+	int ep;
+};
+
+static void make_world(struct world *w)
+{
+	memset(w, 0, sizeof(*w));
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w->s), 0);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, w->u), 0);
+	w->ul = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(w->ul, 0);
+	w->addr.sun_family = AF_UNIX;
+	/* Abstract: nothing left in the file system. */
+	snprintf(w->addr.sun_path + 1, sizeof(w->addr.sun_path) - 1, "grt-hostile-%d-%lld",
+		 (int)getpid(), (long long)gr_now());
+	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
+				    strlen(w->addr.sun_path + 1));
+	cr_assert_eq(bind(w->ul, (struct sockaddr *)&w->addr, len), 0);
+	cr_assert_eq(listen(w->ul, 0), 0);
+	/* Backlog 0 takes one connection; the next connect waits. */
+	for (int i = 0; i < 2; i++) {
+		w->uc[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		cr_assert_geq(w->uc[i], 0);
+		(void)connect(w->uc[i], (struct sockaddr *)&w->addr, len);
+	}
+	w->ep = epoll_create1(EPOLL_CLOEXEC);
+	cr_assert_geq(w->ep, 0);
+	struct epoll_event ev = { .events = EPOLLIN, .data.fd = w->s[1] };
+	cr_assert_eq(epoll_ctl(w->ep, EPOLL_CTL_ADD, w->s[1], &ev), 0);
+}
+
+static socklen_t world_addrlen(const struct world *w)
+{
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(w->addr.sun_path + 1));
+}
+
+static void close_world(struct world *w)
+{
+	int fds[] = { w->s[0], w->s[1], w->u[0], w->u[1], w->ul, w->uc[0], w->uc[1], w->ep };
+
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		close(fds[i]);
+}
+
+static void aim(struct victim *v, enum call c, struct world *w, int *extra)
+{
+	*v = (struct victim){ .call = c, .len = 8 << 20 };
+	*extra = -1;
+	switch (c) {
+	case C_WRITE:
+	case C_SEND:
+		v->fd = w->s[0];
+		break;
+	case C_ACCEPT: {
+		/* A listener with nothing pending. */
+		int port;
+		*extra = grt_listener(&port);
+		v->fd = *extra;
+		break;
+	}
+	case C_CONNECT:
+		*extra = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		v->fd = *extra;
+		v->sa = (const struct sockaddr *)&w->addr;
+		v->salen = world_addrlen(w);
+		break;
+	case C_EPOLL:
+		v->fd = w->ep;
+		break;
+	case C_SELECT:
+	case C_POLL2:
+		v->fd = w->s[1];
+		v->fd2 = w->u[1];
+		break;
+	case C_RECVFROM:
+		v->fd = w->u[1];
+		break;
+	default:
+		break;
+	}
+}
+
+static const char *call_name(enum call c)
+{
+	static const char *names[] = { "write", "send", "accept", "connect", "epoll_wait",
+				       "select", "poll", "recvfrom" };
+	return names[c];
+}
+
+Test(patch_hostile, a_kill_or_a_deadline_ends_every_patched_call_and_moved_bytes_are_returned,
+     .timeout = 60)
+{
+	for (enum call c = 0; c < C_NCALLS; c++) {
+		for (int how = 0; how < 2; how++) {
+			struct world w;
+			struct victim v;
+			int extra;
+
+			make_world(&w);
+			aim(&v, c, &w, &extra);
+			gr_fiber *f;
+			if (how == 0) {
+				f = gr_spawn(be_a_victim, &v);
+				gr_sleep(20 * MS);
+				assert_ok(gr_kill(f));
+			} else {
+				struct gr_spawn_opts o = { .deadline = gr_now() + 30 * MS };
+				f = gr_spawn_with(&o, be_a_victim, &v);
+			}
+			cr_assert_not_null(f);
+			int jr = gr_join(f, NULL, gr_now() + 3 * GR_SEC);
+			if (jr != 0) {
+				(void)gr_kill(f);
+				(void)gr_join(f, NULL, GR_FOREVER);
+			}
+			cr_assert_eq(jr, 0, "%s: the %s did not end it", call_name(c),
+				     how ? "deadline" : "kill");
+			int want = how ? ETIMEDOUT : ECANCELED;
+			if (c == C_WRITE || c == C_SEND) {
+				/* The socket buffer took part of it: those bytes
+				 * are the caller's answer. */
+				cr_assert(v.r > 0 && (size_t)v.r < v.len, "%s: %zd (%s)", call_name(c),
+					  v.r, strerror(v.err));
+			} else {
+				cr_assert_eq(v.r, -1, "%s: %zd", call_name(c), v.r);
+				cr_assert_eq(v.err, want, "%s by %s: %s", call_name(c),
+					     how ? "deadline" : "kill", strerror(v.err));
+			}
+			if (extra >= 0)
+				close(extra);
+			close_world(&w);
+		}
+	}
 }
