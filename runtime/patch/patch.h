@@ -221,6 +221,11 @@ int patch_wait_fd(int fd, short events, int64_t deadline);
  * -ECANCELED, or another -errno. */
 int patch_wait_any(const struct pollfd *fds, nfds_t n, int64_t deadline);
 
+/* A valid (non-negative) timespec or timeval, in ns, saturating at
+ * INT64_MAX: a timeout of centuries is a wait without end, never one that
+ * wrapped to a short one. */
+int64_t patch_ns(int64_t sec, int64_t nsec);
+
 /* Absolute deadline of a relative timeout; GR_FOREVER for none. */
 int64_t patch_deadline_after_ns(int64_t ns);
 

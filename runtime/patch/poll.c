@@ -169,9 +169,7 @@ static int64_t timespec_deadline(const struct timespec *ts)
 {
 	if (!ts)
 		return GR_FOREVER;
-	return patch_deadline_after_ns(ts->tv_sec > INT64_MAX / GR_SEC - 1
-					       ? INT64_MAX
-					       : ts->tv_sec * GR_SEC + ts->tv_nsec);
+	return patch_deadline_after_ns(patch_ns(ts->tv_sec, ts->tv_nsec));
 }
 
 PATCH_API int poll(struct pollfd *fds, nfds_t n, int timeout)
@@ -316,7 +314,7 @@ PATCH_API int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *
 	    select_passes_through(nfds, tv && !tv->tv_sec && !tv->tv_usec) ||
 	    (tv && (tv->tv_sec < 0 || tv->tv_usec < 0 || tv->tv_usec >= 1000000)))
 		return REAL(select)(nfds, r, w, e, tv);
-	int64_t deadline = tv ? patch_deadline_after_ns(tv->tv_sec * GR_SEC + tv->tv_usec * 1000)
+	int64_t deadline = tv ? patch_deadline_after_ns(patch_ns(tv->tv_sec, (int64_t)tv->tv_usec * 1000))
 			      : GR_FOREVER;
 	int res = green_select(nfds, r, w, e, deadline);
 	if (tv) {

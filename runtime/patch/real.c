@@ -462,6 +462,11 @@ int patch_green_check(void)
 	return 0;
 }
 
+int64_t patch_ns(int64_t sec, int64_t nsec)
+{
+	return sec > INT64_MAX / GR_SEC - 1 ? INT64_MAX : sec * GR_SEC + nsec;
+}
+
 int64_t patch_deadline_after_ns(int64_t ns)
 {
 	if (ns < 0)
