@@ -185,8 +185,11 @@ int patch_close_green(int fd)
 PATCH_API int close(int fd)
 {
 	if (PATCH_CTX() == PATCH_GREEN) {
-		if (!(fdv_get(fd) & FDV_CLOSING))
-			return (int)patch_result(patch_close_green(fd));
+		if (!(fdv_get(fd) & FDV_CLOSING)) {
+			int saved = errno;
+
+			return (int)patch_result(patch_close_green(fd), saved);
+		}
 		if (patch_callers_known()) {
 			/* Not greenring's own close (the return address says so):
 			 * a second close of a number another fiber is closing.

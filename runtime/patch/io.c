@@ -293,9 +293,9 @@ static ssize_t green_io(struct io *io)
 
 static ssize_t do_io(enum patch_ctx ctx, struct io *io)
 {
-	if (ctx != PATCH_GREEN)
-		return patch_result(io_plain(io));
-	return patch_result(green_io(io));
+	int saved = errno;
+
+	return patch_result(ctx != PATCH_GREEN ? io_plain(io) : green_io(io), saved);
 }
 
 /* ------------------------------------------------------------ the calls */
@@ -496,10 +496,10 @@ static int green_accept(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 
 static int do_accept(enum patch_ctx ctx, int fd, struct sockaddr *sa, socklen_t *len, int flags)
 {
-	int r;
+	int r, saved = errno;
 
 	if (ctx == PATCH_GREEN) {
-		r = (int)patch_result(green_accept(fd, sa, len, flags));
+		r = (int)patch_result(green_accept(fd, sa, len, flags), saved);
 	} else if ((fdv_get(fd) & (FDV_GREEN_NB | FDV_NONBLOCK)) == FDV_GREEN_NB && ctx == PATCH_PLAIN) {
 		r = accept_blocking(fd, sa, len, flags);
 	} else {
@@ -576,5 +576,7 @@ PATCH_API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	if (PATCH_LIKELY(CTX() != PATCH_GREEN))
 		return REAL(connect)(fd, sa, len);
-	return (int)patch_result(green_connect(fd, sa, len));
+	int saved = errno;
+
+	return (int)patch_result(green_connect(fd, sa, len), saved);
 }

@@ -147,14 +147,18 @@ static inline __attribute__((always_inline)) enum patch_ctx patch_ctx(const void
  * is its caller's. */
 #define PATCH_CTX() patch_ctx(__builtin_return_address(0))
 
-/* The errno of a green call is written last, because another fiber may run
- * (and fail) between a failure and the caller's read of errno. */
-static inline ssize_t patch_result(ssize_t r)
+/* A green call's answer as libc gives it: r, or -1 with errno. errno is the
+ * thread's, not the fiber's, and the call may have switched to fibers that
+ * set it: a failure's errno is written last, and a success puts back
+ * `saved`, the caller's errno read before the call began (libc's calls
+ * leave it alone when they succeed). */
+static inline ssize_t patch_result(ssize_t r, int saved)
 {
 	if (r < 0) {
 		errno = (int)-r;
 		return -1;
 	}
+	errno = saved;
 	return r;
 }
 

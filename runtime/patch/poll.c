@@ -176,7 +176,9 @@ PATCH_API int poll(struct pollfd *fds, nfds_t n, int timeout)
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || timeout == 0)
 		return REAL(poll)(fds, n, timeout);
-	return (int)patch_result(green_poll(fds, n, poll_deadline(timeout)));
+	int saved = errno;
+
+	return (int)patch_result(green_poll(fds, n, poll_deadline(timeout)), saved);
 }
 
 PATCH_API int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen)
@@ -185,7 +187,9 @@ PATCH_API int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdsle
 		__chk_fail();
 	if (PATCH_CTX() != PATCH_GREEN || timeout == 0)
 		return REAL(poll)(fds, n, timeout);
-	return (int)patch_result(green_poll(fds, n, poll_deadline(timeout)));
+	int saved = errno;
+
+	return (int)patch_result(green_poll(fds, n, poll_deadline(timeout)), saved);
 }
 
 static bool zero_timespec(const struct timespec *ts)
@@ -202,7 +206,9 @@ PATCH_API int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, con
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || mask || zero_timespec(ts) || bad_timespec(ts))
 		return REAL(ppoll)(fds, n, ts, mask);
-	return (int)patch_result(green_poll(fds, n, timespec_deadline(ts)));
+	int saved = errno;
+
+	return (int)patch_result(green_poll(fds, n, timespec_deadline(ts)), saved);
 }
 
 PATCH_API int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
@@ -212,7 +218,9 @@ PATCH_API int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *t
 		__chk_fail();
 	if (PATCH_CTX() != PATCH_GREEN || mask || zero_timespec(ts) || bad_timespec(ts))
 		return REAL(ppoll)(fds, n, ts, mask);
-	return (int)patch_result(green_poll(fds, n, timespec_deadline(ts)));
+	int saved = errno;
+
+	return (int)patch_result(green_poll(fds, n, timespec_deadline(ts)), saved);
 }
 
 /* ------------------------------------------------------------ select */
@@ -316,6 +324,7 @@ PATCH_API int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *
 		return REAL(select)(nfds, r, w, e, tv);
 	int64_t deadline = tv ? patch_deadline_after_ns(patch_ns(tv->tv_sec, (int64_t)tv->tv_usec * 1000))
 			      : GR_FOREVER;
+	int saved = errno;
 	int res = green_select(nfds, r, w, e, deadline);
 	if (tv) {
 		/* Linux's select leaves the time not slept in *tv. */
@@ -326,7 +335,7 @@ PATCH_API int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *
 		tv->tv_sec = left / GR_SEC;
 		tv->tv_usec = (left % GR_SEC) / 1000;
 	}
-	return (int)patch_result(res);
+	return (int)patch_result(res, saved);
 }
 
 PATCH_API int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct timespec *ts,
@@ -335,7 +344,9 @@ PATCH_API int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct ti
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || mask || bad_timespec(ts) ||
 	    select_passes_through(nfds, zero_timespec(ts)))
 		return REAL(pselect)(nfds, r, w, e, ts, mask);
-	return (int)patch_result(green_select(nfds, r, w, e, timespec_deadline(ts)));
+	int saved = errno;
+
+	return (int)patch_result(green_select(nfds, r, w, e, timespec_deadline(ts)), saved);
 }
 
 /* ------------------------------------------------------------ epoll */
@@ -364,12 +375,16 @@ PATCH_API int epoll_wait(int ep, struct epoll_event *ev, int max, int timeout)
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || timeout == 0)
 		return REAL(epoll_wait)(ep, ev, max, timeout);
-	return (int)patch_result(green_epoll_wait(ep, ev, max, timeout));
+	int saved = errno;
+
+	return (int)patch_result(green_epoll_wait(ep, ev, max, timeout), saved);
 }
 
 PATCH_API int epoll_pwait(int ep, struct epoll_event *ev, int max, int timeout, const sigset_t *mask)
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || timeout == 0 || mask)
 		return REAL(epoll_pwait)(ep, ev, max, timeout, mask);
-	return (int)patch_result(green_epoll_wait(ep, ev, max, timeout));
+	int saved = errno;
+
+	return (int)patch_result(green_epoll_wait(ep, ev, max, timeout), saved);
 }

@@ -71,10 +71,11 @@ PATCH_API unsigned sleep(unsigned seconds)
 		return 0;
 	}
 	int64_t left;
+	int saved = errno;
 	int err = green_sleep_until(patch_deadline_after_ns((int64_t)seconds * GR_SEC), &left);
+	(void)patch_result(err, saved);
 	if (!err)
 		return 0;
-	errno = -err;
 	return (unsigned)((left + GR_SEC - 1) / GR_SEC);
 }
 
@@ -85,7 +86,9 @@ PATCH_API int usleep(useconds_t us)
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN))
 		return REAL(nanosleep)(&ts, NULL);
 	int64_t left;
-	return (int)patch_result(green_sleep_until(patch_deadline_after_ns(to_ns(&ts)), &left));
+	int saved = errno;
+	int err = green_sleep_until(patch_deadline_after_ns(to_ns(&ts)), &left);
+	return (int)patch_result(err, saved);
 }
 
 PATCH_API int nanosleep(const struct timespec *req, struct timespec *rem)
@@ -93,10 +96,11 @@ PATCH_API int nanosleep(const struct timespec *req, struct timespec *rem)
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || !req || !valid(req))
 		return REAL(nanosleep)(req, rem);
 	int64_t left, start = gr_now();
+	int saved = errno;
 	int err = green_sleep_until(patch_deadline_after_ns(to_ns(req)), &left);
 	if (err && rem)
 		remaining(req, gr_now() - start, rem);
-	return (int)patch_result(err);
+	return (int)patch_result(err, saved);
 }
 
 /* The CLOCK_MONOTONIC deadline of a clock_nanosleep, or -1 when the clock
@@ -146,8 +150,10 @@ PATCH_API int clock_nanosleep(clockid_t clk, int flags, const struct timespec *r
 	if (deadline < 0)
 		return REAL(clock_nanosleep)(clk, flags, req, rem);
 	int64_t left, start = gr_now();
+	int saved = errno;
 	int err = green_sleep_until(deadline, &left);
 	if (err && rem && !(flags & TIMER_ABSTIME))
 		remaining(req, gr_now() - start, rem);
-	return -err; /* clock_nanosleep returns the error, errno untouched */
+	errno = saved; /* clock_nanosleep returns the error, errno untouched */
+	return -err;
 }
