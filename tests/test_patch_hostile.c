@@ -1297,3 +1297,114 @@ Test(patch_hostile, dup2_over_an_fd_a_fiber_waits_on)
 	close(p[0]);
 	close(p[1]);
 }
+
+/* ------------------------------------------------------------ the number, not the file */
+
+struct connecting {
+	int fd;
+	struct sockaddr_un addr;
+	socklen_t len;
+	int r;
+	int err;
+};
+
+static void *connect_it(void *arg)
+{
+	struct connecting *c = arg;
+
+	c->r = connect(c->fd, (struct sockaddr *)&c->addr, c->len);
+	c->err = errno;
+	return NULL;
+}
+
+/* A connect waiting for room in a unix listener's backlog (the kernel says
+ * EAGAIN; the library retries) when another fiber closes its fd and a new
+ * socket takes the number: the retry must not connect the new socket. */
+Test(patch_hostile, a_connect_whose_fd_is_closed_and_reused_never_touches_the_new_socket)
+{
+	struct world w;
+	struct connecting c;
+
+	make_world(&w);
+	c.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_geq(c.fd, 0);
+	c.addr = w.addr;
+	c.len = world_addrlen(&w);
+	gr_fiber *f = gr_spawn(connect_it, &c);
+	gr_sleep(10 * MS);
+	cr_assert_eq(close(c.fd), 0);
+	int fresh = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(fresh, c.fd, "the number was not reused (%d, %d): the test proves nothing",
+		     fresh, c.fd);
+	gr_sleep(20 * MS);
+	struct sockaddr_un peer;
+	socklen_t pl = sizeof(peer);
+	bool connected = getpeername(fresh, (struct sockaddr *)&peer, &pl) == 0;
+	/* Room in the backlog, in case the connect still waits for it. */
+	int extra = accept4(w.ul, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	int jr = gr_join(f, NULL, gr_now() + 2 * GR_SEC);
+	if (jr) {
+		(void)gr_kill(f);
+		(void)gr_join(f, NULL, GR_FOREVER);
+	}
+	pl = sizeof(peer);
+	connected |= getpeername(fresh, (struct sockaddr *)&peer, &pl) == 0;
+	close(fresh);
+	if (extra >= 0)
+		close(extra);
+	close_world(&w);
+	cr_assert(!connected, "the connect of a closed fd connected the new socket that took its "
+			      "number (connect returned %d)", c.r);
+	cr_assert_eq(jr, 0, "the connect did not end after its fd was closed");
+	cr_assert_eq(c.r, -1);
+	cr_assert_eq(c.err, EBADF, "%s", strerror(c.err));
+}
+
+/* SO_RCVTIMEO belongs to the socket, whatever number sets it: set through a
+ * dup, it ends a read through the original number too. */
+Test(patch_hostile, a_receive_timeout_set_through_a_dup_ends_reads_on_the_original)
+{
+	int s[2];
+	struct timeval tv = { 0, 50 * 1000 };
+	char c;
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	int d = dup(s[0]);
+	cr_assert_geq(d, 0);
+	cr_assert_eq(setsockopt(d, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	int64_t old = gr_deadline_set(gr_now() + 2 * GR_SEC);
+	int64_t t0 = gr_now();
+	ssize_t n = read(s[0], &c, 1);
+	int err = errno;
+	gr_deadline_set(old);
+	cr_assert_eq(n, -1);
+	cr_assert_eq(err, EAGAIN, "read: %s after %lld ms (SO_RCVTIMEO is 50 ms)", strerror(err),
+		     (long long)((gr_now() - t0) / MS));
+	close(d);
+	close(s[0]);
+	close(s[1]);
+}
+
+/* A poll of several fds, one of them closed behind its back: poll(2) in a
+ * thread would not notice either (it holds the file). It must end as the
+ * call ends — another fd ready, or its timeout — and leave nothing open. */
+Test(patch_hostile, a_poll_of_several_fds_one_closed_behind_its_back_ends_by_the_others)
+{
+	int a[2], b[2];
+
+	cr_assert_eq(pipe2(a, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(b, O_CLOEXEC), 0);
+	struct poller pl = { .pfd = { { .fd = a[0], .events = POLLIN }, { .fd = b[0], .events = POLLIN } },
+			     .n = 2, .timeout = 5000 };
+	gr_fiber *f = gr_spawn(poll_it, &pl);
+	gr_sleep(10 * MS);
+	cr_assert_eq(close(a[0]), 0);
+	gr_sleep(10 * MS);
+	cr_assert_eq(write(b[1], "b", 1), 1);
+	assert_ok(gr_join(f, NULL, gr_now() + 2 * GR_SEC));
+	cr_assert_geq(pl.r, 1, "poll: %d %s", pl.r, strerror(pl.err));
+	cr_assert_eq(pl.pfd[1].revents, POLLIN);
+	close(a[1]);
+	close(b[0]);
+	close(b[1]);
+}
