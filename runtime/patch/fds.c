@@ -158,10 +158,14 @@ enum fd_kind fdv_classify(int fd)
 }
 
 /* What a copy of `from` (dup and its kin) knows: the same open file
- * description, so the same view and kind; not a close under way. */
+ * description, so the same view and kind; not a close under way. Not "no
+ * socket timeouts" either, on both numbers from now on: SO_RCVTIMEO set
+ * through one of them is the socket's, and setsockopt() only sees the
+ * number it was given, so a wait on either asks the kernel. */
 static void copy_view(int from, int to)
 {
-	fdv_set(to, fdv_get(from) & ~FDV_CLOSING);
+	fdv_set(to, fdv_get(from) & ~(FDV_CLOSING | FDV_NO_TIMEO));
+	fdv_update(from, FDV_NO_TIMEO, 0);
 }
 
 /* ------------------------------------------------------------ close */

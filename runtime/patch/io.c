@@ -37,6 +37,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -534,6 +535,7 @@ static int green_connect(int fd, const struct sockaddr *sa, socklen_t len)
 	unsigned v = fdv_learn(fd);
 	if (!(v & FDV_KNOWN) || (v & FDV_NONBLOCK))
 		return REAL(connect)(fd, sa, len) < 0 ? -errno : 0;
+	struct stat mine = { 0 };
 	for (;;) {
 		/* Non-blocking for the instant of the call only: the connection
 		 * goes on in the kernel, and the file keeps the flags a stdio
@@ -553,9 +555,17 @@ static int green_connect(int fd, const struct sockaddr *sa, socklen_t len)
 		if (err == EAGAIN) {
 			/* A unix socket whose listener's backlog is full: a blocking
 			 * connect waits for room, and poll says nothing about it. */
+			if (!mine.st_ino && fstat(fd, &mine) < 0)
+				return -errno;
 			int s = gr_sleep(GR_MSEC);
 			if (s < 0)
 				return s;
+			/* A close of fd does not end a sleep as it ends a wait on
+			 * fd: another fiber may have closed it meanwhile, and a
+			 * new socket taken the number. Never connect that one. */
+			struct stat now;
+			if (fstat(fd, &now) < 0 || now.st_ino != mine.st_ino || now.st_dev != mine.st_dev)
+				return -EBADF;
 			continue;
 		}
 		if (err != EINPROGRESS)
