@@ -1408,3 +1408,66 @@ Test(patch_hostile, a_poll_of_several_fds_one_closed_behind_its_back_ends_by_the
 	close(b[0]);
 	close(b[1]);
 }
+
+/* ------------------------------------------------------------ bad input */
+
+#define EXPECT_ERR(call, e)                                                                   \
+	do {                                                                                  \
+		errno = 0;                                                                    \
+		long r_ = (long)(call);                                                       \
+		int e_ = errno;                                                               \
+		cr_assert(r_ == -1 && e_ == (e), "%s = %ld (%s), expected -1 %s", #call, r_,  \
+			  strerror(e_), #e);                                                  \
+	} while (0)
+
+Test(patch_hostile, bad_input_gets_the_errno_libc_gives)
+{
+	int s[2], p[2], port;
+	char c;
+	struct iovec iov = { &c, 1 };
+	/* Volatile: the compiler must not see (and refuse) what is wrong. */
+	void *volatile null = NULL;
+	volatile int negative = -1, too_many = IOV_MAX + 1;
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	int l = grt_listener(&port);
+	cr_assert_eq(write(s[1], "xx", 2), 2);
+	cr_assert_eq(write(p[1], "xx", 2), 2);
+
+	EXPECT_ERR(read(-1, &c, 1), EBADF);
+	EXPECT_ERR(read(123456, &c, 1), EBADF);
+	EXPECT_ERR(write(-5, "x", 1), EBADF);
+	EXPECT_ERR(read(s[0], null, 1), EFAULT);
+	EXPECT_ERR(read(p[0], null, 1), EFAULT);
+	EXPECT_ERR(readv(s[0], &iov, negative), EINVAL);
+	EXPECT_ERR(readv(p[0], &iov, negative), EINVAL);
+	EXPECT_ERR(writev(s[0], &iov, too_many), EINVAL);
+	EXPECT_ERR(recv(p[0], &c, 1, 0), ENOTSOCK);
+	EXPECT_ERR(send(p[1], "x", 1, 0), ENOTSOCK);
+	EXPECT_ERR(read(l, &c, 1), ENOTCONN);
+	EXPECT_ERR(accept(s[0], NULL, NULL), EINVAL);
+	EXPECT_ERR(accept(p[0], NULL, NULL), ENOTSOCK);
+	EXPECT_ERR(connect(s[0], NULL, 0), EINVAL);
+	EXPECT_ERR(connect(p[0], NULL, 0), ENOTSOCK);
+	EXPECT_ERR(poll(null, 1, 10), EFAULT);
+	EXPECT_ERR(select(-1, NULL, NULL, NULL, NULL), EINVAL);
+	EXPECT_ERR(epoll_wait(p[0], null, 1, 10), EINVAL);
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev;
+	EXPECT_ERR(epoll_wait(ep, &ev, 0, 10), EINVAL);
+	EXPECT_ERR(nanosleep(NULL, NULL), EFAULT);
+	cr_assert_eq(clock_nanosleep(CLOCK_MONOTONIC, 0, NULL, NULL), EFAULT);
+	cr_assert_eq(clock_nanosleep((clockid_t)12345, 0, &(struct timespec){ 0, 1000 }, NULL), EINVAL);
+	EXPECT_ERR(close(-1), EBADF);
+	EXPECT_ERR(close(123456), EBADF);
+	EXPECT_ERR(fcntl(-1, F_GETFL), EBADF);
+	EXPECT_ERR(dup2(-1, 900), EBADF);
+	cr_assert_eq(getaddrinfo(NULL, NULL, NULL, &(struct addrinfo *){ NULL }), EAI_NONAME);
+	close(ep);
+	close(l);
+	close(s[0]);
+	close(s[1]);
+	close(p[0]);
+	close(p[1]);
+}
