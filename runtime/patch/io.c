@@ -116,6 +116,9 @@ static ssize_t try_socket(const struct io *io, size_t done)
 		return neg_errno(REAL(send)(io->fd, buf, len, MSG_DONTWAIT));
 	case IO_READV:
 	case IO_WRITEV: {
+		/* readv's own answer: recvmsg would say EMSGSIZE. */
+		if (io->iovcnt < 0 || io->iovcnt > IOV_MAX)
+			return -EINVAL;
 		struct msghdr m = { .msg_iov = (struct iovec *)io->iov, .msg_iovlen = (size_t)io->iovcnt };
 
 		return io->op == IO_READV ? neg_errno(REAL(recvmsg)(io->fd, &m, MSG_DONTWAIT))
