@@ -1471,3 +1471,47 @@ Test(patch_hostile, bad_input_gets_the_errno_libc_gives)
 	close(p[0]);
 	close(p[1]);
 }
+
+/* ------------------------------------------------------------ threads */
+
+struct remote_reader {
+	int fd;
+	atomic_int parked;
+	ssize_t n;
+	int err;
+};
+
+static void read_on_another_hub(void *arg)
+{
+	struct remote_reader *r = arg;
+	char c;
+
+	atomic_store(&r->parked, 1);
+	r->n = read(r->fd, &c, 1); /* that thread's main context: a fiber */
+	r->err = errno;
+}
+
+/* close() from a fiber of this thread while a fiber of another thread's hub
+ * is in a patched read on the fd: gr_close reaches it through its hub; it
+ * wakes with EBADF, and the fd is closed exactly once. */
+Test(patch_hostile, close_wakes_a_patched_read_on_another_threads_hub)
+{
+	int s[2];
+	struct remote_reader r = { 0 };
+	struct grt_thread t;
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	r.fd = s[0];
+	grt_thread_start(&t, 1, read_on_another_hub, &r);
+	while (!atomic_load(&r.parked))
+		gr_sleep(MS);
+	gr_sleep(20 * MS); /* inside the read by now */
+	int64_t t0 = gr_now();
+	cr_assert_eq(close(s[0]), 0, "close: %s", strerror(errno));
+	grt_thread_join(&t);
+	cr_assert_lt(gr_now() - t0, 2 * GR_SEC);
+	cr_assert_eq(r.n, -1);
+	cr_assert_eq(r.err, EBADF, "%s", strerror(r.err));
+	cr_assert(!fd_open(s[0]), "the fd is still open after close");
+	close(s[1]);
+}
