@@ -1515,3 +1515,45 @@ Test(patch_hostile, close_wakes_a_patched_read_on_another_threads_hub)
 	cr_assert(!fd_open(s[0]), "the fd is still open after close");
 	close(s[1]);
 }
+
+static void rescue_socket(void *arg)
+{
+	(void)!send(*(int *)arg, "r", 1, MSG_NOSIGNAL);
+}
+
+/* A fiber's read() on a number another fiber is closing (gr_close still
+ * waiting for the backend to let go): EBADF at once, as the fibers the close
+ * woke get; never the real read, which would block the thread that must
+ * finish the close. */
+Test(patch_hostile, a_read_on_an_fd_being_closed_fails_at_once)
+{
+	int s[2];
+	struct rd waiting = { 0 }, late = { .want = 1 };
+	struct closer c = { 0 };
+	struct watchdog w;
+
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	waiting.fd = late.fd = c.fd = s[0];
+	gr_fiber *fw = gr_spawn(read_into, &waiting);
+	gr_sleep(10 * MS);
+	int peer = s[1];
+	watchdog_start(&w, 2 * GR_SEC, rescue_socket, &peer);
+	struct poller pl = { .pfd = { { .fd = s[0], .events = POLLIN } }, .n = 1, .timeout = 5000 };
+	gr_fiber *fc = gr_spawn(close_it, &c);
+	gr_fiber *fl = gr_spawn(read_into, &late);
+	gr_fiber *fp = gr_spawn(poll_it, &pl);
+	int64_t t0 = gr_now();
+	assert_ok(gr_join(fw, NULL, GR_FOREVER));
+	assert_ok(gr_join(fc, NULL, GR_FOREVER));
+	assert_ok(gr_join(fl, NULL, GR_FOREVER));
+	assert_ok(gr_join(fp, NULL, GR_FOREVER));
+	bool fired = watchdog_stop(&w);
+	cr_assert(!fired, "a read() of an fd being closed blocked the thread");
+	cr_assert_eq(c.r, 0);
+	cr_assert_eq(late.n, -1);
+	cr_assert_eq(late.err, EBADF, "%s", strerror(late.err));
+	cr_assert_lt(gr_now() - t0, GR_SEC, "a poll of an fd being closed waited");
+	cr_assert(pl.r == 1 && pl.pfd[0].revents == POLLNVAL, "poll: %d (%s) revents %#x", pl.r,
+		  pl.r < 0 ? strerror(pl.err) : "", (unsigned)pl.pfd[0].revents);
+	close(s[1]);
+}
