@@ -127,6 +127,12 @@ unsigned fdv_learn(int fd)
 	return v | add;
 }
 
+int fdv_for_call(int fd, unsigned *v)
+{
+	*v = fdv_learn(fd);
+	return *v & FDV_CLOSING ? -EBADF : 0;
+}
+
 enum fd_kind fdv_classify(int fd)
 {
 	enum fd_kind kind = fdv_kind(fdv_get(fd));

@@ -237,7 +237,9 @@ static ssize_t green_io(struct io *io)
 
 	if (err)
 		return err;
-	unsigned v = fdv_learn(io->fd);
+	unsigned v;
+	if ((err = fdv_for_call(io->fd, &v)))
+		return err;
 	if (!(v & FDV_KNOWN) || (v & FDV_NONBLOCK))
 		return io_plain(io); /* not open (the plain call says so), or the program's own EAGAIN */
 	if (is_socket_call(io->op) && (io->flags & MSG_DONTWAIT))
@@ -472,7 +474,9 @@ static int green_accept(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 
 	if (err)
 		return err;
-	unsigned v = fdv_learn(fd);
+	unsigned v;
+	if ((err = fdv_for_call(fd, &v)))
+		return err;
 	if (!(v & FDV_KNOWN) || (v & FDV_NONBLOCK)) {
 		int r = REAL(accept4)(fd, sa, len, flags);
 		return r < 0 ? -errno : r;
@@ -535,7 +539,9 @@ static int green_connect(int fd, const struct sockaddr *sa, socklen_t len)
 
 	if (err)
 		return err;
-	unsigned v = fdv_learn(fd);
+	unsigned v;
+	if ((err = fdv_for_call(fd, &v)))
+		return err;
 	if (!(v & FDV_KNOWN) || (v & FDV_NONBLOCK))
 		return REAL(connect)(fd, sa, len) < 0 ? -errno : 0;
 	struct stat mine = { 0 };

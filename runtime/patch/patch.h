@@ -203,8 +203,14 @@ void fdv_clear_if(int fd, unsigned bit);
 /* A new fd: the program asked for `nonblock`. */
 void fdv_created(int fd, bool nonblock, enum fd_kind kind);
 /* The state of fd, learning the program's view from the kernel the first
- * time (an fd created where the library could not see it). */
+ * time (an fd created where the library could not see it). A number being
+ * closed is not learnt. */
 unsigned fdv_learn(int fd);
+/* fdv_learn for a green call on fd: 0 and the state in *v, or -EBADF while
+ * a fiber's close() of fd is under way: the real call would block the
+ * thread on a number gr_close still holds, and a wait on it would end so
+ * anyway. */
+int fdv_for_call(int fd, unsigned *v);
 /* fd's kind, found with fstat() the first time. FD_KIND_UNKNOWN with
  * errno set if fd is not open. */
 enum fd_kind fdv_classify(int fd);
