@@ -101,6 +101,49 @@ static ssize_t io_plain(const struct io *io)
 	return -EINVAL;
 }
 
+/* What of a writev is left after `done` bytes: a window of at most
+ * IOV_WINDOW entries copied into win, the first one advanced past what was
+ * written, their total cut to `cap` bytes (0: no cap). The program's iovec
+ * is never touched; a window written whole is followed by the next one.
+ * Its count. */
+#define IOV_WINDOW 32
+static int iov_rest(const struct io *io, size_t done, struct iovec *win, size_t cap)
+{
+	size_t room = cap ? cap : SIZE_MAX;
+	int k = 0, n = 0;
+
+	while (k < io->iovcnt && done >= io->iov[k].iov_len) {
+		done -= io->iov[k].iov_len;
+		k++;
+	}
+	for (; k < io->iovcnt && n < IOV_WINDOW && room; k++, n++) {
+		win[n] = io->iov[k];
+		if (n == 0) {
+			win[0].iov_base = (char *)win[0].iov_base + done;
+			win[0].iov_len -= done;
+		}
+		if (win[n].iov_len > room)
+			win[n].iov_len = room;
+		room -= win[n].iov_len;
+	}
+	return n;
+}
+
+/* The bytes a writev asks for, once the kernel has read its iovec (a
+ * first call that wrote something): saturated at SSIZE_MAX, the most one
+ * call moves. */
+static size_t iov_total(const struct io *io)
+{
+	size_t total = 0;
+
+	for (int k = 0; k < io->iovcnt; k++) {
+		if (io->iov[k].iov_len > (size_t)SSIZE_MAX - total)
+			return (size_t)SSIZE_MAX;
+		total += io->iov[k].iov_len;
+	}
+	return total;
+}
+
 /* On a socket, never blocking; `done` bytes of a full write or a
  * MSG_WAITALL read are behind us. */
 static ssize_t try_socket(const struct io *io, size_t done)
@@ -111,15 +154,22 @@ static ssize_t try_socket(const struct io *io, size_t done)
 
 	switch (io->op) {
 	case IO_READ:
+		/* read(2) of nothing returns 0 at once on a socket; recv of
+		 * nothing would say EAGAIN, and the call would wait. */
+		if (!len)
+			return neg_errno(REAL(read)(io->fd, buf, 0));
 		return neg_errno(REAL(recv)(io->fd, buf, len, MSG_DONTWAIT));
 	case IO_WRITE:
 		return neg_errno(REAL(send)(io->fd, buf, len, MSG_DONTWAIT));
 	case IO_READV:
 	case IO_WRITEV: {
-		/* readv's own answer: recvmsg would say EMSGSIZE. */
-		if (io->iovcnt < 0 || io->iovcnt > IOV_MAX)
-			return -EINVAL;
+		struct iovec win[IOV_WINDOW];
 		struct msghdr m = { .msg_iov = (struct iovec *)io->iov, .msg_iovlen = (size_t)io->iovcnt };
+
+		if (done) {
+			m.msg_iov = win;
+			m.msg_iovlen = (size_t)iov_rest(io, done, win, 0);
+		}
 
 		return io->op == IO_READV ? neg_errno(REAL(recvmsg)(io->fd, &m, MSG_DONTWAIT))
 					  : neg_errno(REAL(sendmsg)(io->fd, &m, MSG_DONTWAIT));
@@ -140,13 +190,13 @@ static ssize_t try_socket(const struct io *io, size_t done)
  * is the file position, as read() and write() use. */
 static ssize_t try_stream(const struct io *io, size_t done)
 {
-	struct iovec one = { (char *)io->buf + done, io->len - done };
+	struct iovec one = { (char *)io->buf + done, io->len - done }, win[IOV_WINDOW];
 	const struct iovec *iov = &one;
 	int n = 1;
 
 	if (io->op == IO_READV || io->op == IO_WRITEV) {
-		iov = io->iov;
-		n = io->iovcnt;
+		iov = done ? win : io->iov;
+		n = done ? iov_rest(io, done, win, 0) : io->iovcnt;
 	}
 	return is_output(io->op) ? neg_errno(pwritev2(io->fd, iov, n, -1, RWF_NOWAIT))
 				 : neg_errno(preadv2(io->fd, iov, n, -1, RWF_NOWAIT));
@@ -170,11 +220,15 @@ static ssize_t try_pollfirst(const struct io *io, size_t done)
 	if (ready <= 0)
 		return ready < 0 ? -errno : -EAGAIN;
 	struct io part = *io;
+	struct iovec win[IOV_WINDOW];
 	if (io->op == IO_READ || io->op == IO_WRITE) {
 		part.buf = (char *)io->buf + done;
 		part.len = io->len - done;
 		if (out && part.len > PIPE_BUF)
 			part.len = PIPE_BUF;
+	} else if (io->op == IO_WRITEV) {
+		part.iov = win;
+		part.iovcnt = iov_rest(io, done, win, PIPE_BUF);
 	}
 	return io_plain(&part);
 }
@@ -217,12 +271,12 @@ static int wait_io(struct io *io, enum fd_kind kind)
 	return wait_for(io->fd, out ? POLLOUT : POLLIN, deadline);
 }
 
-/* Does the blocking call move everything before it returns? A write, send
- * or sendto does (the kernel's blocking send loops); a recv with
- * MSG_WAITALL does on a stream socket (a datagram is one message). */
+/* Does the blocking call move everything before it returns? A write,
+ * writev, send or sendto does (the kernel's blocking send loops); a recv
+ * with MSG_WAITALL does on a stream socket (a datagram is one message). */
 static bool moves_all(const struct io *io)
 {
-	if (io->op == IO_WRITE || io->op == IO_SEND || io->op == IO_SENDTO)
+	if (io->op == IO_WRITE || io->op == IO_WRITEV || io->op == IO_SEND || io->op == IO_SENDTO)
 		return true;
 	if ((io->op != IO_RECV && io->op != IO_RECVFROM) || !(io->flags & MSG_WAITALL))
 		return false;
@@ -244,6 +298,10 @@ static ssize_t green_io(struct io *io)
 		return io_plain(io); /* not open (the plain call says so), or the program's own EAGAIN */
 	if (is_socket_call(io->op) && (io->flags & MSG_DONTWAIT))
 		return io_plain(io);
+	/* readv's own answer (recvmsg would say EMSGSIZE, and a pipe's
+	 * EINVAL would be taken for a refusal of RWF_NOWAIT). */
+	if ((io->op == IO_READV || io->op == IO_WRITEV) && (io->iovcnt < 0 || io->iovcnt > IOV_MAX))
+		return -EINVAL;
 	if (io->op == IO_RECVMSG && (io->flags & MSG_WAITALL)) {
 		/* A partial recvmsg cannot be resumed without rewriting the
 		 * program's iovec: wait for data, then let the kernel wait
@@ -283,6 +341,8 @@ static ssize_t green_io(struct io *io)
 		default:
 			return io_plain(io);
 		}
+		if (r > 0 && all && io->op == IO_WRITEV && done == 0)
+			io->len = iov_total(io); /* the kernel has read the iovec: it is valid */
 		if (r > 0 && all && done + (size_t)r < io->len) {
 			done += (size_t)r;
 			continue;
