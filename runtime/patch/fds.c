@@ -89,14 +89,16 @@ void fdv_update(int fd, unsigned clear, unsigned set)
 		;
 }
 
-void fdv_replace(int fd, unsigned from, unsigned to)
+void fdv_clear_if(int fd, unsigned bit)
 {
 	_Atomic uint8_t *s = slot(fd, false);
-	uint8_t expected = (uint8_t)from;
 
-	if (s)
-		atomic_compare_exchange_strong_explicit(s, &expected, (uint8_t)to, memory_order_relaxed,
-							memory_order_relaxed);
+	if (!s)
+		return;
+	uint8_t old = atomic_load_explicit(s, memory_order_relaxed);
+	while ((old & bit) && !atomic_compare_exchange_weak_explicit(s, &old, 0, memory_order_relaxed,
+								      memory_order_relaxed))
+		;
 }
 
 void fdv_created(int fd, bool nonblock, enum fd_kind kind)
@@ -113,7 +115,9 @@ unsigned fdv_learn(int fd)
 {
 	unsigned v = fdv_get(fd);
 
-	if (v & FDV_KNOWN)
+	/* A number being closed is not learnt: what the kernel says of it now
+	 * would outlive the close (patch_close_green). */
+	if (v & (FDV_KNOWN | FDV_CLOSING))
 		return v;
 	int fl = REAL(fcntl)(fd, F_GETFL);
 	if (fl < 0)
@@ -121,6 +125,12 @@ unsigned fdv_learn(int fd)
 	unsigned add = FDV_KNOWN | (fl & O_NONBLOCK ? FDV_NONBLOCK : 0);
 	fdv_update(fd, 0, add);
 	return v | add;
+}
+
+int fdv_for_call(int fd, unsigned *v)
+{
+	*v = fdv_learn(fd);
+	return *v & FDV_CLOSING ? -EBADF : 0;
 }
 
 enum fd_kind fdv_classify(int fd)
@@ -154,10 +164,14 @@ enum fd_kind fdv_classify(int fd)
 }
 
 /* What a copy of `from` (dup and its kin) knows: the same open file
- * description, so the same view and kind; not a close under way. */
+ * description, so the same view and kind; not a close under way. Not "no
+ * socket timeouts" either, on both numbers from now on: SO_RCVTIMEO set
+ * through one of them is the socket's, and setsockopt() only sees the
+ * number it was given, so a wait on either asks the kernel. */
 static void copy_view(int from, int to)
 {
-	fdv_set(to, fdv_get(from) & ~FDV_CLOSING);
+	fdv_set(to, fdv_get(from) & ~(FDV_CLOSING | FDV_NO_TIMEO));
+	fdv_update(from, FDV_NO_TIMEO, 0);
 }
 
 /* ------------------------------------------------------------ close */
@@ -172,15 +186,30 @@ int patch_close_green(int fd)
 	fdv_set(fd, FDV_CLOSING);
 	int r = gr_close(fd);
 	int err = errno;
-	/* Forget, unless the number was closed and already reused. */
-	fdv_replace(fd, FDV_CLOSING, 0);
+	/* Forget, unless the number was closed and already reused (a new fd
+	 * is recorded afresh, without the mark). */
+	fdv_clear_if(fd, FDV_CLOSING);
 	return r < 0 ? -err : 0;
 }
 
 PATCH_API int close(int fd)
 {
-	if (PATCH_CTX() == PATCH_GREEN && !(fdv_get(fd) & FDV_CLOSING))
-		return (int)patch_result(patch_close_green(fd));
+	if (PATCH_CTX() == PATCH_GREEN) {
+		if (!(fdv_get(fd) & FDV_CLOSING)) {
+			int saved = errno;
+
+			return (int)patch_result(patch_close_green(fd), saved);
+		}
+		if (patch_callers_known()) {
+			/* Not greenring's own close (the return address says so):
+			 * a second close of a number another fiber is closing.
+			 * The real close would free the number at once, a new fd
+			 * could take it, and the first close, still draining,
+			 * would then close that one. gr_close's own answer. */
+			errno = EBADF;
+			return -1;
+		}
+	}
 	/* Forgotten before the close: once it is closed, the number may
 	 * belong to another thread's new fd at once. */
 	fdv_set(fd, 0);
@@ -265,8 +294,16 @@ PATCH_API int dup3(int fd, int to, int flags)
 
 static int fcntl_view(const void *ra, int fd, int cmd, void *arg)
 {
-	if (patch_ctx(ra) == PATCH_RUNTIME)
+	if (patch_ctx(ra) == PATCH_RUNTIME) {
+		/* greenring making an fd O_NONBLOCK (a file that refuses
+		 * RWF_NOWAIT, docs/hubs.md): on a number the library never saw
+		 * created, learn the program's view first, or the flag would
+		 * later be learnt as the program's and its blocking calls would
+		 * fail with EAGAIN. */
+		if (cmd == F_SETFL)
+			fdv_learn(fd);
 		return REAL(fcntl)(fd, cmd, arg); /* greenring needs the kernel's truth */
+	}
 	switch (cmd) {
 	case F_GETFL: {
 		int fl = REAL(fcntl)(fd, cmd);

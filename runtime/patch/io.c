@@ -8,9 +8,11 @@
  *               ...): no flag of the file is touched;
  *   stream      a pipe, FIFO or eventfd: preadv2/pwritev2 with RWF_NOWAIT,
  *               again without touching the file's flags;
- *   poll-first  a device without RWF_NOWAIT (a tty): wait for readiness,
- *               then the plain call. Another reader of the same fd may win
- *               the race and block the thread (docs/patching.md);
+ *   poll-first  a file without RWF_NOWAIT (a tty, a FIFO): the plain call
+ *               once poll(2) says the fd is ready now, writes in pieces of
+ *               PIPE_BUF (try_pollfirst). A reader in another thread or
+ *               process may still win the race and block the thread
+ *               (docs/patching.md);
  *   file        regular files, directories, block devices: the plain call.
  *               Never "not ready", so nothing to wait for; a cold read
  *               blocks the thread (greenring's own gr_read does not: it
@@ -31,9 +33,11 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -97,6 +101,49 @@ static ssize_t io_plain(const struct io *io)
 	return -EINVAL;
 }
 
+/* What of a writev is left after `done` bytes: a window of at most
+ * IOV_WINDOW entries copied into win, the first one advanced past what was
+ * written, their total cut to `cap` bytes (0: no cap). The program's iovec
+ * is never touched; a window written whole is followed by the next one.
+ * Its count. */
+#define IOV_WINDOW 32
+static int iov_rest(const struct io *io, size_t done, struct iovec *win, size_t cap)
+{
+	size_t room = cap ? cap : SIZE_MAX;
+	int k = 0, n = 0;
+
+	while (k < io->iovcnt && done >= io->iov[k].iov_len) {
+		done -= io->iov[k].iov_len;
+		k++;
+	}
+	for (; k < io->iovcnt && n < IOV_WINDOW && room; k++, n++) {
+		win[n] = io->iov[k];
+		if (n == 0) {
+			win[0].iov_base = (char *)win[0].iov_base + done;
+			win[0].iov_len -= done;
+		}
+		if (win[n].iov_len > room)
+			win[n].iov_len = room;
+		room -= win[n].iov_len;
+	}
+	return n;
+}
+
+/* The bytes a writev asks for, once the kernel has read its iovec (a
+ * first call that wrote something): saturated at SSIZE_MAX, the most one
+ * call moves. */
+static size_t iov_total(const struct io *io)
+{
+	size_t total = 0;
+
+	for (int k = 0; k < io->iovcnt; k++) {
+		if (io->iov[k].iov_len > (size_t)SSIZE_MAX - total)
+			return (size_t)SSIZE_MAX;
+		total += io->iov[k].iov_len;
+	}
+	return total;
+}
+
 /* On a socket, never blocking; `done` bytes of a full write or a
  * MSG_WAITALL read are behind us. */
 static ssize_t try_socket(const struct io *io, size_t done)
@@ -107,12 +154,22 @@ static ssize_t try_socket(const struct io *io, size_t done)
 
 	switch (io->op) {
 	case IO_READ:
+		/* read(2) of nothing returns 0 at once on a socket; recv of
+		 * nothing would say EAGAIN, and the call would wait. */
+		if (!len)
+			return neg_errno(REAL(read)(io->fd, buf, 0));
 		return neg_errno(REAL(recv)(io->fd, buf, len, MSG_DONTWAIT));
 	case IO_WRITE:
 		return neg_errno(REAL(send)(io->fd, buf, len, MSG_DONTWAIT));
 	case IO_READV:
 	case IO_WRITEV: {
+		struct iovec win[IOV_WINDOW];
 		struct msghdr m = { .msg_iov = (struct iovec *)io->iov, .msg_iovlen = (size_t)io->iovcnt };
+
+		if (done) {
+			m.msg_iov = win;
+			m.msg_iovlen = (size_t)iov_rest(io, done, win, 0);
+		}
 
 		return io->op == IO_READV ? neg_errno(REAL(recvmsg)(io->fd, &m, MSG_DONTWAIT))
 					  : neg_errno(REAL(sendmsg)(io->fd, &m, MSG_DONTWAIT));
@@ -133,16 +190,47 @@ static ssize_t try_socket(const struct io *io, size_t done)
  * is the file position, as read() and write() use. */
 static ssize_t try_stream(const struct io *io, size_t done)
 {
-	struct iovec one = { (char *)io->buf + done, io->len - done };
+	struct iovec one = { (char *)io->buf + done, io->len - done }, win[IOV_WINDOW];
 	const struct iovec *iov = &one;
 	int n = 1;
 
 	if (io->op == IO_READV || io->op == IO_WRITEV) {
-		iov = io->iov;
-		n = io->iovcnt;
+		iov = done ? win : io->iov;
+		n = done ? iov_rest(io, done, win, 0) : io->iovcnt;
 	}
 	return is_output(io->op) ? neg_errno(pwritev2(io->fd, iov, n, -1, RWF_NOWAIT))
 				 : neg_errno(preadv2(io->fd, iov, n, -1, RWF_NOWAIT));
+}
+
+/* On a file without RWF_NOWAIT (a tty, a FIFO, an eventfd's write): the
+ * plain call, made only if the kernel says the fd is ready now. A wake-up
+ * only says it was: a second fiber woken by the same event finds it taken
+ * by the first, and its plain read would block the thread until a writer
+ * comes — maybe a fiber of this very thread. Between this poll and the call
+ * no other fiber of the thread runs. A write goes in pieces of PIPE_BUF: a
+ * writable pipe has room for that much, while a larger blocking write
+ * waits for a reader; a full write loops over the pieces. Another thread or
+ * process reading the same fd can still win the race (docs/patching.md). */
+static ssize_t try_pollfirst(const struct io *io, size_t done)
+{
+	bool out = is_output(io->op);
+	struct pollfd p = { .fd = io->fd, .events = out ? POLLOUT : POLLIN };
+	int ready = REAL(poll)(&p, 1, 0);
+
+	if (ready <= 0)
+		return ready < 0 ? -errno : -EAGAIN;
+	struct io part = *io;
+	struct iovec win[IOV_WINDOW];
+	if (io->op == IO_READ || io->op == IO_WRITE) {
+		part.buf = (char *)io->buf + done;
+		part.len = io->len - done;
+		if (out && part.len > PIPE_BUF)
+			part.len = PIPE_BUF;
+	} else if (io->op == IO_WRITEV) {
+		part.iov = win;
+		part.iovcnt = iov_rest(io, done, win, PIPE_BUF);
+	}
+	return io_plain(&part);
 }
 
 /* The end of the wait SO_RCVTIMEO or SO_SNDTIMEO allow, asked of the
@@ -183,12 +271,12 @@ static int wait_io(struct io *io, enum fd_kind kind)
 	return wait_for(io->fd, out ? POLLOUT : POLLIN, deadline);
 }
 
-/* Does the blocking call move everything before it returns? A write, send
- * or sendto does (the kernel's blocking send loops); a recv with
- * MSG_WAITALL does on a stream socket (a datagram is one message). */
+/* Does the blocking call move everything before it returns? A write,
+ * writev, send or sendto does (the kernel's blocking send loops); a recv
+ * with MSG_WAITALL does on a stream socket (a datagram is one message). */
 static bool moves_all(const struct io *io)
 {
-	if (io->op == IO_WRITE || io->op == IO_SEND || io->op == IO_SENDTO)
+	if (io->op == IO_WRITE || io->op == IO_WRITEV || io->op == IO_SEND || io->op == IO_SENDTO)
 		return true;
 	if ((io->op != IO_RECV && io->op != IO_RECVFROM) || !(io->flags & MSG_WAITALL))
 		return false;
@@ -203,11 +291,17 @@ static ssize_t green_io(struct io *io)
 
 	if (err)
 		return err;
-	unsigned v = fdv_learn(io->fd);
+	unsigned v;
+	if ((err = fdv_for_call(io->fd, &v)))
+		return err;
 	if (!(v & FDV_KNOWN) || (v & FDV_NONBLOCK))
 		return io_plain(io); /* not open (the plain call says so), or the program's own EAGAIN */
 	if (is_socket_call(io->op) && (io->flags & MSG_DONTWAIT))
 		return io_plain(io);
+	/* readv's own answer (recvmsg would say EMSGSIZE, and a pipe's
+	 * EINVAL would be taken for a refusal of RWF_NOWAIT). */
+	if ((io->op == IO_READV || io->op == IO_WRITEV) && (io->iovcnt < 0 || io->iovcnt > IOV_MAX))
+		return -EINVAL;
 	if (io->op == IO_RECVMSG && (io->flags & MSG_WAITALL)) {
 		/* A partial recvmsg cannot be resumed without rewriting the
 		 * program's iovec: wait for data, then let the kernel wait
@@ -242,11 +336,13 @@ static ssize_t green_io(struct io *io)
 			}
 			break;
 		case FD_KIND_POLLFIRST:
-			err = wait_io(io, kind);
-			return err ? err : io_plain(io);
+			r = try_pollfirst(io, done);
+			break;
 		default:
 			return io_plain(io);
 		}
+		if (r > 0 && all && io->op == IO_WRITEV && done == 0)
+			io->len = iov_total(io); /* the kernel has read the iovec: it is valid */
 		if (r > 0 && all && done + (size_t)r < io->len) {
 			done += (size_t)r;
 			continue;
@@ -263,9 +359,9 @@ static ssize_t green_io(struct io *io)
 
 static ssize_t do_io(enum patch_ctx ctx, struct io *io)
 {
-	if (ctx != PATCH_GREEN)
-		return patch_result(io_plain(io));
-	return patch_result(green_io(io));
+	int saved = errno;
+
+	return patch_result(ctx != PATCH_GREEN ? io_plain(io) : green_io(io), saved);
 }
 
 /* ------------------------------------------------------------ the calls */
@@ -438,7 +534,9 @@ static int green_accept(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 
 	if (err)
 		return err;
-	unsigned v = fdv_learn(fd);
+	unsigned v;
+	if ((err = fdv_for_call(fd, &v)))
+		return err;
 	if (!(v & FDV_KNOWN) || (v & FDV_NONBLOCK)) {
 		int r = REAL(accept4)(fd, sa, len, flags);
 		return r < 0 ? -errno : r;
@@ -466,10 +564,10 @@ static int green_accept(int fd, struct sockaddr *sa, socklen_t *len, int flags)
 
 static int do_accept(enum patch_ctx ctx, int fd, struct sockaddr *sa, socklen_t *len, int flags)
 {
-	int r;
+	int r, saved = errno;
 
 	if (ctx == PATCH_GREEN) {
-		r = (int)patch_result(green_accept(fd, sa, len, flags));
+		r = (int)patch_result(green_accept(fd, sa, len, flags), saved);
 	} else if ((fdv_get(fd) & (FDV_GREEN_NB | FDV_NONBLOCK)) == FDV_GREEN_NB && ctx == PATCH_PLAIN) {
 		r = accept_blocking(fd, sa, len, flags);
 	} else {
@@ -501,9 +599,12 @@ static int green_connect(int fd, const struct sockaddr *sa, socklen_t len)
 
 	if (err)
 		return err;
-	unsigned v = fdv_learn(fd);
+	unsigned v;
+	if ((err = fdv_for_call(fd, &v)))
+		return err;
 	if (!(v & FDV_KNOWN) || (v & FDV_NONBLOCK))
 		return REAL(connect)(fd, sa, len) < 0 ? -errno : 0;
+	struct stat mine = { 0 };
 	for (;;) {
 		/* Non-blocking for the instant of the call only: the connection
 		 * goes on in the kernel, and the file keeps the flags a stdio
@@ -523,9 +624,17 @@ static int green_connect(int fd, const struct sockaddr *sa, socklen_t len)
 		if (err == EAGAIN) {
 			/* A unix socket whose listener's backlog is full: a blocking
 			 * connect waits for room, and poll says nothing about it. */
+			if (!mine.st_ino && fstat(fd, &mine) < 0)
+				return -errno;
 			int s = gr_sleep(GR_MSEC);
 			if (s < 0)
 				return s;
+			/* A close of fd does not end a sleep as it ends a wait on
+			 * fd: another fiber may have closed it meanwhile, and a
+			 * new socket taken the number. Never connect that one. */
+			struct stat now;
+			if (fstat(fd, &now) < 0 || now.st_ino != mine.st_ino || now.st_dev != mine.st_dev)
+				return -EBADF;
 			continue;
 		}
 		if (err != EINPROGRESS)
@@ -546,5 +655,7 @@ PATCH_API int connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
 	if (PATCH_LIKELY(CTX() != PATCH_GREEN))
 		return REAL(connect)(fd, sa, len);
-	return (int)patch_result(green_connect(fd, sa, len));
+	int saved = errno;
+
+	return (int)patch_result(green_connect(fd, sa, len), saved);
 }

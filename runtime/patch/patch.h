@@ -126,6 +126,12 @@ extern __thread int patch_in_signal __attribute__((tls_model("initial-exec")));
  * libc). */
 bool patch_runtime_caller(const void *ra);
 
+/* Whether patch_runtime_caller can be trusted to recognise greenring's own
+ * calls: the library comes first in symbol lookup, so nothing (a
+ * sanitizer's interceptor) sits between greenring's call and the library
+ * and hides the return address. Known from the constructor on. */
+bool patch_callers_known(void);
+
 /* Where the calling interposed function runs. A thread that never used
  * greenring pays for one call that reads one thread-local variable. */
 static inline __attribute__((always_inline)) enum patch_ctx patch_ctx(const void *ra)
@@ -141,14 +147,18 @@ static inline __attribute__((always_inline)) enum patch_ctx patch_ctx(const void
  * is its caller's. */
 #define PATCH_CTX() patch_ctx(__builtin_return_address(0))
 
-/* The errno of a green call is written last, because another fiber may run
- * (and fail) between a failure and the caller's read of errno. */
-static inline ssize_t patch_result(ssize_t r)
+/* A green call's answer as libc gives it: r, or -1 with errno. errno is the
+ * thread's, not the fiber's, and the call may have switched to fibers that
+ * set it: a failure's errno is written last, and a success puts back
+ * `saved`, the caller's errno read before the call began (libc's calls
+ * leave it alone when they succeed). */
+static inline ssize_t patch_result(ssize_t r, int saved)
 {
 	if (r < 0) {
 		errno = (int)-r;
 		return -1;
 	}
+	errno = saved;
 	return r;
 }
 
@@ -187,14 +197,20 @@ unsigned fdv_get(int fd);
 void fdv_set(int fd, unsigned v);
 /* Clear then set bits, atomically. */
 void fdv_update(int fd, unsigned clear, unsigned set);
-/* Set to `to` only if it still holds `from` (an fd number reused meanwhile
- * by another thread keeps its new state). */
-void fdv_replace(int fd, unsigned from, unsigned to);
+/* Forget fd's record if it holds `bit` (whatever else was added to it
+ * meanwhile); a record without it is another fd's, and stays. */
+void fdv_clear_if(int fd, unsigned bit);
 /* A new fd: the program asked for `nonblock`. */
 void fdv_created(int fd, bool nonblock, enum fd_kind kind);
 /* The state of fd, learning the program's view from the kernel the first
- * time (an fd created where the library could not see it). */
+ * time (an fd created where the library could not see it). A number being
+ * closed is not learnt. */
 unsigned fdv_learn(int fd);
+/* fdv_learn for a green call on fd: 0 and the state in *v, or -EBADF while
+ * a fiber's close() of fd is under way: the real call would block the
+ * thread on a number gr_close still holds, and a wait on it would end so
+ * anyway. */
+int fdv_for_call(int fd, unsigned *v);
 /* fd's kind, found with fstat() the first time. FD_KIND_UNKNOWN with
  * errno set if fd is not open. */
 enum fd_kind fdv_classify(int fd);
@@ -214,6 +230,11 @@ int patch_wait_fd(int fd, short events, int64_t deadline);
  * deadline passes: 0 (the caller polls again to see which), -ETIMEDOUT,
  * -ECANCELED, or another -errno. */
 int patch_wait_any(const struct pollfd *fds, nfds_t n, int64_t deadline);
+
+/* A valid (non-negative) timespec or timeval, in ns, saturating at
+ * INT64_MAX: a timeout of centuries is a wait without end, never one that
+ * wrapped to a short one. */
+int64_t patch_ns(int64_t sec, int64_t nsec);
 
 /* Absolute deadline of a relative timeout; GR_FOREVER for none. */
 int64_t patch_deadline_after_ns(int64_t ns);

@@ -114,6 +114,31 @@ static bool own_timeout(int64_t deadline)
 
 /* ------------------------------------------------------------ poll */
 
+/* The wait ended with EBADF: the one fd it was on was closed meanwhile
+ * (close() from another fiber is gr_close, which wakes it so). poll(2)
+ * never fails with EBADF: a closed fd is POLLNVAL. The kernel is not asked
+ * again: the close may still be under way (gr_close holds the number until
+ * the backend lets go of it), and the number is not the caller's anyway.
+ * Several fds are waited on through an epoll set of the library's own,
+ * which no close of theirs ends with EBADF: EBADF then stays an error. */
+static int closed_while_waiting(struct pollfd *fds, nfds_t n)
+{
+	nfds_t only = n;
+
+	for (nfds_t i = 0; i < n; i++) {
+		if (fds[i].fd < 0)
+			continue;
+		if (only != n)
+			return -EBADF;
+		only = i;
+	}
+	if (only == n)
+		return -EBADF;
+	for (nfds_t i = 0; i < n; i++)
+		fds[i].revents = i == only ? POLLNVAL : 0;
+	return 1;
+}
+
 static int green_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
 {
 	int err = patch_green_check();
@@ -128,6 +153,8 @@ static int green_poll(struct pollfd *fds, nfds_t n, int64_t deadline)
 		err = patch_wait_any(fds, n, deadline);
 		if (err == -ETIMEDOUT && own_timeout(deadline))
 			return 0;
+		if (err == -EBADF)
+			return closed_while_waiting(fds, n);
 		if (err)
 			return err;
 	}
@@ -142,16 +169,16 @@ static int64_t timespec_deadline(const struct timespec *ts)
 {
 	if (!ts)
 		return GR_FOREVER;
-	return patch_deadline_after_ns(ts->tv_sec > INT64_MAX / GR_SEC - 1
-					       ? INT64_MAX
-					       : ts->tv_sec * GR_SEC + ts->tv_nsec);
+	return patch_deadline_after_ns(patch_ns(ts->tv_sec, ts->tv_nsec));
 }
 
 PATCH_API int poll(struct pollfd *fds, nfds_t n, int timeout)
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || timeout == 0)
 		return REAL(poll)(fds, n, timeout);
-	return (int)patch_result(green_poll(fds, n, poll_deadline(timeout)));
+	int saved = errno;
+
+	return (int)patch_result(green_poll(fds, n, poll_deadline(timeout)), saved);
 }
 
 PATCH_API int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdslen)
@@ -160,7 +187,9 @@ PATCH_API int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t fdsle
 		__chk_fail();
 	if (PATCH_CTX() != PATCH_GREEN || timeout == 0)
 		return REAL(poll)(fds, n, timeout);
-	return (int)patch_result(green_poll(fds, n, poll_deadline(timeout)));
+	int saved = errno;
+
+	return (int)patch_result(green_poll(fds, n, poll_deadline(timeout)), saved);
 }
 
 static bool zero_timespec(const struct timespec *ts)
@@ -177,7 +206,9 @@ PATCH_API int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, con
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || mask || zero_timespec(ts) || bad_timespec(ts))
 		return REAL(ppoll)(fds, n, ts, mask);
-	return (int)patch_result(green_poll(fds, n, timespec_deadline(ts)));
+	int saved = errno;
+
+	return (int)patch_result(green_poll(fds, n, timespec_deadline(ts)), saved);
 }
 
 PATCH_API int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
@@ -187,7 +218,9 @@ PATCH_API int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *t
 		__chk_fail();
 	if (PATCH_CTX() != PATCH_GREEN || mask || zero_timespec(ts) || bad_timespec(ts))
 		return REAL(ppoll)(fds, n, ts, mask);
-	return (int)patch_result(green_poll(fds, n, timespec_deadline(ts)));
+	int saved = errno;
+
+	return (int)patch_result(green_poll(fds, n, timespec_deadline(ts)), saved);
 }
 
 /* ------------------------------------------------------------ select */
@@ -289,8 +322,9 @@ PATCH_API int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *
 	    select_passes_through(nfds, tv && !tv->tv_sec && !tv->tv_usec) ||
 	    (tv && (tv->tv_sec < 0 || tv->tv_usec < 0 || tv->tv_usec >= 1000000)))
 		return REAL(select)(nfds, r, w, e, tv);
-	int64_t deadline = tv ? patch_deadline_after_ns(tv->tv_sec * GR_SEC + tv->tv_usec * 1000)
+	int64_t deadline = tv ? patch_deadline_after_ns(patch_ns(tv->tv_sec, (int64_t)tv->tv_usec * 1000))
 			      : GR_FOREVER;
+	int saved = errno;
 	int res = green_select(nfds, r, w, e, deadline);
 	if (tv) {
 		/* Linux's select leaves the time not slept in *tv. */
@@ -301,7 +335,7 @@ PATCH_API int select(int nfds, fd_set *r, fd_set *w, fd_set *e, struct timeval *
 		tv->tv_sec = left / GR_SEC;
 		tv->tv_usec = (left % GR_SEC) / 1000;
 	}
-	return (int)patch_result(res);
+	return (int)patch_result(res, saved);
 }
 
 PATCH_API int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct timespec *ts,
@@ -310,7 +344,9 @@ PATCH_API int pselect(int nfds, fd_set *r, fd_set *w, fd_set *e, const struct ti
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || mask || bad_timespec(ts) ||
 	    select_passes_through(nfds, zero_timespec(ts)))
 		return REAL(pselect)(nfds, r, w, e, ts, mask);
-	return (int)patch_result(green_select(nfds, r, w, e, timespec_deadline(ts)));
+	int saved = errno;
+
+	return (int)patch_result(green_select(nfds, r, w, e, timespec_deadline(ts)), saved);
 }
 
 /* ------------------------------------------------------------ epoll */
@@ -339,12 +375,16 @@ PATCH_API int epoll_wait(int ep, struct epoll_event *ev, int max, int timeout)
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || timeout == 0)
 		return REAL(epoll_wait)(ep, ev, max, timeout);
-	return (int)patch_result(green_epoll_wait(ep, ev, max, timeout));
+	int saved = errno;
+
+	return (int)patch_result(green_epoll_wait(ep, ev, max, timeout), saved);
 }
 
 PATCH_API int epoll_pwait(int ep, struct epoll_event *ev, int max, int timeout, const sigset_t *mask)
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || timeout == 0 || mask)
 		return REAL(epoll_pwait)(ep, ev, max, timeout, mask);
-	return (int)patch_result(green_epoll_wait(ep, ev, max, timeout));
+	int saved = errno;
+
+	return (int)patch_result(green_epoll_wait(ep, ev, max, timeout), saved);
 }

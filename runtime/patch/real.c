@@ -408,6 +408,24 @@ bool patch_runtime_caller(const void *ra)
 	return in_text((uintptr_t)ra, &lo, &hi) && libc_call_site((uintptr_t)ra, lo, hi);
 }
 
+static atomic_bool callers_known;
+
+bool patch_callers_known(void)
+{
+	return atomic_load_explicit(&callers_known, memory_order_relaxed);
+}
+
+/* Whether the program's close() is this library's: nothing is interposed
+ * before it. */
+static bool first_in_lookup(void)
+{
+	Dl_info found, mine;
+	void *p = dlsym(RTLD_DEFAULT, "close");
+
+	return p && dladdr(p, &found) && dladdr((void *)&patch_runtime_caller, &mine) &&
+	       found.dli_fbase == mine.dli_fbase;
+}
+
 static void resolve(void)
 {
 	static atomic_bool done;
@@ -421,6 +439,7 @@ static void resolve(void)
 
 		dl_iterate_phdr(collect_text, &ft);
 	}
+	atomic_store_explicit(&callers_known, first_in_lookup(), memory_order_relaxed);
 	resolving = false;
 	atomic_store_explicit(&done, true, memory_order_release);
 }
@@ -441,6 +460,11 @@ int patch_green_check(void)
 	if (d != GR_FOREVER && d <= gr_now())
 		return -ETIMEDOUT;
 	return 0;
+}
+
+int64_t patch_ns(int64_t sec, int64_t nsec)
+{
+	return sec > INT64_MAX / GR_SEC - 1 ? INT64_MAX : sec * GR_SEC + nsec;
 }
 
 int64_t patch_deadline_after_ns(int64_t ns)

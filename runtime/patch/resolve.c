@@ -32,6 +32,7 @@ static bool numeric_only(const char *node, const char *service, const struct add
 static int green_getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
 			     struct addrinfo **res)
 {
+	int saved = errno;
 	int err = patch_green_check();
 
 	if (err) {
@@ -40,7 +41,10 @@ static int green_getaddrinfo(const char *node, const char *service, const struct
 	}
 	/* No deadline of its own: the fiber's bounds it, as it bounds every
 	 * blocking call the program makes. */
-	return gr_getaddrinfo(node, service, hints, res, GR_FOREVER);
+	int r = gr_getaddrinfo(node, service, hints, res, GR_FOREVER);
+	if (r != EAI_SYSTEM)
+		errno = saved; /* other fibers ran meanwhile: theirs is not the caller's */
+	return r;
 }
 
 PATCH_API int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,

@@ -22,15 +22,26 @@ static bool valid(const struct timespec *ts)
 
 static int64_t to_ns(const struct timespec *ts)
 {
-	return ts->tv_sec > INT64_MAX / GR_SEC - 1 ? INT64_MAX : ts->tv_sec * GR_SEC + ts->tv_nsec;
+	return patch_ns(ts->tv_sec, ts->tv_nsec);
 }
 
-static void from_ns(int64_t ns, struct timespec *ts)
+/* What is left of a request after `slept` ns, computed on the request
+ * itself: a request beyond 292 years (INT64_MAX ns, where the deadline
+ * saturates) keeps its size in what is left. */
+static void remaining(const struct timespec *req, int64_t slept, struct timespec *rem)
 {
-	if (ns < 0)
-		ns = 0;
-	ts->tv_sec = ns / GR_SEC;
-	ts->tv_nsec = ns % GR_SEC;
+	int64_t sec = slept / GR_SEC, nsec = slept % GR_SEC;
+
+	if (slept < 0)
+		sec = nsec = 0;
+	rem->tv_sec = req->tv_sec - sec;
+	rem->tv_nsec = req->tv_nsec - nsec;
+	if (rem->tv_nsec < 0) {
+		rem->tv_nsec += GR_SEC;
+		rem->tv_sec--;
+	}
+	if (rem->tv_sec < 0)
+		rem->tv_sec = rem->tv_nsec = 0;
 }
 
 /* Sleep until `deadline` (CLOCK_MONOTONIC). 0, or -ECANCELED / -ETIMEDOUT
@@ -60,10 +71,11 @@ PATCH_API unsigned sleep(unsigned seconds)
 		return 0;
 	}
 	int64_t left;
+	int saved = errno;
 	int err = green_sleep_until(patch_deadline_after_ns((int64_t)seconds * GR_SEC), &left);
+	(void)patch_result(err, saved);
 	if (!err)
 		return 0;
-	errno = -err;
 	return (unsigned)((left + GR_SEC - 1) / GR_SEC);
 }
 
@@ -74,18 +86,21 @@ PATCH_API int usleep(useconds_t us)
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN))
 		return REAL(nanosleep)(&ts, NULL);
 	int64_t left;
-	return (int)patch_result(green_sleep_until(patch_deadline_after_ns(to_ns(&ts)), &left));
+	int saved = errno;
+	int err = green_sleep_until(patch_deadline_after_ns(to_ns(&ts)), &left);
+	return (int)patch_result(err, saved);
 }
 
 PATCH_API int nanosleep(const struct timespec *req, struct timespec *rem)
 {
 	if (PATCH_LIKELY(PATCH_CTX() != PATCH_GREEN) || !req || !valid(req))
 		return REAL(nanosleep)(req, rem);
-	int64_t left;
+	int64_t left, start = gr_now();
+	int saved = errno;
 	int err = green_sleep_until(patch_deadline_after_ns(to_ns(req)), &left);
 	if (err && rem)
-		from_ns(left, rem);
-	return (int)patch_result(err);
+		remaining(req, gr_now() - start, rem);
+	return (int)patch_result(err, saved);
 }
 
 /* The CLOCK_MONOTONIC deadline of a clock_nanosleep, or -1 when the clock
@@ -117,7 +132,10 @@ static int64_t clock_deadline(clockid_t clk, int flags, const struct timespec *r
 		 * TIMER_ABSTIME sleep would follow it). */
 		if (clock_gettime(clk, &now) < 0)
 			return -1;
-		return patch_deadline_after_ns(ns - to_ns(&now));
+		ns -= to_ns(&now);
+		/* Past already: a yield (not a negative distance, which
+		 * patch_deadline_after_ns would read as "no timeout"). */
+		return ns <= 0 ? gr_now() : patch_deadline_after_ns(ns);
 	default:
 		return -1;
 	}
@@ -131,9 +149,11 @@ PATCH_API int clock_nanosleep(clockid_t clk, int flags, const struct timespec *r
 	int64_t deadline = clock_deadline(clk, flags, req);
 	if (deadline < 0)
 		return REAL(clock_nanosleep)(clk, flags, req, rem);
-	int64_t left;
+	int64_t left, start = gr_now();
+	int saved = errno;
 	int err = green_sleep_until(deadline, &left);
 	if (err && rem && !(flags & TIMER_ABSTIME))
-		from_ns(left, rem);
-	return -err; /* clock_nanosleep returns the error, errno untouched */
+		remaining(req, gr_now() - start, rem);
+	errno = saved; /* clock_nanosleep returns the error, errno untouched */
+	return -err;
 }
