@@ -386,6 +386,7 @@ int gr__hub_install(struct gr__hub *hub)
 	if (pthread_setspecific(hub_key, hub) != 0)
 		return -ENOMEM;
 	hub->tid = gettid();
+	hub->errno_at = &errno;
 	hubs_add(hub);
 	tls_hub = hub;
 	gr__stack_overflow_guard_thread_init();

@@ -351,8 +351,9 @@ struct gr_fiber {
 	bool detached;
 	bool is_root;                     /* a thread's main context */
 	uint32_t magic;                   /* FIBER_MAGIC while the handle is valid */
-	struct gr__link all_link;         /* the hub's list of fibers whose stack it holds */
+	int errno_saved;                  /* its errno while another fiber runs */
 	/* Second line: spawn, end, join, names. */
+	struct gr__link all_link;         /* the hub's list of fibers whose stack it holds */
 	void *(*fn)(void *);
 	void (*void_fn)(void *);          /* gr_spawn_n's function */
 	void *arg;
@@ -367,7 +368,7 @@ struct gr_fiber {
 	char name[GR__NAME_MAX];
 	struct gr__sanitizer_fiber san;   /* ASan/TSan bookkeeping (context.h) */
 };
-_Static_assert(offsetof(gr_fiber, all_link) + sizeof(struct gr__link) <= 64,
+_Static_assert(offsetof(gr_fiber, errno_saved) + sizeof(int) <= 64,
 	       "a switch's fields of gr_fiber fit in its first cache line");
 
 /* The fiber running on this thread; NULL before the thread's first use. */
@@ -525,6 +526,7 @@ struct gr__hub {
 	gr_fiber root;                    /* the thread's main context */
 	gr_fiber *loop;                   /* the hub fiber; NULL until something blocks */
 	gr_fiber *current;
+	int *errno_at;                    /* this thread's errno (gr__switch_to) */
 	/* The one field another thread (the monitor) reads while the hub runs:
 	 * +2 at every switch and every turn a lone fiber starts for itself, +1
 	 * on entering and again on leaving a wait() that may block, so an odd
@@ -779,6 +781,13 @@ static inline __attribute__((always_inline)) void gr__switch_to(struct gr__hub *
 	atomic_signal_fence(memory_order_seq_cst);
 	hub->current = to;
 	to->state = GR__FIBER_RUNNING;
+	/* errno is each fiber's own, as each thread's is: what another fiber
+	 * leaves in it must not be what this one finds after a call that
+	 * switched and succeeded (a read, then gr_mutex_lock, then a test of
+	 * errno, in code written for threads). Kept by the side that jumps,
+	 * for both: nothing is needed after the jump. */
+	from->errno_saved = *hub->errno_at;
+	*hub->errno_at = to->errno_saved;
 #ifdef GR__ASAN
 	__sanitizer_start_switch_fiber(dying ? NULL : &from->san.fake_stack, to->san.stack_bottom,
 				       to->san.stack_size);

@@ -701,6 +701,12 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 			     &deadline);
 	if (err)
 		return err;
+	/* The system calls made on the way (a try that says EAGAIN before the
+	 * park) must not show in the caller's errno: a call that succeeds
+	 * leaves it as it was, as read(2) in a thread does; one that fails has
+	 * it set last by its wrapper (gr__posix_result). */
+	int *errno_at = hub->errno_at;
+	const int errno_before = *errno_at;
 	if (tried_before_parking(hub, &o->op)) {
 		/* A recv that came back short since the hub last waited has
 		 * drained the socket: this one would say EAGAIN (drain.c). */
@@ -712,6 +718,7 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 		else
 			gr__drain_note(hub, o, r);
 		spend_budget(hub);
+		*errno_at = errno_before;
 		return r;
 	}
 	struct gr__park p = { .what = what, .limit = o->op.deadline, .fd_dirs = dirs };
@@ -725,6 +732,7 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 		sent = false;
 	}
 	spend_budget(hub);
+	*errno_at = errno_before;
 	return r;
 }
 

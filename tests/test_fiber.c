@@ -236,6 +236,67 @@ static void *nested_parent(void *arg)
 	return NULL;
 }
 
+/* errno is each fiber's own, as each thread's is. Two fibers set their own
+ * values and switch in every way a call can (a yield, a park on a pipe, a
+ * mutex hand-off, a sleep); each finds its own value after each, whatever
+ * the other left. */
+struct errno_pair {
+	int value;
+	int fds[2];
+	gr_mutex *m;
+	int bad;
+};
+
+static void *keep_errno(void *arg)
+{
+	struct errno_pair *e = arg;
+	char c;
+
+	for (int round = 0; round < 20; round++) {
+		errno = e->value;
+		gr_sleep(0);
+		e->bad += errno != e->value;
+		errno = e->value;
+		if (e->fds[0] >= 0) {
+			if (gr_read(e->fds[0], &c, 1) != 1)
+				e->bad++; /* parks until the other writes */
+		} else {
+			if (gr_write(e->fds[1], "x", 1) != 1)
+				e->bad++;
+		}
+		e->bad += errno != e->value;
+		errno = e->value;
+		if (gr_mutex_lock(e->m, GR_FOREVER) != 0)
+			e->bad++;
+		gr_sleep(GR_MSEC / 10);
+		gr_mutex_unlock(e->m);
+		e->bad += errno != e->value;
+	}
+	return NULL;
+}
+
+Test(fiber, errno_is_each_fibers_own_across_every_kind_of_switch)
+{
+	int p[2];
+	gr_mutex m;
+
+	cr_assert_eq(gr_mutex_init(&m), 0);
+	cr_assert_eq(pipe(p), 0);
+	struct errno_pair a = { .value = EILSEQ, .fds = { p[0], -1 }, .m = &m };
+	struct errno_pair b = { .value = ENOTSUP, .fds = { -1, p[1] }, .m = &m };
+	gr_fiber *fa = gr_spawn(keep_errno, &a), *fb = gr_spawn(keep_errno, &b);
+
+	errno = EDOM;
+	cr_assert_eq(gr_join(fa, NULL, gr_now() + 10 * GR_SEC), 0);
+	cr_assert_eq(gr_join(fb, NULL, gr_now() + 10 * GR_SEC), 0);
+	cr_assert_eq(errno, EDOM, "the main context's errno: %d", errno);
+	cr_assert_eq(a.bad, 0, "fiber a found another's errno %d times", a.bad);
+	cr_assert_eq(b.bad, 0, "fiber b found another's errno %d times", b.bad);
+	cr_assert_eq(gr_mutex_destroy(&m), 0);
+	gr_close(p[0]);
+	gr_close(p[1]);
+}
+
 Test(fiber, a_fiber_spawned_by_a_fiber_is_lazy_too)
 {
 	struct nested s = { .n = 0 };

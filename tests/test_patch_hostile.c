@@ -1254,11 +1254,6 @@ Test(patch_hostile, errno_is_each_fibers_own_across_patched_calls)
  * not keep errno per fiber, and gr_sleep's success does not put it back. */
 Test(patch_hostile, errno_is_each_fibers_own_across_greenrings_own_calls)
 {
-	if (!getenv("GRT_RUN_KNOWN_BUGS"))
-		cr_skip_test("known bug, fix belongs in runtime/fiber.c: a fiber switch does not "
-			     "save and restore errno, so after gr_sleep() (or any switching call that "
-			     "succeeds) a fiber sees the errno another fiber left "
-			     "(GRT_RUN_KNOWN_BUGS=1 runs it)");
 	errno_run(true);
 }
 
