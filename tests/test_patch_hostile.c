@@ -1558,6 +1558,7 @@ Test(patch_hostile, a_read_on_an_fd_being_closed_fails_at_once)
 struct big_writev {
 	int fd;
 	size_t each;
+	bool as_sendmsg;
 	ssize_t n;
 	int err;
 };
@@ -1570,7 +1571,8 @@ static void *writev_it_all(void *arg)
 	memset(a, 'a', w->each);
 	memset(b, 'b', w->each);
 	struct iovec iov[2] = { { a, w->each }, { b, w->each } };
-	w->n = writev(w->fd, iov, 2);
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
+	w->n = w->as_sendmsg ? sendmsg(w->fd, &m, 0) : writev(w->fd, iov, 2);
 	w->err = errno;
 	free(a);
 	free(b);
@@ -1578,11 +1580,12 @@ static void *writev_it_all(void *arg)
 }
 
 /* A blocking writev on a stream socket, a pipe or a FIFO returns when
- * everything is written, as write does: code that does not loop on it (it
- * never had to) would lose the rest. */
-static void writev_all_through(int wfd, int rfd, const char *what)
+ * everything is written, as write does, and so does a sendmsg on a stream
+ * socket: code that does not loop on them (it never had to) would lose the
+ * rest. */
+static void writev_all_through(int wfd, int rfd, const char *what, bool as_sendmsg)
 {
-	struct big_writev w = { .fd = wfd, .each = 1 << 20 };
+	struct big_writev w = { .fd = wfd, .each = 1 << 20, .as_sendmsg = as_sendmsg };
 	char buf[65536];
 	size_t got = 0;
 
@@ -1602,7 +1605,7 @@ static void writev_all_through(int wfd, int rfd, const char *what)
 	gr_deadline_set(old);
 	(void)gr_kill(f);
 	assert_ok(gr_join(f, NULL, GR_FOREVER));
-	cr_assert_eq(w.n, (ssize_t)(2 * w.each), "%s: writev of %zu bytes returned %zd (%s)", what,
+	cr_assert_eq(w.n, (ssize_t)(2 * w.each), "%s: a write of %zu bytes returned %zd (%s)", what,
 		     2 * w.each, w.n, w.n < 0 ? strerror(w.err) : "a short count");
 	grt_assert_no_failures();
 }
@@ -1613,16 +1616,20 @@ Test(patch_hostile, a_blocking_writev_writes_everything)
 	char path[64];
 
 	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
-	writev_all_through(s[0], s[1], "socket");
+	writev_all_through(s[0], s[1], "socket", false);
+	close(s[0]);
+	close(s[1]);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+	writev_all_through(s[0], s[1], "socket, sendmsg", true);
 	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-	writev_all_through(p[1], p[0], "pipe");
+	writev_all_through(p[1], p[0], "pipe", false);
 	snprintf(path, sizeof(path), "/tmp/grt-fifo-v-%d", (int)getpid());
 	unlink(path);
 	cr_assert_eq(mkfifo(path, 0600), 0);
 	int fifo = open(path, O_RDWR | O_CLOEXEC);
 	unlink(path);
 	cr_assert_geq(fifo, 0);
-	writev_all_through(fifo, fifo, "FIFO");
+	writev_all_through(fifo, fifo, "FIFO", false);
 	close(fifo);
 	close(p[0]);
 	close(p[1]);

@@ -181,7 +181,17 @@ static ssize_t try_socket(const struct io *io, size_t done)
 	case IO_SENDTO:
 		return neg_errno(REAL(sendto)(io->fd, buf, len, fl, io->to, io->tolen));
 	case IO_RECVMSG: return neg_errno(REAL(recvmsg)(io->fd, io->msg, fl));
-	case IO_SENDMSG: return neg_errno(REAL(sendmsg)(io->fd, io->msg, fl));
+	case IO_SENDMSG: {
+		if (!done)
+			return neg_errno(REAL(sendmsg)(io->fd, io->msg, fl));
+		/* The rest of a stream socket's message: its data only, the
+		 * ancillary part (SCM_RIGHTS, ...) went with the first bytes. */
+		struct iovec win[IOV_WINDOW];
+		struct msghdr m = { .msg_iov = win };
+
+		m.msg_iovlen = (size_t)iov_rest(io, done, win, 0);
+		return neg_errno(REAL(sendmsg)(io->fd, &m, fl));
+	}
 	}
 	return -EINVAL;
 }
@@ -272,13 +282,16 @@ static int wait_io(struct io *io, enum fd_kind kind)
 }
 
 /* Does the blocking call move everything before it returns? A write,
- * writev, send or sendto does (the kernel's blocking send loops); a recv
- * with MSG_WAITALL does on a stream socket (a datagram is one message). */
+ * writev, send or sendto does (the kernel's blocking send loops), and so
+ * does a sendmsg on a stream socket; a recv with MSG_WAITALL does on a
+ * stream socket (a datagram is one message). */
 static bool moves_all(const struct io *io)
 {
 	if (io->op == IO_WRITE || io->op == IO_WRITEV || io->op == IO_SEND || io->op == IO_SENDTO)
 		return true;
-	if ((io->op != IO_RECV && io->op != IO_RECVFROM) || !(io->flags & MSG_WAITALL))
+	bool stream_send = io->op == IO_SENDMSG;
+	if (!stream_send &&
+	    ((io->op != IO_RECV && io->op != IO_RECVFROM) || !(io->flags & MSG_WAITALL)))
 		return false;
 	int type = 0;
 	socklen_t len = sizeof(type);
@@ -341,8 +354,15 @@ static ssize_t green_io(struct io *io)
 		default:
 			return io_plain(io);
 		}
-		if (r > 0 && all && io->op == IO_WRITEV && done == 0)
-			io->len = iov_total(io); /* the kernel has read the iovec: it is valid */
+		if (r > 0 && all && done == 0 && (io->op == IO_WRITEV || io->op == IO_SENDMSG)) {
+			/* The kernel has read the message and its iovec: both are
+			 * valid (a sendmsg's is at most UIO_MAXIOV long). */
+			if (io->op == IO_SENDMSG) {
+				io->iov = io->msg->msg_iov;
+				io->iovcnt = (int)io->msg->msg_iovlen;
+			}
+			io->len = iov_total(io);
+		}
 		if (r > 0 && all && done + (size_t)r < io->len) {
 			done += (size_t)r;
 			continue;
