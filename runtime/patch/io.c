@@ -282,16 +282,16 @@ static int wait_io(struct io *io, enum fd_kind kind)
 }
 
 /* Does the blocking call move everything before it returns? A write,
- * writev, send or sendto does (the kernel's blocking send loops), and so
- * does a sendmsg on a stream socket; a recv with MSG_WAITALL does on a
- * stream socket (a datagram is one message). */
+ * writev, send, sendto or sendmsg does (the kernel's blocking send loops;
+ * a socket of messages sends one whole or not at all, so only a stream
+ * socket ever comes back short, and no socket type need be asked); a recv
+ * with MSG_WAITALL does on a stream socket (a datagram is one message). */
 static bool moves_all(const struct io *io)
 {
-	if (io->op == IO_WRITE || io->op == IO_WRITEV || io->op == IO_SEND || io->op == IO_SENDTO)
+	if (io->op == IO_WRITE || io->op == IO_WRITEV || io->op == IO_SEND || io->op == IO_SENDTO ||
+	    io->op == IO_SENDMSG)
 		return true;
-	bool stream_send = io->op == IO_SENDMSG;
-	if (!stream_send &&
-	    ((io->op != IO_RECV && io->op != IO_RECVFROM) || !(io->flags & MSG_WAITALL)))
+	if ((io->op != IO_RECV && io->op != IO_RECVFROM) || !(io->flags & MSG_WAITALL))
 		return false;
 	int type = 0;
 	socklen_t len = sizeof(type);
