@@ -275,8 +275,10 @@ static void wait_failed(struct gr__hub *hub, int r)
  * audit and the trim are coarse (epochs of 100 ms, seconds): that reading,
  * at most a tick behind, serves them, and a loop turn reads no precise
  * clock at all (gr_now() is a vDSO call, slow on some VMs). An offload
- * deadline is not coarse: with one pending, the clock is read afresh. */
-static int64_t wait_timeout(struct gr__hub *hub, int64_t seen)
+ * deadline is not coarse: with one pending, the clock is read afresh.
+ * *deadline: when the bound falls, absolute (GR_FOREVER: none), for a
+ * backend that keeps the timer itself (hub_ops.h, wait_until). */
+static int64_t wait_timeout(struct gr__hub *hub, int64_t seen, int64_t *deadline)
 {
 	int64_t now = 0, due = hub->offload.used ? gr__offload_next_deadline(hub) : GR_FOREVER;
 	int64_t trim = gr__stack_pool_trim_due(hub->stacks);
@@ -285,6 +287,7 @@ static int64_t wait_timeout(struct gr__hub *hub, int64_t seen)
 		now = seen != 0 && due == GR_FOREVER ? seen : gr_now();
 		due = gr__deadline_min(gr__deadline_min(gr__fd_audit_next(hub, now), due), trim);
 	}
+	*deadline = due;
 	if (!gr__fifo_empty(&hub->next))
 		return 0;
 	if (due == GR_FOREVER)
@@ -317,7 +320,9 @@ static void hub_main(gr__transfer t)
 			int64_t since = 0;
 
 			if (!spell || !gr__hub_spin(hub, &since)) {
-				int r = gr__hub_backend_wait(hub, wait_timeout(hub, seen));
+				int64_t deadline;
+				int64_t timeout = wait_timeout(hub, seen, &deadline);
+				int r = gr__hub_backend_wait(hub, timeout, deadline);
 
 				if (r < 0 && !transient_wait_error(r))
 					wait_failed(hub, r);
@@ -450,7 +455,7 @@ static void hub_destroy(void *arg)
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	gr__offload_reap(hub);    /* file operations the pool finished */
 	while (hub->inflight > 0) {
-		int r = gr__hub_backend_wait(hub, -1);
+		int r = gr__hub_backend_wait(hub, -1, GR_FOREVER);
 
 		/* A file operation a worker still runs cannot be interrupted:
 		 * its buffers are in a stack we are about to unmap. */

@@ -208,7 +208,8 @@ int gr_hub_use(const char *name)
 int gr_hub_use_ops(const struct gr_hub_ops *ops)
 {
 	if (!ops || !ops->name || !ops->probe || !ops->init || !ops->fini || !ops->submit ||
-	    !ops->cancel || !ops->wait || !ops->wake)
+	    !ops->cancel || !ops->wait || !ops->wake ||
+	    ((ops->caps & GR_HUB_CAP_WAIT_UNTIL) && !ops->wait_until))
 		return -EINVAL;
 	return use(ops);
 }

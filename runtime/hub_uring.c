@@ -37,6 +37,22 @@
  * operation, if still in flight, is cancelled like a kill would; when the
  * operation ends first, the timeout is removed. The other kinds keep the
  * linked timeout, which costs no extra CQE handling.
+ *
+ * The ring's own timer. While operations on fds are in flight, every wait
+ * of the hub is bounded (the audit of long waits, fd.c), often by the same
+ * deadline for a hundred milliseconds of waits. Passing that bound to
+ * io_uring_enter (IORING_ENTER_EXT_ARG) costs every wait the kernel's copy
+ * of the argument and the timespec, and the conversion here; a pipe round
+ * trip between two fibers, two waits, paid about 2% for it (bench/micro,
+ * docs/benchmarks.md). So wait_until arms one IORING_OP_TIMEOUT at the
+ * absolute deadline, leaves it pending across waits and waits untimed; a
+ * deadline sooner than the armed one replaces it, a later one waits for it
+ * to fire (a wake-up early, which the core answers by asking again). Its
+ * CQEs carry TAG_WAKE with slot 1 and the arming's generation. The
+ * deadlines come from the coarse clock, which lags CLOCK_MONOTONIC by up
+ * to a tick: a timer that fired before the core's clock saw its deadline
+ * pass is not armed again for the same deadline (it would fire at once,
+ * for as long as the tick lasts): that wait is timed the usual way.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -77,7 +93,18 @@ struct uring_hub {
 	uint64_t *late_cancels;    /* user_data to cancel once the SQ has room */
 	uint32_t nlate, late_cap;
 	unsigned enter_flags;      /* IORING_ENTER_REGISTERED_RING once registered */
+	struct {                   /* the ring's own timer (top of this file) */
+		int64_t at;        /* its deadline while armed; 0: none is */
+		int64_t fired;     /* the deadline of the last one that fired */
+		uint32_t gen;      /* the arming's generation, in its user_data */
+		struct __kernel_timespec ts; /* read by the kernel at submission */
+	} timer;
 };
+
+/* user_data of the wake poll's CQEs, and (slot 1 and a generation) the
+ * ring timer's. */
+#define WAKE_SLOT 0u
+#define TIMER_SLOT 1u
 
 /* backend_data[3] of a file kind: its own deadline timer is pending. */
 #define OWN_TIMER ((uintptr_t)1)
@@ -212,6 +239,15 @@ static void handle_cqe(struct uring_hub *h, const struct io_uring_cqe *cqe)
 	uint64_t ud = cqe->user_data;
 	enum tag tag = (enum tag)(ud & 3);
 
+	if (tag == TAG_WAKE && ((ud >> 2) & ((1u << 30) - 1)) == TIMER_SLOT) {
+		/* Fired (or failed): a stale arming's CQE, replaced since,
+		 * carries an older generation. */
+		if ((uint32_t)(ud >> 32) == h->timer.gen && h->timer.at != 0) {
+			h->timer.fired = h->timer.at;
+			h->timer.at = 0;
+		}
+		return;
+	}
 	if (tag == TAG_WAKE) {
 		uint64_t v;
 		ssize_t ignored = read(h->wake_fd, &v, sizeof(v));
@@ -481,18 +517,48 @@ static void arm_wake(struct uring_hub *h)
 	h->wake_unarmed = sqe == NULL;
 	if (sqe) {
 		io_uring_prep_poll_multishot(sqe, h->wake_fd, POLLIN);
-		io_uring_sqe_set_data64(sqe, TAG_WAKE);
+		io_uring_sqe_set_data64(sqe, encode(WAKE_SLOT, 0, TAG_WAKE));
 	}
 }
 
-/* Submit what is queued and wait up to ts for a completion: one
- * io_uring_enter, as liburing's io_uring_submit_and_wait_timeout makes, but
- * without its loop, which peeks at the CQ before and after the call: about
- * 135 instructions a wait more than an untimed one (callgrind), and every
- * wait with an operation on an fd in flight is timed (the audit of long
- * waits). The hub reaps right after anyway. Needs IORING_FEAT_EXT_ARG
- * (5.11); the caller falls back to liburing without it. */
-static int submit_and_wait_until(struct uring_hub *h, const struct __kernel_timespec *ts)
+/* Whether the ring's timer ends a wait by `deadline`: it is armed no later,
+ * or is now (a timer sooner than the armed one replaces it). False: the
+ * wait must be timed itself (no room in the SQ, or this deadline's timer
+ * already fired, see the top of this file). */
+static bool ring_timer_by(struct uring_hub *h, int64_t deadline)
+{
+	if (h->timer.at != 0 && h->timer.at <= deadline)
+		return true;
+	if (deadline <= h->timer.fired)
+		return false;
+	unsigned need = h->timer.at != 0 ? 2 : 1;
+	if (io_uring_sq_space_left(&h->ring) < need)
+		return false;
+	struct io_uring_sqe *sqe;
+	if (h->timer.at != 0) {
+		sqe = io_uring_get_sqe(&h->ring);
+		io_uring_prep_timeout_remove(sqe, encode(TIMER_SLOT, h->timer.gen, TAG_WAKE), 0);
+		io_uring_sqe_set_data64(sqe, encode(WAKE_SLOT, 0, TAG_CANCEL));
+	}
+	h->timer.gen++;
+	h->timer.ts.tv_sec = deadline / GR_SEC;
+	h->timer.ts.tv_nsec = deadline % GR_SEC;
+	sqe = io_uring_get_sqe(&h->ring);
+	io_uring_prep_timeout(sqe, &h->timer.ts, 0, IORING_TIMEOUT_ABS);
+	io_uring_sqe_set_data64(sqe, encode(TIMER_SLOT, h->timer.gen, TAG_WAKE));
+	h->timer.at = deadline;
+	return true;
+}
+
+/* Submit what is queued and wait for `min` completions, up to ts (NULL: no
+ * bound): one io_uring_enter, as liburing's io_uring_submit_and_wait and
+ * io_uring_submit_and_wait_timeout make, but without their checks and, for
+ * the timed one, its loop, which peeks at the CQ before and after the
+ * call: about 135 instructions a wait more than an untimed one, and the
+ * untimed one 35 more than this (callgrind). The hub reaps right after
+ * anyway. A timed wait needs IORING_FEAT_EXT_ARG (5.11); the caller falls
+ * back to liburing without it. */
+static int submit_and_wait(struct uring_hub *h, unsigned min, const struct __kernel_timespec *ts)
 {
 	struct io_uring_sq *sq = &h->ring.sq;
 	unsigned tail = sq->sqe_tail;
@@ -502,9 +568,13 @@ static int submit_and_wait_until(struct uring_hub *h, const struct __kernel_time
 		sq->sqe_head = tail;
 		io_uring_smp_store_release(sq->ktail, tail);
 	}
+	unsigned n = tail - IO_URING_READ_ONCE(*sq->khead);
+	unsigned fd = (unsigned)h->ring.enter_ring_fd;
+	if (!ts)
+		return io_uring_enter2(fd, n, min, IORING_ENTER_GETEVENTS | h->enter_flags, NULL,
+				       _NSIG / 8);
 	struct io_uring_getevents_arg arg = { .ts = (uint64_t)(uintptr_t)ts };
-	return io_uring_enter2((unsigned)h->ring.enter_ring_fd, tail - IO_URING_READ_ONCE(*sq->khead),
-			       1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | h->enter_flags,
+	return io_uring_enter2(fd, n, min, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | h->enter_flags,
 			       (sigset_t *)(void *)&arg, sizeof(arg));
 }
 
@@ -525,10 +595,8 @@ static int uring_wait(void *state, int64_t timeout_ns)
 		io_uring_sqe_set_data64(sqe, (h->late_cancels[i] & ~(uint64_t)3) | TAG_CANCEL);
 	}
 	h->nlate = 0;
-	if (timeout_ns == 0) {
-		r = io_uring_submit_and_get_events(&h->ring);
-	} else if (timeout_ns < 0) {
-		r = io_uring_submit_and_wait(&h->ring, 1);
+	if (timeout_ns <= 0) {
+		r = submit_and_wait(h, timeout_ns == 0 ? 0 : 1, NULL);
 	} else {
 		/* liburing's timed wait costs about 200 instructions more than
 		 * an untimed one. Reaping first without waiting saved them when
@@ -542,13 +610,20 @@ static int uring_wait(void *state, int64_t timeout_ns)
 		struct io_uring_cqe *cqe;
 
 		if (h->ring.features & IORING_FEAT_EXT_ARG)
-			r = submit_and_wait_until(h, &ts);
+			r = submit_and_wait(h, 1, &ts);
 		else
 			r = io_uring_submit_and_wait_timeout(&h->ring, &cqe, 1, &ts, NULL);
 	}
 	if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY && r != -EAGAIN)
 		return r;
 	return reap(h);
+}
+
+static int uring_wait_until(void *state, int64_t timeout_ns, int64_t deadline)
+{
+	struct uring_hub *h = state;
+
+	return uring_wait(state, ring_timer_by(h, deadline) ? -1 : timeout_ns);
 }
 
 static int uring_wake(void *state)
@@ -703,7 +778,7 @@ static int uring_probe(char *why, size_t whylen)
 
 const struct gr_hub_ops gr__hub_uring_ops = {
 	.name = "io_uring",
-	.caps = GR_HUB_CAP_COMPLETION,
+	.caps = GR_HUB_CAP_COMPLETION | GR_HUB_CAP_WAIT_UNTIL,
 	.probe = uring_probe,
 	.init = uring_init,
 	.fini = uring_fini,
@@ -712,4 +787,5 @@ const struct gr_hub_ops gr__hub_uring_ops = {
 	.wait = uring_wait,
 	.wake = uring_wake,
 	.fd_forget = NULL,
+	.wait_until = uring_wait_until,
 };

@@ -110,7 +110,7 @@ static bool posts_count_on_sleeping(const struct gr__hub *hub)
 	return hub->remote_waiting > 0 || hub->offload.used;
 }
 
-int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout)
+int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout, int64_t deadline)
 {
 	bool may_block = timeout != 0;
 
@@ -133,7 +133,9 @@ int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout)
 	 * before this harvest is stale after it (drain.c). Counted in twos
 	 * from 1: odd, never the 0 that means "no hint", with no test. */
 	hub->waits += 2;
-	int r = hub->ops->wait(hub->backend, timeout);
+	int r = (hub->ops->caps & GR_HUB_CAP_WAIT_UNTIL) && timeout > 0
+			? hub->ops->wait_until(hub->backend, timeout, deadline)
+			: hub->ops->wait(hub->backend, timeout);
 	if (may_block) {
 		gr__hub_progress(hub, 1);
 		atomic_store_explicit(&hub->sleeping, false, memory_order_relaxed);

@@ -295,7 +295,9 @@ void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
  * gr__hub_wake: after a push that found an inbox of hub empty, from any
  * thread: wake the hub if it may be asleep in its backend.
  * gr__hub_backend_wait: the backend's wait(), which other threads' posts
- * interrupt (it does not block if one came first). 0 or -errno.
+ * interrupt (it does not block if one came first). timeout as for wait()
+ * (hub_ops.h); deadline: when a timeout > 0 ends, on CLOCK_MONOTONIC (for
+ * wait_until). 0 or -errno.
  * gr__hub_expects_post: nothing but timers in the backend, and one to a
  * few fibers wait on other threads: worth a spin before sleeping.
  * gr__hub_spin: spin for a post, unless recent spins missed; true if one
@@ -306,7 +308,7 @@ void gr__hub_wake(struct gr__hub *hub);
 /* Wake hub whether or not it says it sleeps: for a request's first post
  * (gr__hub_request), which the hub's fence does not cover. */
 void gr__hub_wake_unasked(struct gr__hub *hub);
-int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout);
+int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout, int64_t deadline);
 bool gr__hub_expects_post(const struct gr__hub *hub);
 bool gr__hub_spin(struct gr__hub *hub, int64_t *since);
 void gr__hub_slept(struct gr__hub *hub, int64_t since);
@@ -557,7 +559,6 @@ struct gr__hub {
 	struct gr__stack_pool *stacks;
 	struct gr__sighub *signals;       /* signal.c: NULL until a fiber waits for a signal */
 	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */
-	bool in_loop;                     /* the hub fiber is running backend code */
 	unsigned long turns;
 	int64_t clock;                    /* gr__coarse_now() when the loop last started
 					     a turn: parks and spawns copy it instead of

@@ -325,6 +325,104 @@ Test(hostile, a_wait_on_an_fd_closed_behind_the_back_ends_on_time_beside_a_long_
 		     (long long)(took / MSEC));
 }
 
+/* The same audit when the wait that must be bounded by it finds the
+ * submission queue full. On io_uring the bound is a timer the ring keeps
+ * across waits (hub_uring.c), armed with an SQE of its own; with no room
+ * for it, that wait must be timed the usual way, not left untimed. A hub
+ * with a two-entry ring: the readers' reads are in the kernel, their fds
+ * are closed behind the runtime's back, and the hub's last call before it
+ * sleeps is a read with a deadline, an operation and its linked timeout,
+ * which fill the queue. Nothing completes before that deadline (5 s) but
+ * what the audit ends. Other hubs ignore the ring's size and run the same
+ * scenario. */
+enum { TINY_RING_READERS = 4 };
+
+struct tiny_ring {
+	struct call c[TINY_RING_READERS];
+	int victim[TINY_RING_READERS][2];
+	int quiet[2];
+	atomic_int left;
+	int64_t closed_at;
+	ssize_t quiet_r;
+	int quiet_err;
+	int joined;
+};
+
+static struct tiny_ring *tiny_ring_of_reader;
+
+/* A victim's read; the last to end frees the thread's main read. */
+static void *tiny_ring_reader(void *arg)
+{
+	struct tiny_ring *t = tiny_ring_of_reader;
+
+	read_fiber(arg);
+	if (atomic_fetch_sub(&t->left, 1) == 1 && write(t->quiet[1], "x", 1) != 1)
+		grt_fail("write to the quiet pipe: %s", strerror(errno));
+	return NULL;
+}
+
+static void tiny_ring_run(void *arg)
+{
+	struct tiny_ring *t = arg;
+	gr_fiber *f[TINY_RING_READERS];
+	unsigned char ch;
+
+	tiny_ring_of_reader = t;
+	for (int i = 0; i < TINY_RING_READERS; i++) {
+		t->c[i] = (struct call){ .fd = t->victim[i][0], .n = 1, .r = 1 };
+		f[i] = gr_spawn(tiny_ring_reader, &t->c[i]);
+		if (!f[i]) {
+			grt_fail("gr_spawn: %s", strerror(errno));
+			return;
+		}
+	}
+	/* The readers park; the loop hands their reads to the kernel in the
+	 * wait that ends this sleep (a yield would not need the loop). */
+	if (gr_sleep(MSEC) != 0)
+		grt_fail("gr_sleep: %s", strerror(errno));
+	t->closed_at = gr_now();
+	for (int i = 0; i < TINY_RING_READERS; i++)
+		close(t->victim[i][0]);
+	gr_deadline_set(gr_now() + 5 * GR_SEC);
+	t->quiet_r = gr_read(t->quiet[0], &ch, 1);
+	t->quiet_err = t->quiet_r < 0 ? errno : 0;
+	gr_deadline_set(GR_FOREVER);
+	t->joined = 1;
+	for (int i = 0; i < TINY_RING_READERS; i++)
+		t->joined &= gr_join(f[i], NULL, gr_now() + 5 * GR_SEC) == 0;
+}
+
+Test(hostile, a_wait_on_an_fd_closed_behind_the_back_ends_on_time_when_the_ring_is_full)
+{
+	static struct tiny_ring t;
+	struct grt_thread th;
+
+	atomic_store(&t.left, TINY_RING_READERS);
+	for (int i = 0; i < TINY_RING_READERS; i++)
+		pipe_of(t.victim[i]);
+	pipe_of(t.quiet);
+	/* Read when a hub is made: the new thread's hub gets two entries. */
+	cr_assert_eq(setenv("GREENRING_URING_ENTRIES", "2", 1), 0);
+	grt_thread_start(&th, 1, tiny_ring_run, &t);
+	grt_thread_join(&th);
+	unsetenv("GREENRING_URING_ENTRIES");
+	grt_assert_no_failures();
+	cr_assert(t.joined, "a reader was still parked 5 s after its fd was closed");
+	for (int i = 0; i < TINY_RING_READERS; i++) {
+		cr_assert_eq(t.c[i].r, -1, "reader %d: %zd", i, t.c[i].r);
+		cr_assert_eq(t.c[i].err, EBADF, "reader %d: %s", i, strerror(t.c[i].err));
+		int64_t took = t.c[i].ended_at - t.closed_at;
+		cr_assert_lt(took, 1500 * MSEC,
+			     "reader %d ended %lld ms after its fd was closed, not at the audit "
+			     "(within two epochs of 100 ms)",
+			     i, (long long)(took / MSEC));
+		close(t.victim[i][1]);
+	}
+	cr_assert_eq(t.quiet_r, 1, "the main read: %zd (%s)", t.quiet_r, strerror(t.quiet_err));
+	close(t.quiet[0]);
+	close(t.quiet[1]);
+}
+
 /* ================================================== 2. wake-ups */
 
 /* A hub that used fd (a read that parked on it: the fd is recorded as

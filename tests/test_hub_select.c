@@ -730,6 +730,10 @@ Test(hub_select, gr_hub_use_ops_checks_the_table_and_its_probe)
 	incomplete = grt_tinypoll_ops;
 	incomplete.name = NULL;
 	cr_assert_eq(gr_hub_use_ops(&incomplete), -EINVAL);
+	/* A capability announced without the member that serves it. */
+	incomplete = grt_tinypoll_ops;
+	incomplete.caps |= GR_HUB_CAP_WAIT_UNTIL;
+	cr_assert_eq(gr_hub_use_ops(&incomplete), -EINVAL);
 
 	refusing.name = "refusing";
 	refusing.probe = refusing_probe;

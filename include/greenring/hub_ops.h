@@ -142,6 +142,11 @@ struct gr_op {
 
 /* Capability flags in gr_hub_ops.caps. */
 #define GR_HUB_CAP_COMPLETION 0x1u
+/* The backend has wait_until (below). The core reads that member only when
+ * this flag is set: a backend built against a header older than the member
+ * sets no such flag, and its struct, which ends before it, is never read
+ * past its end. */
+#define GR_HUB_CAP_WAIT_UNTIL 0x2u
 
 /* Settings the core passes to init(). Zero means "the backend's default". */
 struct gr_hub_config {
@@ -203,6 +208,16 @@ struct gr_hub_ops {
 	 * cancels its operations with EBADF. Without it the core asks
 	 * fcntl(F_GETFD) alone. */
 	int (*fd_audit)(void *state, int fd);
+	/* Optional (with GR_HUB_CAP_WAIT_UNTIL): wait(), told also when its bound falls:
+	 * `deadline`, absolute CLOCK_MONOTONIC ns, set when timeout_ns > 0
+	 * (GR_FOREVER otherwise). The core calls it instead of wait(). For a
+	 * backend that can keep a timer of its own across waits (io_uring's
+	 * IORING_OP_TIMEOUT): the core's bound (the audit of long waits, the
+	 * thread pool's deadlines, the stack trim) stays the same for many
+	 * waits in a row, and such a backend then waits untimed, with no
+	 * clock to read. Waking earlier than the deadline is fine, as for
+	 * wait(); later is not. */
+	int (*wait_until)(void *state, int64_t timeout_ns, int64_t deadline);
 };
 
 /* Complete an operation: set its result (>= 0, or -errno) and make the fiber
