@@ -3,7 +3,10 @@
  *   - the loop stamps its turns on the coarse clock (hub.c, clock.c): an
  *     idle hub with reads parked on fds does not spin, a dump's ages are
  *     never negative, a wait on an fd closed behind the runtime's back
- *     ends on time even beside a wait whose checks have backed off;
+ *     ends on time even beside a wait whose checks have backed off, and
+ *     when the ring has no room for the timer that bounds the wait
+ *     (io_uring keeps it in the ring, hub_uring.c), which holds no
+ *     thread's exit;
  *   - a hub takes the Dekker fence before a wait only when a post may
  *     count on it, and requests wake it unasked (idle.c, wait.c): no
  *     wake-up is lost when a hub sleeps on a timer alone, waits on nothing
@@ -421,6 +424,49 @@ Test(hostile, a_wait_on_an_fd_closed_behind_the_back_ends_on_time_when_the_ring_
 	cr_assert_eq(t.quiet_r, 1, "the main read: %zd (%s)", t.quiet_r, strerror(t.quiet_err));
 	close(t.quiet[0]);
 	close(t.quiet[1]);
+}
+
+/* A thread whose hub has waited with an fd busy (so the ring holds the
+ * audit's timer, on io_uring) returns with a reader still parked: its exit
+ * discards the reader and is not held until any timer fires. */
+struct timer_at_exit {
+	int p[2];
+	struct call c;
+	int64_t returned_at;
+};
+
+static void timer_at_exit_run(void *arg)
+{
+	struct timer_at_exit *t = arg;
+
+	t->c = (struct call){ .fd = t->p[0], .n = 1, .r = 1 };
+	if (!gr_spawn(read_fiber, &t->c))
+		grt_fail("gr_spawn: %s", strerror(errno));
+	/* Waits bounded by the audit, which the ring's timer then ends: the
+	 * first at about 100 ms, the next an epoch or more later, armed at
+	 * the exit. */
+	if (gr_sleep(110 * MSEC) != 0)
+		grt_fail("gr_sleep: %s", strerror(errno));
+	if (t->c.r != 1)
+		grt_fail("the read returned %zd before the thread's exit", t->c.r);
+	t->returned_at = gr_now();
+}
+
+Test(hostile, a_thread_whose_ring_holds_the_audits_timer_exits_at_once)
+{
+	static struct timer_at_exit t;
+	struct grt_thread th;
+
+	pipe_of(t.p);
+	grt_thread_start(&th, 1, timer_at_exit_run, &t);
+	grt_thread_join(&th);
+	int64_t took = gr_now() - t.returned_at;
+	grt_assert_no_failures();
+	cr_assert_gt(t.returned_at, 0);
+	cr_assert_lt(took, 50 * MSEC, "the thread took %lld ms to exit after its function returned",
+		     (long long)(took / MSEC));
+	close(t.p[0]);
+	close(t.p[1]);
 }
 
 /* ================================================== 2. wake-ups */
