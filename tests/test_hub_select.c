@@ -712,6 +712,63 @@ Test(hub_select, a_third_party_hub_runs_fibers_sleeps_and_io)
 	cr_assert_str_eq(gr_hub_name(), first_usable());
 }
 
+/* A third-party hub that announces GR_HUB_CAP_WAIT_UNTIL: every bounded
+ * wait comes through wait_until, with the bound's end, absolute, matching
+ * the timeout (the core's clock may be a tick behind the call, never
+ * ahead); wait() gets only the unbounded and the non-blocking ones. */
+static atomic_int until_calls, until_wrong, plain_bounded;
+static int64_t until_skew_worst;
+
+static int until_wait(void *state, int64_t timeout_ns, int64_t deadline)
+{
+	int64_t skew = gr_now() - (deadline - timeout_ns);
+
+	atomic_fetch_add(&until_calls, 1);
+	if (timeout_ns <= 0 || deadline == GR_FOREVER || skew < 0 || skew > 50 * GR_MSEC)
+		atomic_fetch_add(&until_wrong, 1);
+	if (skew > until_skew_worst)
+		until_skew_worst = skew;
+	return grt_tinypoll_ops.wait(state, timeout_ns);
+}
+
+static int plain_wait(void *state, int64_t timeout_ns)
+{
+	if (timeout_ns > 0)
+		atomic_fetch_add(&plain_bounded, 1);
+	return grt_tinypoll_ops.wait(state, timeout_ns);
+}
+
+Test(hub_select, a_third_party_hub_with_wait_until_gets_every_bounded_wait_and_its_end)
+{
+	static struct gr_hub_ops ops;
+	int p[2];
+	char ch;
+
+	ops = grt_tinypoll_ops;
+	ops.caps |= GR_HUB_CAP_WAIT_UNTIL;
+	ops.wait = plain_wait;
+	ops.wait_until = until_wait;
+	cr_assert_eq(gr_hub_use_ops(&ops), 0);
+	cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+	/* A read parked for 350 ms: the core bounds its waits by the audit
+	 * of long waits (100 ms epochs). */
+	int64_t t0 = gr_now();
+	gr_deadline_set(t0 + 350 * GR_MSEC);
+	cr_assert_eq(gr_read(p[0], &ch, 1), -1);
+	cr_assert_eq(errno, ETIMEDOUT);
+	gr_deadline_set(GR_FOREVER);
+	cr_assert_geq(atomic_load(&until_calls), 1, "no bounded wait in 350 ms with an fd busy");
+	cr_assert_eq(atomic_load(&until_wrong), 0,
+		     "%d of %d calls to wait_until had a wrong bound (worst skew %lld us)",
+		     atomic_load(&until_wrong), atomic_load(&until_calls),
+		     (long long)(until_skew_worst / 1000));
+	cr_assert_eq(atomic_load(&plain_bounded), 0, "wait() got %d bounded waits",
+		     atomic_load(&plain_bounded));
+	cr_assert_eq(gr_close(p[0]), 0);
+	cr_assert_eq(gr_close(p[1]), 0);
+	cr_assert_eq(gr_hub_use(NULL), 0);
+}
+
 static int refusing_probe(char *why, size_t whylen)
 {
 	snprintf(why, whylen, "frobnicator: No such device");
