@@ -133,6 +133,7 @@ int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout, int64_t deadline)
 	 * before this harvest is stale after it (drain.c). Counted in twos
 	 * from 1: odd, never the 0 that means "no hint", with no test. */
 	hub->waits += 2;
+	hub->queued = 0;
 	int r = (hub->ops->caps & GR_HUB_CAP_WAIT_UNTIL) && timeout > 0
 			? hub->ops->wait_until(hub->backend, timeout, deadline)
 			: hub->ops->wait(hub->backend, timeout);

@@ -560,6 +560,8 @@ struct gr__hub {
 	struct gr__sighub *signals;       /* signal.c: NULL until a fiber waits for a signal */
 	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */
 	unsigned long turns;
+	unsigned queued;                  /* operations submitted since the last wait():
+					     a completion backend has them queued for it */
 	int64_t clock;                    /* gr__coarse_now() when the loop last started
 					     a turn: parks and spawns copy it instead of
 					     reading the clock (docs/observing.md: how

@@ -143,6 +143,7 @@ static inline __attribute__((always_inline)) int op_submit(struct gr__hub *hub, 
 		return err;
 	}
 	hub->counters.submitted[o->op.kind]++;
+	hub->queued++;
 	return 0;
 }
 

@@ -31,7 +31,9 @@ struct gr_hub_counters {
 	uint64_t turns;            /* loop turns (as gr_hub_stats) */
 	uint64_t submitted[GR_HUB_COUNTERS_KINDS]; /* operations handed to the backend, by
 					   enum gr_op_kind: on epoll and poll a call that
-					   did not have to wait hands over nothing */
+					   did not have to wait hands over nothing, nor
+					   on io_uring a send made with nothing else to
+					   run (docs/hubs.md) */
 	uint64_t completed[GR_HUB_COUNTERS_KINDS]; /* of those, completed */
 	uint64_t cancels;          /* cancels asked of the backend (kill, deadline, gr_close,
 				      a queue wait's timer no longer needed, thread exit) */
