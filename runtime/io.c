@@ -506,6 +506,23 @@ static inline int completes_in_backend(struct gr__hub *hub, struct gr__op *o)
 	return kind != GR__FD_STREAM;
 }
 
+/* A send on a completion hub (gr_send, gr_sendmsg, and a write on a socket,
+ * which io.c makes a send) with no other fiber runnable: its SQE would
+ * go to the kernel alone, in an io_uring_enter of its own, and the fiber
+ * would park and come back through the loop for its completion. The send
+ * itself with MSG_DONTWAIT is the same one system call, without the park
+ * and the two switches. With other fibers runnable, or operations of this
+ * turn queued already, the enter comes anyway and this SQE shares it,
+ * which is cheaper than a call of its own. After EAGAIN the send goes the
+ * usual way; ENOTSOCK (the number names no socket any more) is the call's
+ * answer, as the SQE's would be, and gr__run_op makes a write of a write
+ * again. */
+static inline bool sends_at_once(const struct gr__hub *hub, const struct gr_op *op)
+{
+	return (op->kind == GR_OP_SEND || op->kind == GR_OP_SENDMSG) && hub->queued == 0 &&
+	       !hub->now && gr__fifo_empty(&hub->next);
+}
+
 /* A completion backend runs the call in the kernel, which honours the
  * file's own O_NONBLOCK (a signalfd made with SFD_NONBLOCK, a socket the
  * program set non-blocking): the call comes back with EAGAIN (EINPROGRESS
@@ -515,6 +532,12 @@ static inline int completes_in_backend(struct gr__hub *hub, struct gr__op *o)
  * doubted (GR__REDECIDE): the way to serve it is chosen again first. */
 static int64_t run_completion(struct gr__hub *hub, struct gr__park *p, struct gr__op *o)
 {
+	if (sends_at_once(hub, &o->op)) {
+		int64_t r = attempt(&o->op);
+
+		if (r != -EAGAIN && r != -EWOULDBLOCK)
+			return r;
+	}
 	for (;;) {
 		int in_backend = completes_in_backend(hub, o);
 
@@ -652,21 +675,6 @@ static bool tried_before_parking(const struct gr__hub *hub, const struct gr_op *
 	       op->kind == GR_OP_SENDMSG;
 }
 
-/* A send on a completion hub with no other fiber runnable: its SQE would
- * go to the kernel alone, in an io_uring_enter of its own, and the fiber
- * would park and come back through the loop for its completion. The send
- * itself with MSG_DONTWAIT is the same one system call, without the park
- * and the two switches. With other fibers runnable, or operations of this
- * turn queued already, the enter comes anyway and this SQE shares it,
- * which is cheaper than a call of its own. EAGAIN (and a number that is
- * no socket any more) goes the usual way. */
-static inline bool sends_at_once(const struct gr__hub *hub, const struct gr_op *op)
-{
-	return (hub->ops->caps & GR_HUB_CAP_COMPLETION) &&
-	       (op->kind == GR_OP_SEND || op->kind == GR_OP_SENDMSG) && hub->queued == 0 &&
-	       !hub->now && gr__fifo_empty(&hub->next);
-}
-
 /* A call tried_before_parking whose try said EAGAIN (the gate's checks
  * passed with `deadline`): its park record, then run_stream's loop for these
  * kinds (no connect, no file, no fcntl) without the way down to it: wait
@@ -722,15 +730,7 @@ int64_t gr__run_op(struct gr__op *o, const char *what)
 	 * it set last by its wrapper (gr__posix_result). */
 	int *errno_at = hub->errno_at;
 	const int errno_before = *errno_at;
-	if (sends_at_once(hub, &o->op)) {
-		int64_t r = attempt(&o->op);
-
-		if (r != -EAGAIN && r != -EWOULDBLOCK && r != -ENOTSOCK) {
-			spend_budget(hub);
-			*errno_at = errno_before;
-			return r;
-		}
-	} else if (tried_before_parking(hub, &o->op)) {
+	if (tried_before_parking(hub, &o->op)) {
 		/* A recv that came back short since the hub last waited has
 		 * drained the socket: this one would say EAGAIN (drain.c). */
 		bool hinted = gr__drain_hinted(hub, o, deadline);

@@ -275,15 +275,16 @@ Test(io, recv_and_send_on_a_socketpair)
 	cr_assert_eq(close(sv[0]), 0);
 }
 
-/* A send the socket takes at once, made with nothing else to run and
- * nothing queued for the backend: on every hub the call itself, with no
+/* A send (or a write on a socket) the socket takes at once, made with
+ * nothing else to run and nothing queued for the backend: on every hub
+ * the call itself, with no
  * operation handed to the backend and no turn of the loop (io_uring queued
  * an SQE and entered the kernel for it alone, then switched the fiber out
  * and back). Its result and errors are the call's: EPIPE, never SIGPIPE. */
 Test(io, a_send_with_nothing_else_to_run_is_the_call_itself_on_every_hub)
 {
 	int sv[2];
-	char buf[8];
+	char buf[12];
 	struct gr_hub_counters before, after;
 
 	make_socketpair(sv);
@@ -292,15 +293,18 @@ Test(io, a_send_with_nothing_else_to_run_is_the_call_itself_on_every_hub)
 	cr_assert_eq(gr_send(sv[0], "ping", 4, 0), 4);
 	struct msghdr m = { .msg_iov = &(struct iovec){ "pong", 4 }, .msg_iovlen = 1 };
 	cr_assert_eq(gr_sendmsg(sv[0], &m, 0), 4);
+	cr_assert_eq(gr_write(sv[0], "ping", 4), 4); /* a write on a socket is a send */
 	cr_assert_eq(gr_hub_counters(&after, sizeof(after)), 0);
 	cr_assert_eq(after.submitted[GR_OP_SEND], before.submitted[GR_OP_SEND],
 		     "the send was handed to the %s backend", grt_hub());
 	cr_assert_eq(after.submitted[GR_OP_SENDMSG], before.submitted[GR_OP_SENDMSG],
 		     "the sendmsg was handed to the %s backend", grt_hub());
+	cr_assert_eq(after.submitted[GR_OP_WRITE], before.submitted[GR_OP_WRITE],
+		     "the write was handed to the %s backend", grt_hub());
 	cr_assert_eq(after.turns, before.turns, "the sends took %llu turns of the loop",
 		     (unsigned long long)(after.turns - before.turns));
-	cr_assert_eq(gr_recv(sv[1], buf, sizeof(buf), MSG_WAITALL), 8);
-	cr_assert_eq(memcmp(buf, "pingpong", 8), 0);
+	cr_assert_eq(gr_recv(sv[1], buf, sizeof(buf), MSG_WAITALL), 12);
+	cr_assert_eq(memcmp(buf, "pingpongping", 12), 0);
 	cr_assert_eq(close(sv[1]), 0);
 	errno = 0;
 	cr_assert_eq(gr_send(sv[0], "x", 1, 0), -1, "send to a closed peer");
