@@ -238,11 +238,13 @@ static void handle_cqe(struct uring_hub *h, const struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
 	enum tag tag = (enum tag)(ud & 3);
+	uint32_t idx = (uint32_t)(ud >> 2) & ((1u << 30) - 1);
+	uint32_t gen = (uint32_t)(ud >> 32);
 
-	if (tag == TAG_WAKE && ((ud >> 2) & ((1u << 30) - 1)) == TIMER_SLOT) {
+	if (tag == TAG_WAKE && idx == TIMER_SLOT) {
 		/* Fired (or failed): a stale arming's CQE, replaced since,
 		 * carries an older generation. */
-		if ((uint32_t)(ud >> 32) == h->timer.gen && h->timer.at != 0) {
+		if (gen == h->timer.gen && h->timer.at != 0) {
 			h->timer.fired = h->timer.at;
 			h->timer.at = 0;
 		}
@@ -259,8 +261,6 @@ static void handle_cqe(struct uring_hub *h, const struct io_uring_cqe *cqe)
 			h->wake_unarmed = true;
 		return;
 	}
-	uint32_t idx = (uint32_t)(ud >> 2) & ((1u << 30) - 1);
-	uint32_t gen = (uint32_t)(ud >> 32);
 	struct gr_op *op = NULL;
 	if (idx < h->nslots && h->slots[idx].gen == gen)
 		op = h->slots[idx].op; /* NULL: its slot was reused since */
