@@ -312,6 +312,32 @@ Test(io, a_send_with_nothing_else_to_run_is_the_call_itself_on_every_hub)
 	cr_assert_eq(close(sv[0]), 0);
 }
 
+/* A number known as a socket, closed with plain close() and reused by a
+ * pipe: a gr_write on it, made with nothing else to run (on io_uring a
+ * send tried at once, which the pipe answers with ENOTSOCK), writes the
+ * pipe. */
+Test(io, a_write_on_a_socket_number_reused_by_a_pipe_writes_the_pipe)
+{
+	int sv[2], p[2];
+	char buf[8];
+
+	make_socketpair(sv);
+	cr_assert_eq(gr_write(sv[0], "old", 3), 3); /* the number is a socket */
+	cr_assert_eq(gr_recv(sv[1], buf, sizeof(buf), 0), 3);
+	int num = sv[0];
+	make_pipe(p);
+	cr_assert_eq(close(num), 0); /* behind the runtime's back */
+	cr_assert_eq(dup3(p[1], num, O_CLOEXEC), num);
+	cr_assert_eq(close(p[1]), 0);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0); /* nothing queued, nothing else runnable */
+	cr_assert_eq(gr_write(num, "NEW", 3), 3, "gr_write: %s", strerror(errno));
+	cr_assert_eq(read(p[0], buf, sizeof(buf)), 3);
+	cr_assert_eq(memcmp(buf, "NEW", 3), 0);
+	cr_assert_eq(gr_close(num), 0);
+	cr_assert_eq(close(p[0]), 0);
+	cr_assert_eq(close(sv[1]), 0);
+}
+
 /* ------------------------------------------------------------ whole writes */
 
 /* gr_send_all or gr_write_all of `total` bytes, from a fiber. */
