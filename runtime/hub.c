@@ -230,6 +230,34 @@ static bool transient_wait_error(int r)
 	return r == -EINTR || r == -EAGAIN || r == -ETIME || r == -EBUSY;
 }
 
+/* Early returns this many in a row, each in less than this on average:
+ * faster than signals can come (a delivery alone costs a microsecond or
+ * more), so not a signal's doing. */
+#define WAIT_INTERRUPTS_RUN 1024
+#define WAIT_INTERRUPT_MIN_NS 2000
+
+/* A wait that may block came back with a transient error (EINTR: a signal
+ * ended it early, and the core asks again). The built-in backends swallow
+ * those, but a third party's may pass them on, and one that returns one at
+ * once, every time, without waiting or reaping, had the loop spin at full
+ * speed, silent, for as long as anything was in flight (25 million calls
+ * in 1.6 s). Whether this one ends such a run: then the caller treats it
+ * as a failing wait (said, paused, and after a few the operations in
+ * flight fail). A profiled program's signals, each ending a wait that had
+ * blocked a while, never make one. Two clock reads per run. */
+static bool wait_spins(struct gr__hub *hub)
+{
+	if (hub->wait_interrupts++ == 0) {
+		hub->wait_interrupts_since = gr_now();
+		return false;
+	}
+	if (hub->wait_interrupts < WAIT_INTERRUPTS_RUN)
+		return false;
+	int64_t took = gr_now() - hub->wait_interrupts_since;
+	hub->wait_interrupts = 0;
+	return took < (int64_t)WAIT_INTERRUPTS_RUN * WAIT_INTERRUPT_MIN_NS;
+}
+
 #define WAIT_FAILURES_GIVE_UP 5
 #define WAIT_RETRY_PAUSE_MAX GR_SEC
 
@@ -324,10 +352,12 @@ static void hub_main(gr__transfer t)
 				int64_t timeout = wait_timeout(hub, seen, &deadline);
 				int r = gr__hub_backend_wait(hub, timeout, deadline);
 
-				if (r < 0 && !transient_wait_error(r))
+				/* A transient error leaves the count of failures
+				 * as it was: only a wait that worked ends a run. */
+				if (r < 0 && (!transient_wait_error(r) || (timeout != 0 && wait_spins(hub))))
 					wait_failed(hub, r);
-				else
-					hub->wait_failures = 0;
+				else if (r >= 0)
+					hub->wait_failures = hub->wait_interrupts = 0;
 				if (spell)
 					gr__hub_slept(hub, since);
 			}

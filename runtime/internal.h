@@ -556,6 +556,8 @@ struct gr__hub {
 	size_t fds_busy;                  /* fds with operations in flight */
 	int64_t audit_due;                /* when the next audit runs; 0 = not planned */
 	unsigned wait_failures;           /* backend wait() failures in a row */
+	unsigned wait_interrupts;         /* early returns (EINTR...) in a row, since */
+	int64_t wait_interrupts_since;    /* the first of them (hub.c, wait_spins) */
 	struct gr__stack_pool *stacks;
 	struct gr__sighub *signals;       /* signal.c: NULL until a fiber waits for a signal */
 	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */

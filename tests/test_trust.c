@@ -1326,7 +1326,11 @@ Test(trust, a_read_whose_fd_is_closed_under_it_fails_with_ebadf)
  *   "greedy": its cancel(op) completes op with -ECANCELED and also, at once,
  *             the nearest other operation it holds on the same fd (as a
  *             backend that reaps while it cancels), with a readiness result.
- *   "failing": its wait() fails with -EIO whenever an operation is held. */
+ *   "failing": its wait() fails with -EIO whenever an operation is held.
+ *   "interrupting": announces GR_HUB_CAP_WAIT_UNTIL, and its wait_until
+ *             returns -EINTR at once, without waiting or reaping, whenever
+ *             an operation is held (an early return the core takes for a
+ *             signal's, and asks again). */
 
 static int greedy_cancel(void *state, struct gr_op *op)
 {
@@ -1361,6 +1365,14 @@ static int failing_wait(void *state, int64_t timeout_ns)
 	return t->n > 0 ? -EIO : grt_tp_wait(state, timeout_ns);
 }
 
+static int interrupting_wait_until(void *state, int64_t timeout_ns, int64_t deadline)
+{
+	struct grt_tinypoll *t = state;
+
+	(void)deadline;
+	return t->n > 0 ? -EINTR : grt_tp_wait(state, timeout_ns);
+}
+
 static const struct gr_hub_ops greedy_ops = {
 	.name = "greedy",
 	.probe = grt_tp_probe,
@@ -1381,6 +1393,19 @@ static const struct gr_hub_ops failing_ops = {
 	.cancel = grt_tp_cancel,
 	.wait = failing_wait,
 	.wake = grt_tp_wake,
+};
+
+static const struct gr_hub_ops interrupting_ops = {
+	.name = "interrupting",
+	.caps = GR_HUB_CAP_WAIT_UNTIL,
+	.probe = grt_tp_probe,
+	.init = grt_tp_init,
+	.fini = grt_tp_fini,
+	.submit = grt_tp_submit,
+	.cancel = grt_tp_cancel,
+	.wait = grt_tp_wait,
+	.wake = grt_tp_wake,
+	.wait_until = interrupting_wait_until,
 };
 
 /* ------------------------------------------------------------ backends that misbehave */
@@ -1496,6 +1521,65 @@ Test(trust, a_backend_whose_wait_keeps_failing_fails_its_operations)
 
 	run_self("failing_wait", NULL, NULL, 6 * GR_SEC, &r);
 	expect_child_ok(&r, "gr_wait_fd under a failing backend");
+	cr_assert_not_null(strstr(r.err, "wait failed"), "stderr: %s", r.err);
+}
+
+/* A fiber waits for a pipe under "interrupting", whose wait_until comes
+ * back at once with -EINTR. The CPU time the process spent is measured
+ * around it. */
+static int child_interrupting_wait(void)
+{
+	int p[2];
+	struct timed_call t = { .rc = -2 };
+	struct timespec c0, c1;
+
+	if (gr_hub_use_ops(&interrupting_ops) != 0 || pipe2(p, O_CLOEXEC) != 0)
+		return 2;
+	t.fd = p[0];
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+	gr_fiber *f = gr_spawn(wait_readable, &t);
+	if (!f)
+		return 3;
+	int j = gr_join(f, NULL, GR_FOREVER);
+	if (j == -EIO)
+		j = gr_join(f, NULL, GR_FOREVER);
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+	int64_t cpu = (c1.tv_sec - c0.tv_sec) * GR_SEC + (c1.tv_nsec - c0.tv_nsec);
+	if (j != 0) {
+		printf("gr_join of the waiting fiber: %s\n", strerror(-j));
+		return 3;
+	}
+	if (t.rc != -1 || t.err != EIO || t.took > 3 * GR_SEC) {
+		printf("gr_wait_fd under a wait_until that returns EINTR at once: %zd (%s) after "
+		       "%lld ms\n", t.rc, strerror(t.err), (long long)(t.took / GR_MSEC));
+		return 4;
+	}
+	if (cpu > 300 * GR_MSEC) {
+		printf("%lld ms of CPU in %lld ms: the hub spun\n", (long long)(cpu / GR_MSEC),
+		       (long long)(t.took / GR_MSEC));
+		return 5;
+	}
+	gr_close(p[0]);
+	gr_close(p[1]);
+	return 0;
+}
+
+/* An early return is fine (hub_ops.h), and the transient errors (EINTR,
+ * EAGAIN, ETIME, EBUSY) are asked again without a word; but a backend
+ * that returns one at once, every time, without waiting or reaping, had
+ * the loop spin at full speed, silent, for as long as anything was in
+ * flight (25 million calls in 1.6 s, for ever without a deadline). Such a
+ * run, faster than signals can come, is a failing wait: said on stderr,
+ * paused, and after a few, the operations in flight fail with EIO. In a
+ * child, killed if it hangs. */
+Test(trust, a_backend_whose_wait_returns_eintr_at_once_does_not_spin)
+{
+	struct child_run r;
+
+	if (strcmp(grt_hub(), "poll") != 0)
+		return;
+	run_self("interrupting_wait", NULL, NULL, 6 * GR_SEC, &r);
+	expect_child_ok(&r, "gr_wait_fd under a wait_until that returns EINTR at once");
 	cr_assert_not_null(strstr(r.err, "wait failed"), "stderr: %s", r.err);
 }
 
@@ -1722,6 +1806,7 @@ static const struct child_mode child_modes[] = {
 	{ "closed_under_reader", child_closed_under_reader },
 	{ "greedy_cancel", child_greedy_cancel },
 	{ "failing_wait", child_failing_wait },
+	{ "interrupting_wait", child_interrupting_wait },
 	{ NULL, NULL },
 };
 
