@@ -490,7 +490,12 @@ static void hub_destroy(void *arg)
 		/* A file operation a worker still runs cannot be interrupted:
 		 * its buffers are in a stack we are about to unmap. */
 		gr__offload_reap(hub);
-		if (r < 0 && !transient_wait_error(r)) {
+		/* A run of early returns faster than signals (wait_spins) is
+		 * a backend that will never reap: spinning here held the
+		 * thread's exit for ever, silent. */
+		if (r >= 0)
+			hub->wait_interrupts = 0;
+		if (r < 0 && (!transient_wait_error(r) || wait_spins(hub))) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
 				hub->ops->name, strerror(-r));

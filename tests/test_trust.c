@@ -1330,7 +1330,9 @@ Test(trust, a_read_whose_fd_is_closed_under_it_fails_with_ebadf)
  *   "interrupting": announces GR_HUB_CAP_WAIT_UNTIL, and its wait_until
  *             returns -EINTR at once, without waiting or reaping, whenever
  *             an operation is held (an early return the core takes for a
- *             signal's, and asks again). */
+ *             signal's, and asks again). "interrupting_late": its wait()
+ *             does the same, and its cancel() leaves the operation to
+ *             complete in a later wait(), as a completion backend's does. */
 
 static int greedy_cancel(void *state, struct gr_op *op)
 {
@@ -1373,6 +1375,18 @@ static int interrupting_wait_until(void *state, int64_t timeout_ns, int64_t dead
 	return t->n > 0 ? -EINTR : grt_tp_wait(state, timeout_ns);
 }
 
+static int interrupting_wait(void *state, int64_t timeout_ns)
+{
+	struct grt_tinypoll *t = state;
+
+	return t->n > 0 ? -EINTR : grt_tp_wait(state, timeout_ns);
+}
+
+static int late_cancel(void *state, struct gr_op *op)
+{
+	return grt_tp_find(state, op) < 0 ? -ENOENT : 0;
+}
+
 static const struct gr_hub_ops greedy_ops = {
 	.name = "greedy",
 	.probe = grt_tp_probe,
@@ -1406,6 +1420,17 @@ static const struct gr_hub_ops interrupting_ops = {
 	.wait = grt_tp_wait,
 	.wake = grt_tp_wake,
 	.wait_until = interrupting_wait_until,
+};
+
+static const struct gr_hub_ops interrupting_late_ops = {
+	.name = "interrupting_late",
+	.probe = grt_tp_probe,
+	.init = grt_tp_init,
+	.fini = grt_tp_fini,
+	.submit = grt_tp_submit,
+	.cancel = late_cancel,
+	.wait = interrupting_wait,
+	.wake = grt_tp_wake,
 };
 
 /* ------------------------------------------------------------ backends that misbehave */
@@ -1581,6 +1606,72 @@ Test(trust, a_backend_whose_wait_returns_eintr_at_once_does_not_spin)
 	run_self("interrupting_wait", NULL, NULL, 6 * GR_SEC, &r);
 	expect_child_ok(&r, "gr_wait_fd under a wait_until that returns EINTR at once");
 	cr_assert_not_null(strstr(r.err, "wait failed"), "stderr: %s", r.err);
+}
+
+/* A thread on "interrupting_late" returns with a fiber parked on a pipe:
+ * its exit cancels the read and waits for the cancel to complete. */
+static void *exit_with_a_reader(void *arg)
+{
+	static struct timed_call t = { .rc = -2 };
+	int *p = arg;
+
+	if (gr_hub_use_ops(&interrupting_late_ops) != 0)
+		return "gr_hub_use_ops";
+	t.fd = p[0];
+	if (!gr_spawn(read_one, &t))
+		return "gr_spawn";
+	if (gr_sleep(0) != 0)
+		return "gr_sleep";
+	return NULL;
+}
+
+static int child_interrupting_exit(void)
+{
+	int p[2];
+	pthread_t th;
+	void *why = NULL;
+	struct timespec c0, c1, until;
+
+	if (pipe2(p, O_CLOEXEC) != 0)
+		return 2;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+	if (pthread_create(&th, NULL, exit_with_a_reader, p) != 0)
+		return 3;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 3;
+	int j = pthread_timedjoin_np(th, &why, &until);
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+	if (j != 0) {
+		printf("the thread had not exited after 3 s: %s\n", strerror(j));
+		return 4;
+	}
+	if (why) {
+		printf("in the thread: %s\n", (const char *)why);
+		return 5;
+	}
+	int64_t cpu = (c1.tv_sec - c0.tv_sec) * GR_SEC + (c1.tv_nsec - c0.tv_nsec);
+	if (cpu > 300 * GR_MSEC) {
+		printf("%lld ms of CPU: the exit spun\n", (long long)(cpu / GR_MSEC));
+		return 6;
+	}
+	return 0;
+}
+
+/* The same at thread exit, which waits until every operation in flight is
+ * reaped (the kernel must not write into a stack it unmaps): a backend
+ * whose wait returns EINTR at once held the exit in a silent spin for
+ * ever. Such a run now ends the exit as a failing wait does: said, and
+ * the hub leaked rather than its stacks unmapped under the operations. In
+ * a child, killed if it hangs. */
+Test(trust, a_thread_exit_under_a_wait_that_returns_eintr_at_once_does_not_spin)
+{
+	struct child_run r;
+
+	if (strcmp(grt_hub(), "poll") != 0)
+		return;
+	run_self("interrupting_exit", NULL, NULL, 6 * GR_SEC, &r);
+	expect_child_ok(&r, "thread exit under a wait that returns EINTR at once");
+	cr_assert_not_null(strstr(r.err, "cannot reap at thread exit"), "stderr: %s", r.err);
 }
 
 /* ------------------------------------------------------------ the kill model */
@@ -1807,6 +1898,7 @@ static const struct child_mode child_modes[] = {
 	{ "greedy_cancel", child_greedy_cancel },
 	{ "failing_wait", child_failing_wait },
 	{ "interrupting_wait", child_interrupting_wait },
+	{ "interrupting_exit", child_interrupting_exit },
 	{ NULL, NULL },
 };
 
