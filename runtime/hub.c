@@ -231,10 +231,11 @@ static bool transient_wait_error(int r)
 }
 
 /* Early returns this many in a row, each in less than this on average:
- * faster than signals can come (a delivery alone costs a microsecond or
- * more), so not a signal's doing. */
+ * 20,000 signals a second for 50 ms, so not a signal's doing. A spinning
+ * loop makes a run in a millisecond or two even under ASan on a CPU
+ * shared with other work (at 2 us, a preempted spin under ASan missed it). */
 #define WAIT_INTERRUPTS_RUN 1024
-#define WAIT_INTERRUPT_MIN_NS 2000
+#define WAIT_INTERRUPT_MIN_NS 50000
 
 /* A wait that may block came back with a transient error (EINTR: a signal
  * ended it early, and the core asks again). The built-in backends swallow

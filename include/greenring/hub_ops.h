@@ -196,7 +196,7 @@ struct gr_hub_ops {
 	 * few failures the core cancels every operation in flight (with EIO).
 	 * -EINTR, -EAGAIN, -ETIME and -EBUSY are taken for early returns, but
 	 * a run of them that come back at once, faster than signals could
-	 * end waits (1024 in a row, under 2 us each), is a failing wait. */
+	 * end waits (1024 in a row, under 50 us each), is a failing wait. */
 	int (*wait)(void *state, int64_t timeout_ns);
 	/* Thread-safe: make a blocked or the next wait() return promptly.
 	 * Repeated calls before that wait() may coalesce. */
