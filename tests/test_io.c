@@ -338,6 +338,161 @@ Test(io, a_write_on_a_socket_number_reused_by_a_pipe_writes_the_pipe)
 	cr_assert_eq(close(sv[1]), 0);
 }
 
+/* What a socket's receive queue holds, read without waiting. */
+static size_t queued_bytes(int fd)
+{
+	char buf[4096];
+	size_t n = 0;
+	ssize_t r;
+
+	while ((r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+		n += (size_t)r;
+	return n;
+}
+
+/* A send made by a fiber alone (on io_uring, tried at once, before any
+ * park), after its kill, past its own deadline (1, and 0) or past the
+ * fd's write deadline. */
+struct gated_send {
+	int fd;
+	int how;                    /* 0 killed, 1 and 2 the fiber's deadline, 3 the fd's */
+	ssize_t r;
+	int err;
+};
+
+static void *gated_sender(void *arg)
+{
+	struct gated_send *g = arg;
+
+	(void)gr_sleep(g->how == 0 ? 5 * GR_SEC : GR_MSEC); /* killed in it: how 0 */
+	if (g->how == 1 || g->how == 2)
+		gr_deadline_set(g->how == 1 ? 1 : 0);
+	if (g->how == 3)
+		gr_fd_set_deadline(g->fd, GR_FD_WRITE, 0);
+	errno = 0;
+	g->r = gr_send(g->fd, "x", 1, 0);
+	g->err = errno;
+	gr_deadline_set(GR_FOREVER);
+	return NULL;
+}
+
+/* The send tried at once is made behind the gate: a killed fiber's, or
+ * one past its deadline or its fd's, fails and sends nothing, as a send
+ * that parks does. Found nothing (adversarial review). */
+Test(io, a_send_tried_at_once_honours_kills_and_deadlines_and_sends_nothing)
+{
+	static const int want[] = { ECANCELED, ETIMEDOUT, ETIMEDOUT, ETIMEDOUT };
+
+	for (int how = 0; how < 4; how++) {
+		int sv[2];
+
+		make_socketpair(sv);
+		struct gated_send g = { .fd = sv[0], .how = how };
+		gr_fiber *f = gr_spawn(gated_sender, &g);
+		cr_assert_eq(gr_sleep(0), 0); /* f sleeps */
+		if (how == 0)
+			cr_assert_eq(gr_kill(f), 0);
+		cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+		cr_assert_eq(g.r, -1, "case %d: gr_send returned %zd", how, g.r);
+		cr_assert_eq(g.err, want[how], "case %d: %s", how, strerror(g.err));
+		cr_assert_eq(queued_bytes(sv[1]), 0, "case %d: the byte went out", how);
+		cr_assert_eq(gr_close(sv[0]), 0);
+		cr_assert_eq(close(sv[1]), 0);
+	}
+}
+
+/* Sends that succeed at once leave errno as their caller had it, and a
+ * socket shut down for writing answers every kind of write with EPIPE,
+ * never SIGPIPE (at its default disposition here: it would kill the
+ * test). Found nothing (adversarial review). */
+Test(io, sends_at_once_keep_errno_and_a_shut_down_socket_is_epipe)
+{
+	int sv[2];
+	struct msghdr m = { .msg_iov = &(struct iovec){ "cd", 2 }, .msg_iovlen = 1 };
+	struct iovec iv = { "gh", 2 };
+
+	signal(SIGPIPE, SIG_DFL);
+	make_socketpair(sv);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0); /* nothing queued, nothing else runnable */
+	errno = 4242;
+	cr_assert_eq(gr_send(sv[0], "ab", 2, 0), 2);
+	cr_assert_eq(gr_sendmsg(sv[0], &m, 0), 2);
+	cr_assert_eq(gr_write(sv[0], "ef", 2), 2);
+	cr_assert_eq(gr_writev(sv[0], &iv, 1), 2);
+	cr_assert_eq(errno, 4242, "errno: %s", strerror(errno));
+	cr_assert_eq(queued_bytes(sv[1]), 8);
+	cr_assert_eq(shutdown(sv[0], SHUT_WR), 0);
+	errno = 0;
+	cr_assert_eq(gr_send(sv[0], "ab", 2, 0), -1);
+	cr_assert_eq(errno, EPIPE, "gr_send: %s", strerror(errno));
+	cr_assert_eq(gr_sendmsg(sv[0], &m, 0), -1);
+	cr_assert_eq(errno, EPIPE, "gr_sendmsg: %s", strerror(errno));
+	cr_assert_eq(gr_write(sv[0], "ef", 2), -1);
+	cr_assert_eq(errno, EPIPE, "gr_write: %s", strerror(errno));
+	cr_assert_eq(gr_writev(sv[0], &iv, 1), -1);
+	cr_assert_eq(errno, EPIPE, "gr_writev: %s", strerror(errno));
+	cr_assert_eq(gr_send_all(sv[0], "ij", 2, 0), -1);
+	cr_assert_eq(errno, EPIPE, "gr_send_all: %s", strerror(errno));
+	cr_assert_eq(gr_write_all(sv[0], "kl", 2), -1);
+	cr_assert_eq(errno, EPIPE, "gr_write_all: %s", strerror(errno));
+	close_pair(sv);
+}
+
+/* A reader that starts after 30 ms and reads `want` bytes. */
+struct late_reader {
+	int fd;
+	size_t want, got;
+};
+
+static void *read_later(void *arg)
+{
+	struct late_reader *l = arg;
+	static char buf[16384]; /* one fiber at a time: static, off the stack */
+
+	(void)gr_sleep(30 * GR_MSEC);
+	while (l->got < l->want) {
+		ssize_t r = gr_recv(l->fd, buf, sizeof(buf), 0);
+
+		if (r <= 0)
+			break;
+		l->got += (size_t)r;
+	}
+	return NULL;
+}
+
+/* A socket the program made O_NONBLOCK, its buffer full: a send from a
+ * fiber alone (on io_uring, tried at once, EAGAIN, then an SQE that the
+ * kernel answers EAGAIN too) waits until the reader makes room, on every
+ * hub, and leaves the flag alone. Found nothing (adversarial review). */
+Test(io, a_send_on_a_full_socket_the_program_made_nonblocking_waits)
+{
+	int sv[2];
+	char chunk[4096];
+	size_t filled = 0;
+	ssize_t r;
+
+	memset(chunk, 'z', sizeof(chunk));
+	make_socketpair(sv);
+	cr_assert_eq(fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK), 0);
+	while ((r = send(sv[0], chunk, sizeof(chunk), MSG_DONTWAIT)) > 0)
+		filled += (size_t)r;
+	struct late_reader l = { .fd = sv[1], .want = filled + 3 * sizeof(chunk) };
+	gr_fiber *f = gr_spawn(read_later, &l);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0); /* the reader sleeps; nothing queued */
+	int64_t t0 = gr_now();
+	errno = 0;
+	cr_assert_eq(gr_send(sv[0], chunk, sizeof(chunk), 0), (ssize_t)sizeof(chunk), "gr_send: %s",
+		     strerror(errno));
+	cr_assert_geq(gr_now() - t0, 10 * GR_MSEC, "the send did not wait for room");
+	cr_assert_eq(gr_write_all(sv[0], chunk, sizeof(chunk)), (ssize_t)sizeof(chunk));
+	struct msghdr m = { .msg_iov = &(struct iovec){ chunk, sizeof(chunk) }, .msg_iovlen = 1 };
+	cr_assert_eq(gr_sendmsg(sv[0], &m, 0), (ssize_t)sizeof(chunk));
+	cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
+	cr_assert_eq(l.got, l.want);
+	cr_assert(fcntl(sv[0], F_GETFL) & O_NONBLOCK, "O_NONBLOCK was cleared");
+	close_pair(sv);
+}
+
 /* ------------------------------------------------------------ whole writes */
 
 /* gr_send_all or gr_write_all of `total` bytes, from a fiber. */
