@@ -545,6 +545,98 @@ static void close_on_a_sleeping_hub(int from_plain)
 	close(p[1]);
 }
 
+/* Readers on a two-entry ring, each under a deadline of its own, sooner
+ * and later mixed (so the ring's timer for the audit is replaced by sooner
+ * bounds and armed again for later ones, with the SQ mostly full of linked
+ * timeouts), and some with none that data ends: each timed one ends at
+ * its deadline, never early, at most 60 ms late; each fed one reads. */
+#define TINY_TIMED_READERS 48
+
+struct tiny_timed {
+	int p[TINY_TIMED_READERS][2];
+	struct call c[TINY_TIMED_READERS];
+	int joined;
+};
+
+static void tiny_timed_run(void *arg)
+{
+	struct tiny_timed *t = arg;
+	gr_fiber *f[TINY_TIMED_READERS];
+	int64_t now = gr_now();
+
+	for (int i = 0; i < TINY_TIMED_READERS; i++) {
+		int64_t d = i % 4 == 3 ? 0 : now + (int64_t)((i * 37) % 23 + 5) * 10 * MSEC;
+
+		t->c[i] = (struct call){ .fd = t->p[i][0], .n = 1, .deadline = d };
+		if (!(f[i] = gr_spawn(read_fiber, &t->c[i])))
+			grt_fail("gr_spawn: %s", strerror(errno));
+	}
+	if (gr_sleep(300 * MSEC) != 0)
+		grt_fail("gr_sleep: %s", strerror(errno));
+	for (int i = 3; i < TINY_TIMED_READERS; i += 4)
+		if (write(t->p[i][1], "x", 1) != 1)
+			grt_fail("write: %s", strerror(errno));
+	t->joined = 1;
+	for (int i = 0; i < TINY_TIMED_READERS; i++)
+		t->joined &= gr_join(f[i], NULL, gr_now() + 5 * GR_SEC) == 0;
+}
+
+Test(hostile, readers_with_deadlines_sooner_and_later_on_a_two_entry_ring_end_on_time)
+{
+	static struct tiny_timed t;
+	struct grt_thread th;
+
+	for (int i = 0; i < TINY_TIMED_READERS; i++)
+		pipe_of(t.p[i]);
+	/* Read when a hub is made: the new thread's hub gets two entries. */
+	cr_assert_eq(setenv("GREENRING_URING_ENTRIES", "2", 1), 0);
+	grt_thread_start(&th, 1, tiny_timed_run, &t);
+	grt_thread_join(&th);
+	unsetenv("GREENRING_URING_ENTRIES");
+	grt_assert_no_failures();
+	cr_assert(t.joined, "a reader was still parked 5 s after the others");
+	for (int i = 0; i < TINY_TIMED_READERS; i++) {
+		struct call *c = &t.c[i];
+
+		if (i % 4 == 3) {
+			cr_assert_eq(c->r, 1, "fed reader %d: %zd (%s)", i, c->r, strerror(c->err));
+		} else {
+			int64_t late = c->ended_at - c->deadline;
+
+			cr_assert_eq(c->err, ETIMEDOUT, "reader %d: %zd (%s)", i, c->r, strerror(c->err));
+			cr_assert(late >= 0 && late < 60 * MSEC, "reader %d ended %lld us after its deadline",
+				  i, (long long)(late / 1000));
+		}
+		close(t.p[i][0]);
+		close(t.p[i][1]);
+	}
+}
+
+/* gr_hub_use switching the thread's backend while the io_uring ring still
+ * holds the audit's timer (a timed read has just ended), back and forth:
+ * the ring goes with its timer pending, and each new hub serves. */
+Test(hostile, switching_backends_while_the_rings_timer_is_pending)
+{
+	const char *me = grt_hub(), *other = strcmp(me, "epoll") == 0 ? "io_uring" : "epoll";
+	int p[2];
+
+	for (int round = 0; round < 4; round++) {
+		pipe_of(p);
+		struct call c = { .fd = p[0], .n = 1, .deadline = gr_now() + 150 * MSEC };
+		gr_fiber *f = gr_spawn(read_fiber, &c);
+
+		cr_assert_eq(gr_join(f, NULL, gr_now() + 2 * GR_SEC), 0);
+		cr_assert_eq(c.err, ETIMEDOUT, "round %d: %zd (%s)", round, c.r, strerror(c.err));
+		cr_assert_eq(gr_close(p[0]), 0);
+		cr_assert_eq(close(p[1]), 0);
+		int r = gr_hub_use(round % 2 == 0 ? other : me);
+		if (r == -ENOTSUP)
+			cr_skip_test("%s cannot run here: %s", other, gr_hub_why());
+		cr_assert_eq(r, 0, "gr_hub_use: %s", strerror(-r));
+	}
+	cr_assert_str_eq(gr_hub_name(), me);
+}
+
 Test(hostile, a_plain_threads_close_wakes_a_hub_asleep_on_a_timer)
 {
 	close_on_a_sleeping_hub(1);

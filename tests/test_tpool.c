@@ -607,3 +607,82 @@ Test(tpool, jobs_run_and_their_callers_wake_with_no_fd_left)
 	assert_ok(pl.rc);
 	cr_assert_eq((uintptr_t)pl.result, 100);
 }
+
+/* Jobs blocked in a read, their callers under deadlines that come sooner
+ * and later than the ones already waiting (300 ms; 30 ms 10 ms later; 250
+ * ms; 50 ms after 100 ms): the hub's bound moves earlier and later, and on
+ * io_uring the ring's one timer is replaced and armed again. Each call
+ * ends with ETIMEDOUT at its deadline, never early, at most 40 ms late;
+ * each job's cleanup runs once its read is fed. Found nothing
+ * (adversarial review). */
+struct blocked_job {
+	int fd;
+	atomic_int cleaned;
+};
+
+static void *read_a_byte(void *arg)
+{
+	struct blocked_job *j = arg;
+	char c;
+
+	return read(j->fd, &c, 1) == 1 ? NULL : "read";
+}
+
+static void job_cleaned(void *result, void *arg)
+{
+	(void)result;
+	atomic_store(&((struct blocked_job *)arg)->cleaned, 1);
+}
+
+struct timed_caller {
+	struct blocked_job *job;
+	int64_t start_after, within;
+	int64_t deadline, ended;
+	int r;
+};
+
+static void *call_with_deadline(void *arg)
+{
+	struct timed_caller *t = arg;
+
+	if (t->start_after)
+		(void)gr_sleep(t->start_after);
+	t->deadline = gr_now() + t->within;
+	t->r = gr_tpool_run_cleanup(read_a_byte, t->job, job_cleaned, NULL, t->deadline);
+	t->ended = gr_now();
+	return NULL;
+}
+
+Test(tpool, deadlines_sooner_and_later_than_those_waiting_each_end_their_call_on_time)
+{
+	enum { N = 4 };
+	static struct blocked_job jobs[N];
+	static const int64_t after[N] = { 0, 10 * GR_MSEC, 20 * GR_MSEC, 100 * GR_MSEC };
+	static const int64_t within[N] = { 300 * GR_MSEC, 30 * GR_MSEC, 250 * GR_MSEC, 50 * GR_MSEC };
+	struct timed_caller t[N];
+	gr_fiber *f[N];
+	int p[N][2];
+
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(pipe2(p[i], O_CLOEXEC), 0);
+		jobs[i].fd = p[i][0];
+		atomic_store(&jobs[i].cleaned, 0);
+		t[i] = (struct timed_caller){ .job = &jobs[i], .start_after = after[i], .within = within[i] };
+		cr_assert_not_null(f[i] = gr_spawn(call_with_deadline, &t[i]));
+	}
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(gr_join(f[i], NULL, gr_now() + 5 * GR_SEC), 0);
+	for (int i = 0; i < N; i++) {
+		int64_t late = t[i].ended - t[i].deadline;
+
+		cr_assert_eq(t[i].r, -ETIMEDOUT, "call %d: %d", i, t[i].r);
+		cr_assert_geq(late, 0, "call %d ended %lld us early", i, (long long)(-late / 1000));
+		cr_assert_lt(late, 40 * GR_MSEC, "call %d ended %lld ms late", i, (long long)(late / GR_MSEC));
+	}
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(write(p[i][1], "x", 1), 1);
+		grt_await_flag(&jobs[i].cleaned, "a job's cleanup");
+		cr_assert_eq(close(p[i][0]), 0);
+		cr_assert_eq(close(p[i][1]), 0);
+	}
+}
