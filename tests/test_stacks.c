@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -334,4 +335,173 @@ Test(stacks, thread_exit_unmaps_every_slab)
 	 * the thread's malloc arena (64 MiB reserved) and its cached 8 MiB
 	 * thread stack. */
 	cr_assert_lt(after - before, 100 * 1024, "address space grew by %ld KiB", after - before);
+}
+
+/* ------------------------------------------------------------ careless callers */
+
+/* A fiber that fills a KiB of its frame with its mark, parks on `go`, and
+ * checks the frame when woken: NULL if it was intact. */
+static gr_event go;
+
+static void *marked_frame(void *arg)
+{
+	volatile char frame[1024];
+	char mark = (char)(uintptr_t)arg;
+
+	memset((char *)frame, mark, sizeof(frame));
+	if (gr_event_wait(&go, GR_FOREVER) != 0)
+		return "gr_event_wait";
+	for (size_t i = 0; i < sizeof(frame); i++)
+		if (frame[i] != mark)
+			return "a frame changed";
+	return NULL;
+}
+
+static void marked_frame_n(void *arg)
+{
+	const char *why = marked_frame(arg);
+
+	if (why)
+		grt_fail("%s", why);
+}
+
+/* In a fork child whose address space is capped (RLIMIT_AS) a little above
+ * what it uses: spawns fail with ENOMEM once no slab can be mapped, never
+ * an abort; a stack size that cannot be mapped too; the fibers that got a
+ * stack keep their frames, and once the cap is lifted spawns work again. */
+static void spawn_under_a_cap(void)
+{
+	enum { MAX = 100000 };
+	static gr_fiber *f[MAX];
+	struct rlimit old, cap;
+	long vm = vm_kib();
+	int n = 0;
+
+	if (gr_event_init(&go) != 0 || getrlimit(RLIMIT_AS, &old) != 0)
+		grt_child_exit("setup: %s", strerror(errno));
+	cap = (struct rlimit){ (rlim_t)(vm + 48 * 1024) * 1024, old.rlim_max };
+	if (setrlimit(RLIMIT_AS, &cap) != 0)
+		grt_child_exit("setrlimit: %s", strerror(errno));
+	errno = 0;
+	for (; n < MAX; n++) {
+		if (!(f[n] = gr_spawn(marked_frame, (void *)(uintptr_t)(n & 0x7f))))
+			break;
+		if (n % 64 == 63 && gr_sleep(0) != 0)
+			grt_child_exit("gr_sleep: %s", strerror(errno));
+	}
+	int err = errno;
+	if (n == 0 || n == MAX || err != ENOMEM)
+		grt_child_exit("%d spawns, then %s", n, strerror(err));
+	struct gr_spawn_opts big = { .stack_size = (size_t)1 << 30 };
+	errno = 0;
+	if (gr_spawn_with(&big, marked_frame, NULL) || errno != ENOMEM)
+		grt_child_exit("a 1 GiB stack under the cap: %s", strerror(errno));
+	(void)gr_sleep(0);
+	gr_event_set(&go);
+	for (int i = 0; i < n; i++) {
+		void *why = NULL;
+
+		if (gr_join(f[i], &why, GR_FOREVER) != 0 || why)
+			grt_child_exit("fiber %d: %s", i, why ? (const char *)why : "join");
+	}
+	if (setrlimit(RLIMIT_AS, &old) != 0)
+		grt_child_exit("setrlimit: %s", strerror(errno));
+	gr_event_clear(&go);
+	gr_fiber *g = gr_spawn_with(&big, marked_frame, (void *)3);
+	if (!g)
+		grt_child_exit("a spawn after the cap: %s", strerror(errno));
+	gr_event_set(&go);
+	if (gr_join(g, NULL, GR_FOREVER) != 0)
+		grt_child_exit("join after the cap");
+	grt_child_exit("ok");
+}
+
+Test(stacks, spawns_up_to_an_address_space_cap_fail_with_enomem_and_recover)
+{
+	int report;
+
+	/* A sanitizer reserves terabytes of shadow: no cap fits above it. */
+	if (vm_kib() > (1L << 30))
+		cr_skip_test("the address space is a sanitizer's (%ld KiB)", vm_kib());
+	pid_t pid = grt_fork_reporting(&report);
+	if (pid == 0)
+		spawn_under_a_cap();
+	grt_child_expect_ok(pid, report);
+}
+
+/* Stacks of three sizes (16 KiB and 256 KiB, each a slab of one, beside
+ * the pooled default) spawned while fibers trim the pool every few spawns
+ * and joins: every frame survives, three rounds over stacks trimmed and
+ * brought back. */
+Test(stacks, trims_between_spawns_of_mixed_sizes_keep_every_frame)
+{
+	enum { N = 600 };
+	static gr_fiber *f[N];
+
+	assert_ok(gr_event_init(&go));
+	for (int round = 0; round < 3; round++) {
+		gr_event_clear(&go);
+		for (int i = 0; i < N; i++) {
+			struct gr_spawn_opts o = { .stack_size = i % 3 == 0 ? 16384 : i % 3 == 1 ? 0 : 256 * 1024 };
+
+			cr_assert_not_null(f[i] = gr_spawn_with(&o, marked_frame, (void *)(uintptr_t)(i & 0x7f)));
+			if (i % 50 == 0) {
+				cr_assert_eq(gr_sleep(0), 0);
+				cr_assert_geq(gr_stacks_trim(0), 0);
+			}
+		}
+		cr_assert_eq(gr_sleep(0), 0);
+		cr_assert_geq(gr_stacks_trim(0), 0);
+		gr_event_set(&go);
+		for (int i = 0; i < N; i++) {
+			void *why = NULL;
+
+			cr_assert_eq(gr_join(f[i], &why, GR_FOREVER), 0);
+			cr_assert_null(why, "fiber %d, round %d: %s", i, round, (const char *)why);
+			if (i % 100 == 0)
+				cr_assert_geq(gr_stacks_trim((size_t)(i % 7)), 0);
+		}
+	}
+	assert_ok(gr_event_destroy(&go));
+}
+
+/* A link callback (a fiber of its own) that trims, spawns, and trims
+ * again, for each of 300 fibers that trim as they end. */
+static void trim_spawn_trim(const struct gr_fiber_end *end, void *arg)
+{
+	atomic_int *spawned = arg;
+
+	(void)end;
+	(void)gr_stacks_trim(0);
+	if (gr_spawn_n(marked_frame_n, (void *)5) == 0)
+		atomic_fetch_add(spawned, 1);
+	(void)gr_stacks_trim(0);
+}
+
+static void *trim_and_end(void *arg)
+{
+	(void)arg;
+	(void)gr_stacks_trim(0);
+	return NULL;
+}
+
+Test(stacks, link_callbacks_that_trim_and_spawn_keep_every_frame)
+{
+	enum { N = 300 };
+	static atomic_int spawned;
+	gr_fiber *f[N];
+
+	assert_ok(gr_event_init(&go));
+	for (int i = 0; i < N; i++) {
+		cr_assert_not_null(f[i] = gr_spawn(trim_and_end, NULL));
+		assert_ok(gr_link(f[i], GR_LINK_ANY, trim_spawn_trim, &spawned));
+	}
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(gr_join(f[i], NULL, GR_FOREVER), 0);
+	cr_assert_eq(gr_sleep(GR_MSEC), 0);
+	cr_assert_eq(atomic_load(&spawned), N);
+	gr_event_set(&go);
+	assert_ok(gr_hub_join(GR_FOREVER));
+	grt_assert_no_failures();
+	assert_ok(gr_event_destroy(&go));
 }
