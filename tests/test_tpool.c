@@ -653,6 +653,10 @@ static void *call_with_deadline(void *arg)
 	return NULL;
 }
 
+/* Pool calls whose deadlines come sooner and later than those already
+ * waiting: each ends at its own. The hub's wait is bounded by the soonest
+ * (on io_uring a timer the ring keeps across waits, which a sooner
+ * deadline must replace). Found nothing (adversarial review). */
 Test(tpool, deadlines_sooner_and_later_than_those_waiting_each_end_their_call_on_time)
 {
 	enum { N = 4 };
@@ -677,7 +681,10 @@ Test(tpool, deadlines_sooner_and_later_than_those_waiting_each_end_their_call_on
 
 		cr_assert_eq(t[i].r, -ETIMEDOUT, "call %d: %d", i, t[i].r);
 		cr_assert_geq(late, 0, "call %d ended %lld us early", i, (long long)(-late / 1000));
-		cr_assert_lt(late, 40 * GR_MSEC, "call %d ended %lld ms late", i, (long long)(late / GR_MSEC));
+		/* Under 80 ms, room for a loaded CI machine under ASan; a later
+		 * timer left in place of a sooner one would end call 3 120 ms
+		 * late (at call 2's deadline), call 1 260 ms late. */
+		cr_assert_lt(late, 80 * GR_MSEC, "call %d ended %lld ms late", i, (long long)(late / GR_MSEC));
 	}
 	for (int i = 0; i < N; i++) {
 		cr_assert_eq(write(p[i][1], "x", 1), 1);
