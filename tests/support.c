@@ -380,6 +380,17 @@ bool grt_recv_all(int fd, void *buf, size_t len)
 	return true;
 }
 
+size_t grt_drain_now(int fd)
+{
+	char buf[65536];
+	size_t total = 0;
+	ssize_t n;
+
+	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+		total += (size_t)n;
+	return total;
+}
+
 int grt_report_fd = -1;
 
 void grt_child_exit(const char *fmt, ...)

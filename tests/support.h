@@ -130,6 +130,9 @@ void grt_enough_fds(int n);
  * EOF) first. */
 bool grt_send_all(int fd, const void *buf, size_t len);
 bool grt_recv_all(int fd, void *buf, size_t len);
+/* Plain: read and discard what a socket holds now, without waiting; how
+ * many bytes that was. */
+size_t grt_drain_now(int fd);
 
 /* A TCP socket connected to 127.0.0.1:port with gr_connect (TCP_NODELAY), or
  * -1 with the failure noted (grt_fail). */

@@ -38,18 +38,6 @@ static void fill(int fd)
 	cr_assert(errno == EAGAIN || errno == EWOULDBLOCK, "filling: %s", strerror(errno));
 }
 
-/* Read and discard everything sitting in fd now. */
-static size_t drain(int fd)
-{
-	char buf[65536];
-	size_t total = 0;
-	ssize_t n;
-
-	while ((n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
-		total += (size_t)n;
-	return total;
-}
-
 static void assert_timed(int64_t took, int64_t want)
 {
 	cr_assert_geq(took, want, "timed out early: %lld ms, deadline %lld ms",
@@ -205,7 +193,7 @@ Test(fd_deadline, a_reader_and_a_writer_on_one_fd_each_keep_their_own_deadline)
 	assert_timed(r.end - t0, 50 * GR_MSEC);
 	cr_assert_eq(w.took, 0, "the writer ended with the reader's deadline");
 	/* The writer is still waiting: make room, and its send goes through. */
-	cr_assert_gt(drain(sv[1]), 0);
+	cr_assert_gt(grt_drain_now(sv[1]), 0);
 	assert_ok(gr_join(fw, NULL, GR_FOREVER));
 	cr_assert_eq(w.n, 7, "writer: %zd (%s)", w.n, strerror(w.err));
 	cr_assert_lt(w.took, 400 * GR_MSEC);

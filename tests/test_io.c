@@ -338,18 +338,6 @@ Test(io, a_write_on_a_socket_number_reused_by_a_pipe_writes_the_pipe)
 	cr_assert_eq(close(sv[1]), 0);
 }
 
-/* What a socket's receive queue holds, read without waiting. */
-static size_t queued_bytes(int fd)
-{
-	char buf[4096];
-	size_t n = 0;
-	ssize_t r;
-
-	while ((r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
-		n += (size_t)r;
-	return n;
-}
-
 /* A send made by a fiber alone (on io_uring, tried at once, before any
  * park), after its kill, past its own deadline (1, and 0) or past the
  * fd's write deadline. */
@@ -395,7 +383,7 @@ Test(io, a_send_tried_at_once_honours_kills_and_deadlines_and_sends_nothing)
 		cr_assert_eq(gr_join(f, NULL, gr_now() + 5 * GR_SEC), 0);
 		cr_assert_eq(g.r, -1, "case %d: gr_send returned %zd", how, g.r);
 		cr_assert_eq(g.err, want[how], "case %d: %s", how, strerror(g.err));
-		cr_assert_eq(queued_bytes(sv[1]), 0, "case %d: the byte went out", how);
+		cr_assert_eq(grt_drain_now(sv[1]), 0, "case %d: the byte went out", how);
 		cr_assert_eq(gr_close(sv[0]), 0);
 		cr_assert_eq(close(sv[1]), 0);
 	}
@@ -420,7 +408,7 @@ Test(io, sends_at_once_keep_errno_and_a_shut_down_socket_is_epipe)
 	cr_assert_eq(gr_write(sv[0], "ef", 2), 2);
 	cr_assert_eq(gr_writev(sv[0], &iv, 1), 2);
 	cr_assert_eq(errno, 4242, "errno: %s", strerror(errno));
-	cr_assert_eq(queued_bytes(sv[1]), 8);
+	cr_assert_eq(grt_drain_now(sv[1]), 8);
 	cr_assert_eq(shutdown(sv[0], SHUT_WR), 0);
 	errno = 0;
 	cr_assert_eq(gr_send(sv[0], "ab", 2, 0), -1);

@@ -173,6 +173,17 @@ static void expect_child_ok(const struct child_run *r, const char *what)
 		  r->err);
 }
 
+/* Run this binary as a child in `mode` (killed after `timeout`), expect it
+ * to succeed, and to have said `said` on stderr. */
+static void expect_child_says(const char *mode, int64_t timeout, const char *what, const char *said)
+{
+	struct child_run r;
+
+	run_self(mode, NULL, NULL, timeout, &r);
+	expect_child_ok(&r, what);
+	cr_assert_not_null(strstr(r.err, said), "%s: stderr without \"%s\": %s", what, said, r.err);
+}
+
 /* ------------------------------------------------------------ helpers */
 
 static void *return_arg(void *arg)
@@ -1388,49 +1399,33 @@ static int late_cancel(void *state, struct gr_op *op)
 }
 
 static const struct gr_hub_ops greedy_ops = {
+	GRT_TP_OPS,
 	.name = "greedy",
-	.probe = grt_tp_probe,
-	.init = grt_tp_init,
-	.fini = grt_tp_fini,
-	.submit = grt_tp_submit,
 	.cancel = greedy_cancel,
 	.wait = grt_tp_wait,
-	.wake = grt_tp_wake,
 };
 
 static const struct gr_hub_ops failing_ops = {
+	GRT_TP_OPS,
 	.name = "failing",
-	.probe = grt_tp_probe,
-	.init = grt_tp_init,
-	.fini = grt_tp_fini,
-	.submit = grt_tp_submit,
 	.cancel = grt_tp_cancel,
 	.wait = failing_wait,
-	.wake = grt_tp_wake,
 };
 
 static const struct gr_hub_ops interrupting_ops = {
+	GRT_TP_OPS,
 	.name = "interrupting",
 	.caps = GR_HUB_CAP_WAIT_UNTIL,
-	.probe = grt_tp_probe,
-	.init = grt_tp_init,
-	.fini = grt_tp_fini,
-	.submit = grt_tp_submit,
 	.cancel = grt_tp_cancel,
 	.wait = grt_tp_wait,
-	.wake = grt_tp_wake,
 	.wait_until = interrupting_wait_until,
 };
 
 static const struct gr_hub_ops interrupting_late_ops = {
+	GRT_TP_OPS,
 	.name = "interrupting_late",
-	.probe = grt_tp_probe,
-	.init = grt_tp_init,
-	.fini = grt_tp_fini,
-	.submit = grt_tp_submit,
 	.cancel = late_cancel,
 	.wait = interrupting_wait,
-	.wake = grt_tp_wake,
 };
 
 /* ------------------------------------------------------------ backends that misbehave */
@@ -1542,11 +1537,7 @@ static int child_failing_wait(void)
  * killed if it hangs. */
 Test(trust, a_backend_whose_wait_keeps_failing_fails_its_operations)
 {
-	struct child_run r;
-
-	run_self("failing_wait", NULL, NULL, 6 * GR_SEC, &r);
-	expect_child_ok(&r, "gr_wait_fd under a failing backend");
-	cr_assert_not_null(strstr(r.err, "wait failed"), "stderr: %s", r.err);
+	expect_child_says("failing_wait", 6 * GR_SEC, "gr_wait_fd under a failing backend", "wait failed");
 }
 
 /* A fiber waits for a pipe under "interrupting", whose wait_until comes
@@ -1599,13 +1590,10 @@ static int child_interrupting_wait(void)
  * child, killed if it hangs. */
 Test(trust, a_backend_whose_wait_returns_eintr_at_once_does_not_spin)
 {
-	struct child_run r;
-
 	if (strcmp(grt_hub(), "poll") != 0)
 		return;
-	run_self("interrupting_wait", NULL, NULL, 6 * GR_SEC, &r);
-	expect_child_ok(&r, "gr_wait_fd under a wait_until that returns EINTR at once");
-	cr_assert_not_null(strstr(r.err, "wait failed"), "stderr: %s", r.err);
+	expect_child_says("interrupting_wait", 6 * GR_SEC,
+			  "gr_wait_fd under a wait_until that returns EINTR at once", "wait failed");
 }
 
 /* A thread on "interrupting_late" returns with a fiber parked on a pipe:
@@ -1665,13 +1653,10 @@ static int child_interrupting_exit(void)
  * a child, killed if it hangs. */
 Test(trust, a_thread_exit_under_a_wait_that_returns_eintr_at_once_does_not_spin)
 {
-	struct child_run r;
-
 	if (strcmp(grt_hub(), "poll") != 0)
 		return;
-	run_self("interrupting_exit", NULL, NULL, 6 * GR_SEC, &r);
-	expect_child_ok(&r, "thread exit under a wait that returns EINTR at once");
-	cr_assert_not_null(strstr(r.err, "cannot reap at thread exit"), "stderr: %s", r.err);
+	expect_child_says("interrupting_exit", 6 * GR_SEC,
+			  "thread exit under a wait that returns EINTR at once", "cannot reap at thread exit");
 }
 
 /* ------------------------------------------------------------ the kill model */

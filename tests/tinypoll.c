@@ -163,13 +163,9 @@ int grt_tp_wake(void *state)
 }
 
 const struct gr_hub_ops grt_tinypoll_ops = {
+	GRT_TP_OPS,
 	.name = "tinypoll",
 	.caps = 0,
-	.probe = grt_tp_probe,
-	.init = grt_tp_init,
-	.fini = grt_tp_fini,
-	.submit = grt_tp_submit,
 	.cancel = grt_tp_cancel,
 	.wait = grt_tp_wait,
-	.wake = grt_tp_wake,
 };

@@ -46,4 +46,11 @@ void grt_tp_complete(struct grt_tinypoll *t, int i, int64_t res);
 
 extern const struct gr_hub_ops grt_tinypoll_ops;
 
+/* The members a hub built from tinypoll's parts takes as they are; it names
+ * its own name, cancel and wait (tinypoll's or its own) beside them:
+ * `{ GRT_TP_OPS, .name = "failing", .cancel = grt_tp_cancel, .wait = failing_wait }`. */
+#define GRT_TP_OPS                                                        \
+	.probe = grt_tp_probe, .init = grt_tp_init, .fini = grt_tp_fini, \
+	.submit = grt_tp_submit, .wake = grt_tp_wake
+
 #endif
