@@ -119,6 +119,7 @@ static void fork_child(void)
 	gr__hubs.first = gr__hubs.last = NULL;
 	gr__fd_slots_after_fork();
 	pthread_mutex_unlock(&hubs_lock);
+	gr__stack_fork_child(tls_hub ? tls_hub->current : NULL);
 	tls_hub = NULL;
 	pthread_setspecific(hub_key, NULL);
 }

@@ -555,6 +555,15 @@ void gr__stack_pool_stats(const struct gr__stack_pool *pool, struct gr_hub_stats
 static struct sigaction previous_segv;
 static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
 static __thread void *altstack_mem;
+/* The fiber a fork() child goes on running on (its struct and stack
+ * descriptor are still there: the child leaves the parent's fibers'
+ * memory alone); the child's own thread is the one that forked. */
+static const gr_fiber *forked_on;
+
+void gr__stack_fork_child(const gr_fiber *f)
+{
+	forked_on = f && f->stack ? f : NULL;
+}
 
 static size_t fmt_u64(char *out, uint64_t v)
 {
@@ -600,8 +609,12 @@ static void report_overflow(const gr_fiber *f)
 static void on_segv(int sig, siginfo_t *si, void *uctx)
 {
 	struct gr__hub *hub = gr__hub_peek();
-	gr_fiber *f = hub ? hub->current : NULL;
+	const gr_fiber *f = hub ? hub->current : NULL;
 
+	/* The main context of a fork child's hub (or a child with no hub yet)
+	 * may be running on the stack of the fiber that forked. */
+	if (!f || !f->stack)
+		f = forked_on;
 	if (f && f->stack) {
 		const char *addr = si->si_addr;
 		const char *guard_lo = f->stack->base;

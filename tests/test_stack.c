@@ -95,7 +95,29 @@ static void *wild_write(void *arg)
 	return arg;
 }
 
-/* GRT_STACK_CHILD is "overflow:<stack_size>:<name>", "use:<bytes>" or "null".
+/* In a fiber: fork, and let the child overflow the stack it goes on running
+ * on (the fiber's, inherited); this process then dies as the child did. */
+static void *fork_then_overflow(void *arg)
+{
+	int st;
+
+	(void)arg;
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		_exit(10);
+	if (pid == 0)
+		_exit(recurse(0)); /* no greenring call: the child has no hub yet */
+	if (waitpid(pid, &st, 0) != pid)
+		_exit(10);
+	if (WIFSIGNALED(st)) {
+		signal(WTERMSIG(st), SIG_DFL);
+		raise(WTERMSIG(st));
+	}
+	_exit(WIFEXITED(st) && WEXITSTATUS(st) != 0 ? WEXITSTATUS(st) : 11);
+}
+
+/* GRT_STACK_CHILD is "overflow:<stack_size>:<name>", "use:<bytes>", "forked" or "null".
  * Prints what the parent needs on stdout; exit status tells the rest. */
 static void run_child(const char *mode)
 {
@@ -153,6 +175,17 @@ static void run_child(const char *mode)
 		if (pthread_create(&th, NULL, overflow_thread, NULL) != 0)
 			_exit(10);
 		pthread_join(th, NULL);
+		_exit(11);
+	}
+	if (strcmp(mode, "forked") == 0) {
+		struct gr_spawn_opts o = { .name = "forker" };
+		gr_fiber *f = gr_spawn_with(&o, fork_then_overflow, NULL);
+
+		if (!f)
+			_exit(10);
+		printf("id=%llu\n", (unsigned long long)gr_fiber_id(f));
+		fflush(stdout);
+		gr_join(f, NULL, GR_FOREVER);
 		_exit(11);
 	}
 	if (strcmp(mode, "null") == 0) {
@@ -295,6 +328,17 @@ Test(stack, overflow_in_another_thread_is_reported_too)
 
 	run_self("thread", NULL, &r);
 	expect_overflow(&r, "in-thread", 64 * 1024);
+}
+
+/* The child of a fork() made in a fiber goes on running on that fiber's
+ * stack (hub.c, fork_child), with a fresh hub that does not know it: an
+ * overflow there is reported all the same, naming the fiber that forked. */
+Test(stack, overflow_in_a_fork_child_on_the_stack_it_forked_on_is_reported)
+{
+	struct child_result r;
+
+	run_self("forked", NULL, &r);
+	expect_overflow(&r, "forker", 64 * 1024);
 }
 
 Test(stack, overflow_of_a_spawn_option_stack_reports_its_size)
