@@ -60,10 +60,11 @@ static void *use_stack_fiber(void *arg)
 	return arg;
 }
 
-/* Spawn a fiber that recurses forever, print its id for the parent, join. */
-static void overflow_with(const struct gr_spawn_opts *o)
+/* Spawn a fiber that runs fn (overflowing its stack), print its id for the
+ * parent, join. */
+static void overflow_with(const struct gr_spawn_opts *o, void *(*fn)(void *))
 {
-	gr_fiber *f = gr_spawn_with(o, deep, NULL);
+	gr_fiber *f = gr_spawn_with(o, fn, NULL);
 
 	if (!f)
 		_exit(10);
@@ -77,7 +78,7 @@ static void *overflow_thread(void *arg)
 	struct gr_spawn_opts o = { .name = "in-thread" };
 
 	(void)arg;
-	overflow_with(&o);
+	overflow_with(&o, deep);
 	return NULL;
 }
 
@@ -126,13 +127,8 @@ static void run_child(const char *mode)
 
 	if (sscanf(mode, "overflow:%zu:%63s", &size, name) >= 1) {
 		struct gr_spawn_opts o = { .stack_size = size, .name = strcmp(name, "-") ? name : NULL };
-		gr_fiber *f = gr_spawn_with(&o, deep, NULL);
 
-		if (!f)
-			_exit(10);
-		printf("id=%llu\n", (unsigned long long)gr_fiber_id(f));
-		fflush(stdout);
-		gr_join(f, NULL, GR_FOREVER);
+		overflow_with(&o, deep);
 		_exit(11); /* survived an infinite recursion: wrong */
 	}
 	if (strcmp(mode, "slab") == 0 || strcmp(mode, "trimmed") == 0) {
@@ -156,7 +152,7 @@ static void run_child(const char *mode)
 		}
 		struct gr_spawn_opts o = { .name = mode };
 
-		overflow_with(&o);
+		overflow_with(&o, deep);
 		_exit(11);
 	}
 	if (sscanf(mode, "use:%zu", &size) == 1) {
@@ -179,13 +175,8 @@ static void run_child(const char *mode)
 	}
 	if (strcmp(mode, "forked") == 0) {
 		struct gr_spawn_opts o = { .name = "forker" };
-		gr_fiber *f = gr_spawn_with(&o, fork_then_overflow, NULL);
 
-		if (!f)
-			_exit(10);
-		printf("id=%llu\n", (unsigned long long)gr_fiber_id(f));
-		fflush(stdout);
-		gr_join(f, NULL, GR_FOREVER);
+		overflow_with(&o, fork_then_overflow);
 		_exit(11);
 	}
 	if (strcmp(mode, "null") == 0) {
