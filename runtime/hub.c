@@ -260,6 +260,21 @@ static bool wait_spins(struct gr__hub *hub)
 	return took < (int64_t)WAIT_INTERRUPTS_RUN * WAIT_INTERRUPT_MIN_NS;
 }
 
+/* Whether r, what the backend's wait(timeout) returned, is a failure: a
+ * lasting error, or the early return that ends a run of them faster than
+ * signals (wait_spins; a wait told not to block is no such run). A wait
+ * that worked ends any run, of failures and of early returns; an early
+ * return leaves the count of failures as it was. For the loop and for the
+ * wait at thread exit alike. */
+static bool wait_broke(struct gr__hub *hub, int r, int64_t timeout)
+{
+	if (r >= 0) {
+		hub->wait_failures = hub->wait_interrupts = 0;
+		return false;
+	}
+	return !transient_wait_error(r) || (timeout != 0 && wait_spins(hub));
+}
+
 #define WAIT_FAILURES_GIVE_UP 5
 #define WAIT_RETRY_PAUSE_MAX GR_SEC
 
@@ -354,12 +369,8 @@ static void hub_main(gr__transfer t)
 				int64_t timeout = wait_timeout(hub, seen, &deadline);
 				int r = gr__hub_backend_wait(hub, timeout, deadline);
 
-				/* A transient error leaves the count of failures
-				 * as it was: only a wait that worked ends a run. */
-				if (r < 0 && (!transient_wait_error(r) || (timeout != 0 && wait_spins(hub))))
+				if (wait_broke(hub, r, timeout))
 					wait_failed(hub, r);
-				else if (r >= 0)
-					hub->wait_failures = hub->wait_interrupts = 0;
 				if (spell)
 					gr__hub_slept(hub, since);
 			}
@@ -495,9 +506,7 @@ static void hub_destroy(void *arg)
 		/* A run of early returns faster than signals (wait_spins) is
 		 * a backend that will never reap: spinning here held the
 		 * thread's exit for ever, silent. */
-		if (r >= 0)
-			hub->wait_interrupts = 0;
-		if (r < 0 && (!transient_wait_error(r) || wait_spins(hub))) {
+		if (wait_broke(hub, r, -1)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
 				hub->ops->name, strerror(-r));
