@@ -183,6 +183,22 @@ Test(stacks, trim_keeps_what_it_is_told_to)
 
 /* Fibers parked beside trimmed stacks (the same slabs: half of a burst
  * ended) keep every byte of their frames. */
+/* Fill 2 KiB of the calling fiber's frame with a pattern of `seed`, wait
+ * for `go`, and check the frame: NULL if it was intact, else why not. */
+static __attribute__((noinline)) const char *frame_kept(gr_event *go, unsigned seed)
+{
+	volatile unsigned char frame[2048];
+
+	for (size_t i = 0; i < sizeof(frame); i++)
+		frame[i] = (unsigned char)(seed * 31 + i);
+	if (gr_event_wait(go, GR_FOREVER) != 0)
+		return "gr_event_wait";
+	for (size_t i = 0; i < sizeof(frame); i++)
+		if (frame[i] != (unsigned char)(seed * 31 + i))
+			return "a frame changed";
+	return NULL;
+}
+
 struct survivor {
 	gr_event *go;
 	unsigned seed;
@@ -192,16 +208,8 @@ struct survivor {
 static void *survivor_fiber(void *arg)
 {
 	struct survivor *s = arg;
-	unsigned char frame[2048];
 
-	for (size_t i = 0; i < sizeof(frame); i++)
-		frame[i] = (unsigned char)(s->seed * 31 + i);
-	if (gr_event_wait(s->go, GR_FOREVER) != 0)
-		return NULL;
-	s->ok = 1;
-	for (size_t i = 0; i < sizeof(frame); i++)
-		if (frame[i] != (unsigned char)(s->seed * 31 + i))
-			s->ok = 0;
+	s->ok = frame_kept(s->go, s->seed) == NULL;
 	return NULL;
 }
 
@@ -339,22 +347,13 @@ Test(stacks, thread_exit_unmaps_every_slab)
 
 /* ------------------------------------------------------------ careless callers */
 
-/* A fiber that fills a KiB of its frame with its mark, parks on `go`, and
- * checks the frame when woken: NULL if it was intact. */
+/* A fiber whose frame, marked with its argument, must survive a wait on
+ * `go` (frame_kept): NULL if it did, else why not. */
 static gr_event go;
 
 static void *marked_frame(void *arg)
 {
-	volatile char frame[1024];
-	char mark = (char)(uintptr_t)arg;
-
-	memset((char *)frame, mark, sizeof(frame));
-	if (gr_event_wait(&go, GR_FOREVER) != 0)
-		return "gr_event_wait";
-	for (size_t i = 0; i < sizeof(frame); i++)
-		if (frame[i] != mark)
-			return "a frame changed";
-	return NULL;
+	return (void *)frame_kept(&go, (unsigned)(uintptr_t)arg);
 }
 
 static void marked_frame_n(void *arg)
