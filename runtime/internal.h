@@ -1370,9 +1370,10 @@ size_t gr__stack_default_size(void);
 /* Install the overflow reporter (sigaltstack per thread, handler once). */
 void gr__stack_overflow_guard_thread_init(void);
 void gr__stack_overflow_guard_thread_fini(void);
-/* In a fork() child: the code that forked goes on on f's stack (NULL: on
- * the thread's own), which the child's fresh hub does not know; the
- * reporter still names f for an overflow into its guard. */
+/* In a fork() child: the code that forked goes on on f's stack, which the
+ * child's fresh hub does not know; the reporter still names f for an
+ * overflow into its guard. f NULL or without a stack of its own: the code
+ * runs where it ran before the fork, which an earlier fork may have set. */
 void gr__stack_fork_child(const gr_fiber *f);
 
 /* ------------------------------------------------------------ observing */

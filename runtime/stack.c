@@ -562,7 +562,11 @@ static const gr_fiber *forked_on;
 
 void gr__stack_fork_child(const gr_fiber *f)
 {
-	forked_on = f && f->stack ? f : NULL;
+	/* A fork from a context with no fiber stack of its own (a thread's
+	 * main context, or a child with no hub yet, which may itself be
+	 * running on the stack an earlier fork left it) keeps that one. */
+	if (f && f->stack)
+		forked_on = f;
 }
 
 static size_t fmt_u64(char *out, uint64_t v)

@@ -60,11 +60,11 @@ static void *use_stack_fiber(void *arg)
 	return arg;
 }
 
-/* Spawn a fiber that runs fn (overflowing its stack), print its id for the
- * parent, join. */
-static void overflow_with(const struct gr_spawn_opts *o, void *(*fn)(void *))
+/* Spawn a fiber that runs fn(arg) (overflowing its stack), print its id for
+ * the parent, join. */
+static void overflow_with(const struct gr_spawn_opts *o, void *(*fn)(void *), void *arg)
 {
-	gr_fiber *f = gr_spawn_with(o, fn, NULL);
+	gr_fiber *f = gr_spawn_with(o, fn, arg);
 
 	if (!f)
 		_exit(10);
@@ -78,7 +78,7 @@ static void *overflow_thread(void *arg)
 	struct gr_spawn_opts o = { .name = "in-thread" };
 
 	(void)arg;
-	overflow_with(&o, deep);
+	overflow_with(&o, deep, NULL);
 	return NULL;
 }
 
@@ -96,39 +96,52 @@ static void *wild_write(void *arg)
 	return arg;
 }
 
-/* In a fiber: fork, and let the child overflow the stack it goes on running
- * on (the fiber's, inherited); this process then dies as the child did. */
-static void *fork_then_overflow(void *arg)
+/* Fork `forks` times, each child forking again, and let the last child
+ * overflow the stack they all go on running on; each process then dies as
+ * its child did. */
+static void fork_and_overflow(int forks)
 {
-	int st;
+	for (; forks > 0; forks--) {
+		int st;
 
-	(void)arg;
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid < 0)
-		_exit(10);
-	if (pid == 0)
-		_exit(recurse(0)); /* no greenring call: the child has no hub yet */
-	if (waitpid(pid, &st, 0) != pid)
-		_exit(10);
-	if (WIFSIGNALED(st)) {
-		signal(WTERMSIG(st), SIG_DFL);
-		raise(WTERMSIG(st));
+		fflush(NULL);
+		pid_t pid = fork();
+		if (pid < 0)
+			_exit(10);
+		if (pid == 0)
+			continue; /* the child forks again, or overflows */
+		if (waitpid(pid, &st, 0) != pid)
+			_exit(10);
+		if (WIFSIGNALED(st)) {
+			signal(WTERMSIG(st), SIG_DFL);
+			raise(WTERMSIG(st));
+		}
+		_exit(WIFEXITED(st) && WEXITSTATUS(st) != 0 ? WEXITSTATUS(st) : 11);
 	}
-	_exit(WIFEXITED(st) && WEXITSTATUS(st) != 0 ? WEXITSTATUS(st) : 11);
+	_exit(recurse(0)); /* no greenring call: the child has no hub yet */
 }
 
-/* GRT_STACK_CHILD is "overflow:<stack_size>:<name>", "use:<bytes>", "forked" or "null".
+/* In a fiber: fork (once, or twice: the child forks again, from no fiber
+ * of its own but still on the fiber's stack), and let the last child
+ * overflow that stack. */
+static void *fork_then_overflow(void *arg)
+{
+	fork_and_overflow((int)(intptr_t)arg);
+	return NULL;
+}
+
+/* GRT_STACK_CHILD is "overflow:<stack_size>:<name>", "use:<bytes>", "forked:<forks>" or "null".
  * Prints what the parent needs on stdout; exit status tells the rest. */
 static void run_child(const char *mode)
 {
 	size_t size = 0;
 	char name[64] = "";
+	int forks;
 
 	if (sscanf(mode, "overflow:%zu:%63s", &size, name) >= 1) {
 		struct gr_spawn_opts o = { .stack_size = size, .name = strcmp(name, "-") ? name : NULL };
 
-		overflow_with(&o, deep);
+		overflow_with(&o, deep, NULL);
 		_exit(11); /* survived an infinite recursion: wrong */
 	}
 	if (strcmp(mode, "slab") == 0 || strcmp(mode, "trimmed") == 0) {
@@ -152,7 +165,7 @@ static void run_child(const char *mode)
 		}
 		struct gr_spawn_opts o = { .name = mode };
 
-		overflow_with(&o, deep);
+		overflow_with(&o, deep, NULL);
 		_exit(11);
 	}
 	if (sscanf(mode, "use:%zu", &size) == 1) {
@@ -173,10 +186,10 @@ static void run_child(const char *mode)
 		pthread_join(th, NULL);
 		_exit(11);
 	}
-	if (strcmp(mode, "forked") == 0) {
+	if (sscanf(mode, "forked:%d", &forks) == 1) {
 		struct gr_spawn_opts o = { .name = "forker" };
 
-		overflow_with(&o, fork_then_overflow);
+		overflow_with(&o, fork_then_overflow, (void *)(intptr_t)forks);
 		_exit(11);
 	}
 	if (strcmp(mode, "null") == 0) {
@@ -328,7 +341,18 @@ Test(stack, overflow_in_a_fork_child_on_the_stack_it_forked_on_is_reported)
 {
 	struct child_result r;
 
-	run_self("forked", NULL, &r);
+	run_self("forked:1", NULL, &r);
+	expect_overflow(&r, "forker", 64 * 1024);
+}
+
+/* The same in the child of that child, which forked from no fiber of its
+ * own (it has no hub) but still on the stack of the fiber that forked
+ * first. */
+Test(stack, overflow_in_a_fork_childs_own_child_is_reported_too)
+{
+	struct child_result r;
+
+	run_self("forked:2", NULL, &r);
 	expect_overflow(&r, "forker", 64 * 1024);
 }
 
