@@ -260,19 +260,40 @@ static bool wait_spins(struct gr__hub *hub)
 	return took < (int64_t)WAIT_INTERRUPTS_RUN * WAIT_INTERRUPT_MIN_NS;
 }
 
-/* Whether r, what the backend's wait(timeout) returned, is a failure: a
- * lasting error, or the early return that ends a run of them faster than
+/* A wait that may block and completed nothing (r == 0) is an early return
+ * too when it came back before its deadline with nothing posted: no
+ * signal's, wake's or timeout's doing then. A backend that returned 0 at
+ * once, every time, spun the loop as one returning EINTR did, and held a
+ * thread's exit (whose wait has no deadline) in that spin for ever. A wake
+ * follows a post (idle.c), which the drains take only after this look. */
+static bool returned_early(struct gr__hub *hub, int r, int64_t timeout, int64_t deadline)
+{
+	return r == 0 && timeout != 0 && !gr__hub_posted(hub) &&
+	       (deadline == GR_FOREVER || gr_now() < deadline);
+}
+
+/* Whether r, what the backend's wait(timeout) with its end `deadline`
+ * returned, is a failure: a lasting error, or the early return (a
+ * transient error, or returned_early) that ends a run of them faster than
  * signals (wait_spins; a wait told not to block is no such run). A wait
  * that worked ends any run, of failures and of early returns; an early
  * return leaves the count of failures as it was. For the loop and for the
  * wait at thread exit alike. */
-static bool wait_broke(struct gr__hub *hub, int r, int64_t timeout)
+static bool wait_broke(struct gr__hub *hub, int r, int64_t timeout, int64_t deadline)
 {
+	if (returned_early(hub, r, timeout, deadline))
+		return wait_spins(hub);
 	if (r >= 0) {
 		hub->wait_failures = hub->wait_interrupts = 0;
 		return false;
 	}
 	return !transient_wait_error(r) || (timeout != 0 && wait_spins(hub));
+}
+
+/* What to say of a wait that broke. */
+static const char *wait_trouble(int r)
+{
+	return r == 0 ? "it returns at once, completing nothing, again and again" : strerror(-r);
 }
 
 #define WAIT_FAILURES_GIVE_UP 5
@@ -291,12 +312,12 @@ static void wait_failed(struct gr__hub *hub, int r)
 
 	if (n == 1)
 		fprintf(stderr, "greenring: %s hub: wait failed: %s; retrying\n", hub->ops->name,
-			strerror(-r));
+			wait_trouble(r));
 	if (n == WAIT_FAILURES_GIVE_UP) {
 		fprintf(stderr,
 			"greenring: %s hub: wait failed %u times in a row (%s): failing the %zu "
 			"operations in flight with EIO\n",
-			hub->ops->name, n, strerror(-r), hub->inflight);
+			hub->ops->name, n, wait_trouble(r), hub->inflight);
 		for_each_fiber(hub, cancel_inflight, EIO);
 	}
 	if (!gr__fifo_empty(&hub->next))
@@ -369,7 +390,7 @@ static void hub_main(gr__transfer t)
 				int64_t timeout = wait_timeout(hub, seen, &deadline);
 				int r = gr__hub_backend_wait(hub, timeout, deadline);
 
-				if (wait_broke(hub, r, timeout))
+				if (wait_broke(hub, r, timeout, deadline))
 					wait_failed(hub, r);
 				if (spell)
 					gr__hub_slept(hub, since);
@@ -506,10 +527,10 @@ static void hub_destroy(void *arg)
 		/* A run of early returns faster than signals (wait_spins) is
 		 * a backend that will never reap: spinning here held the
 		 * thread's exit for ever, silent. */
-		if (wait_broke(hub, r, -1)) {
+		if (wait_broke(hub, r, -1, GR_FOREVER)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
-				hub->ops->name, strerror(-r));
+				hub->ops->name, wait_trouble(r));
 			hubs_orphan(hub);
 			tls_hub = NULL;
 			return;

@@ -84,9 +84,7 @@ void gr__hub_idle_init(struct gr__hub *hub)
 	hub->waits = 1;
 }
 
-/* Anything posted by another thread? A relaxed look: what was posted is
- * taken with acquire by the drains. */
-static bool posted(struct gr__hub *hub)
+bool gr__hub_posted(struct gr__hub *hub)
 {
 	return atomic_load_explicit(&hub->inbox, memory_order_relaxed) ||
 	       atomic_load_explicit(&hub->offload.done, memory_order_relaxed);
@@ -117,7 +115,7 @@ int gr__hub_backend_wait(struct gr__hub *hub, int64_t timeout, int64_t deadline)
 	if (may_block && posts_count_on_sleeping(hub)) {
 		atomic_store_explicit(&hub->sleeping, true, memory_order_relaxed);
 		atomic_thread_fence(memory_order_seq_cst);
-		if (posted(hub)) {
+		if (gr__hub_posted(hub)) {
 			/* Posted before the poster could see us asleep. */
 			atomic_store_explicit(&hub->sleeping, false, memory_order_relaxed);
 			may_block = false;
@@ -179,7 +177,7 @@ bool gr__hub_spin(struct gr__hub *hub, int64_t *since)
 	/* Idle for the monitor, as a wait() is. */
 	gr__hub_progress(hub, 1);
 	for (unsigned i = 1;; i++) {
-		if (posted(hub)) {
+		if (gr__hub_posted(hub)) {
 			got = true;
 			break;
 		}
@@ -216,7 +214,7 @@ void gr__hub_slept(struct gr__hub *hub, int64_t since)
 	 * partner answers promptly (it was asleep itself, or starting up),
 	 * and a spin next time would catch it. Spinning resumes at once, on
 	 * both sides of a ping-pong, rather than after the backoff. */
-	if (hub->spin_skip > 0 && posted(hub) && gr_now() - since <= hub->spin_max) {
+	if (hub->spin_skip > 0 && gr__hub_posted(hub) && gr_now() - since <= hub->spin_max) {
 		hub->spin_skip = 0;
 		hub->spin_backoff = SPIN_BACKOFF_MIN;
 	}

@@ -304,6 +304,10 @@ void gr__hub_post(struct gr__hub *hub, struct gr__park *p);
  * came. *since: when this idle spell began. Else the loop sleeps, then
  * tells gr__hub_slept, which resumes spinning if a post came soon enough. */
 void gr__hub_idle_init(struct gr__hub *hub);
+/* Anything posted to hub by another thread (its inbox, the thread pool's
+ * finished jobs)? A relaxed look: what was posted is taken with acquire by
+ * the drains. */
+bool gr__hub_posted(struct gr__hub *hub);
 void gr__hub_wake(struct gr__hub *hub);
 /* Wake hub whether or not it says it sleeps: for a request's first post
  * (gr__hub_request), which the hub's fence does not cover. */

@@ -1339,11 +1339,16 @@ Test(trust, a_read_whose_fd_is_closed_under_it_fails_with_ebadf)
  *             backend that reaps while it cancels), with a readiness result.
  *   "failing": its wait() fails with -EIO whenever an operation is held.
  *   "interrupting": announces GR_HUB_CAP_WAIT_UNTIL, and its wait_until
- *             returns -EINTR at once, without waiting or reaping, whenever
- *             an operation is held (an early return the core takes for a
- *             signal's, and asks again). "interrupting_late": its wait()
- *             does the same, and its cancel() leaves the operation to
- *             complete in a later wait(), as a completion backend's does. */
+ *             returns `early_return` (-EINTR, or 0) at once, without
+ *             waiting or reaping, whenever an operation is held (an early
+ *             return the core takes for a signal's or a wake's, and asks
+ *             again). "interrupting_late": its wait() does the same, and
+ *             its cancel() leaves the operation to complete in a later
+ *             wait(), as a completion backend's does. */
+
+/* What the "interrupting" hubs return at once; a child mode sets it before
+ * its first wait. */
+static int early_return = -EINTR;
 
 static int greedy_cancel(void *state, struct gr_op *op)
 {
@@ -1383,14 +1388,14 @@ static int interrupting_wait_until(void *state, int64_t timeout_ns, int64_t dead
 	struct grt_tinypoll *t = state;
 
 	(void)deadline;
-	return t->n > 0 ? -EINTR : grt_tp_wait(state, timeout_ns);
+	return t->n > 0 ? early_return : grt_tp_wait(state, timeout_ns);
 }
 
 static int interrupting_wait(void *state, int64_t timeout_ns)
 {
 	struct grt_tinypoll *t = state;
 
-	return t->n > 0 ? -EINTR : grt_tp_wait(state, timeout_ns);
+	return t->n > 0 ? early_return : grt_tp_wait(state, timeout_ns);
 }
 
 static int late_cancel(void *state, struct gr_op *op)
@@ -1659,6 +1664,47 @@ Test(trust, a_thread_exit_under_a_wait_that_returns_eintr_at_once_does_not_spin)
 			  "thread exit under a wait that returns EINTR at once", "cannot reap at thread exit");
 }
 
+/* The same two with a wait that returns 0 at once: "nothing completed",
+ * which is also what a wait woken by wake() returns, so the core asks
+ * again; returned before its timeout with nothing posted, every time, it
+ * is the same spin. */
+static int child_zero_wait(void)
+{
+	early_return = 0;
+	return child_interrupting_wait();
+}
+
+static int child_zero_exit(void)
+{
+	early_return = 0;
+	return child_interrupting_exit();
+}
+
+/* The loop under a wait_until that returns 0 at once whenever a fiber
+ * waits: the same spin as EINTR's, silent, for as long as the operation is
+ * in flight (the wait was bounded only by the fd audit's deadline, and
+ * each audit that found the pipe open started another). Now a failing
+ * wait: said, paused, and the operation fails with EIO. In a child,
+ * killed if it hangs. */
+Test(trust, a_backend_whose_wait_returns_zero_at_once_does_not_spin)
+{
+	if (strcmp(grt_hub(), "poll") != 0)
+		return;
+	expect_child_says("zero_wait", 6 * GR_SEC, "gr_wait_fd under a wait_until that returns 0 at once",
+			  "wait failed");
+}
+
+/* Thread exit under a wait() that returns 0 at once: the exit waited for a
+ * cancel that only a real wait would complete, spinning for ever, silent.
+ * Now it gives up as under EINTR: said, the hub leaked. */
+Test(trust, a_thread_exit_under_a_wait_that_returns_zero_at_once_does_not_spin)
+{
+	if (strcmp(grt_hub(), "poll") != 0)
+		return;
+	expect_child_says("zero_exit", 6 * GR_SEC, "thread exit under a wait that returns 0 at once",
+			  "cannot reap at thread exit");
+}
+
 /* ------------------------------------------------------------ the kill model */
 
 struct goodbye {
@@ -1884,6 +1930,8 @@ static const struct child_mode child_modes[] = {
 	{ "failing_wait", child_failing_wait },
 	{ "interrupting_wait", child_interrupting_wait },
 	{ "interrupting_exit", child_interrupting_exit },
+	{ "zero_wait", child_zero_wait },
+	{ "zero_exit", child_zero_exit },
 	{ NULL, NULL },
 };
 

@@ -194,9 +194,11 @@ struct gr_hub_ops {
 	 * return (signal, wake) is fine: the core calls again. A wait() that
 	 * keeps failing is reported, retried with a growing pause, and after a
 	 * few failures the core cancels every operation in flight (with EIO).
-	 * -EINTR, -EAGAIN, -ETIME and -EBUSY are taken for early returns, but
-	 * a run of them that come back at once, faster than signals could
-	 * end waits (1024 in a row, under 50 us each), is a failing wait. */
+	 * -EINTR, -EAGAIN, -ETIME and -EBUSY are taken for early returns, and
+	 * so is a 0 from a wait that may block, returned before its timeout
+	 * with nothing posted to the hub (so no wake()'s doing); but a run of
+	 * them that come back at once, faster than signals could end waits
+	 * (1024 in a row, under 50 us each), is a failing wait. */
 	int (*wait)(void *state, int64_t timeout_ns);
 	/* Thread-safe: make a blocked or the next wait() return promptly.
 	 * Repeated calls before that wait() may coalesce. */
