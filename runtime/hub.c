@@ -493,6 +493,22 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 	return hub;
 }
 
+/* A thread's exit waits for every operation in flight to be reaped, and
+ * nothing bounds that wait: a backend whose cancel never completes held
+ * the exit for ever, silent. It cannot give up (the kernel or a worker may
+ * still write into the stacks), but it says so: after a second, then each
+ * time the wait has doubled. Returns when to say it next. */
+#define EXIT_WAIT_SAY_FIRST GR_SEC
+
+static int64_t exit_waits(struct gr__hub *hub, int64_t waited)
+{
+	fprintf(stderr,
+		"greenring: %s hub: thread exit has waited %lld s for %zu operation%s in flight to end "
+		"(cancelled; their stacks cannot be freed before)\n",
+		hub->ops->name, (long long)(waited / GR_SEC), hub->inflight, hub->inflight == 1 ? "" : "s");
+	return gr_now() + waited;
+}
+
 /* Thread exit: whatever fibers are left are discarded without running (as
  * gevent drops greenlets nobody joined). Every operation in flight is
  * cancelled and reaped first, whatever state its fiber is in (parked, or
@@ -518,8 +534,15 @@ static void hub_destroy(void *arg)
 	for_each_fiber(hub, interrupt_exit, ECANCELED);
 	gr__hub_drain_inbox(hub); /* wakes from other threads that came first */
 	gr__offload_reap(hub);    /* file operations the pool finished */
+	int64_t began = gr_now(), say_at = began + EXIT_WAIT_SAY_FIRST;
+
 	while (hub->inflight > 0) {
-		int r = gr__hub_backend_wait(hub, -1, GR_FOREVER);
+		/* Bounded, so that an exit that waits long is said (exit_waits). */
+		int64_t now = gr_now();
+
+		if (now >= say_at)
+			say_at = exit_waits(hub, now - began);
+		int r = gr__hub_backend_wait(hub, say_at - now, say_at);
 
 		/* A file operation a worker still runs cannot be interrupted:
 		 * its buffers are in a stack we are about to unmap. */
@@ -527,7 +550,7 @@ static void hub_destroy(void *arg)
 		/* A run of early returns faster than signals (wait_spins) is
 		 * a backend that will never reap: spinning here held the
 		 * thread's exit for ever, silent. */
-		if (wait_broke(hub, r, -1, GR_FOREVER)) {
+		if (wait_broke(hub, r, say_at - now, say_at)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
 				hub->ops->name, wait_trouble(r));

@@ -1433,6 +1433,17 @@ static const struct gr_hub_ops interrupting_late_ops = {
 	.wait = interrupting_wait,
 };
 
+/* "unending": its cancel() leaves the operation to complete in a later
+ * wait(), as interrupting_late's does, and its wait() is tinypoll's own,
+ * which honours its timeout: an operation on an fd that never becomes
+ * ready never completes, cancelled or not. */
+static const struct gr_hub_ops unending_ops = {
+	GRT_TP_OPS,
+	.name = "unending",
+	.cancel = late_cancel,
+	.wait = grt_tp_wait,
+};
+
 /* ------------------------------------------------------------ backends that misbehave */
 
 #define GREEDY_READERS 5
@@ -1601,14 +1612,18 @@ Test(trust, a_backend_whose_wait_returns_eintr_at_once_does_not_spin)
 			  "gr_wait_fd under a wait_until that returns EINTR at once", "wait failed");
 }
 
-/* A thread on "interrupting_late" returns with a fiber parked on a pipe:
- * its exit cancels the read and waits for the cancel to complete. */
+/* The backend of the thread exit_with_a_reader starts. */
+static const struct gr_hub_ops *exiting_hub_ops = &interrupting_late_ops;
+
+/* A thread on exiting_hub_ops ("interrupting_late" unless a child mode
+ * says otherwise) returns with a fiber parked on a pipe: its exit cancels
+ * the read and waits for the cancel to complete. */
 static void *exit_with_a_reader(void *arg)
 {
 	static struct timed_call t = { .rc = -2 };
 	int *p = arg;
 
-	if (gr_hub_use_ops(&interrupting_late_ops) != 0)
+	if (gr_hub_use_ops(exiting_hub_ops) != 0)
 		return "gr_hub_use_ops";
 	t.fd = p[0];
 	if (!gr_spawn(read_one, &t))
@@ -1703,6 +1718,64 @@ Test(trust, a_thread_exit_under_a_wait_that_returns_zero_at_once_does_not_spin)
 		return;
 	expect_child_says("zero_exit", 6 * GR_SEC, "thread exit under a wait that returns 0 at once",
 			  "cannot reap at thread exit");
+}
+
+/* A thread on "unending" returns with a fiber parked on a pipe that never
+ * becomes readable: its exit waits for a cancel that never completes, and
+ * must (the stack may still be written into), but not in silence. The
+ * child reads its own stderr (a pipe put in its place) until the exit says
+ * it waits, bounded by 20 s, then ends (the thread is left waiting). */
+static int child_unending_exit(void)
+{
+	int p[2], err[2], saved = dup(2);
+	pthread_t th;
+	char said[1024];
+	size_t n = 0;
+
+	if (saved < 0 || pipe2(p, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0 || dup2(err[1], 2) < 0)
+		return 2;
+	exiting_hub_ops = &unending_ops;
+	int64_t t0 = gr_now();
+	if (pthread_create(&th, NULL, exit_with_a_reader, p) != 0)
+		return 3;
+	said[0] = '\0';
+	while (!strstr(said, "thread exit has waited") && n + 1 < sizeof(said)) {
+		struct pollfd pfd = { .fd = err[0], .events = POLLIN };
+		int64_t left = t0 + 20 * GR_SEC - gr_now();
+
+		if (left <= 0 || poll(&pfd, 1, (int)(left / GR_MSEC) + 1) <= 0)
+			break;
+		ssize_t got = read(err[0], said + n, sizeof(said) - 1 - n);
+		if (got <= 0)
+			break;
+		n += (size_t)got;
+		said[n] = '\0';
+	}
+	int64_t took = gr_now() - t0;
+	dup2(saved, 2);
+	fprintf(stderr, "%s", said); /* for the parent's check */
+	if (!strstr(said, "thread exit has waited 1 s for 1 operation in flight")) {
+		printf("after %lld ms, the exit had not said it waits\n", (long long)(took / GR_MSEC));
+		return 4;
+	}
+	if (took < 900 * GR_MSEC) {
+		printf("said after %lld ms, before a second of waiting\n", (long long)(took / GR_MSEC));
+		return 5;
+	}
+	fflush(NULL);
+	_exit(0); /* the thread stays in its exit */
+}
+
+/* A backend whose cancel never completes held a thread's exit for ever,
+ * without a word. It still holds it (unmapping stacks the backend may
+ * write into is not an option), but the exit says so after a second, and
+ * again each time the wait doubles. */
+Test(trust, a_thread_exit_held_by_a_cancel_that_never_completes_says_so)
+{
+	if (strcmp(grt_hub(), "poll") != 0)
+		return;
+	expect_child_says("unending_exit", 30 * GR_SEC, "thread exit under a cancel that never completes",
+			  "thread exit has waited 1 s");
 }
 
 /* ------------------------------------------------------------ the kill model */
@@ -1932,6 +2005,7 @@ static const struct child_mode child_modes[] = {
 	{ "interrupting_exit", child_interrupting_exit },
 	{ "zero_wait", child_zero_wait },
 	{ "zero_exit", child_zero_exit },
+	{ "unending_exit", child_unending_exit },
 	{ NULL, NULL },
 };
 
