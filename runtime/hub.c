@@ -260,15 +260,17 @@ static bool wait_spins(struct gr__hub *hub)
 	return took < (int64_t)WAIT_INTERRUPTS_RUN * WAIT_INTERRUPT_MIN_NS;
 }
 
-/* A wait that may block and completed nothing (r == 0) is an early return
- * too when it came back before its deadline with nothing posted: no
- * signal's, wake's or timeout's doing then. A backend that returned 0 at
- * once, every time, spun the loop as one returning EINTR did, and held a
- * thread's exit (whose wait has no deadline) in that spin for ever. A wake
- * follows a post (idle.c), which the drains take only after this look. */
+/* A third party's wait that may block and completed nothing (r == 0) is
+ * an early return too when it came back before its deadline with nothing
+ * posted: no wake's or timeout's doing then. Such a backend that returned
+ * 0 at once, every time, spun the loop as one returning EINTR did, and
+ * held a thread's exit in that spin for ever. A wake follows a post
+ * (idle.c), which the drains take only after this look. The built-in
+ * backends, which block, are left out: they return 0 for a signal that
+ * ended the wait, and a storm of signals would look like a spin. */
 static bool returned_early(struct gr__hub *hub, int r, int64_t timeout, int64_t deadline)
 {
-	return r == 0 && timeout != 0 && !gr__hub_posted(hub) &&
+	return r == 0 && hub->foreign && timeout != 0 && !gr__hub_posted(hub) &&
 	       (deadline == GR_FOREVER || gr_now() < deadline);
 }
 
@@ -476,6 +478,9 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
 	}
 	hub->ops = ops;
 	hub->backend = backend;
+	hub->foreign = true;
+	for (size_t i = 0; gr__builtin_hubs[i]; i++)
+		hub->foreign &= ops != gr__builtin_hubs[i];
 	hub->io_budget = (unsigned)gr__env_size("GREENRING_IO_BUDGET", GR__IO_BUDGET_DEFAULT, 1,
 						GR__IO_BUDGET_MAX, false);
 	gr__hub_idle_init(hub);

@@ -562,6 +562,7 @@ struct gr__hub {
 	unsigned wait_failures;           /* backend wait() failures in a row */
 	unsigned wait_interrupts;         /* early returns (EINTR...) in a row, since */
 	int64_t wait_interrupts_since;    /* the first of them (hub.c, wait_spins) */
+	bool foreign;                     /* ops are a third party's (not gr__builtin_hubs) */
 	struct gr__stack_pool *stacks;
 	struct gr__sighub *signals;       /* signal.c: NULL until a fiber waits for a signal */
 	struct gr__laters *laters;        /* later.c: NULL until something is spawned later */

@@ -198,7 +198,10 @@ struct gr_hub_ops {
 	 * so is a 0 from a wait that may block, returned before its timeout
 	 * with nothing posted to the hub (so no wake()'s doing); but a run of
 	 * them that come back at once, faster than signals could end waits
-	 * (1024 in a row, under 50 us each), is a failing wait. */
+	 * (1024 in a row, under 50 us each), is a failing wait. (A storm of
+	 * signals that fast would look the same: a backend that reports a
+	 * signal's EINTR to the core, or as 0, shares that risk; the
+	 * built-in backends are exempt from the rule for 0.) */
 	int (*wait)(void *state, int64_t timeout_ns);
 	/* Thread-safe: make a blocked or the next wait() return promptly.
 	 * Repeated calls before that wait() may coalesce. */
