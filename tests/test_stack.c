@@ -297,20 +297,24 @@ static void expect_overflow(const struct child_result *r, const char *name, size
 	cr_assert_not_null(strstr(r->err, want), "stderr lacks \"%s\":\n%s", want, r->err);
 }
 
-Test(stack, overflow_of_a_default_stack_is_reported_and_dies_with_sigsegv)
+/* Run this binary in `mode`, GREENRING_STACK_SIZE unset, and expect the
+ * overflow report of expect_overflow. */
+static void expect_child_overflows(const char *mode, const char *name, size_t stack_bytes)
 {
 	struct child_result r;
 
-	run_self("overflow:0:-", NULL, &r);
-	expect_overflow(&r, NULL, 64 * 1024);
+	run_self(mode, NULL, &r);
+	expect_overflow(&r, name, stack_bytes);
+}
+
+Test(stack, overflow_of_a_default_stack_is_reported_and_dies_with_sigsegv)
+{
+	expect_child_overflows("overflow:0:-", NULL, 64 * 1024);
 }
 
 Test(stack, overflow_message_names_the_fiber)
 {
-	struct child_result r;
-
-	run_self("overflow:0:recurser", NULL, &r);
-	expect_overflow(&r, "recurser", 64 * 1024);
+	expect_child_overflows("overflow:0:recurser", "recurser", 64 * 1024);
 }
 
 Test(stack, overflow_of_a_stack_inside_a_slab_or_trimmed_and_reused_is_reported)
@@ -318,20 +322,14 @@ Test(stack, overflow_of_a_stack_inside_a_slab_or_trimmed_and_reused_is_reported)
 	/* A stack between others of its slab (parked ones), and one whose
 	 * pages were trimmed and came back: trimming drops pages, not guards. */
 	static const char *const modes[] = { "slab", "trimmed" };
-	struct child_result r;
 
-	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
-		run_self(modes[i], NULL, &r);
-		expect_overflow(&r, modes[i], 64 * 1024);
-	}
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+		expect_child_overflows(modes[i], modes[i], 64 * 1024);
 }
 
 Test(stack, overflow_in_another_thread_is_reported_too)
 {
-	struct child_result r;
-
-	run_self("thread", NULL, &r);
-	expect_overflow(&r, "in-thread", 64 * 1024);
+	expect_child_overflows("thread", "in-thread", 64 * 1024);
 }
 
 /* The child of a fork() made in a fiber goes on running on that fiber's
@@ -339,10 +337,7 @@ Test(stack, overflow_in_another_thread_is_reported_too)
  * overflow there is reported all the same, naming the fiber that forked. */
 Test(stack, overflow_in_a_fork_child_on_the_stack_it_forked_on_is_reported)
 {
-	struct child_result r;
-
-	run_self("forked:1", NULL, &r);
-	expect_overflow(&r, "forker", 64 * 1024);
+	expect_child_overflows("forked:1", "forker", 64 * 1024);
 }
 
 /* The same in the child of that child, which forked from no fiber of its
@@ -350,18 +345,12 @@ Test(stack, overflow_in_a_fork_child_on_the_stack_it_forked_on_is_reported)
  * first. */
 Test(stack, overflow_in_a_fork_childs_own_child_is_reported_too)
 {
-	struct child_result r;
-
-	run_self("forked:2", NULL, &r);
-	expect_overflow(&r, "forker", 64 * 1024);
+	expect_child_overflows("forked:2", "forker", 64 * 1024);
 }
 
 Test(stack, overflow_of_a_spawn_option_stack_reports_its_size)
 {
-	struct child_result r;
-
-	run_self("overflow:262144:big", NULL, &r);
-	expect_overflow(&r, "big", 256 * 1024);
+	expect_child_overflows("overflow:262144:big", "big", 256 * 1024);
 }
 
 Test(stack, greenring_stack_size_sets_the_default)
