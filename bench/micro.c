@@ -52,6 +52,12 @@ static int cmp_double(const void *x, const void *y)
 	return (a > b) - (a < b);
 }
 
+double micro_median(double *v, size_t n)
+{
+	qsort(v, n, sizeof(v[0]), cmp_double);
+	return v[n / 2];
+}
+
 /* The median of `runs` runs of c on hub (NULL: hub-independent); NaN-free:
  * returns a negative errno if the hub cannot run. */
 static double measure(const struct micro_case *c, const char *hub, int runs, int64_t budget_ns,
@@ -74,9 +80,8 @@ static double measure(const struct micro_case *c, const char *hub, int runs, int
 		}
 		figures[i] = a.figure;
 	}
-	qsort(figures, (size_t)runs, sizeof(double), cmp_double);
 	*error = 0;
-	return figures[runs / 2];
+	return micro_median(figures, (size_t)runs);
 }
 
 static void print_figure(double v, int error)

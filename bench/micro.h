@@ -5,6 +5,7 @@
 #define GREENRING_BENCH_MICRO_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct micro_case {
@@ -23,6 +24,9 @@ extern const struct micro_case micro_threads_cases[];
 extern const struct micro_case micro_patch_cases[];
 extern const struct micro_case micro_later_cases[];
 extern const struct micro_case micro_files_cases[];
+
+/* The median of v[0..n-1], n > 0, the upper one for an even n; sorts v. */
+double micro_median(double *v, size_t n);
 
 /* The process's resident set now, in KiB (-1 if unknown). */
 long micro_rss_kib(void);

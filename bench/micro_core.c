@@ -162,13 +162,6 @@ static double yield_round_trip(int64_t budget_ns)
  * alternate (yield, floor, yield, ...), each slice's ratio is taken against
  * the floor slices on either side of it, and the median ratio is the
  * figure. */
-static int cmp_ratio(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
 static double yield_over_floor(int64_t budget_ns)
 {
 	enum { SLICES = 21 };
@@ -193,8 +186,7 @@ static double yield_over_floor(int64_t budget_ns)
 		ratio[i] = 2.0 * yield_ns / (floor_ns[i] + floor_ns[i + 1]);
 	}
 	munmap(stack, size);
-	qsort(ratio, SLICES, sizeof(ratio[0]), cmp_ratio);
-	return ratio[SLICES / 2];
+	return micro_median(ratio, SLICES);
 }
 
 /* ---------------------------------------------------- spawn */

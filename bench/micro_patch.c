@@ -79,13 +79,6 @@ static double cns_patched(int64_t budget_ns)
 	return cns_with((cns_fn)patched("clock_nanosleep"), budget_ns);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
 /* The added cost itself, on a shared machine whose speed drifts: batches
  * of libc's and the library's calls alternate, and the median of the
  * per-batch differences is kept. */
@@ -109,8 +102,7 @@ static double cns_added(int64_t budget_ns)
 		int64_t t2 = gr_now();
 		diff[n++] = (double)((t2 - t1) - (t1 - t0)) / BATCH;
 	}
-	qsort(diff, (size_t)n, sizeof(diff[0]), cmp_double);
-	return diff[n / 2];
+	return micro_median(diff, (size_t)n);
 }
 
 static double badread_with(read_fn volatile f, int64_t budget_ns)

@@ -284,13 +284,6 @@ static double notifier_two_hubs(int64_t budget_ns)
 /* The one comparison that matters here, made robust to a machine whose
  * load drifts: the two round trips measured in turns, five times each, and
  * the ratio of their medians. */
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
 static double chan_vs_pthread(int64_t budget_ns)
 {
 	double chan[5], cond[5];
@@ -299,9 +292,9 @@ static double chan_vs_pthread(int64_t budget_ns)
 		chan[i] = xping_case(budget_ns / 10, 1, 0, 0);
 		cond[i] = pthread_handoff_round_trip(budget_ns / 10);
 	}
-	qsort(chan, 5, sizeof(double), cmp_double);
-	qsort(cond, 5, sizeof(double), cmp_double);
-	return cond[2] > 0 ? chan[2] / cond[2] : -1;
+	double chan_median = micro_median(chan, 5), cond_median = micro_median(cond, 5);
+
+	return cond_median > 0 ? chan_median / cond_median : -1;
 }
 
 const struct micro_case micro_threads_cases[] = {
