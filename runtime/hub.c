@@ -505,13 +505,14 @@ struct gr__hub *gr__hub_alloc(const struct gr_hub_ops *ops, void *backend)
  * time the wait has doubled. Returns when to say it next. */
 #define EXIT_WAIT_SAY_FIRST GR_SEC
 
-static int64_t exit_waits(struct gr__hub *hub, int64_t waited)
+static int64_t exit_waits(struct gr__hub *hub, int64_t now, int64_t began)
 {
 	fprintf(stderr,
 		"greenring: %s hub: thread exit has waited %lld s for %zu operation%s in flight to end "
 		"(cancelled; their stacks cannot be freed before)\n",
-		hub->ops->name, (long long)(waited / GR_SEC), hub->inflight, hub->inflight == 1 ? "" : "s");
-	return gr_now() + waited;
+		hub->ops->name, (long long)((now - began) / GR_SEC), hub->inflight,
+		hub->inflight == 1 ? "" : "s");
+	return now + (now - began);
 }
 
 /* Thread exit: whatever fibers are left are discarded without running (as
@@ -546,8 +547,9 @@ static void hub_destroy(void *arg)
 		int64_t now = gr_now();
 
 		if (now >= say_at)
-			say_at = exit_waits(hub, now - began);
-		int r = gr__hub_backend_wait(hub, say_at - now, say_at);
+			say_at = exit_waits(hub, now, began);
+		int64_t timeout = say_at - now;
+		int r = gr__hub_backend_wait(hub, timeout, say_at);
 
 		/* A file operation a worker still runs cannot be interrupted:
 		 * its buffers are in a stack we are about to unmap. */
@@ -555,7 +557,7 @@ static void hub_destroy(void *arg)
 		/* A run of early returns faster than signals (wait_spins) is
 		 * a backend that will never reap: spinning here held the
 		 * thread's exit for ever, silent. */
-		if (wait_broke(hub, r, say_at - now, say_at)) {
+		if (wait_broke(hub, r, timeout, say_at)) {
 			/* Leaking the stacks is safe; unmapping them is not. */
 			fprintf(stderr, "greenring: %s hub: cannot reap at thread exit: %s\n",
 				hub->ops->name, wait_trouble(r));
